@@ -1,0 +1,39 @@
+# Two set-up commands: `make demo` and `make test`. Each installs what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export SF_ASSETS_HOME ?= $(CURDIR)/.data
+export SF_ASSETS_DAGSTER_DIR ?= $(SF_ASSETS_HOME)/dagster
+export DAGSTER_HOME := $(CURDIR)
+WORKERS ?= 2
+
+.PHONY: demo test ui install system-deps bench bench-scale clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian packages the tests use: a real Slurm cluster, PostgreSQL client libs, headless Chromium.
+system-deps:
+	@bash scripts/install-system-deps.sh
+
+demo: install
+	mkdir -p $(SF_ASSETS_DAGSTER_DIR)
+	$(VENV)/bin/sf-assets demo --workercount $(WORKERS)
+
+ui: install
+	mkdir -p $(SF_ASSETS_DAGSTER_DIR)
+	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+test: install system-deps
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf .data

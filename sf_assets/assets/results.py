@@ -1,0 +1,204 @@
+"""Fan-in results: the sorter summary table and the run_sortings.py records file.
+
+Both read the latest per-partition metadata from the event log for the pairs
+the spec assigns only, so an unassigned (sorter, recording) cell never holds
+them back.
+"""
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from sf_assets.assets.history import latest_partition_events, plain_metadata
+from sf_assets.assets.sortings import SORTING_KEY, sorting, sorting_comparison
+from sf_assets.core.campaign import Campaign
+from sf_assets.core.records import SortingRecord, write_records
+from sf_assets.partitions import pair_key
+from sf_assets.resources import KacheryResource, OutputsResource, StudysetResource
+
+# Re-run the fan-ins whenever a new sorting or comparison lands; never wait for
+# every upstream partition (unassigned cells are missing forever).
+AS_RESULTS_LAND = (
+    dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+)
+
+
+def _assigned_partitions(campaign: Campaign) -> dict[str, tuple]:
+    return {str(pair_key(s.name, r)): (s, r) for s, r in campaign.jobs}
+
+
+def collect_records(instance: dg.DagsterInstance, campaign: Campaign) -> list[SortingRecord]:
+    """Latest record of every assigned pair that has run, errored ones included."""
+    assigned = _assigned_partitions(campaign)
+    latest = latest_partition_events(instance, SORTING_KEY, include_observations=True, partitions=assigned)
+    records = []
+    for partition in assigned:  # spec order
+        if partition in latest:
+            md = plain_metadata(latest[partition][1])
+            if "record" in md:
+                records.append(SortingRecord.from_json_dict(md["record"], where=f"sorting[{partition}]"))
+    return records
+
+
+def collect_comparisons(instance: dg.DagsterInstance, campaign: Campaign) -> list[dict]:
+    assigned = _assigned_partitions(campaign)
+    latest = latest_partition_events(instance, dg.AssetKey("sorting_comparison"), partitions=assigned)
+    return [plain_metadata(latest[p][1]) for p in assigned if p in latest]
+
+
+def summary_frame(comparisons: list[dict]):
+    """One row per (sorter, study set, study): the SpikeForest summary numbers."""
+    import pandas as pd
+
+    rows = []
+    for md in comparisons:
+        s = md["summary"]
+        rows.append(
+            {
+                "sorter": md["sorter"],
+                "study_set": md["study_set"],
+                "study": md["study"],
+                "recordings": 1,
+                "mean_accuracy": s.get("mean_accuracy"),
+                "mean_precision": s.get("mean_precision"),
+                "mean_recall": s.get("mean_recall"),
+                "num_well_detected": s.get("num_well_detected", 0),
+                "num_true_units": s.get("num_true_units", 0),
+            }
+        )
+    if not rows:
+        return pd.DataFrame(
+            columns=[
+                "sorter",
+                "study_set",
+                "study",
+                "recordings",
+                "mean_accuracy",
+                "mean_precision",
+                "mean_recall",
+                "num_well_detected",
+                "num_true_units",
+            ]
+        )
+    df = pd.DataFrame(rows)
+    grouped = df.groupby(["sorter", "study_set", "study"], as_index=False).agg(
+        recordings=("recordings", "sum"),
+        mean_accuracy=("mean_accuracy", "mean"),
+        mean_precision=("mean_precision", "mean"),
+        mean_recall=("mean_recall", "mean"),
+        num_well_detected=("num_well_detected", "sum"),
+        num_true_units=("num_true_units", "sum"),
+    )
+    return grouped.sort_values(["sorter", "study_set", "study"]).reset_index(drop=True)
+
+
+def accuracy_vs_snr_png(units_by_sorter: dict[str, list[dict]]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for sorter_name, units in sorted(units_by_sorter.items()):
+        points = [(u["snr"], u["accuracy"]) for u in units if u["snr"] is not None]
+        ax.scatter([p[0] for p in points], [p[1] for p in points], label=sorter_name, s=14, alpha=0.7)
+    ax.set_xlabel("ground-truth unit SNR")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Accuracy vs SNR per sorter")
+    if units_by_sorter:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _table(df) -> dg.MetadataValue:
+    types = {"sorter": "string", "study_set": "string", "study": "string", "recordings": "int"}
+    columns = [dg.TableColumn(c, types.get(c, "float" if c.startswith("mean") else "int")) for c in df.columns]
+    records = []
+    for row in df.to_dict(orient="records"):
+        clean = {}
+        for k, v in row.items():
+            if hasattr(v, "item"):
+                v = v.item()
+            if isinstance(v, float):
+                v = None if v != v else round(v, 3)
+            clean[k] = v
+        records.append(dg.TableRecord(clean))
+    return dg.MetadataValue.table(records, schema=dg.TableSchema(columns=columns))
+
+
+@dg.asset(
+    group_name="results",
+    kinds={"pandas", "matplotlib"},
+    deps=[sorting_comparison],
+    automation_condition=AS_RESULTS_LAND,
+    description="One table, sorter x study set/study: mean accuracy, precision and recall over "
+    "true units with SNR above 8, and well-detected counts (accuracy >= 0.8); plus accuracy vs SNR.",
+)
+def sorter_summary(
+    context: dg.AssetExecutionContext, studyset: StudysetResource, kachery: KacheryResource, outputs: OutputsResource
+):
+    store = kachery.store()
+    campaign = studyset.campaign(kachery)
+    comparisons = collect_comparisons(context.instance, campaign)
+    units_by_sorter: dict[str, list[dict]] = {}
+    for md in comparisons:
+        units = store.load_json(md["comparison_uri"])["units"]
+        units_by_sorter.setdefault(md["sorter"], []).extend(units)
+    df = summary_frame(comparisons)
+    png = accuracy_vs_snr_png(units_by_sorter)
+    folder = outputs.path()
+    csv_path = folder / "sorter_summary.csv"
+    df.to_csv(csv_path, index=False)
+    (folder / "accuracy_vs_snr.png").write_bytes(png)
+    plot_md = f"![accuracy vs SNR](data:image/png;base64,{base64.b64encode(png).decode()})"
+    return dg.MaterializeResult(
+        metadata={
+            "summary": _table(df),
+            "accuracy_vs_snr": dg.MetadataValue.md(plot_md),
+            "num_comparisons": len(comparisons),
+            "csv": dg.MetadataValue.path(str(csv_path)),
+            "text": dg.MetadataValue.md("```\n" + df.to_string(index=False) + "\n```"),
+        }
+    )
+
+
+@dg.asset(
+    group_name="results",
+    kinds={"json", "kachery"},
+    deps=[sorting],
+    automation_condition=AS_RESULTS_LAND,
+    description="The run_sortings.py output: one record per assigned (sorter, recording) that has run, "
+    "errored ones included, written to a file and to kachery for the old tools.",
+)
+def sorting_records(
+    context: dg.AssetExecutionContext, studyset: StudysetResource, kachery: KacheryResource, outputs: OutputsResource
+):
+    campaign = studyset.campaign(kachery)
+    records = collect_records(context.instance, campaign)
+    store = kachery.store()
+    payload = [r.to_json_dict() for r in records]
+    uri = store.store_json(payload, label="sorting_records.json")
+    path = outputs.path() / "sorting_records.json"
+    tmp = Path(f"{path}.new")
+    tmp.unlink(missing_ok=True)
+    write_records(tmp, records)
+    tmp.replace(path)  # this file is the asset's own: it is replaced, not appended
+    return dg.MaterializeResult(
+        metadata={
+            "num_records": len(records),
+            "num_errored": sum(1 for r in records if r.errored),
+            "records_uri": uri,
+            "path": dg.MetadataValue.path(str(path)),
+            "preview": dg.MetadataValue.json(json.loads(json.dumps(payload[:3]))),
+        }
+    )

@@ -1,0 +1,283 @@
+"""Sortings, their canary check, and their comparison with ground truth.
+
+One partition per (sorter, recording) pair the spec assigns.  The canary
+check is declared on ``sorting`` itself and is blocking: the step starts one
+worker process that sorts a short window first; its result is emitted as
+soon as the worker decides it, and a classified failure ends the step before
+the full sort starts.  Canary and full sort share the worker process, so a
+sorter's import and compilation cost is paid once.
+"""
+
+import dagster as dg
+
+from sf_assets.assets.history import latest_metadata
+from sf_assets.assets.recordings import content_version, recording, ground_truth
+from sf_assets.core.errors import SfAssetsError
+from sf_assets.core.labels import sorting_label
+from sf_assets.core.records import SortingRecord
+from sf_assets.core.sorter_catalog import resolve_sorter
+from sf_assets.engines.engine import cache_key, container_image_for, run_sort, work_dir_for
+from sf_assets.engines.job import SORT_ENGINE_VERSION, CanaryReport, SortJob, SortReport
+from sf_assets.partitions import recording_key, sorting_partitions, sorter_key, split_pair_key
+from sf_assets.resources import KacheryResource, SortingEngineResource, StudysetResource
+
+CANARY = "canary"
+SORTING_KEY = dg.AssetKey("sorting")
+SORTING_FORMAT = "mda"
+CONSOLE_TAIL_CHARS = 4000
+
+by_recording = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="recording")
+
+
+def _assigned_pair(context, studyset: StudysetResource, kachery: KacheryResource):
+    """The pair's sorter spec and recording; refuse at once a pair the spec does not assign."""
+    sorter_name, label = split_pair_key(context.partition_key)
+    try:
+        return studyset.campaign(kachery).require_assigned(sorter_name, label)
+    except SfAssetsError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+
+
+def canary_check_result(report: CanaryReport) -> dg.AssetCheckResult:
+    metadata = {
+        "status": report.status,
+        "window_s": report.window_s if report.window_s is not None else 0.0,
+        "units_found": report.num_units if report.num_units is not None else -1,
+        "elapsed_s": round(report.elapsed_s or 0.0, 2),
+        "failure_class": report.failure_class or "none",
+    }
+    if report.message:
+        metadata["message"] = report.message
+    if report.retry_advice:
+        metadata["advice"] = report.retry_advice
+    return dg.AssetCheckResult(
+        check_name=CANARY,
+        passed=not report.blocks_full_sort,
+        metadata=metadata,
+        description=f"canary {report.status}",
+    )
+
+
+def _record(sorter_spec, rec, report: SortReport, console_uri: str) -> SortingRecord:
+    output = None
+    if not report.errored:
+        output = {"sorting_format": SORTING_FORMAT, "data": {"sorting_object_uri": report.sorting_object_uri}}
+    return SortingRecord(
+        recording_name=rec.name,
+        study_name=rec.study_name,
+        sorter_name=sorter_spec.name,
+        sorting_parameters=dict(sorter_spec.params or {}),
+        console_out_uri=console_uri,
+        cpu_time_sec=report.elapsed_s,
+        errored=report.errored,
+        start_time=report.start_time,
+        end_time=report.end_time,
+        sorting_output=output,
+        recording_uri=rec.recording_uri,
+        ground_truth_uri=rec.sorting_true_uri,
+    )
+
+
+def _failure_kind(report: SortReport) -> str:
+    if report.failure_class and report.failure_class != "timeout":
+        where = "canary" if report.canary and report.canary.blocks_full_sort else "sort"
+        return f"{report.failure_class} failure ({where}): "
+    return ""
+
+
+def _console_tail(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return text[-CONSOLE_TAIL_CHARS:]
+
+
+@dg.asset(
+    partitions_def=sorting_partitions,
+    group_name="sortings",
+    kinds={"spikeinterface", "kachery"},
+    deps=[dg.AssetDep(recording, partition_mapping=by_recording)],
+    check_specs=[
+        dg.AssetCheckSpec(
+            CANARY,
+            asset="sorting",
+            blocking=True,
+            description="Short-window smoke-test sort with the same sorter and params, run first; "
+            "a classified failure stops the full sort.",
+        )
+    ],
+    code_version=SORT_ENGINE_VERSION,
+    backfill_policy=dg.BackfillPolicy.multi_run(1),
+    description="One (sorter, recording) sort, run by spikeinterface in a supervised worker process "
+    "(timeout, console capture); the sorting is stored in kachery.",
+)
+def sorting(
+    context: dg.AssetExecutionContext,
+    studyset: StudysetResource,
+    kachery: KacheryResource,
+    sorting_engine: SortingEngineResource,
+):
+    sorter_spec, rec = _assigned_pair(context, studyset, kachery)
+    entry = resolve_sorter(sorter_spec.name)
+    settings = sorting_engine.settings()
+    image = container_image_for(entry, settings)
+    key = cache_key(entry, dict(sorter_spec.params or {}), rec.recording_uri, image)
+    store = kachery.store()
+
+    if sorting_engine.use_job_cache:
+        previous = latest_metadata(context.instance, SORTING_KEY, context.partition_key)
+        if previous and previous.get("cache_key") == key and previous.get("sorting_object_uri"):
+            context.log.info(f"job cache {sorting_engine.job_cache!r}: inputs unchanged, not sorting again")
+            yield dg.AssetCheckResult(
+                check_name=CANARY, passed=True, metadata={"status": "job cache hit"}, description="not re-run"
+            )
+            yield dg.MaterializeResult(
+                data_version=content_version(previous["sorting_object_uri"]),
+                metadata={**previous, "job_cache_hit": True},
+            )
+            return
+
+    label = sorting_label(sorter_spec.name, rec.study_name, rec.name)
+    job = SortJob(
+        sorter_name=sorter_spec.name,
+        si_sorter_name=entry.si_name,
+        params=dict(sorter_spec.params or {}),
+        recording_uri=rec.recording_uri,
+        label=label,
+        kachery_dir=str(store.root_dir),
+        work_dir=str(work_dir_for(settings, sorter_key(sorter_spec.name), recording_key(rec))),
+        canary_first_n_s=settings.canary_first_n_s,
+        container_image=image,
+        container_engine=settings.container_engine,
+        kachery_local_only=store.local_only,
+    )
+    context.log.info(f"sorting {label} on the {settings.kind} engine (work folder {job.work_dir})")
+    report: SortReport | None = None
+    for event in run_sort(job, settings):
+        if isinstance(event, CanaryReport):
+            yield canary_check_result(event)
+        else:
+            report = event
+    assert report is not None
+    console_text = _console_tail(report.console_path) if report.errored else None
+    with open(report.console_path, "rb") as f:
+        console_uri = store.store_json(
+            {"label": label, "text": f.read().decode("utf-8", errors="replace")}, label="console_out.json"
+        )
+    record = _record(sorter_spec, rec, report, console_uri)
+    common = {
+        "label": label,
+        "record": dg.MetadataValue.json(record.to_json_dict()),
+        "console_out_uri": console_uri,
+        "cpu_time_s": report.cpu_time_s if report.cpu_time_s is not None else -1.0,
+        "elapsed_s": round(report.elapsed_s, 2),
+        "engine": settings.kind,
+        "cache_key": key,
+        "errored": report.errored,
+    }
+    if report.errored:
+        # The partition fails; the errored record is kept as an observation so
+        # sorting_records and the old tools still see it, with its console.
+        context.log_event(dg.AssetObservation(asset_key=SORTING_KEY, partition=context.partition_key, metadata=common))
+        raise dg.Failure(
+            description=f"{label}: {_failure_kind(report)}{report.error_message}",
+            metadata={
+                "failure_class": report.failure_class or "unclassified",
+                "console_tail": dg.MetadataValue.md(f"```\n{console_text}\n```"),
+                "console_out_uri": console_uri,
+            },
+            allow_retries=False,
+        )
+    yield dg.MaterializeResult(
+        data_version=content_version(report.sorting_object_uri),
+        metadata={**common, "sorting_object_uri": report.sorting_object_uri, "num_units": report.num_units},
+    )
+
+
+@dg.asset(
+    partitions_def=sorting_partitions,
+    group_name="sortings",
+    kinds={"spikeinterface"},
+    deps=[sorting, dg.AssetDep(ground_truth, partition_mapping=by_recording)],
+    automation_condition=dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed(),
+    backfill_policy=dg.BackfillPolicy.multi_run(1),
+    description="Per-true-unit accuracy, precision and recall of one sorting against its ground truth, "
+    "with the matching settings recorded next to the result.",
+)
+def sorting_comparison(context: dg.AssetExecutionContext, studyset: StudysetResource, kachery: KacheryResource):
+    from sf_assets.core.comparison import compare_to_ground_truth, summarize
+    from sf_assets.data import load_recording, load_sorting_object
+
+    sorter_spec, rec = _assigned_pair(context, studyset, kachery)
+    store = kachery.store()
+    sorted_md = latest_metadata(context.instance, SORTING_KEY, context.partition_key)
+    if not sorted_md or not sorted_md.get("sorting_object_uri"):
+        raise dg.Failure(description=f"{context.partition_key}: no successful sorting to compare yet")
+    gt_md = latest_metadata(context.instance, dg.AssetKey("ground_truth"), recording_key(rec))
+    if not gt_md:
+        raise dg.Failure(description=f"{rec.label}: ground_truth has not been materialized")
+    fs = rec.sample_rate_hz or load_recording(rec.recording_uri, store).get_sampling_frequency()
+    sorted_units = load_sorting_object(sorted_md["sorting_object_uri"], store, fs)
+    gt = load_sorting_object(rec.sorting_true_uri, store, fs)
+    result = compare_to_ground_truth(sorted_units, gt)
+    snrs = store.load_json(gt_md["snrs_uri"])["snr_by_unit"]
+    per_unit = result.per_unit.copy()
+    per_unit["snr"] = [snrs.get(str(u)) for u in per_unit["true_unit_id"]]
+    per_unit["snr"] = per_unit["snr"].astype(float)  # a unit without an SNR: NaN here
+    summary = summarize(per_unit)
+    units = [{k: _no_nan(v) for k, v in row.items()} for row in per_unit.to_dict(orient="records")]
+    per_unit_uri = store.store_json(
+        {"label": sorted_md.get("label"), "settings": result.settings, "units": units},
+        label="comparison.json",
+    )
+    table_rows = [
+        dg.TableRecord(
+            {
+                "true_unit": str(r["true_unit_id"]),
+                "snr": None if r["snr"] is None else round(float(r["snr"]), 2),
+                "accuracy": round(float(r["accuracy"]), 3),
+                "precision": round(float(r["precision"]), 3),
+                "recall": round(float(r["recall"]), 3),
+            }
+        )
+        for r in units
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            "label": sorted_md.get("label"),
+            "sorter": sorter_spec.name,
+            "study": rec.study_name,
+            "study_set": rec.study_set_name,
+            "recording": rec.name,
+            "comparison_uri": per_unit_uri,
+            "settings": dg.MetadataValue.json(result.settings),
+            "summary": dg.MetadataValue.json(_jsonable(summary)),
+            "units": dg.MetadataValue.table(
+                table_rows,
+                schema=dg.TableSchema(
+                    columns=[
+                        dg.TableColumn("true_unit", "string"),
+                        dg.TableColumn("snr", "float"),
+                        dg.TableColumn("accuracy", "float"),
+                        dg.TableColumn("precision", "float"),
+                        dg.TableColumn("recall", "float"),
+                    ]
+                ),
+            ),
+        }
+    )
+
+
+def _no_nan(value):
+    """JSON-safe scalar: numpy scalars unwrapped, NaN as None."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def _jsonable(summary: dict) -> dict:
+    return {k: _no_nan(v) for k, v in summary.items()}

@@ -1,0 +1,66 @@
+"""The validated studyset: the root of the graph, and the partitions' source."""
+
+import dagster as dg
+
+from sf_assets.core.campaign import Campaign
+from sf_assets.partitions import RECORDINGS, SORTERS, recording_key, sorter_key
+from sf_assets.resources import KacheryResource, StudysetResource
+
+
+def register_partitions(instance: dg.DagsterInstance, campaign: Campaign) -> tuple[list[str], list[str]]:
+    """Add the campaign's missing recording and sorter partitions; return the new keys."""
+    wanted_recordings = [recording_key(r) for r in campaign.recordings()]
+    wanted_sorters = [sorter_key(s.name) for s in campaign.spec.sorters]
+    new_recordings = [k for k in wanted_recordings if not instance.has_dynamic_partition(RECORDINGS, k)]
+    new_sorters = [k for k in wanted_sorters if not instance.has_dynamic_partition(SORTERS, k)]
+    if new_recordings:
+        instance.add_dynamic_partitions(RECORDINGS, new_recordings)
+    if new_sorters:
+        instance.add_dynamic_partitions(SORTERS, new_sorters)
+    return new_recordings, new_sorters
+
+
+def campaign_table(campaign: Campaign) -> dg.MetadataValue:
+    rows = [
+        dg.TableRecord(
+            {
+                "sorter": s.name,
+                "study_sets": ", ".join(s.studysets),
+                "params": str(s.params or {}),
+                "sorting_jobs": sum(1 for js, _ in campaign.jobs if js.name == s.name),
+            }
+        )
+        for s in campaign.spec.sorters
+    ]
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn("sorter", "string"),
+            dg.TableColumn("study_sets", "string"),
+            dg.TableColumn("params", "string"),
+            dg.TableColumn("sorting_jobs", "int"),
+        ]
+    )
+    return dg.MetadataValue.table(rows, schema=schema)
+
+
+@dg.asset(
+    group_name="studyset",
+    kinds={"json", "yaml"},
+    description="The studysets manifest and the spec, validated against each other. "
+    "Materializing it registers their recording and sorter partitions.",
+)
+def studysets(context: dg.AssetExecutionContext, studyset: StudysetResource, kachery: KacheryResource):
+    campaign = studyset.campaign(kachery)
+    new_recordings, new_sorters = register_partitions(context.instance, campaign)
+    return dg.MaterializeResult(
+        metadata={
+            "manifest": campaign.manifest.source,
+            "spec": campaign.spec.source,
+            "num_study_sets": len(campaign.manifest.study_sets),
+            "num_recordings": len(campaign.recordings()),
+            "num_sorting_jobs": len(campaign.jobs),
+            "new_recording_partitions": len(new_recordings),
+            "new_sorter_partitions": len(new_sorters),
+            "sorters": campaign_table(campaign),
+        }
+    )

@@ -1,0 +1,135 @@
+"""The ``sf-assets`` command line.
+
+Each subcommand is registered by one ``_add_<name>(subparsers)`` function
+listed in :data:`SUBCOMMANDS`; it sets ``run`` to a function taking the parsed
+arguments and returning an exit code.  :func:`main` is the only place that
+turns an :class:`~sf_assets.core.errors.SfAssetsError` into the one-line
+``sf-assets: error: <file>: <problem>`` message and exit code 2, so every
+subcommand reports bad input the same way, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from sf_assets.core.config_summary import config_summary
+from sf_assets.core.errors import SfAssetsError
+from sf_assets.inputs import load_config
+
+PROG = "sf-assets"
+EXIT_BAD_INPUT = 2
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """``-s`` (manifest) and ``-l`` (spec), named as in ``run_sortings.py``."""
+    parser.add_argument(
+        "-s",
+        "--study-source-file",
+        metavar="MANIFEST",
+        help="studysets manifest: a path or sha1:// URI (default: the spec's 'studysets')",
+    )
+    parser.add_argument(
+        "-l",
+        "--sorter-spec-file",
+        metavar="SPEC",
+        required=True,
+        help="spec.yaml: a path or sha1:// URI",
+    )
+
+
+def print_config(args: argparse.Namespace) -> int:
+    """Print the resolved configuration of ``-s``/``-l`` as JSON on stdout."""
+    manifest, spec = load_config(args.study_source_file, args.sorter_spec_file, store=None)
+    print(json.dumps(config_summary(manifest, spec), indent=2))
+    return 0
+
+
+def _add_check_config(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "check-config",
+        help="validate a manifest and a spec and print the resolved configuration",
+        description=(
+            "Check the manifest and spec against each other and the sorter catalog, then print "
+            "the configuration they resolve to (study sets, recordings, sorting jobs, sorters "
+            "with merged params) as JSON. Writes nothing."
+        ),
+    )
+    add_config_flags(parser)
+    parser.set_defaults(run=print_config)
+
+
+def ensure_dagster_home() -> None:
+    """Use the project's dagster.yaml (SQLite under the data folder) unless DAGSTER_HOME is set."""
+    import os
+    from pathlib import Path
+
+    from sf_assets.settings import load_settings
+
+    settings = load_settings()
+    os.environ.setdefault("SF_ASSETS_DAGSTER_DIR", str(settings.home / "dagster"))
+    Path(os.environ["SF_ASSETS_DAGSTER_DIR"]).mkdir(parents=True, exist_ok=True)
+    if not os.environ.get("DAGSTER_HOME"):
+        if not Path("dagster.yaml").exists():
+            raise SfAssetsError(
+                "DAGSTER_HOME is not set and there is no dagster.yaml in the current folder: run from the "
+                "sf-assets checkout or set DAGSTER_HOME to a folder holding a dagster.yaml"
+            )
+        os.environ["DAGSTER_HOME"] = str(Path.cwd())
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from sf_assets.demo import run_demo as demo
+
+    ensure_dagster_home()
+    return demo(workers=args.workercount, seed=args.seed)
+
+
+def _add_demo(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="generate a synthetic ground-truth studyset and run the whole graph on it",
+        description=(
+            "Generate (once) a synthetic studyset in the local kachery store, materialize every asset "
+            "for it on the configured Dagster instance (one run per partition), and print the sorter summary."
+        ),
+    )
+    parser.add_argument("-w", "--workercount", type=int, default=2, help="runs at a time (default 2)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic studyset (default 0)")
+    parser.set_defaults(run=run_demo)
+
+
+def _add_sorting_commands(subparsers: argparse._SubParsersAction) -> None:
+    # cli_sortings builds on this module's helpers: importing it here, not at the top, keeps
+    # the import one-way.
+    from sf_assets.cli_sortings import add_sorting_subcommands
+
+    add_sorting_subcommands(subparsers)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_check_config, _add_demo, _add_sorting_commands]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand of :data:`SUBCOMMANDS`."""
+    parser = argparse.ArgumentParser(prog=PROG, description="SpikeForest-style spike-sorting benchmarks on Dagster.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_subcommand in SUBCOMMANDS:
+        add_subcommand(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; returns its exit code (2 for bad input, after one line on stderr)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except SfAssetsError as exc:
+        message = " ".join(str(exc).splitlines())
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""A validated manifest + spec: the grid of (sorter, recording) sorts to run.
+
+Everything that asks "is this pair assigned?", "which recording is this
+label?" or "which params does this sorter get?" asks a :class:`Campaign`, so
+the assets, the sensor, the schedule and the command line agree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sf_assets.core.errors import SpecError
+from sf_assets.core.labels import recording_label, sorting_label
+from sf_assets.core.manifest import Manifest, Recording
+from sf_assets.core.spec import SorterSpec, Spec, sorting_jobs
+
+
+@dataclass(frozen=True)
+class Campaign:
+    manifest: Manifest
+    spec: Spec
+    jobs: tuple[tuple[SorterSpec, Recording], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "jobs", tuple(sorting_jobs(self.spec, self.manifest)))
+        object.__setattr__(self, "_recordings", {r.label: r for r in self.manifest.recordings()})
+        object.__setattr__(self, "_sorters", {s.name: s for s in self.spec.sorters})
+        object.__setattr__(self, "_pairs", {(s.name, r.label) for s, r in self.jobs})
+
+    def recording(self, label: str) -> Recording:
+        try:
+            return self._recordings[label]
+        except KeyError:
+            raise SpecError(f"{self.manifest.source}: no recording labelled {label!r} in the manifest") from None
+
+    def sorter(self, name: str) -> SorterSpec:
+        try:
+            return self._sorters[name]
+        except KeyError:
+            raise SpecError(
+                f"{self.spec.source}: sorter {name!r} is not in spike-sorters (spec'd: {sorted(self._sorters)})"
+            ) from None
+
+    def is_assigned(self, sorter_name: str, label: str) -> bool:
+        return (sorter_name, label) in self._pairs
+
+    def require_assigned(self, sorter_name: str, label: str) -> tuple[SorterSpec, Recording]:
+        """The pair's sorter spec and recording, or a SpecError saying why it may not run."""
+        sorter = self.sorter(sorter_name)
+        recording = self.recording(label)
+        if not self.is_assigned(sorter_name, label):
+            raise SpecError(
+                f"{self.spec.source}: {sorting_label(sorter_name, recording.study_name, recording.name)} is not "
+                f"assigned: sorter {sorter_name!r} runs only on study sets {list(sorter.studysets)}, and "
+                f"{recording_label(recording.study_name, recording.name)} belongs to {recording.study_set_name!r}"
+            )
+        return sorter, recording
+
+    def recordings(self) -> list[Recording]:
+        return list(self._recordings.values())

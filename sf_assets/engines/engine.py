@@ -1,0 +1,98 @@
+"""Choose how a sort runs: locally, in a container, or on a Slurm cluster.
+
+All three start the same worker (:mod:`sf_assets.engines.worker`) under the
+same supervisor, so records look the same whatever ran them.  The engine only
+decides the worker's command line and the container image.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sf_assets.core.sorter_catalog import SorterEntry
+from sf_assets.engines.job import SORT_ENGINE_VERSION, CanaryReport, SortJob, SortReport
+from sf_assets.engines.supervisor import prepare_work_dir, supervise, worker_command
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    partition: str | None = None
+    accept_shared_nodes: bool = False
+    jobs_per_allocation: int = 6
+    max_simultaneous_allocations: int = 5
+    gpus_per_node: int | None = None
+    # salloc job id(s), comma-separated, from slurm_allocations(); None: each sort is its own job.
+    allocation_id: str | None = None
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    work_root: str
+    timeout_min: float = 0.0
+    canary_first_n_s: float | None = 5.0
+    use_container: bool = False
+    container_engine: str = "docker"
+    slurm: SlurmSettings | None = None
+
+    @property
+    def timeout_s(self) -> float | None:
+        return self.timeout_min * 60.0 if self.timeout_min and self.timeout_min > 0 else None
+
+    @property
+    def kind(self) -> str:
+        return "slurm" if self.slurm else ("container" if self.use_container else "local")
+
+
+def container_image_for(entry: SorterEntry, settings: EngineSettings) -> str | None:
+    """The image a sorter runs in: always for container-only sorters, else when asked."""
+    if settings.use_container or not entry.runs_locally:
+        return entry.container_image
+    return None
+
+
+def cache_key(entry: SorterEntry, params: dict, recording_uri: str, image: str | None) -> str:
+    """Identity of a sort's inputs: same key, same sort (the job cache).
+
+    The recording URI is content-addressed (its sha1), so it stands for the
+    recording's data; the engine version stands for the code that sorts.
+    """
+    payload = {
+        "sorter": entry.si_name,
+        "params": params,
+        "recording": recording_uri.split("?", 1)[0],
+        "engine_version": SORT_ENGINE_VERSION,
+        "image": image,
+    }
+    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def work_dir_for(settings: EngineSettings, sorter_key: str, recording_key: str) -> Path:
+    return Path(settings.work_root) / sorter_key / recording_key
+
+
+def run_sort(job: SortJob, settings: EngineSettings) -> Iterator[CanaryReport | SortReport]:
+    """Prepare the work folder, start the worker on the chosen engine, supervise it."""
+    work_dir = prepare_work_dir(job)
+    command = worker_command(sys.executable, work_dir)
+    if job.container_image:
+        from sf_assets.engines.container import require_container_runtime
+
+        require_container_runtime(job.container_engine)
+    if settings.slurm is not None:
+        from sf_assets.engines.slurm import SlurmLaunch
+
+        launch = SlurmLaunch.for_job(command, settings.slurm, job, settings.timeout_s)
+        yield from supervise(
+            job,
+            launch.command,
+            timeout_s=settings.timeout_s,
+            env=launch.env,
+            stop=launch.stop,
+            worker_outcome=launch.worker_outcome,
+        )
+        return
+    yield from supervise(job, command, timeout_s=settings.timeout_s)

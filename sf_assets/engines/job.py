@@ -1,0 +1,123 @@
+"""What one sort is asked to do, and what it reports back.
+
+A :class:`SortJob` is a plain, JSON-serializable description: the supervising
+process writes it to the sort's work folder and the worker process (local,
+inside a container, or on a Slurm node) reads it back.  The worker answers with
+two small JSON files in the same folder, :data:`CANARY_FILE` as soon as the
+canary is decided and :data:`RESULT_FILE` at the end, so every engine reports
+in exactly the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+JOB_FILE = "job.json"
+CANARY_FILE = "canary.json"
+RESULT_FILE = "result.json"
+CONSOLE_FILE = "console.txt"
+
+# Bump when the worker changes what it produces for the same inputs: the job
+# cache and the schedule that re-runs stale sortings read it.
+SORT_ENGINE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class SortJob:
+    """One (sorter, recording) sort.
+
+    Attributes
+    ----------
+    sorter_name: catalog name as written in the spec (e.g. ``MountainSort5``).
+    si_sorter_name: spikeinterface's name (e.g. ``mountainsort5``).
+    params: sorter parameters as given in the spec (spikeinterface merges its
+        defaults; names were validated against them already).
+    recording_uri: kachery URI of the SpikeForest recording object.
+    label: the sorting label ``SORTER/STUDY/RECORDING`` (names stored objects).
+    kachery_dir: root of the kachery store the worker reads and writes.
+    work_dir: folder owned by this sort attempt; wiped before it starts.
+    canary_first_n_s: canary window in seconds (None, 0 or NaN: no canary).
+    container_image: run the sorter in this image (None: in this environment).
+    container_engine: ``docker`` or ``singularity`` when an image is given.
+    kachery_local_only: False when kachery-cloud client keys are configured.
+    """
+
+    sorter_name: str
+    si_sorter_name: str
+    params: dict[str, Any]
+    recording_uri: str
+    label: str
+    kachery_dir: str
+    work_dir: str
+    canary_first_n_s: float | None = None
+    container_image: str | None = None
+    container_engine: str = "docker"
+    kachery_local_only: bool = True
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SortJob":
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class CanaryReport:
+    """Outcome of the short smoke-test sort that precedes the full sort.
+
+    ``status`` is one of ``off`` (no window configured), ``skipped`` (recording
+    shorter than the window), ``passed``, ``failed`` (a classified failure:
+    the full sort does not start) and ``unexpected_error`` (logged; the full
+    sort proceeds).
+    """
+
+    status: str
+    window_s: float | None = None
+    num_units: int | None = None
+    elapsed_s: float | None = None
+    failure_class: str | None = None
+    retry_advice: str | None = None
+    message: str | None = None
+
+    @property
+    def blocks_full_sort(self) -> bool:
+        return self.status == "failed"
+
+
+@dataclass(frozen=True)
+class SortReport:
+    """Outcome of a whole sort attempt, as the supervisor saw it."""
+
+    errored: bool
+    start_time: float
+    end_time: float
+    elapsed_s: float
+    cpu_time_s: float | None
+    console_path: str
+    canary: CanaryReport | None = None
+    sorting_object_uri: str | None = None
+    num_units: int | None = None
+    timed_out: bool = False
+    error_message: str | None = None
+    failure_class: str | None = None
+    exit_code: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON so a reader never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def read_json_if_present(path: Path) -> Any | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None

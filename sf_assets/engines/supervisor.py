@@ -1,0 +1,219 @@
+"""Start the sort worker, watch it, and turn what it leaves behind into reports.
+
+The supervisor is the same for every engine; an engine only decides the
+command line that starts the worker (plain ``python -m ...``, or wrapped in
+``srun`` for Slurm).  It owns the parts that must hold whatever happens
+inside the worker:
+
+* the timeout: the worker's whole process group is terminated, then killed;
+* the console: the worker's stdout and stderr go to one file, kept even when
+  the sort crashes;
+* the CPU time, read from the kernel's accounting of the reaped child
+  (``os.wait4``), so a crashed or killed worker still has one;
+* interrupts: if the supervising step is stopped, the worker goes with it.
+
+:func:`supervise` is a generator: it yields the :class:`CanaryReport` as soon
+as the worker decides it, so a Dagster step can emit the canary check result
+before the full sort has finished, then the final :class:`SortReport`.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from sf_assets.engines.job import (
+    CANARY_FILE,
+    CONSOLE_FILE,
+    JOB_FILE,
+    RESULT_FILE,
+    CanaryReport,
+    SortJob,
+    SortReport,
+    read_json_if_present,
+)
+
+POLL_INTERVAL_S = 0.2
+KILL_GRACE_S = 10.0
+
+
+def prepare_work_dir(job: SortJob) -> Path:
+    """Wipe and recreate the job's folder, then write the job description."""
+    work_dir = Path(job.work_dir)
+    if work_dir.exists():
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True)
+    (work_dir / JOB_FILE).write_text(job.to_json())
+    return work_dir
+
+
+def worker_command(python: str, work_dir: Path) -> list[str]:
+    return [python, "-m", "sf_assets.engines.worker", str(work_dir)]
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM the worker's process group, SIGKILL it after ``grace_s``.
+
+    The child is left unreaped, so :func:`_reap` still reads its CPU time.
+    """
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if poll_without_reaping(proc) is not None:
+                return
+            time.sleep(0.1)
+
+
+def _as_reported(exit_code: int | None, cpu_time_s: float | None) -> tuple[int | None, float | None]:
+    return exit_code, cpu_time_s
+
+
+def _reap(proc: subprocess.Popen) -> tuple[int | None, float | None]:
+    """Wait for the child and return (exit status, CPU seconds user+system)."""
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except ChildProcessError:  # already reaped by Popen.poll()
+        return proc.returncode, None
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_utime + usage.ru_stime
+
+
+def supervise(
+    job: SortJob,
+    command: Sequence[str],
+    *,
+    timeout_s: float | None = None,
+    env: dict[str, str] | None = None,
+    stop: Callable[[subprocess.Popen, float], None] = stop_process_group,
+    worker_outcome: Callable[[int | None, float | None], tuple[int | None, float | None]] = _as_reported,
+) -> Iterator[CanaryReport | SortReport]:
+    """Run ``command`` (which starts the worker on ``job``) to completion.
+
+    Parameters
+    ----------
+    job: the sort; its ``work_dir`` must have been prepared with
+        :func:`prepare_work_dir`.
+    command: argv that starts ``sf_assets.engines.worker`` on the work folder.
+    timeout_s: wall-clock limit for canary plus full sort; None or 0: none.
+    env: the command's environment (None: this process's).
+    stop: ends the command early (timeout, interrupt) within about
+        ``grace_s``; an engine whose worker runs elsewhere (Slurm) supplies
+        one that also ends the remote work.
+    worker_outcome: maps the command's (exit code, CPU seconds) to the
+        worker's, for an engine whose command only relays the worker.
+
+    Yields
+    ------
+    The canary report (once, when it appears) and finally the sort report.
+    """
+    work_dir = Path(job.work_dir)
+    console_path = work_dir / CONSOLE_FILE
+    start_time = time.time()
+    started = time.monotonic()
+    canary: CanaryReport | None = None
+    timed_out = False
+    with open(console_path, "wb") as console:
+        proc = subprocess.Popen(
+            list(command),
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
+        try:
+            while True:
+                status = poll_without_reaping(proc)
+                if canary is None:
+                    canary = _read_canary(work_dir)
+                    if canary is not None:
+                        yield canary
+                if status is not None:
+                    break
+                if timeout_s and time.monotonic() - started > timeout_s:
+                    timed_out = True
+                    stop(proc, KILL_GRACE_S)
+                    break
+                time.sleep(POLL_INTERVAL_S)
+        except BaseException:
+            # The step was interrupted (run cancelled, Ctrl-C): never leave a
+            # sorter running behind it.
+            stop(proc, 2.0)
+            if poll_without_reaping(proc) is not None:
+                _reap(proc)
+            raise
+        exit_code, cpu_time_s = worker_outcome(*_reap(proc))
+    end_time = time.time()
+    if canary is None:
+        canary = _read_canary(work_dir)
+        if canary is not None:
+            yield canary
+    yield _final_report(
+        work_dir, canary, exit_code, cpu_time_s, timed_out, timeout_s, start_time, end_time, time.monotonic() - started
+    )
+
+
+def poll_without_reaping(proc: subprocess.Popen) -> int | None:
+    """Has the child exited?  Leaves it unreaped so wait4 can read its CPU time."""
+    try:
+        result = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return proc.returncode
+    return None if result is None else result.si_status
+
+
+def _read_canary(work_dir: Path) -> CanaryReport | None:
+    data = read_json_if_present(work_dir / CANARY_FILE)
+    return None if data is None else CanaryReport(**data)
+
+
+def _final_report(work_dir, canary, exit_code, cpu_time_s, timed_out, timeout_s, start_time, end_time, elapsed_s):
+    result = read_json_if_present(work_dir / RESULT_FILE) or {}
+    console_path = str(work_dir / CONSOLE_FILE)
+    common = dict(
+        start_time=start_time,
+        end_time=end_time,
+        elapsed_s=elapsed_s,
+        cpu_time_s=cpu_time_s,
+        console_path=console_path,
+        canary=canary,
+        exit_code=exit_code,
+    )
+    if timed_out:
+        return SortReport(
+            errored=True,
+            timed_out=True,
+            error_message=f"timed out after {timeout_s:g} s; the sort was terminated",
+            failure_class="timeout",
+            **common,
+        )
+    if exit_code == 0 and result.get("errored") is False:
+        return SortReport(
+            errored=False,
+            sorting_object_uri=result["sorting_object_uri"],
+            num_units=result["num_units"],
+            details={"sort_elapsed_s": result.get("sort_elapsed_s")},
+            **common,
+        )
+    message = result.get("error_message") or _describe_exit(exit_code)
+    return SortReport(
+        errored=True,
+        error_message=message,
+        failure_class=result.get("failure_class"),
+        details={"stage": result.get("stage", "crash")},
+        **common,
+    )
+
+
+def _describe_exit(exit_code: int | None) -> str:
+    if exit_code is not None and exit_code < 0:
+        return f"the sort worker was killed by signal {signal.Signals(-exit_code).name}"
+    return f"the sort worker exited with code {exit_code} without reporting a result"

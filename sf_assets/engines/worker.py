@@ -1,0 +1,227 @@
+"""The process that actually sorts: canary first, then the full sort.
+
+Run as ``python -m sf_assets.engines.worker WORK_DIR``.  Every engine starts
+this same module (directly, or through ``srun`` on a Slurm node), so console
+output, canary classification and the stored result are identical whatever
+runs it.  Canary and full sort share this one process on purpose: a sorter's
+imports and numba compilation (about 20 s for spykingcircus2) are paid once.
+
+Exit codes: 0 sorted, 1 the full sort failed, 3 a classified canary failure
+stopped the full sort, 2 the job itself is unusable.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from sf_assets.core.canary import canary_window_s, classify_sort_error, classify_sort_output
+from sf_assets.core.errors import SortFailure
+from sf_assets.engines.job import (
+    CANARY_FILE,
+    JOB_FILE,
+    RESULT_FILE,
+    CanaryReport,
+    SortJob,
+    write_json_atomic,
+)
+
+EXIT_SORTED = 0
+EXIT_SORT_FAILED = 1
+EXIT_BAD_JOB = 2
+EXIT_CANARY_STOPPED = 3
+
+
+def _say(message: str) -> None:
+    print(f"[sf-assets worker] {message}", flush=True)
+
+
+def _error_text(exc: BaseException, sorter_folder: Path) -> str:
+    """The exception plus the sorter's own log, which holds the real trace."""
+    parts = [f"{type(exc).__name__}: {exc}"]
+    log_file = sorter_folder / "spikeinterface_log.json"
+    try:
+        log = json.loads(log_file.read_text())
+        if log.get("error_trace"):
+            parts.append(str(log["error_trace"]))
+    except (OSError, ValueError):
+        pass
+    return "\n".join(parts)
+
+
+def _wipe(folder: Path, *, strict: bool) -> None:
+    if not folder.exists():
+        return
+    if strict:
+        shutil.rmtree(folder)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_sorter(job: SortJob, recording, folder: Path):
+    from spikeinterface.sorters import run_sorter
+
+    container = {}
+    if job.container_image:
+        key = "singularity_image" if job.container_engine == "singularity" else "docker_image"
+        container[key] = job.container_image
+    return run_sorter(
+        job.si_sorter_name,
+        recording,
+        folder=str(folder),
+        remove_existing_folder=True,
+        verbose=True,
+        **container,
+        **job.params,
+    )
+
+
+def _canary_is_off(canary_first_n_s: float | None) -> bool:
+    return canary_first_n_s is None or math.isnan(canary_first_n_s) or canary_first_n_s <= 0
+
+
+def run_canary(job: SortJob, recording, canary_dir: Path) -> CanaryReport:
+    """Sort the first ``canary_first_n_s`` seconds with the same sorter and params.
+
+    A classified failure means the full sort would fail the same way, so it
+    must not start.  Anything unexpected is reported but lets the full sort
+    proceed: the canary is a smoke test, not a second judge.  Interrupts are
+    never swallowed.
+    """
+    if _canary_is_off(job.canary_first_n_s):
+        return CanaryReport(status="off")
+    duration_s = recording.get_total_duration()
+    window_s = canary_window_s(duration_s, job.canary_first_n_s)
+    if window_s is None:
+        return CanaryReport(
+            status="skipped",
+            window_s=float(job.canary_first_n_s),
+            message=f"recording is {duration_s:.1f} s, shorter than the {job.canary_first_n_s} s canary window",
+        )
+    _wipe(canary_dir, strict=True)
+    _say(f"canary: sorting the first {window_s:g} s with {job.sorter_name}")
+    started = time.monotonic()
+    try:
+        sorting = _run_sorter(job, recording.time_slice(0.0, window_s), canary_dir / "sorter")
+    except (KeyboardInterrupt, SystemExit):
+        _wipe(canary_dir, strict=False)
+        raise
+    except Exception as exc:  # classified below; the rest only logged
+        elapsed_s = time.monotonic() - started
+        failure = classify_sort_error(job.si_sorter_name, _error_text(exc, canary_dir / "sorter"))
+        _wipe(canary_dir, strict=False)
+        if failure is None:
+            _say(f"canary: unexpected error ({type(exc).__name__}: {exc}); the full sort proceeds")
+            return CanaryReport(
+                status="unexpected_error",
+                window_s=window_s,
+                elapsed_s=elapsed_s,
+                message=f"{type(exc).__name__}: {exc}",
+            )
+        return _failed(window_s, elapsed_s, None, failure)
+    elapsed_s = time.monotonic() - started
+    num_units = len(sorting.unit_ids)
+    _wipe(canary_dir, strict=False)
+    failure = classify_sort_output(job.si_sorter_name, num_units)
+    if failure is not None:
+        return _failed(window_s, elapsed_s, num_units, failure)
+    _say(f"canary: passed with {num_units} units in {elapsed_s:.1f} s")
+    return CanaryReport(status="passed", window_s=window_s, num_units=num_units, elapsed_s=elapsed_s)
+
+
+def _failed(window_s, elapsed_s, num_units, failure: SortFailure) -> CanaryReport:
+    _say(f"canary: {failure.failure_class} failure: {failure}")
+    return CanaryReport(
+        status="failed",
+        window_s=window_s,
+        num_units=num_units,
+        elapsed_s=elapsed_s,
+        failure_class=failure.failure_class,
+        retry_advice=failure.retry_advice,
+        message=str(failure),
+    )
+
+
+def sort(work_dir: Path) -> int:
+    """Run one job from ``work_dir``; write canary and result files there."""
+    import dataclasses
+
+    from sf_assets.data import load_recording, store_sorting
+    from sf_assets.stores.kachery import KacheryStore
+
+    job = SortJob.from_json((work_dir / JOB_FILE).read_text())
+    store = KacheryStore(job.kachery_dir, local_only=job.kachery_local_only)
+    recording = load_recording(job.recording_uri, store)
+
+    canary = run_canary(job, recording, work_dir / "_canary")
+    write_json_atomic(work_dir / CANARY_FILE, dataclasses.asdict(canary))
+    if canary.blocks_full_sort:
+        write_json_atomic(
+            work_dir / RESULT_FILE,
+            {"errored": True, "stage": "canary", "failure_class": canary.failure_class, "error_message": canary.message},
+        )
+        return EXIT_CANARY_STOPPED
+
+    sorter_dir = work_dir / "sorter"
+    _say(f"sorting {job.label} with {job.sorter_name} ({job.si_sorter_name}), params {job.params}")
+    started = time.monotonic()
+    try:
+        sorting = _run_sorter(job, recording, sorter_dir)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        text = _error_text(exc, sorter_dir)
+        print(text, flush=True)
+        failure = classify_sort_error(job.si_sorter_name, text)
+        write_json_atomic(
+            work_dir / RESULT_FILE,
+            {
+                "errored": True,
+                "stage": "sort",
+                "failure_class": failure.failure_class if failure else None,
+                "error_message": f"{type(exc).__name__}: {exc}",
+            },
+        )
+        return EXIT_SORT_FAILED
+    sort_elapsed_s = time.monotonic() - started
+    uri = store_sorting(sorting, store, job.label)
+    write_json_atomic(
+        work_dir / RESULT_FILE,
+        {
+            "errored": False,
+            "stage": "done",
+            "sorting_object_uri": uri,
+            "num_units": len(sorting.unit_ids),
+            "sort_elapsed_s": sort_elapsed_s,
+        },
+    )
+    _say(f"sorted {job.label}: {len(sorting.unit_ids)} units in {sort_elapsed_s:.1f} s")
+    return EXIT_SORTED
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m sf_assets.engines.worker WORK_DIR", file=sys.stderr)
+        return EXIT_BAD_JOB
+    work_dir = Path(argv[0])
+    try:
+        return sort(work_dir)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # loading failed: report it like any sort error
+        traceback.print_exc()
+        sys.stdout.flush()
+        write_json_atomic(
+            work_dir / RESULT_FILE,
+            {"errored": True, "stage": "load", "failure_class": None, "error_message": f"{type(exc).__name__}: {exc}"},
+        )
+        return EXIT_SORT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""Run the asset graph for a campaign on a Dagster instance, one run per partition.
+
+This is what ``sf-assets demo``, ``run-sortings`` and ``sort-sf-recordings``
+do: register partitions, materialize the recordings, sort every assigned
+(sorter, recording) pair that the job cache does not already hold, then
+materialize the fan-in results.  Each partition is its own Dagster run on the
+configured instance, so every run, its logs and its canary check show in the
+UI, and a failed sort fails only its own run.  Runs execute in a pool of
+worker processes (``workers``), each of which imports Dagster and the code
+location once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from sf_assets.assets.history import latest_partition_events, plain_metadata
+from sf_assets.core.campaign import Campaign
+from sf_assets.core.labels import sorting_label
+from sf_assets.core.manifest import Recording
+from sf_assets.core.sorter_catalog import resolve_sorter
+from sf_assets.core.spec import SorterSpec
+from sf_assets.engines.engine import EngineSettings, cache_key, container_image_for
+from sf_assets.partitions import pair_key, recording_key
+
+
+_NOT_ENGINE_FIELDS = {
+    "spec_source",
+    "manifest_source",
+    "kachery_dir",
+    "kachery_local_only",
+    "workspace_db_url",
+    "workspace_uri",
+    "dry_run",
+    "outputs_dir",
+    "log_level",
+}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything a run's resources are configured with (shown in each run's config)."""
+
+    spec_source: str
+    kachery_dir: str
+    work_root: str
+    workspace_db_url: str
+    outputs_dir: str
+    manifest_source: str = ""
+    kachery_local_only: bool = True
+    workspace_uri: str = ""
+    dry_run: bool = False
+    timeout_min: float = 0.0
+    canary_first_n_s: float = 5.0
+    use_container: bool = False
+    container_engine: str = "docker"
+    use_job_cache: bool = True
+    job_cache: str = "default-job-cache"
+    use_slurm: bool = False
+    slurm_partition: str = ""
+    slurm_accept_shared_nodes: bool = False
+    slurm_jobs_per_allocation: int = 6
+    slurm_max_simultaneous_allocations: int = 5
+    slurm_gpus_per_node: int = 0
+    # Level of each run's console log in this process ("": Dagster's default, DEBUG); the
+    # event log, and so the UI, always keeps everything.
+    log_level: str = ""
+
+    @classmethod
+    def from_settings(cls, settings, **overrides) -> "RunOptions":
+        base = dict(
+            spec_source=settings.spec_source,
+            manifest_source=settings.manifest_source or "",
+            kachery_dir=str(settings.kachery_dir),
+            kachery_local_only=settings.kachery_local_only,
+            work_root=str(settings.work_root),
+            workspace_db_url=settings.workspace_db_url,
+            outputs_dir=str(settings.outputs_dir),
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    def run_config(self) -> dict[str, Any]:
+        o = self
+        engine = {
+            f.name: getattr(o, f.name)
+            for f in dataclasses.fields(o)
+            if f.name
+            not in _NOT_ENGINE_FIELDS
+        }
+        loggers = {"loggers": {"console": {"config": {"log_level": o.log_level}}}} if o.log_level else {}
+        return {
+            **loggers,
+            "resources": {
+                "kachery": {"config": {"root_dir": o.kachery_dir, "local_only": o.kachery_local_only}},
+                "studyset": {"config": {"spec_source": o.spec_source, "manifest_source": o.manifest_source}},
+                "sorting_engine": {"config": engine},
+                "workspace": {
+                    "config": {"db_url": o.workspace_db_url, "workspace_uri": o.workspace_uri, "dry_run": o.dry_run}
+                },
+                "outputs": {"config": {"folder": o.outputs_dir}},
+            }
+        }
+
+    def engine_settings(self) -> EngineSettings:
+        from sf_assets.resources import SortingEngineResource
+
+        return SortingEngineResource(**self.run_config()["resources"]["sorting_engine"]["config"]).settings()
+
+
+@dataclass
+class RunOutcome:
+    job_name: str
+    partition_key: str | None
+    success: bool
+    run_id: str | None
+    elapsed_s: float
+    error: str | None = None
+
+
+@dataclass
+class CampaignOutcome:
+    recordings: list[RunOutcome] = field(default_factory=list)
+    sortings: list[RunOutcome] = field(default_factory=list)
+    results: list[RunOutcome] = field(default_factory=list)
+    cached_pairs: list[str] = field(default_factory=list)
+    skipped_pairs: list[str] = field(default_factory=list)
+
+    @property
+    def failed_sortings(self) -> list[RunOutcome]:
+        return [o for o in self.sortings if not o.success]
+
+
+def execute_partition_run(
+    instance_ref: Any,
+    job_name: str,
+    partition_key: str | None,
+    run_config: dict,
+    tags: dict[str, str] | None = None,
+) -> RunOutcome:
+    """Execute one run of ``job_name`` (in this process) on the instance."""
+    from sf_assets.definitions import defs
+
+    started = time.monotonic()
+    instance = dg.DagsterInstance.from_ref(instance_ref) if instance_ref else dg.DagsterInstance.get()
+    job = defs.resolve_job_def(job_name)
+    key = None
+    if partition_key is not None and "|" in partition_key:
+        key = job.partitions_def.get_partition_key_from_str(partition_key)
+    result = job.execute_in_process(
+        instance=instance,
+        partition_key=key or partition_key,
+        run_config=run_config,
+        raise_on_error=False,
+        tags=tags or {},
+    )
+    error = None
+    if not result.success:
+        failures = [e for e in result.all_events if e.is_step_failure]
+        if failures:
+            info = failures[0].step_failure_data.error
+            error = info.message.strip() if info else "step failed"
+        else:
+            error = "run failed"
+    return RunOutcome(job_name, partition_key, result.success, result.run_id, time.monotonic() - started, error)
+
+
+def _run_many(
+    instance: dg.DagsterInstance,
+    job_name: str,
+    keys: list[str],
+    run_config: dict,
+    workers: int,
+    on_done: Callable[[RunOutcome, int, int], None] | None,
+    tags: dict[str, str] | None = None,
+) -> list[RunOutcome]:
+    if not keys:
+        return []
+    outcomes: list[RunOutcome] = []
+    ref = instance.get_ref()
+    if workers <= 1:
+        for key in keys:
+            outcome = execute_partition_run(ref, job_name, key, run_config, tags)
+            outcomes.append(outcome)
+            if on_done:
+                on_done(outcome, len(outcomes), len(keys))
+        return outcomes
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(keys)), mp_context=context) as pool:
+        pending = {pool.submit(execute_partition_run, ref, job_name, k, run_config, tags) for k in keys}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                outcome = future.result()
+                outcomes.append(outcome)
+                if on_done:
+                    on_done(outcome, len(outcomes), len(keys))
+    return outcomes
+
+
+def cached_pairs(
+    instance: dg.DagsterInstance, campaign: Campaign, options: RunOptions, pairs: Iterable[tuple[SorterSpec, Recording]]
+) -> set[str]:
+    """Pairs whose latest successful sorting has the same cache key as now."""
+    pairs = list(pairs)
+    if not options.use_job_cache or not pairs:
+        return set()
+    settings = options.engine_settings()
+    latest = latest_partition_events(instance, dg.AssetKey("sorting"))
+    hits = set()
+    for sorter_spec, rec in pairs:
+        key = str(pair_key(sorter_spec.name, rec))
+        if key not in latest:
+            continue
+        md = plain_metadata(latest[key][1])
+        entry = resolve_sorter(sorter_spec.name)
+        expected = cache_key(entry, dict(sorter_spec.params or {}), rec.recording_uri, container_image_for(entry, settings))
+        if md.get("cache_key") == expected and md.get("sorting_object_uri"):
+            hits.add(key)
+    return hits
+
+
+def _materialized_recordings(instance: dg.DagsterInstance, campaign: Campaign) -> set[str]:
+    """Recording partitions whose recording and ground truth are current."""
+    from sf_assets.core.uris import parse_uri
+
+    current = set()
+    rec_events = latest_partition_events(instance, dg.AssetKey("recording"))
+    gt_events = latest_partition_events(instance, dg.AssetKey("ground_truth"))
+    for rec in campaign.recordings():
+        key = recording_key(rec)
+        if key in rec_events and key in gt_events:
+            md = plain_metadata(rec_events[key][1])
+            if md.get("recording_uri") == rec.recording_uri:
+                current.add(key)
+    return current
+
+
+def launch_campaign(
+    instance: dg.DagsterInstance,
+    campaign: Campaign,
+    options: RunOptions,
+    *,
+    workers: int = 2,
+    pairs: list[tuple[SorterSpec, Recording]] | None = None,
+    run_results: bool = True,
+    progress: Callable[[str], None] | None = None,
+    on_sorting_done: Callable[[RunOutcome], None] | None = None,
+    tags: dict[str, str] | None = None,
+) -> CampaignOutcome:
+    """Materialize the campaign (or the given pairs) and its results; ``tags`` go on every run."""
+    from sf_assets.assets.studysets import register_partitions
+
+    say = progress or (lambda _msg: None)
+    outcome = CampaignOutcome()
+    run_config = options.run_config()
+    register_partitions(instance, campaign)
+    outcome.results.append(execute_partition_run(instance.get_ref(), "studysets_job", None, run_config, tags))
+
+    pairs = list(campaign.jobs if pairs is None else pairs)
+    hits = cached_pairs(instance, campaign, options, pairs)
+    outcome.cached_pairs = sorted(hits)
+    to_sort = [(s, r) for s, r in pairs if str(pair_key(s.name, r)) not in hits]
+    if hits:
+        say(f"job cache {options.job_cache!r}: {len(hits)} sorting(s) unchanged, not sorted again")
+
+    needed = {recording_key(r): r for _, r in to_sort}
+    current = _materialized_recordings(instance, campaign)
+    rec_keys = [k for k in needed if k not in current]
+
+    def rec_done(o: RunOutcome, i: int, n: int) -> None:
+        say(f"[recordings {i}/{n}] {o.partition_key}: {'ok' if o.success else 'FAILED: ' + (o.error or '')}")
+
+    outcome.recordings = _run_many(instance, "recordings_job", rec_keys, run_config, workers, rec_done, tags)
+    failed_recordings = {o.partition_key for o in outcome.recordings if not o.success}
+
+    sort_keys = []
+    for s, r in to_sort:
+        key = str(pair_key(s.name, r))
+        if recording_key(r) in failed_recordings:
+            outcome.skipped_pairs.append(key)
+        else:
+            sort_keys.append(key)
+
+    def sort_done(o: RunOutcome, i: int, n: int) -> None:
+        from sf_assets.partitions import split_pair_key
+
+        sorter_name, label = split_pair_key(o.partition_key)
+        state = "ok" if o.success else "FAILED: " + (o.error or "")
+        say(f"[sortings {i}/{n}] {sorter_name}/{label}: {state} ({o.elapsed_s:.1f} s)")
+        if on_sorting_done:
+            on_sorting_done(o)
+
+    outcome.sortings = _run_many(instance, "sorting_job", sort_keys, run_config, workers, sort_done, tags)
+    if run_results:
+        outcome.results.append(execute_partition_run(instance.get_ref(), "results_job", None, run_config, tags))
+    return outcome
+
+
+def pair_labels(pairs: Iterable[tuple[SorterSpec, Recording]]) -> list[str]:
+    return [sorting_label(s.name, r.study_name, r.name) for s, r in pairs]

@@ -1,0 +1,87 @@
+"""Helpers for tests that materialize the real asset graph on a temporary instance.
+
+A :class:`GraphEnv` is one throwaway deployment: its own kachery store, work
+folders, workspace database, outputs folder and Dagster instance, with a spec
+written for the test.  Runs go through :mod:`sf_assets.launch`, the same path
+the command line uses.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+from sf_assets.assets.history import latest_partition_events, plain_metadata
+from sf_assets.core.campaign import Campaign
+from sf_assets.inputs import load_config
+from sf_assets.launch import RunOptions, execute_partition_run, launch_campaign
+from sf_assets.stores.kachery import KacheryStore
+
+
+def write_spec(path: Path, manifest_path: Path, sorters: dict[str, dict]) -> Path:
+    """A spec running each sorter ({name: {"studysets": [...], "params": {...}}})."""
+    with open(manifest_path) as f:
+        names = [s["name"] for s in json.load(f)["StudySets"]]
+    spec = {
+        "studysets": str(manifest_path),
+        "studyset-names": names,
+        "spike-sorters": [
+            {"name": name, "params": cfg.get("params", {}), "studysets": cfg["studysets"]}
+            for name, cfg in sorters.items()
+        ],
+    }
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@dataclass
+class GraphEnv:
+    root: Path
+    store: KacheryStore
+    instance: dg.DagsterInstance
+    options: RunOptions
+
+    @property
+    def campaign(self) -> Campaign:
+        return Campaign(*load_config(self.options.manifest_source or None, self.options.spec_source, self.store))
+
+    def with_options(self, **changes) -> "GraphEnv":
+        return replace(self, options=replace(self.options, **changes))
+
+    def launch(self, *, workers: int = 1, pairs=None, run_results: bool = True):
+        return launch_campaign(
+            self.instance, self.campaign, self.options, workers=workers, pairs=pairs, run_results=run_results
+        )
+
+    def run(self, job_name: str, partition_key: str | None = None):
+        return execute_partition_run(self.instance.get_ref(), job_name, partition_key, self.options.run_config())
+
+    def latest(self, asset: str, *, observations: bool = False) -> dict[str, dict]:
+        events = latest_partition_events(self.instance, dg.AssetKey(asset), include_observations=observations)
+        return {k: plain_metadata(v[1]) for k, v in events.items()}
+
+    def latest_unpartitioned(self, asset: str) -> dict:
+        event = self.instance.get_latest_materialization_event(dg.AssetKey(asset))
+        assert event is not None, f"{asset} was never materialized"
+        return plain_metadata(event)
+
+    def check_evaluations(self, check_name: str = "canary") -> list:
+        key = dg.AssetCheckKey(dg.AssetKey("sorting"), check_name)
+        return self.instance.event_log_storage.get_asset_check_execution_history(key, limit=1000)
+
+
+def make_env(root: Path, store: KacheryStore, instance: dg.DagsterInstance, manifest: Path, spec: Path, **options):
+    root.mkdir(parents=True, exist_ok=True)
+    run_options = RunOptions(
+        spec_source=str(spec),
+        manifest_source=str(manifest),
+        kachery_dir=str(store.root_dir),
+        work_root=str(root / "sorts"),
+        workspace_db_url=f"sqlite:///{root / 'workspace.db'}",
+        outputs_dir=str(root / "outputs"),
+        **options,
+    )
+    return GraphEnv(root=root, store=store, instance=instance, options=run_options)
