@@ -5,6 +5,9 @@ want=()
 command -v slurmctld >/dev/null 2>&1 || want+=(slurm-wlm)
 command -v munged >/dev/null 2>&1 || want+=(munge)
 command -v chromium >/dev/null 2>&1 || want+=(chromium)
+# PostgreSQL server binaries (initdb, pg_ctl) and the `postgres` user the tests run them as.
+{ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null 2>&1; } && id postgres >/dev/null 2>&1 \
+  || want+=(postgresql)
 if [ ${#want[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing Debian packages: ${want[*]} (run as root, or install them: apt-get install -y ${want[*]})" >&2

@@ -11,6 +11,7 @@ location once.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import time
@@ -32,6 +33,7 @@ from sf_assets.partitions import pair_key, recording_key
 
 
 _NOT_ENGINE_FIELDS = {
+    "console_log_level",
     "spec_source",
     "manifest_source",
     "kachery_dir",
@@ -69,6 +71,8 @@ class RunOptions:
     slurm_jobs_per_allocation: int = 6
     slurm_max_simultaneous_allocations: int = 5
     slurm_gpus_per_node: int = 0
+    slurm_allocation_id: str = ""
+    console_log_level: str = "WARNING"
     # Level of each run's console log in this process ("": Dagster's default, DEBUG); the
     # event log, and so the UI, always keeps everything.
     log_level: str = ""
@@ -241,6 +245,22 @@ def _materialized_recordings(instance: dg.DagsterInstance, campaign: Campaign) -
             if md.get("recording_uri") == rec.recording_uri:
                 current.add(key)
     return current
+
+
+@contextlib.contextmanager
+def slurm_allocations_for(options: RunOptions):
+    """With --use-slurm, hold the campaign's Slurm allocations while it runs.
+
+    Sorts then run as job steps inside them (at most jobs-per-allocation at
+    once in each); without Slurm, or with allocations given, nothing changes.
+    """
+    if not options.use_slurm or options.slurm_allocation_id:
+        yield options
+        return
+    from sf_assets.engines.slurm_allocations import slurm_allocations
+
+    with slurm_allocations(options.engine_settings().slurm) as ids:
+        yield dataclasses.replace(options, slurm_allocation_id=",".join(ids))
 
 
 def launch_campaign(

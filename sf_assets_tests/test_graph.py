@@ -65,6 +65,7 @@ def test_canary_ran_before_every_full_sort_and_passed(graph):
     env, _ = graph
     evaluations = env.check_evaluations()
     assert len(evaluations) == 6
+    assert {r.partition for r in evaluations} == set(env.latest("sorting")), "one canary result per partition"
     for record in evaluations:
         assert record.status.value == "SUCCEEDED"
         md = record.event.dagster_event.event_specific_data.metadata

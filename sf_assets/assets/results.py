@@ -8,7 +8,7 @@ them back.
 import base64
 import io
 import json
-from pathlib import Path
+import os
 
 import dagster as dg
 
@@ -20,11 +20,12 @@ from sf_assets.partitions import pair_key
 from sf_assets.resources import KacheryResource, OutputsResource, StudysetResource
 
 # Re-run the fan-ins whenever a new sorting or comparison lands; never wait for
-# every upstream partition (unassigned cells are missing forever).
+# every upstream partition (unassigned cells are missing forever), nor for sorts
+# still running: they read what has landed from the event log, and a campaign's
+# backfill keeps some sorting in progress until its very last sort.  Only one run
+# of each fan-in at a time.
 AS_RESULTS_LAND = (
-    dg.AutomationCondition.any_deps_updated().since_last_handled()
-    & ~dg.AutomationCondition.any_deps_in_progress()
-    & ~dg.AutomationCondition.in_progress()
+    dg.AutomationCondition.any_deps_updated().since_last_handled() & ~dg.AutomationCondition.in_progress()
 )
 
 
@@ -189,10 +190,12 @@ def sorting_records(
     payload = [r.to_json_dict() for r in records]
     uri = store.store_json(payload, label="sorting_records.json")
     path = outputs.path() / "sorting_records.json"
-    tmp = Path(f"{path}.new")
+    # This file is the asset's own: it is replaced whole, never appended; the
+    # temporary name is per process so two overlapping runs cannot collide.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
     tmp.unlink(missing_ok=True)
     write_records(tmp, records)
-    tmp.replace(path)  # this file is the asset's own: it is replaced, not appended
+    tmp.replace(path)
     return dg.MaterializeResult(
         metadata={
             "num_records": len(records),

@@ -8,11 +8,13 @@ the full sort starts.  Canary and full sort share the worker process, so a
 sorter's import and compilation cost is paid once.
 """
 
+import contextlib
+
 import dagster as dg
 
 from sf_assets.assets.history import latest_metadata
 from sf_assets.assets.recordings import content_version, recording, ground_truth
-from sf_assets.core.errors import SfAssetsError
+from sf_assets.core.errors import SfAssetsError, SortFailure
 from sf_assets.core.labels import sorting_label
 from sf_assets.core.records import SortingRecord
 from sf_assets.core.sorter_catalog import resolve_sorter
@@ -104,6 +106,9 @@ def _console_tail(path: str) -> str:
             CANARY,
             asset="sorting",
             blocking=True,
+            # One canary result per (sorter, recording): partitioned check specs
+            # are a preview feature in Dagster 1.13, used on purpose.
+            partitions_def=sorting_partitions,
             description="Short-window smoke-test sort with the same sorter and params, run first; "
             "a classified failure stops the full sort.",
         )
@@ -155,11 +160,17 @@ def sorting(
     )
     context.log.info(f"sorting {label} on the {settings.kind} engine (work folder {job.work_dir})")
     report: SortReport | None = None
-    for event in run_sort(job, settings):
-        if isinstance(event, CanaryReport):
-            yield canary_check_result(event)
-        else:
-            report = event
+    # closing(): an interrupt while Dagster handles the canary result must still
+    # stop the worker now, not whenever the generator is garbage-collected.
+    try:
+        with contextlib.closing(run_sort(job, settings)) as events:
+            for event in events:
+                if isinstance(event, CanaryReport):
+                    yield canary_check_result(event)
+                else:
+                    report = event
+    except SortFailure as exc:  # the engine refused before starting (e.g. no Docker daemon)
+        raise dg.Failure(description=f"{label}: {exc.failure_class} failure: {exc}", allow_retries=False) from exc
     assert report is not None
     console_text = _console_tail(report.console_path) if report.errored else None
     with open(report.console_path, "rb") as f:
