@@ -17,7 +17,7 @@ from sf_assets.assets.recordings import content_version, recording, ground_truth
 from sf_assets.core.errors import SfAssetsError, SortFailure
 from sf_assets.core.labels import sorting_label
 from sf_assets.core.records import SortingRecord
-from sf_assets.core.sorter_catalog import resolve_sorter
+from sf_assets.core.sorter_catalog import require_runnable, resolve_sorter
 from sf_assets.engines.engine import cache_key, container_image_for, run_sort, work_dir_for
 from sf_assets.engines.job import SORT_ENGINE_VERSION, CanaryReport, SortJob, SortReport
 from sf_assets.partitions import recording_key, sorting_partitions, sorter_key, split_pair_key
@@ -163,6 +163,7 @@ def sorting(
     # closing(): an interrupt while Dagster handles the canary result must still
     # stop the worker now, not whenever the generator is garbage-collected.
     try:
+        require_runnable(entry, in_container=image is not None)
         with contextlib.closing(run_sort(job, settings)) as events:
             for event in events:
                 if isinstance(event, CanaryReport):

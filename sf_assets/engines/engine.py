@@ -70,6 +70,17 @@ def cache_key(entry: SorterEntry, params: dict, recording_uri: str, image: str |
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def canary_timeout_s(canary_first_n_s: float | None) -> float | None:
+    """How long the canary may take, start-up included, before it counts as hung.
+
+    Four times the window, at least two minutes (sorter imports, numba
+    compilation, a container's start) and at most five.
+    """
+    if not canary_first_n_s or canary_first_n_s != canary_first_n_s or canary_first_n_s <= 0:
+        return None
+    return min(300.0, max(120.0, 4.0 * canary_first_n_s))
+
+
 def work_dir_for(settings: EngineSettings, sorter_key: str, recording_key: str) -> Path:
     return Path(settings.work_root) / sorter_key / recording_key
 
@@ -95,4 +106,7 @@ def run_sort(job: SortJob, settings: EngineSettings) -> Iterator[CanaryReport | 
             worker_outcome=launch.worker_outcome,
         )
         return
-    yield from supervise(job, command, timeout_s=settings.timeout_s)
+    # Only here: on Slurm the time a step waits for its allocation would count.
+    yield from supervise(
+        job, command, timeout_s=settings.timeout_s, canary_timeout_s=canary_timeout_s(job.canary_first_n_s)
+    )

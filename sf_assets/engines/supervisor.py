@@ -93,6 +93,7 @@ def supervise(
     timeout_s: float | None = None,
     env: dict[str, str] | None = None,
     stop: Callable[[subprocess.Popen, float], None] = stop_process_group,
+    canary_timeout_s: float | None = None,
     worker_outcome: Callable[[int | None, float | None], tuple[int | None, float | None]] = _as_reported,
 ) -> Iterator[CanaryReport | SortReport]:
     """Run ``command`` (which starts the worker on ``job``) to completion.
@@ -109,6 +110,10 @@ def supervise(
         one that also ends the remote work.
     worker_outcome: maps the command's (exit code, CPU seconds) to the
         worker's, for an engine whose command only relays the worker.
+    canary_timeout_s: the canary must be decided within this many seconds
+        of the start; some sorters hang instead of failing on a degenerate
+        window (mountainsort5 on a pure sine wave), and a hung canary is a
+        failed one: the full sort does not start.
 
     Yields
     ------
@@ -142,6 +147,11 @@ def supervise(
                     timed_out = True
                     stop(proc, KILL_GRACE_S)
                     break
+                if canary is None and canary_timeout_s and time.monotonic() - started > canary_timeout_s:
+                    canary = _hung_canary(canary_timeout_s)
+                    yield canary
+                    stop(proc, KILL_GRACE_S)
+                    break
                 time.sleep(POLL_INTERVAL_S)
         except BaseException:
             # The step was interrupted (run cancelled, Ctrl-C): never leave a
@@ -168,6 +178,16 @@ def poll_without_reaping(proc: subprocess.Popen) -> int | None:
     except ChildProcessError:
         return proc.returncode
     return None if result is None else result.si_status
+
+
+def _hung_canary(canary_timeout_s: float) -> CanaryReport:
+    return CanaryReport(
+        status="failed",
+        failure_class="resource",
+        elapsed_s=canary_timeout_s,
+        retry_advice="skip this recording, or retry with a smaller job",
+        message=f"the canary did not finish within {canary_timeout_s:g} s: the sorter hangs on this recording",
+    )
 
 
 def _read_canary(work_dir: Path) -> CanaryReport | None:
@@ -203,6 +223,8 @@ def _final_report(work_dir, canary, exit_code, cpu_time_s, timed_out, timeout_s,
             details={"sort_elapsed_s": result.get("sort_elapsed_s")},
             **common,
         )
+    if canary is not None and canary.blocks_full_sort and not result:  # hung canary, stopped here
+        result = {"error_message": canary.message, "failure_class": canary.failure_class, "stage": "canary"}
     message = result.get("error_message") or _describe_exit(exit_code)
     return SortReport(
         errored=True,

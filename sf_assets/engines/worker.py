@@ -12,14 +12,13 @@ stopped the full sort, 2 the job itself is unusable.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from sf_assets.core.canary import canary_window_s, classify_sort_error, classify_sort_output
+from sf_assets.core.canary import CanaryDecision, classify_sort_error, classify_sort_output, plan_canary
 from sf_assets.core.errors import SortFailure
 from sf_assets.engines.job import (
     CANARY_FILE,
@@ -80,10 +79,6 @@ def _run_sorter(job: SortJob, recording, folder: Path):
     )
 
 
-def _canary_is_off(canary_first_n_s: float | None) -> bool:
-    return canary_first_n_s is None or math.isnan(canary_first_n_s) or canary_first_n_s <= 0
-
-
 def run_canary(job: SortJob, recording, canary_dir: Path) -> CanaryReport:
     """Sort the first ``canary_first_n_s`` seconds with the same sorter and params.
 
@@ -92,16 +87,10 @@ def run_canary(job: SortJob, recording, canary_dir: Path) -> CanaryReport:
     proceed: the canary is a smoke test, not a second judge.  Interrupts are
     never swallowed.
     """
-    if _canary_is_off(job.canary_first_n_s):
-        return CanaryReport(status="off")
-    duration_s = recording.get_total_duration()
-    window_s = canary_window_s(duration_s, job.canary_first_n_s)
-    if window_s is None:
-        return CanaryReport(
-            status="skipped",
-            window_s=float(job.canary_first_n_s),
-            message=f"recording is {duration_s:.1f} s, shorter than the {job.canary_first_n_s} s canary window",
-        )
+    plan = plan_canary(recording.get_total_duration(), job.canary_first_n_s)
+    if plan.decision is not CanaryDecision.RUN:
+        return CanaryReport(status=plan.decision.value, window_s=job.canary_first_n_s, message=plan.reason)
+    window_s = plan.window_s
     _wipe(canary_dir, strict=True)
     _say(f"canary: sorting the first {window_s:g} s with {job.sorter_name}")
     started = time.monotonic()

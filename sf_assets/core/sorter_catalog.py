@@ -1,0 +1,388 @@
+"""The sorter catalog: every sorter sf-assets knows, in one table.
+
+A spec names sorters the SpikeForest way (``MountainSort4``, ``Kilosort2``);
+spikeinterface runs them under its own names (``mountainsort4``,
+``kilosort2``).  This module is the one place that maps the first to the
+second and says, for each sorter, whether it runs from pip packages on this
+kind of machine, which container image spikeinterface would use, and which
+parameters it accepts.
+
+Importing this module is cheap on purpose: checking a large spec resolves
+hundreds of names, and ``spikeinterface.sorters`` costs 1-2 s to import, so it
+is imported only when parameters are asked for or validated.
+
+Facts measured with spikeinterface[full] 0.105.3 (see docs/sorters.md):
+
+* ``simple``, ``spykingcircus2``, ``tridesclous2`` and ``mountainsort5`` sort
+  locally from the project's own dependencies.
+* ``kilosort4`` and ``lupin`` need torch: the optional extra ``kilosort4``.
+* mountainsort4 1.0.7 and herdingspikes 0.4.6 install, import, and then crash
+  under spikeinterface 0.105 (both read the ``location`` channel property,
+  which spikeinterface no longer sets), so they run only in their containers.
+* JRClust, Klusta and YASS have no runnable spikeinterface wrapper any more.
+
+``spikeinterface.sorters.installed_sorters()`` only says a package imports;
+:func:`runs_here` says whether a sorter really sorts here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from sf_assets.core.canary import classify_sort_error, error_summary
+from sf_assets.core.errors import EnvironmentSortFailure, SpecError, UnknownSorterError
+
+#: What a sorter needs from the GPU, as spikeinterface's ``gpu_capability`` says.
+GPU_NONE, GPU_OPTIONAL, GPU_REQUIRED = "none", "optional", "required"
+
+
+@dataclass(frozen=True)
+class SorterEntry:
+    """One sorter.
+
+    Attributes:
+        name: the canonical SpikeForest-style name; labels and partition keys use it.
+        si_name: the spikeinterface sorter name passed to ``run_sorter``.
+        aliases: other spellings accepted in specs (historical SpikeForest files).
+        runs_locally: True when pip packages alone let it sort on a CPU machine
+            (possibly after installing ``pip_extra``); False: container only.
+        container_image: the image spikeinterface 0.105.3 pulls for it
+            (``SORTER_DOCKER_MAP``), None where spikeinterface has none.
+        note: why it runs where it runs, in one or two sentences.
+        has_wrapper: False when spikeinterface can no longer run it at all.
+        pip_extra: the sf-assets optional extra that installs its packages.
+        gpu: ``"none"``, ``"optional"`` or ``"required"`` (an NVIDIA GPU).
+    """
+
+    name: str
+    si_name: str
+    aliases: tuple[str, ...]
+    runs_locally: bool
+    container_image: str | None
+    note: str
+    has_wrapper: bool = True
+    pip_extra: str | None = None
+    gpu: str = GPU_NONE
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The canonical name followed by its aliases."""
+        return (self.name, *self.aliases)
+
+
+def _image(repository: str) -> str:
+    # spikeinterface 0.105.3 names every image "spikeinterface/<x>-base" (latest tag)
+    return f"spikeinterface/{repository}-base"
+
+
+_MATLAB = "MATLAB sorter: spikeinterface runs its compiled build in the container."
+_NO_WRAPPER = "spikeinterface 0.105.3 cannot run it"
+
+CATALOG: tuple[SorterEntry, ...] = (
+    SorterEntry(
+        "HerdingSpikes2", "herdingspikes", (), False, _image("herdingspikes"),
+        "herdingspikes 0.4.6 crashes under spikeinterface 0.105 (reads the removed 'location' channel "
+        "property; uses np.Inf, gone in numpy 2): container only.",
+    ),
+    SorterEntry("IronClust", "ironclust", (), False, _image("ironclust-compiled"), _MATLAB, gpu=GPU_OPTIONAL),
+    SorterEntry(
+        "JRClust", "jrclust", (), False, None,
+        f"{_NO_WRAPPER}: spikeinterface dropped its JRClust wrapper; use an older SpikeForest stack.",
+        has_wrapper=False,
+    ),
+    SorterEntry(
+        "KiloSort", "kilosort", ("Kilosort",), False, _image("kilosort-compiled"),
+        f"{_MATLAB} Needs an NVIDIA GPU.", gpu=GPU_REQUIRED,
+    ),
+    SorterEntry(
+        "Kilosort2", "kilosort2", ("KiloSort2",), False, _image("kilosort2-compiled"),
+        f"{_MATLAB} Needs an NVIDIA GPU.", gpu=GPU_REQUIRED,
+    ),
+    SorterEntry(
+        "Kilosort2_5", "kilosort2_5", (), False, _image("kilosort2_5-compiled"),
+        f"{_MATLAB} Needs an NVIDIA GPU.", gpu=GPU_REQUIRED,
+    ),
+    SorterEntry(
+        "Kilosort3", "kilosort3", ("KiloSort3",), False, _image("kilosort3-compiled"),
+        f"{_MATLAB} Needs an NVIDIA GPU.", gpu=GPU_REQUIRED,
+    ),
+    SorterEntry(
+        "Kilosort4", "kilosort4", (), True, _image("kilosort4"),
+        "Python (kilosort + torch): install the 'kilosort4' extra; a GPU helps, the CPU works.",
+        pip_extra="kilosort4", gpu=GPU_OPTIONAL,
+    ),
+    SorterEntry(
+        "Klusta", "klusta", (), False, None,
+        f"{_NO_WRAPPER}: spikeinterface archived its Klusta wrapper (run_sorter refuses it).",
+        has_wrapper=False,
+    ),
+    SorterEntry(
+        "Lupin", "lupin", (), True, None,
+        "spikeinterface's own sorter; needs torch: install the 'kilosort4' extra.",
+        pip_extra="kilosort4",
+    ),
+    SorterEntry(
+        "MountainSort4", "mountainsort4", (), False, _image("mountainsort4"),
+        "mountainsort4 1.0.7 crashes under spikeinterface 0.105 (reads the removed 'location' channel "
+        "property): container only.",
+    ),
+    SorterEntry(
+        "MountainSort5", "mountainsort5", (), True, _image("mountainsort5"),
+        "Python (mountainsort5, a project dependency).",
+    ),
+    SorterEntry(
+        "Simple", "simple", ("simple",), True, None,
+        "spikeinterface's built-in reference sorter; no image (it runs wherever spikeinterface does).",
+    ),
+    SorterEntry(
+        "SpykingCircus", "spykingcircus", (), False, _image("spyking-circus"),
+        "spyking-circus 1.x needs MPI and an old numpy: container only.",
+    ),
+    SorterEntry(
+        "SpykingCircus2", "spykingcircus2", (), True, _image("spyking-circus2"),
+        "spikeinterface's own sorter; about 20 s of numba compilation per fresh process.",
+    ),
+    SorterEntry(
+        "Tridesclous", "tridesclous", (), False, _image("tridesclous"),
+        "tridesclous 1.x is not a project dependency and is untested with numpy 2: container only.",
+    ),
+    SorterEntry(
+        "Tridesclous2", "tridesclous2", (), True, _image("tridesclous2"),
+        "spikeinterface's own sorter; 15-35 s of numba compilation per fresh process.",
+    ),
+    SorterEntry("Waveclus", "waveclus", ("WaveClus",), False, _image("waveclus-compiled"), _MATLAB),
+    SorterEntry("HDSort", "hdsort", (), False, _image("hdsort-compiled"), _MATLAB),
+    SorterEntry(
+        "YASS", "yass", (), False, None,
+        f"{_NO_WRAPPER}: spikeinterface archived its YASS wrapper (run_sorter refuses it).",
+        has_wrapper=False,
+    ),
+)
+
+
+def _build_index(entries: tuple[SorterEntry, ...]) -> dict[str, SorterEntry]:
+    index: dict[str, SorterEntry] = {}
+    for entry in entries:
+        for name in entry.names:
+            if name in index:
+                raise ValueError(f"sorter catalog: {name!r} names both {index[name].name} and {entry.name}")
+            index[name] = entry
+    return index
+
+
+_INDEX = _build_index(CATALOG)
+
+
+def known_sorter_names() -> list[str]:
+    """Every name a spec may use: canonical names and aliases, sorted."""
+    return sorted(_INDEX)
+
+
+def resolve_sorter(name: str, where: str = "") -> SorterEntry:
+    """The catalog entry for a sorter name or alias (case-sensitive).
+
+    Raises:
+        UnknownSorterError: the name is not in the catalog; the message lists
+            the known names and points out a name that differs only in case.
+    """
+    entry = _INDEX.get(name) if isinstance(name, str) else None
+    if entry is not None:
+        return entry
+    prefix = f"{where}: " if where else ""
+    hint = ""
+    if isinstance(name, str):
+        same_letters = [known for known in _INDEX if known.lower() == name.lower()]
+        if same_letters:
+            hint = f" (names are case-sensitive: did you mean {same_letters[0]!r}?)"
+    raise UnknownSorterError(
+        f"{prefix}unknown sorter {name!r}{hint}; expected one of: {', '.join(known_sorter_names())}"
+    )
+
+
+def _no_wrapper_message(entry: SorterEntry) -> str:
+    return f"sorter {entry.name!r} cannot run: {entry.note}"
+
+
+def require_runnable(entry: SorterEntry, *, in_container: bool) -> None:
+    """Refuse, before any work starts, a sort that cannot run the way asked.
+
+    Parameters:
+        entry: the sorter.
+        in_container: True for a docker/singularity run, False for a local one.
+
+    Raises:
+        EnvironmentSortFailure: the sorter has no spikeinterface wrapper, or
+            has no image (container run), or runs only in a container (local run).
+    """
+    if not entry.has_wrapper:
+        raise EnvironmentSortFailure(_no_wrapper_message(entry))
+    if in_container and entry.container_image is None:
+        raise EnvironmentSortFailure(
+            f"sorter {entry.name!r} has no container image in spikeinterface 0.105.3; run it locally ({entry.note})"
+        )
+    if not in_container and not entry.runs_locally:
+        raise EnvironmentSortFailure(
+            f"sorter {entry.name!r} runs only in a container ({entry.container_image}): {entry.note}"
+        )
+
+
+def _sorter_class(entry: SorterEntry):
+    from spikeinterface.sorters.sorterlist import sorter_dict
+
+    return sorter_dict[entry.si_name]
+
+
+def default_params(entry: SorterEntry) -> dict:
+    """spikeinterface's default parameters for the sorter (a fresh copy).
+
+    Imports ``spikeinterface.sorters`` on first use.  Kilosort4's defaults come
+    from the kilosort package itself: without it spikeinterface returns only its
+    job parameters (and warns).
+
+    Raises:
+        EnvironmentSortFailure: the sorter has no spikeinterface wrapper.
+    """
+    if not entry.has_wrapper:
+        raise EnvironmentSortFailure(_no_wrapper_message(entry))
+    return _sorter_class(entry).default_params()
+
+
+def _defaults_are_complete(entry: SorterEntry) -> bool:
+    """False when the defaults depend on a package missing here (kilosort4 without kilosort)."""
+    from spikeinterface.sorters.basesorter import BaseSorter
+
+    sorter_class = _sorter_class(entry)
+    dynamic = sorter_class._dynamic_params.__func__ is not BaseSorter._dynamic_params.__func__
+    return not dynamic or sorter_class.is_installed()
+
+
+def merge_params(entry: SorterEntry, params: dict, where: str) -> dict:
+    """The parameters a sort runs with: ``params`` over the sorter's defaults.
+
+    The merge is shallow, like ``run_sorter``'s own: a nested dict in
+    ``params`` replaces the default one whole, so what the record says is what
+    the sorter got.  When the defaults are incomplete here (kilosort4 without
+    its package), names that cannot be checked pass with a warning, since the
+    sort may run in a container that has the package.
+
+    Parameters:
+        entry: the sorter.
+        params: the spec's parameters for it.
+        where: the file and key path of ``params``, for error messages.
+
+    Raises:
+        SpecError: ``params`` is not a mapping, names parameters the sorter does
+            not have, or the sorter cannot run at all.
+    """
+    if not entry.has_wrapper:
+        raise SpecError(f"{where}: {_no_wrapper_message(entry)}; remove it from the spec")
+    if not isinstance(params, dict):
+        raise SpecError(f"{where}: expected a mapping of parameter names to values, got {type(params).__name__}")
+    defaults = default_params(entry)
+    unknown = sorted(str(name) for name in params if name not in defaults)
+    if unknown and _defaults_are_complete(entry):
+        raise SpecError(
+            f"{where}: unknown parameter(s) {', '.join(unknown)} for sorter {entry.name!r} "
+            f"({entry.si_name}); expected some of: {', '.join(sorted(defaults))}"
+        )
+    if unknown:
+        warnings.warn(
+            f"{where}: cannot check parameter(s) {', '.join(unknown)} for sorter {entry.name!r}: "
+            f"its package is not installed here (extra {entry.pip_extra!r})",
+            stacklevel=2,
+        )
+    return {**defaults, **params}
+
+
+# --- runs_here: a real test sort in a child process -------------------------------------
+
+_TEST_SORT_DURATION_S = 3.0
+_RESULT_MARKER = "sf-assets test sort result: "
+
+
+def _test_sort_in_this_process(si_name: str, work_dir: str) -> None:
+    """The child's side of :func:`runs_here`: sort 3 s of generated data and report.
+
+    A generated recording is not serializable and ``run_sorter`` refuses it,
+    so it is saved to binary first.
+    """
+    from spikeinterface.core import generate_ground_truth_recording
+    from spikeinterface.sorters import run_sorter
+
+    work = Path(work_dir)
+    recording, _ = generate_ground_truth_recording(
+        durations=[_TEST_SORT_DURATION_S], num_channels=4, num_units=5, seed=0
+    )
+    recording = recording.save(folder=work / "recording", format="binary", verbose=False)
+    started = time.perf_counter()
+    sorting = run_sorter(si_name, recording, folder=work / "sorting", remove_existing_folder=True, verbose=False)
+    elapsed_s = time.perf_counter() - started
+    print(_RESULT_MARKER + json.dumps({"num_units": len(sorting.unit_ids), "sort_s": elapsed_s}), flush=True)
+
+
+def _kill_process_group(child: subprocess.Popen) -> None:
+    os.killpg(child.pid, signal.SIGKILL)
+    child.communicate()
+
+
+def runs_here(entry: SorterEntry, timeout_s: float = 300.0) -> tuple[bool, str]:
+    """Whether the sorter really sorts on this machine, decided by a test sort.
+
+    ``installed_sorters()`` only checks that a package imports (mountainsort4
+    imports, then crashes).  This sorts a 3 s generated recording in a fresh
+    child process, so nothing is cached across processes and a hang is bounded
+    by ``timeout_s``.  Container-only sorters and sorters without a wrapper get
+    False at once, without touching docker.  Budget: 5-12 s for simple and
+    mountainsort5, 20-50 s for spykingcircus2 and tridesclous2 (numba
+    compilation in every fresh process).
+
+    Parameters:
+        entry: the sorter.
+        timeout_s: wall-clock limit for the child process, seconds.
+
+    Returns:
+        (True, what the test sort found) or (False, why not).
+    """
+    if not entry.has_wrapper:
+        return False, _no_wrapper_message(entry)
+    if not entry.runs_locally:
+        return False, f"{entry.name} runs only in a container ({entry.container_image}): {entry.note}"
+    with tempfile.TemporaryDirectory(prefix=f"sf-assets-test-sort-{entry.si_name}-") as work_dir:
+        code = (
+            "from sf_assets.core.sorter_catalog import _test_sort_in_this_process as run; "
+            f"run({entry.si_name!r}, {work_dir!r})"
+        )
+        child = subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=work_dir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own process group: a timeout kills any workers too
+        )
+        try:
+            output, _ = child.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_process_group(child)
+            return False, f"{entry.name}: the {_TEST_SORT_DURATION_S:g} s test sort did not finish in {timeout_s:g} s"
+        except BaseException:  # an interrupt must not leave the test sort running
+            _kill_process_group(child)
+            raise
+    results = [line[len(_RESULT_MARKER):] for line in output.splitlines() if line.startswith(_RESULT_MARKER)]
+    if child.returncode != 0 or not results:
+        failure = classify_sort_error(entry.si_name, output)
+        kind = f" ({failure.failure_class})" if failure is not None else ""
+        return False, f"{entry.name}: the test sort failed{kind}, exit code {child.returncode}: {error_summary(output)}"
+    result = json.loads(results[-1])
+    return True, (
+        f"{entry.name}: sorted a {_TEST_SORT_DURATION_S:g} s generated recording into "
+        f"{result['num_units']} units in {result['sort_s']:.1f} s"
+    )
