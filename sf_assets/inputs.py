@@ -8,13 +8,13 @@ manifest and spec are validated against each other before anyone uses them.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from sf_assets.core.errors import SpecError, UriError
 from sf_assets.core.manifest import Manifest, parse_manifest
 from sf_assets.core.spec import Spec, parse_spec, validate_spec
 from sf_assets.core.uris import KacheryUri, parse_uri
+from sf_assets.settings import load_settings
 from sf_assets.stores.kachery import KacheryStore
 
 KACHERY_DIR_ENV = "SF_ASSETS_KACHERY_DIR"
@@ -25,13 +25,15 @@ MAX_SOURCE_BYTES = 64 * 1024 * 1024
 
 
 def default_store_dir() -> Path:
-    """``$SF_ASSETS_KACHERY_DIR``, else ``<cwd>/.data/kachery``."""
-    return Path(os.environ.get(KACHERY_DIR_ENV) or Path.cwd() / ".data" / "kachery")
+    """The project's kachery folder (:mod:`sf_assets.settings`: ``$SF_ASSETS_KACHERY_DIR``,
+    else ``$SF_ASSETS_HOME/kachery``)."""
+    return load_settings().kachery_dir
 
 
 def default_store() -> KacheryStore:
-    """The local-only store in :func:`default_store_dir` (created if missing)."""
-    return KacheryStore(default_store_dir(), local_only=True)
+    """The project's store in :func:`default_store_dir` (created if missing)."""
+    settings = load_settings()
+    return KacheryStore(settings.kachery_dir, local_only=settings.kachery_local_only)
 
 
 def _store_for_reading(source: str, store: KacheryStore | None) -> KacheryStore:

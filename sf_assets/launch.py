@@ -33,7 +33,6 @@ from sf_assets.partitions import pair_key, recording_key
 
 
 _NOT_ENGINE_FIELDS = {
-    "console_log_level",
     "spec_source",
     "manifest_source",
     "kachery_dir",
@@ -72,10 +71,11 @@ class RunOptions:
     slurm_max_simultaneous_allocations: int = 5
     slurm_gpus_per_node: int = 0
     slurm_allocation_id: str = ""
-    console_log_level: str = "WARNING"
     # Level of each run's console log in this process ("": Dagster's default, DEBUG); the
     # event log, and so the UI, always keeps everything.
-    log_level: str = ""
+    # Dagster's console logger for these runs; every event still lands in the
+    # instance and the UI. WARNING keeps per-step DEBUG lines off the terminal.
+    log_level: str = "WARNING"
 
     @classmethod
     def from_settings(cls, settings, **overrides) -> "RunOptions":
@@ -170,10 +170,17 @@ def execute_partition_run(
         failures = [e for e in result.all_events if e.is_step_failure]
         if failures:
             info = failures[0].step_failure_data.error
-            error = info.message.strip() if info else "step failed"
+            error = _user_error_message(info) if info else "step failed"
         else:
             error = "run failed"
     return RunOutcome(job_name, partition_key, result.success, result.run_id, time.monotonic() - started, error)
+
+
+def _user_error_message(info: Any) -> str:
+    """The asset's own error (e.g. a RecordingError naming the URI), not Dagster's wrapper around it."""
+    while info.cause is not None and info.cls_name == "DagsterExecutionStepExecutionError":
+        info = info.cause
+    return info.message.strip()
 
 
 def _run_many(

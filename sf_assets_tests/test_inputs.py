@@ -164,8 +164,11 @@ def test_default_store_folder(tmp_path, monkeypatch):
     monkeypatch.setenv(KACHERY_DIR_ENV, str(tmp_path / "from-env"))
     assert default_store().root_dir == (tmp_path / "from-env").resolve()
     monkeypatch.delenv(KACHERY_DIR_ENV)
+    monkeypatch.delenv("SF_ASSETS_HOME", raising=False)
     monkeypatch.chdir(tmp_path)
     assert default_store().root_dir == (tmp_path / ".data" / "kachery").resolve()
+    monkeypatch.setenv("SF_ASSETS_HOME", str(tmp_path / "home"))
+    assert default_store().root_dir == (tmp_path / "home" / "kachery").resolve(), "the same store the runs use"
 
 
 def test_reading_paths_does_not_build_the_default_store(config_dir, tmp_path, monkeypatch):

@@ -192,7 +192,8 @@ def sorting(
     if report.errored:
         # The partition fails; the errored record is kept as an observation so
         # sorting_records and the old tools still see it, with its console.
-        context.log_event(dg.AssetObservation(asset_key=SORTING_KEY, partition=context.partition_key, metadata=common))
+        observed = {**common, "failure_class": report.failure_class or "unclassified"}
+        context.log_event(dg.AssetObservation(asset_key=SORTING_KEY, partition=context.partition_key, metadata=observed))
         raise dg.Failure(
             description=f"{label}: {_failure_kind(report)}{report.error_message}",
             metadata={

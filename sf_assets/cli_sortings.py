@@ -1,0 +1,621 @@
+"""``sf-assets run-sortings``, ``prepare-workspace`` and ``sort-sf-recordings``.
+
+The three SpikeForest scripts, with their flags, on the asset graph: sorting
+runs go through :func:`sf_assets.launch.launch_campaign` on the configured
+Dagster instance (one run per partition), so every run shows in the UI, and
+the job cache, the canary and the records are the assets' own.
+
+- ``run-sortings`` sorts every pair the spec assigns and keeps ``-o`` up to
+  date as sortings land (the file is replaced atomically; an existing file is
+  refused before anything runs).
+- ``prepare-workspace`` adds a records file's recordings, ground truths and
+  sortings to a workspace, skipping labels already there and errored records.
+- ``sort-sf-recordings`` sorts only the pairs whose sorting label the
+  workspace lacks, and adds each result to it as soon as it lands.
+
+Bad input (a missing file, a malformed manifest, spec or records file,
+conflicting flags) is one line on stderr and exit code 2, with nothing
+written; :func:`sf_assets.cli.main` does that for every
+:class:`~sf_assets.core.errors.SfAssetsError`.  A finished command exits 0,
+or 1 when a run failed (its record says ``errored: true``).
+
+Dagster and the asset graph are imported only when a command needs them, so
+``--help``, ``--check-config`` and the other subcommands start at once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sf_assets.cli import add_config_flags, ensure_dagster_home
+from sf_assets.core.campaign import Campaign
+from sf_assets.core.config_summary import config_summary
+from sf_assets.core.errors import RecordError, SfAssetsError
+from sf_assets.core.labels import sorting_label
+from sf_assets.core.records import SortingRecord, read_records, write_records
+from sf_assets.core.uris import is_kachery_uri
+from sf_assets.core.workspace_plan import entries_from_records
+from sf_assets.inputs import load_config, read_source
+from sf_assets.settings import Settings, load_settings
+from sf_assets.stores.kachery import KacheryStore
+from sf_assets.stores.workspace import SyncReport, WorkspaceStore, choose_workspace
+
+if TYPE_CHECKING:
+    from sf_assets.launch import RunOptions
+
+DEFAULT_JOB_CACHE = "default-job-cache"
+DEFAULT_WORKERS = 4
+USE_CONTAINER_ENV = ("SF_ASSETS_USE_CONTAINER", "HITHER_USE_CONTAINER")
+"""Read in this order when neither -C nor --no-container is given."""
+MAX_RUNTIME_TAG = "dagster/max_runtime"
+RUN_TIMEOUT_MARGIN_S = 120
+RECORDS_MIN_INTERVAL_S = 2.0
+"""The records file is rewritten at most this often while sortings land (and once at the end)."""
+DAGSTER_LOG_LEVELS = ("CRITICAL", "INFO", "DEBUG")
+"""Dagster's console log level for -v counts 0, 1, 2+ (runs' logs are always in the UI)."""
+EXIT_RUN_FAILED = 1
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+# -- flags ----------------------------------------------------------------------------------
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected minutes as a number, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number of minutes >= 0 (0: no timeout), got {text!r}")
+    return value
+
+
+def add_shared_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every sorting command takes, named and defaulted as in the old scripts."""
+    general = parser.add_argument_group("general")
+    general.add_argument("-v", "--verbose", action="count", default=0, help="more output; repeat for more")
+    general.add_argument(
+        "-T",
+        "--timeout-min",
+        type=_minutes,
+        default=0.0,
+        metavar="MINUTES",
+        help="cancel a sort after this many minutes (0, the default: no timeout); also each run's "
+        f"{MAX_RUNTIME_TAG} tag",
+    )
+    general.add_argument(
+        "--check-config",
+        action="store_true",
+        help="print the resolved configuration as JSON and exit without running anything",
+    )
+    jobs = parser.add_argument_group("job control")
+    cache = jobs.add_mutually_exclusive_group()
+    cache.add_argument(
+        "--job-cache",
+        default=DEFAULT_JOB_CACHE,
+        metavar="NAME",
+        help=f"name of the job cache (default {DEFAULT_JOB_CACHE!r}): an unchanged sort is not run again",
+    )
+    cache.add_argument("--no-job-cache", action="store_true", help="sort everything again, ignoring the job cache")
+    jobs.add_argument(
+        "-C",
+        "--use-container",
+        action="store_true",
+        help="sort in the sorters' container images (default: on when SF_ASSETS_USE_CONTAINER or "
+        "HITHER_USE_CONTAINER is 1 or TRUE)",
+    )
+    jobs.add_argument(
+        "--no-container",
+        action="store_true",
+        help="sort without containers whatever the environment says (-C still wins)",
+    )
+    jobs.add_argument(
+        "-w",
+        "--workercount",
+        type=_count(1),
+        default=DEFAULT_WORKERS,
+        metavar="N",
+        help=f"runs at a time (default {DEFAULT_WORKERS})",
+    )
+    slurm = parser.add_argument_group("slurm")
+    slurm.add_argument("--use-slurm", action="store_true", help="run each sort as a job on the Slurm cluster")
+    slurm.add_argument("--slurm-partition", default="", metavar="NAME", help="partition for srun's -p")
+    slurm.add_argument(
+        "--slurm-accept-shared-nodes",
+        action="store_true",
+        help="share nodes with other jobs (default: srun --exclusive)",
+    )
+    slurm.add_argument(
+        "--slurm-jobs-per-allocation", type=_count(1), default=6, metavar="N", help="sorts per allocation (default 6)"
+    )
+    slurm.add_argument(
+        "--slurm-max-simultaneous-allocations",
+        type=_count(1),
+        default=5,
+        metavar="N",
+        help="allocations at a time (default 5)",
+    )
+    slurm.add_argument(
+        "--slurm-gpus-per-node", type=_count(1), default=None, metavar="N", help="request N GPUs per node"
+    )
+
+
+def add_workspace_flags(parser: argparse.ArgumentParser) -> None:
+    """``-W/--workspace-uri`` or ``--create-new-workspace`` (exactly one), and ``--dry-run``."""
+    group = parser.add_argument_group("workspace (exactly one of -W and --create-new-workspace)")
+    group.add_argument("-W", "--workspace-uri", metavar="URI", help="the workspace to add to: workspace://...")
+    group.add_argument("--create-new-workspace", action="store_true", help="create a new workspace and add to it")
+    group.add_argument("--dry-run", action="store_true", help="say what would be added; write nothing")
+
+
+def use_container(args: argparse.Namespace, environ: Mapping[str, str]) -> bool:
+    """-C wins; then --no-container; then the first container variable that is set.
+
+    Raises
+    ------
+    SfAssetsError
+        If that variable holds neither a true nor a false word.
+    """
+    if args.use_container:
+        return True
+    if args.no_container:
+        return False
+    for name in USE_CONTAINER_ENV:
+        value = environ.get(name)
+        if value is None:
+            continue
+        word = value.strip().lower()
+        if word in _TRUE | _FALSE:
+            return word in _TRUE
+        raise SfAssetsError(
+            f"environment variable {name}={value!r}: expected one of 1, true, yes, on, 0, false, no, off"
+        )
+    return False
+
+
+def _source(text: str | None) -> str:
+    """A source for run configuration: paths made absolute (runs may start elsewhere), URIs as given."""
+    if not text:
+        return ""
+    return text if is_kachery_uri(text) else str(Path(text).resolve())
+
+
+def run_options(args: argparse.Namespace, settings: Settings, **overrides: Any) -> "RunOptions":
+    """The runs' resource configuration from the flags (see :class:`sf_assets.launch.RunOptions`)."""
+    from sf_assets.launch import RunOptions
+
+    return RunOptions.from_settings(
+        settings,
+        spec_source=_source(args.sorter_spec_file),
+        manifest_source=_source(args.study_source_file),
+        timeout_min=args.timeout_min,
+        use_container=use_container(args, os.environ),
+        use_job_cache=not args.no_job_cache,
+        job_cache=args.job_cache,
+        use_slurm=args.use_slurm,
+        slurm_partition=args.slurm_partition,
+        slurm_accept_shared_nodes=args.slurm_accept_shared_nodes,
+        slurm_jobs_per_allocation=args.slurm_jobs_per_allocation,
+        slurm_max_simultaneous_allocations=args.slurm_max_simultaneous_allocations,
+        slurm_gpus_per_node=args.slurm_gpus_per_node or 0,
+        **overrides,
+    )
+
+
+def run_tags(args: argparse.Namespace) -> dict[str, str]:
+    """Tags for every run: ``dagster/max_runtime`` (seconds) when -T is set."""
+    if args.timeout_min > 0:
+        # A margin over the sort's own timeout: the engine stops the sort first
+        # and records it as errored; the run limit is the backstop behind it.
+        return {MAX_RUNTIME_TAG: str(max(1, round(args.timeout_min * 60)) + RUN_TIMEOUT_MARGIN_S)}
+    return {}
+
+
+def _shown_options(args: argparse.Namespace, options: "RunOptions") -> dict[str, Any]:
+    """What --check-config prints about how the runs would go."""
+    shown = {k: v for k, v in asdict(options).items() if k not in {"spec_source", "manifest_source"}}
+    shown.update(workercount=args.workercount, verbose=args.verbose, run_tags=run_tags(args))
+    return shown
+
+
+def _print_json(document: dict[str, Any]) -> int:
+    print(json.dumps(document, indent=2))
+    return 0
+
+
+# -- inputs ---------------------------------------------------------------------------------
+
+
+def _store(settings: Settings) -> KacheryStore | None:
+    """The project's kachery store for sha1:// sources, without creating its folder to find it empty."""
+    if settings.kachery_dir.is_dir() or not settings.kachery_local_only:
+        return KacheryStore(settings.kachery_dir, local_only=settings.kachery_local_only)
+    return None
+
+
+def _load_campaign(args: argparse.Namespace, settings: Settings) -> Campaign:
+    return Campaign(*load_config(args.study_source_file, args.sorter_spec_file, _store(settings)))
+
+
+def check_outfile(path: str) -> Path:
+    """``path`` as a records file to create: refused if it exists (``/dev/null`` excepted) or has no folder."""
+    outfile = Path(path)
+    if outfile == Path(os.devnull):
+        return outfile
+    if outfile.exists() or outfile.is_symlink():
+        raise RecordError(f"{path}: already exists; expected a new file name (records are never overwritten)")
+    if not outfile.parent.is_dir():
+        raise RecordError(f"{path}: the folder {outfile.parent} does not exist")
+    return outfile
+
+
+class RecordsFile:
+    """The ``-o`` file, kept up to date while sortings land.
+
+    Each write replaces the whole file atomically (write a temporary file,
+    then rename), so a reader always sees a complete JSON list.
+    """
+
+    def __init__(self, path: Path, min_interval_s: float = RECORDS_MIN_INTERVAL_S) -> None:
+        self.path = path
+        self.min_interval_s = min_interval_s
+        self.records: dict[str, SortingRecord] = {}
+        self._written_at: float | None = None
+
+    def add(self, records: list[SortingRecord]) -> None:
+        """Keep ``records`` (by sorting label) and rewrite the file unless it was just written."""
+        for record in records:
+            self.records[sorting_label(record.sorter_name, record.study_name, record.recording_name)] = record
+        if self._written_at is None or time.monotonic() - self._written_at >= self.min_interval_s:
+            self.flush()
+
+    def flush(self, order: list[str] | None = None) -> None:
+        """Write the records now (in ``order`` of labels when given)."""
+        labels = order if order is not None else list(self.records)
+        records = [self.records[label] for label in labels if label in self.records]
+        if self.path == Path(os.devnull):
+            write_records(self.path, records)
+        else:
+            partial = self.path.with_name(f".{self.path.name}.partial")
+            partial.unlink(missing_ok=True)
+            write_records(partial, records)
+            os.replace(partial, self.path)
+        self._written_at = time.monotonic()
+
+
+# -- reading results back -----------------------------------------------------------------
+
+
+def latest_record(instance, partition: str) -> SortingRecord | None:
+    """The record of a sorting partition's latest materialization or errored observation."""
+    import dagster as dg
+
+    from sf_assets.assets.history import plain_metadata
+    from sf_assets.assets.sortings import SORTING_KEY
+
+    records_filter = dg.AssetRecordsFilter(asset_key=SORTING_KEY, asset_partitions=[partition])
+    candidates = [
+        *instance.fetch_materializations(records_filter, limit=1).records,
+        *instance.fetch_observations(records_filter, limit=1).records,
+    ]
+    for candidate in sorted(candidates, key=lambda r: r.storage_id, reverse=True):
+        metadata = plain_metadata(candidate.event_log_entry)
+        if "record" in metadata:
+            return SortingRecord.from_json_dict(metadata["record"], where=f"sorting[{partition}]")
+    return None
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _one_line(message: str) -> str:
+    """A progress message on one line: a multi-line error keeps its first line and its last error line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return message
+    errors = [line for line in lines[1:] if re.match(r"^[\w.]+(Error|Exception|Failure)\b", line)]
+    return f"{lines[0]} ... {errors[-1] if errors else lines[-1]}"
+
+
+def _progress(verbose: int) -> Callable[[str], None]:
+    """One line per finished run; -v shows errors in full."""
+    return _say if verbose else (lambda message: _say(_one_line(message)))
+
+
+def _launch(
+    args: argparse.Namespace,
+    campaign: Campaign,
+    options: "RunOptions",
+    pairs: list,
+    on_record: Callable[[list[SortingRecord]], None],
+) -> int:
+    """Sort ``pairs`` on the Dagster instance; ``on_record`` gets records as they land (cached first)."""
+    import dagster as dg
+
+    from sf_assets.launch import cached_pairs, launch_campaign
+    from sf_assets.partitions import pair_key
+
+    ensure_dagster_home()
+    started = time.monotonic()
+    with dg.DagsterInstance.get() as instance:
+        keys = [str(pair_key(s.name, r)) for s, r in pairs]
+        hits = cached_pairs(instance, campaign, options, pairs)
+        cached = [latest_record(instance, key) for key in keys if key in hits]
+        if cached:
+            on_record([r for r in cached if r is not None])
+        if args.verbose:
+            _say(
+                f"Dagster instance: {os.environ['DAGSTER_HOME']}; {len(pairs)} sorting(s) to do, "
+                f"{args.workercount} at a time"
+            )
+
+        def landed(outcome) -> None:
+            if args.verbose:
+                _say(f"    run {outcome.run_id}")
+            record = latest_record(instance, outcome.partition_key)
+            if record is not None:
+                on_record([record])
+
+        outcome = launch_campaign(
+            instance,
+            campaign,
+            options,
+            workers=args.workercount,
+            pairs=pairs,
+            progress=_progress(args.verbose),
+            on_sorting_done=landed,
+            tags=run_tags(args),
+        )
+    failed = [o for o in outcome.recordings + outcome.sortings + outcome.results if not o.success]
+    _say(
+        f"{len(outcome.sortings) - len(outcome.failed_sortings)} sorted, {len(outcome.cached_pairs)} from the job "
+        f"cache, {len(outcome.failed_sortings)} failed, {len(outcome.skipped_pairs)} skipped (recording failed); "
+        f"{time.monotonic() - started:.0f} s"
+    )
+    return EXIT_RUN_FAILED if failed else 0
+
+
+def _dagster_log_level(args: argparse.Namespace) -> str:
+    return DAGSTER_LOG_LEVELS[min(args.verbose, len(DAGSTER_LOG_LEVELS) - 1)]
+
+
+def run_sortings(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    outfile = check_outfile(args.outfile)
+    campaign = _load_campaign(args, settings)
+    options = run_options(args, settings, log_level=_dagster_log_level(args))
+    if args.check_config:
+        summary = config_summary(campaign.manifest, campaign.spec)
+        return _print_json({**summary, "outfile": str(outfile), "options": _shown_options(args, options)})
+    pairs = list(campaign.jobs)
+    order = [sorting_label(s.name, r.study_name, r.name) for s, r in pairs]
+    records = RecordsFile(outfile)
+    code = _launch(args, campaign, options, pairs, records.add)
+    records.flush(order)
+    _say(f"{len(records.records)} record(s) in {outfile}")
+    return code
+
+
+def _read_sortings(args: argparse.Namespace, settings: Settings) -> tuple[str, list[SortingRecord]]:
+    if args.sortings_file is not None:
+        raw, source = read_source(args.sortings_file, None)
+    else:
+        if not is_kachery_uri(args.sortings_file_kachery_uri):
+            raise RecordError(f"{args.sortings_file_kachery_uri}: expected a sha1:// URI for -k")
+        raw, source = read_source(args.sortings_file_kachery_uri, _store(settings))
+    return source, read_records(raw, source)
+
+
+def _workspace_config(args: argparse.Namespace, store: WorkspaceStore) -> dict[str, Any]:
+    choose_workspace(store, args.workspace_uri, args.create_new_workspace, dry_run=True)  # validates, writes nothing
+    return {
+        "database": store.where,
+        "workspace_uri": args.workspace_uri,
+        "create_new_workspace": args.create_new_workspace,
+        "dry_run": args.dry_run,
+    }
+
+
+def _report_sync(report: SyncReport, notes: list[str], verbose: int) -> None:
+    verb = "would add" if report.dry_run else "added"
+    for label in report.added:
+        _say(f"{verb} {label}")
+    if verbose:
+        for label in report.already_present:
+            _say(f"already present {label}")
+    for note in notes:
+        _say(note)
+
+
+def prepare_workspace(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    source, records = _read_sortings(args, settings)
+    entries, notes = entries_from_records(records)
+    store = WorkspaceStore(settings.workspace_db_url)
+    if args.check_config:
+        errored = sum(1 for r in records if r.errored)
+        return _print_json(
+            {
+                "sortings_source": source,
+                "num_records": len(records),
+                "num_errored": errored,
+                "num_recordings": len({(r.study_name, r.recording_name) for r in records}),
+                "num_sorting_jobs": len(records),
+                "workspace": _workspace_config(args, store),
+                "options": {"verbose": args.verbose},
+            }
+        )
+    if not args.dry_run:
+        # Every check before the first write: the flags and the workspace, then the instance
+        # on which the sync is recorded.
+        choose_workspace(store, args.workspace_uri, args.create_new_workspace, dry_run=True)
+        ensure_dagster_home()
+    uri = choose_workspace(store, args.workspace_uri, args.create_new_workspace, args.dry_run)
+    if uri is None:  # a dry run of --create-new-workspace: everything would be added
+        report = SyncReport(added=[e.label for e in entries], already_present=[], dry_run=True)
+    else:
+        report = store.sync(uri, entries, dry_run=args.dry_run)
+    _report_sync(report, notes, args.verbose)
+    where = uri or "a new workspace"
+    verb = "would add" if args.dry_run else "added"
+    _say(
+        f"{where}: {verb} {len(report.added)} entr{'y' if len(report.added) == 1 else 'ies'}; "
+        f"{len(report.already_present)} already present; {len(notes)} errored or repeated record(s) skipped"
+    )
+    if not args.dry_run:
+        _observe_sync(source, uri, report, len(notes))
+    return 0
+
+
+def _observe_sync(source: str, uri: str, report: SyncReport, skipped: int) -> None:
+    """Record the sync on the ``workspace_sync`` asset, so it shows in the UI like the asset's own."""
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        instance.report_runless_asset_event(
+            dg.AssetObservation(
+                asset_key="workspace_sync",
+                description="sf-assets prepare-workspace",
+                metadata={
+                    "sortings_source": source,
+                    "workspace_uri": uri,
+                    "added": len(report.added),
+                    "already_present": len(report.already_present),
+                    "skipped_errored": skipped,
+                },
+            )
+        )
+
+
+def sort_sf_recordings(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    outfile = check_outfile(args.outfile) if args.outfile else None
+    campaign = _load_campaign(args, settings)
+    store = WorkspaceStore(settings.workspace_db_url)
+    options = run_options(args, settings, log_level=_dagster_log_level(args))
+    if args.check_config:
+        summary = config_summary(campaign.manifest, campaign.spec)
+        return _print_json(
+            {
+                **summary,
+                "outfile": None if outfile is None else str(outfile),
+                "workspace": _workspace_config(args, store),
+                "options": _shown_options(args, options),
+            }
+        )
+    uri = choose_workspace(store, args.workspace_uri, args.create_new_workspace, args.dry_run)
+    present = store.existing_labels(uri) if uri else set()
+    pairs = [(s, r) for s, r in campaign.jobs if sorting_label(s.name, r.study_name, r.name) not in present]
+    in_workspace = len(campaign.jobs) - len(pairs)
+    if args.dry_run:
+        for s, r in pairs:
+            _say(f"would sort and add {sorting_label(s.name, r.study_name, r.name)}")
+        _say(f"{uri or 'a new workspace'}: would sort {len(pairs)} pair(s); {in_workspace} already in the workspace")
+        return 0
+    if uri != args.workspace_uri:
+        _say(f"created workspace {uri}")
+    if not pairs:
+        _say(f"{uri}: all {len(campaign.jobs)} sortings are in the workspace; nothing to sort")
+        return 0
+    _say(f"{uri}: {len(pairs)} sorting(s) missing, {in_workspace} already in the workspace")
+    records = RecordsFile(outfile) if outfile else None
+
+    def landed(new_records: list[SortingRecord]) -> None:
+        entries, notes = entries_from_records(new_records)
+        _report_sync(store.sync(uri, entries), notes, args.verbose)
+        if records is not None:
+            records.add(new_records)
+
+    code = _launch(args, campaign, replace(options, workspace_uri=uri), pairs, landed)
+    if records is not None:
+        records.flush([sorting_label(s.name, r.study_name, r.name) for s, r in pairs])
+        _say(f"{len(records.records)} record(s) in {outfile}")
+    return code
+
+
+# -- registration ---------------------------------------------------------------------------
+
+
+def _add_run_sortings(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run-sortings",
+        help="sort every (sorter, recording) pair the spec assigns and write the records file",
+        description="Sort every pair the spec assigns (one Dagster run each, on the configured instance) and "
+        "write the run_sortings.py records to -o as sortings land. Pairs the job cache holds are not sorted again.",
+    )
+    add_config_flags(parser)
+    parser.add_argument(
+        "-o",
+        "--outfile",
+        required=True,
+        metavar="PATH",
+        help="records file to create (never overwritten; /dev/null ok)",
+    )
+    add_shared_flags(parser)
+    parser.set_defaults(run=run_sortings)
+
+
+def _add_prepare_workspace(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "prepare-workspace",
+        help="add a records file's recordings, ground truths and sortings to a workspace",
+        description="Add the recordings, ground truths and sortings named by a run-sortings records file to a "
+        "workspace, by label: labels already present are skipped, errored records are skipped with a note.",
+    )
+    sortings = parser.add_mutually_exclusive_group(required=True)
+    sortings.add_argument("-s", "--sortings-file", metavar="PATH", help="records file written by run-sortings")
+    sortings.add_argument(
+        "-k", "--sortings-file-kachery-uri", metavar="URI", help="records file in kachery (sha1://...)"
+    )
+    add_workspace_flags(parser)
+    add_shared_flags(parser)
+    parser.set_defaults(run=prepare_workspace)
+
+
+def _add_sort_sf_recordings(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sort-sf-recordings",
+        help="sort the pairs a workspace lacks and add each result as it lands",
+        description="Sort only the (sorter, recording) pairs whose sorting label the workspace lacks, adding "
+        "each result (with its recording and ground truth) to the workspace as soon as it lands.",
+    )
+    add_config_flags(parser)
+    parser.add_argument(
+        "-o", "--outfile", metavar="PATH", help="also write the records of these sortings (never overwritten)"
+    )
+    add_workspace_flags(parser)
+    add_shared_flags(parser)
+    parser.set_defaults(run=sort_sf_recordings)
+
+
+def add_sorting_subcommands(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``run-sortings``, ``prepare-workspace`` and ``sort-sf-recordings``."""
+    for add in (_add_run_sortings, _add_prepare_workspace, _add_sort_sf_recordings):
+        add(subparsers)

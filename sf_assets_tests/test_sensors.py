@@ -1,0 +1,214 @@
+"""The studyset sensor and the results automation, on a temporary instance.
+
+One real deployment (module fixture): the sensor daemon ticks the real
+``studyset_sensor`` of a code location configured from the environment, and
+the backfill daemon carries its backfill through to the sorted pair (one real
+MountainSort5 sort of one 10 s recording).  The other tests evaluate the
+sensor with ``build_sensor_context`` against that instance, changing the
+manifest and the spec, and count what it registers and backfills.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.execution.backfill import BulkActionStatus
+from dagster._core.scheduler.instigation import InstigatorType
+
+from sf_assets.definitions import defs
+from sf_assets.partitions import RECORDINGS, SORTERS
+from sf_assets.resources import KacheryResource, StudysetResource
+from sf_assets.sensors import BACKFILL_TAGS, STUDYSET_SENSOR, studyset_sensor
+from sf_assets_tests.automation_harness import deployment, submit_backfill, write_manifest
+from sf_assets_tests.graph_harness import write_spec
+
+SORTER = "MountainSort5"
+NEW_SORTER = "Simple"
+STUDY_A = "synth_a1_K6_C4"
+STUDY_B = "synth_b1_K6_C4"
+FIRST = (STUDY_A, "001_synth")
+SORTING = dg.AssetKey("sorting")
+
+
+@dataclass
+class Deployed:
+    root: Path
+    instance: dg.DagsterInstance
+    manifest: Path
+    spec: Path
+    kachery_dir: str
+    backfills: list
+    cursor: str
+
+    def evaluate(self, manifest: Path, spec: Path, cursor: str | None):
+        """The sensor's result for these sources, given the cursor of a previous tick."""
+        resources = {
+            "studyset": StudysetResource(spec_source=str(spec), manifest_source=str(manifest)),
+            "kachery": KacheryResource(root_dir=self.kachery_dir),
+        }
+        context = dg.build_sensor_context(
+            instance=self.instance, cursor=cursor, repository_def=defs.get_repository_def(), resources=resources
+        )
+        return studyset_sensor(context)
+
+
+def _sensor_cursor(instance: dg.DagsterInstance) -> str:
+    states = instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+    state = next(s for s in states if s.name == STUDYSET_SENSOR)
+    return state.instigator_data.cursor
+
+
+@pytest.fixture(scope="module")
+def deployed(synthetic_studyset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sensors")
+    manifest = write_manifest(synthetic_studyset.manifest_path, root / "studysets.json", [FIRST])
+    spec = write_spec(root / "spec.yaml", manifest, {SORTER: {"studysets": ["SYNTH_SET_A"]}})
+    kachery_dir = str(synthetic_studyset.store.root_dir)
+    (root / "dagster").mkdir()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SF_ASSETS_HOME", str(root / "home"))
+        env.setenv("SF_ASSETS_KACHERY_DIR", kachery_dir)
+        env.setenv("SF_ASSETS_SPEC", str(spec))
+        env.setenv("SF_ASSETS_STUDYSETS", str(manifest))
+        with dg.instance_for_test(
+            temp_dir=str(root / "dagster"), synchronous_run_launcher=True, synchronous_run_coordinator=True
+        ) as instance:
+            with deployment(root, instance) as location:
+                location.tick_sensors()
+                backfills = location.run_backfills()
+            yield Deployed(root, instance, manifest, spec, kachery_dir, backfills, _sensor_cursor(instance))
+
+
+def _sorting_partitions(result) -> set[str]:
+    (request,) = result.run_requests
+    return set(request.asset_graph_subset.get_partitions_subset(SORTING).get_partition_keys())
+
+
+def _partitions(result, asset: str) -> set[str]:
+    (request,) = result.run_requests
+    subset = request.asset_graph_subset
+    if dg.AssetKey(asset) not in subset.asset_keys:
+        return set()
+    return set(subset.get_partitions_subset(dg.AssetKey(asset)).get_partition_keys())
+
+
+def _added(result) -> dict[str, list[str]]:
+    return {r.partitions_def_name: list(r.partition_keys) for r in result.dynamic_partitions_requests}
+
+
+def test_a_daemon_tick_backfills_the_assigned_pair_parents_first(deployed):
+    (backfill,) = deployed.backfills
+    assert backfill.status == BulkActionStatus.COMPLETED_SUCCESS
+    assert backfill.tags.items() >= BACKFILL_TAGS.items()
+    assert backfill.tags["dagster/sensor_name"] == STUDYSET_SENSOR
+    instance = deployed.instance
+    assert instance.get_dynamic_partitions(SORTERS) == [SORTER]
+    # Every recording of the manifest gets a partition (here: one per study set's kept recording).
+    assert instance.get_dynamic_partitions(RECORDINGS) == [f"{STUDY_A}.001_synth"]
+    runs = sorted(instance.get_runs(), key=lambda run: instance.get_run_record_by_id(run.run_id).create_timestamp)
+    selections = [sorted(key.to_user_string() for key in run.asset_selection) for run in runs]
+    assert selections == [["studysets"], ["ground_truth", "recording"], ["sorting", "sorting_comparison"]]
+    assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
+    assert instance.get_materialized_partitions(SORTING) == {f"{STUDY_A}.001_synth|{SORTER}"}
+    assert instance.get_materialized_partitions(dg.AssetKey("sorting_comparison")) == {f"{STUDY_A}.001_synth|{SORTER}"}
+
+
+def test_unchanged_sources_request_nothing(deployed):
+    result = deployed.evaluate(deployed.manifest, deployed.spec, deployed.cursor)
+    assert isinstance(result, dg.SkipReason)
+    assert "unchanged" in result.skip_message
+
+
+def test_new_recordings_request_exactly_their_pairs(deployed, synthetic_studyset):
+    # The full manifest adds 002_synth to SYNTH_SET_A (sorted by MountainSort5) and B's two recordings (unassigned).
+    result = deployed.evaluate(synthetic_studyset.manifest_path, deployed.spec, deployed.cursor)
+    new_key = f"{STUDY_A}.002_synth"
+    assert _sorting_partitions(result) == {f"{new_key}|{SORTER}"}
+    assert _partitions(result, "sorting_comparison") == {f"{new_key}|{SORTER}"}
+    assert _partitions(result, "recording") == _partitions(result, "ground_truth") == {new_key}
+    assert dg.AssetKey("studysets") in result.run_requests[0].asset_graph_subset.asset_keys
+    assert result.run_requests[0].tags == BACKFILL_TAGS
+    assert _added(result) == {
+        RECORDINGS: [new_key, f"{STUDY_B}.001_synth", f"{STUDY_B}.002_synth"],
+    }
+    again = deployed.evaluate(synthetic_studyset.manifest_path, deployed.spec, result.cursor)
+    assert isinstance(again, dg.SkipReason)
+
+
+def test_a_new_sorter_is_a_backfill_of_exactly_its_pairs(deployed):
+    spec = write_spec(
+        deployed.root / "spec-new-sorter.yaml",
+        deployed.manifest,
+        {SORTER: {"studysets": ["SYNTH_SET_A"]}, NEW_SORTER: {"studysets": ["SYNTH_SET_A"]}},
+    )
+    result = deployed.evaluate(deployed.manifest, spec, deployed.cursor)
+    assert _sorting_partitions(result) == {f"{STUDY_A}.001_synth|{NEW_SORTER}"}
+    # Its recording is materialized already: only the sorting and its comparison run.
+    assert _partitions(result, "recording") == set()
+    assert _added(result) == {SORTERS: [NEW_SORTER]}
+
+
+def test_a_fresh_cursor_skips_pairs_already_sorted(deployed):
+    result = deployed.evaluate(deployed.manifest, deployed.spec, None)
+    assert result.run_requests == []
+    assert "no new (sorter, recording) pairs among 1 assigned" in str(result.skip_reason)
+    assert result.cursor and result.cursor != deployed.cursor  # it now knows the digest
+
+
+def test_a_malformed_manifest_skips_the_tick_with_the_message(deployed):
+    broken = deployed.root / "broken.json"
+    broken.write_text('{"StudySets": [{"name": "SYNTH_SET_A"}]}')
+    result = deployed.evaluate(broken, deployed.spec, deployed.cursor)
+    assert isinstance(result, dg.SkipReason)
+    assert str(broken) in result.skip_message
+    assert "studies" in result.skip_message
+    missing = deployed.evaluate(deployed.root / "nowhere.json", deployed.spec, deployed.cursor)
+    assert isinstance(missing, dg.SkipReason) and "no such file" in missing.skip_message
+
+
+def test_a_spec_naming_an_unknown_study_set_skips_the_tick(deployed):
+    spec = deployed.root / "bad-spec.yaml"
+    spec.write_text(deployed.spec.read_text().replace("- SYNTH_SET_A\n", "- NO_SUCH_SET\n", 1))
+    result = deployed.evaluate(deployed.manifest, spec, deployed.cursor)
+    assert isinstance(result, dg.SkipReason)
+    assert "NO_SUCH_SET" in result.skip_message
+
+
+def test_an_unreadable_cursor_skips_with_advice(deployed):
+    result = deployed.evaluate(deployed.manifest, deployed.spec, "garbage")
+    assert isinstance(result, dg.SkipReason)
+    assert "reset the sensor's cursor" in result.skip_message
+
+
+def test_a_new_sorting_requests_the_fan_ins_and_nothing_is_sorted_again(deployed, synthetic_studyset):
+    from sf_assets.launch import RunOptions, execute_partition_run
+    from sf_assets.settings import load_settings
+
+    instance = deployed.instance
+    # A first evaluation only takes stock: what landed before it is not news.
+    baseline = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert baseline.total_requested == 0
+    # Results land while other sortings are still to come: a backfill of the new recordings is
+    # in progress (submitted, never executed here).
+    pending = deployed.evaluate(synthetic_studyset.manifest_path, deployed.spec, deployed.cursor)
+    request = pending.run_requests[0]
+    submit_backfill(instance, request.asset_graph_subset, request.tags, pending.dynamic_partitions_requests)
+
+    # A sorting lands (re-materialized from the job cache by sorting_job, as the schedule would).
+    partition = f"{STUDY_A}.001_synth|{SORTER}"
+    settings = load_settings(
+        {"SF_ASSETS_HOME": str(deployed.root / "home"), "SF_ASSETS_KACHERY_DIR": deployed.kachery_dir}
+    )
+    options = RunOptions.from_settings(settings, spec_source=str(deployed.spec), manifest_source=str(deployed.manifest))
+    outcome = execute_partition_run(instance.get_ref(), "sorting_job", partition, options.run_config())
+    assert outcome.success, outcome.error
+
+    landed = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=baseline.cursor)
+    requested = {r.key: r.true_subset for r in landed.results if r.true_subset.size > 0}
+    fan_ins = {dg.AssetKey(k) for k in ("sorter_summary", "sorting_records", "workspace_sync")}
+    assert set(requested) == fan_ins  # the comparison ran in the same run, so it is current
+    assert SORTING not in requested
+    again = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=landed.cursor)
+    assert again.total_requested == 0, "requested fan-ins are not requested twice"

@@ -1,0 +1,71 @@
+"""The studyset sensor's cursor: digest of the sources and the pairs requested so far."""
+from __future__ import annotations
+
+import base64
+import zlib
+
+import pytest
+
+from sf_assets.core.studyset_cursor import CURSOR_FORMAT, StudysetCursor, sources_digest
+
+
+def test_digest_changes_with_any_byte_or_name_and_not_otherwise():
+    base = [("spec.yaml", b"a: 1\n"), ("studysets.json", b"{}")]
+    assert sources_digest(base) == sources_digest(list(base))
+    assert sources_digest(base) != sources_digest([("spec.yaml", b"a: 2\n"), base[1]])
+    assert sources_digest(base) != sources_digest([("other.yaml", b"a: 1\n"), base[1]])
+    # Length prefixes keep a byte from moving between name and content unnoticed.
+    assert sources_digest([("ab", b"c")]) != sources_digest([("a", b"bc")])
+    assert len(sources_digest(base)) == 40
+
+
+def test_an_empty_or_missing_cursor_is_the_empty_cursor():
+    for text in (None, ""):
+        cursor = StudysetCursor.decode(text)
+        assert cursor.digest is None and cursor.requested == frozenset()
+
+
+def test_round_trip_keeps_digest_and_every_pair():
+    pairs = {("MountainSort5", f"study.rec{i:03d}") for i in range(50)} | {("Simple", "study.rec007")}
+    cursor = StudysetCursor().after_tick("d" * 40, pairs)
+    again = StudysetCursor.decode(cursor.encode())
+    assert again == cursor
+    assert again.requested == frozenset(pairs)
+    assert cursor.encode().startswith(CURSOR_FORMAT + ":")
+
+
+def test_after_tick_accumulates_pairs_and_replaces_the_digest():
+    first = StudysetCursor().after_tick("1" * 40, {("A", "r1")})
+    second = first.after_tick("2" * 40, {("B", "r1")})
+    assert second.digest == "2" * 40
+    assert second.requested == {("A", "r1"), ("B", "r1")}
+
+
+def test_a_full_campaign_cursor_stays_small():
+    recordings = [f"HYBRID_JANELIA.hybrid_static_siprobe_rec_{i:04d}_long--name" for i in range(900)]
+    sorters = [f"Sorter{i}" for i in range(10)]
+    cursor = StudysetCursor().after_tick("f" * 40, {(s, r) for s in sorters for r in recordings})
+    text = cursor.encode()
+    assert len(text) < 20_000, len(text)
+    assert StudysetCursor.decode(text).requested == cursor.requested
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not a cursor",
+        f"{CURSOR_FORMAT}:@@@",
+        f"{CURSOR_FORMAT}:" + base64.urlsafe_b64encode(b"plain text, not zlib").decode(),
+        f"{CURSOR_FORMAT}:" + base64.urlsafe_b64encode(zlib.compress(b'{"digest": null}')).decode(),
+        f"{CURSOR_FORMAT}:"
+        + base64.urlsafe_b64encode(zlib.compress(b'{"digest": 5, "recordings": [], "requested": {}}')).decode(),
+        f"{CURSOR_FORMAT}:"
+        + base64.urlsafe_b64encode(
+            zlib.compress(b'{"digest": null, "recordings": ["r"], "requested": {"s": [3]}}')
+        ).decode(),
+    ],
+)
+def test_an_unreadable_cursor_is_refused_with_advice(text):
+    with pytest.raises(ValueError, match="studyset sensor cursor") as info:
+        StudysetCursor.decode(text)
+    assert "reset the sensor's cursor" in str(info.value) or "digest must be" in str(info.value)
