@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from sf_assets.assets.metadata import table
 from sf_assets.core.labels import ground_truth_label
 from sf_assets.core.uris import parse_uri
 from sf_assets.data import load_recording, load_sorting_object
@@ -58,10 +59,7 @@ def ground_truth(context: dg.AssetExecutionContext, studyset: StudysetResource, 
     known = sorted(v for v in snrs.values() if v is not None)
     snrs_uri = store.store_json({"snr_by_unit": snrs}, label="true_unit_snrs.json")
     counts = gt.count_num_spikes_per_unit()
-    rows = [
-        dg.TableRecord({"unit": str(u), "snr": _round(snrs[str(u)]), "num_spikes": int(counts[u])})
-        for u in gt.unit_ids
-    ]
+    rows = [{"unit": str(u), "snr": snrs[str(u)], "num_spikes": int(counts[u])} for u in gt.unit_ids]
     return dg.MaterializeResult(
         data_version=content_version(rec.sorting_true_uri),
         metadata={
@@ -70,19 +68,7 @@ def ground_truth(context: dg.AssetExecutionContext, studyset: StudysetResource, 
             "num_units": len(gt.unit_ids),
             "snrs_uri": snrs_uri,
             "median_snr": known[len(known) // 2] if known else 0.0,
-            "units": dg.MetadataValue.table(
-                rows,
-                schema=dg.TableSchema(
-                    columns=[
-                        dg.TableColumn("unit", "string"),
-                        dg.TableColumn("snr", "float"),
-                        dg.TableColumn("num_spikes", "int"),
-                    ]
-                ),
-            ),
+            "units": table(rows, {"unit": "string", "snr": "float", "num_spikes": "int"}),
         },
     )
 
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)

@@ -13,6 +13,7 @@ import os
 import dagster as dg
 
 from sf_assets.assets.history import latest_partition_events, plain_metadata
+from sf_assets.assets.metadata import table
 from sf_assets.assets.sortings import SORTING_KEY, sorting, sorting_comparison
 from sf_assets.core.campaign import Campaign
 from sf_assets.core.records import SortingRecord, write_records
@@ -121,20 +122,10 @@ def accuracy_vs_snr_png(units_by_sorter: dict[str, list[dict]]) -> bytes:
     return buf.getvalue()
 
 
-def _table(df) -> dg.MetadataValue:
+def _summary_table(df) -> dg.MetadataValue:
     types = {"sorter": "string", "study_set": "string", "study": "string", "recordings": "int"}
-    columns = [dg.TableColumn(c, types.get(c, "float" if c.startswith("mean") else "int")) for c in df.columns]
-    records = []
-    for row in df.to_dict(orient="records"):
-        clean = {}
-        for k, v in row.items():
-            if hasattr(v, "item"):
-                v = v.item()
-            if isinstance(v, float):
-                v = None if v != v else round(v, 3)
-            clean[k] = v
-        records.append(dg.TableRecord(clean))
-    return dg.MetadataValue.table(records, schema=dg.TableSchema(columns=columns))
+    columns = {c: types.get(c, "float" if c.startswith("mean") else "int") for c in df.columns}
+    return table(df.to_dict(orient="records"), columns)
 
 
 @dg.asset(
@@ -164,7 +155,7 @@ def sorter_summary(
     plot_md = f"![accuracy vs SNR](data:image/png;base64,{base64.b64encode(png).decode()})"
     return dg.MaterializeResult(
         metadata={
-            "summary": _table(df),
+            "summary": _summary_table(df),
             "accuracy_vs_snr": dg.MetadataValue.md(plot_md),
             "num_comparisons": len(comparisons),
             "csv": dg.MetadataValue.path(str(csv_path)),

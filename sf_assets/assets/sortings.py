@@ -13,6 +13,7 @@ import contextlib
 import dagster as dg
 
 from sf_assets.assets.history import latest_metadata
+from sf_assets.assets.metadata import json_safe, table
 from sf_assets.assets.recordings import content_version, recording, ground_truth
 from sf_assets.core.errors import SfAssetsError, SortFailure
 from sf_assets.core.labels import sorting_label
@@ -240,23 +241,11 @@ def sorting_comparison(context: dg.AssetExecutionContext, studyset: StudysetReso
     per_unit["snr"] = [snrs.get(str(u)) for u in per_unit["true_unit_id"]]
     per_unit["snr"] = per_unit["snr"].astype(float)  # a unit without an SNR: NaN here
     summary = summarize(per_unit)
-    units = [{k: _no_nan(v) for k, v in row.items()} for row in per_unit.to_dict(orient="records")]
+    units = [{k: json_safe(v) for k, v in row.items()} for row in per_unit.to_dict(orient="records")]
     per_unit_uri = store.store_json(
         {"label": sorted_md.get("label"), "settings": result.settings, "units": units},
         label="comparison.json",
     )
-    table_rows = [
-        dg.TableRecord(
-            {
-                "true_unit": str(r["true_unit_id"]),
-                "snr": None if r["snr"] is None else round(float(r["snr"]), 2),
-                "accuracy": round(float(r["accuracy"]), 3),
-                "precision": round(float(r["precision"]), 3),
-                "recall": round(float(r["recall"]), 3),
-            }
-        )
-        for r in units
-    ]
     return dg.MaterializeResult(
         metadata={
             "label": sorted_md.get("label"),
@@ -266,31 +255,10 @@ def sorting_comparison(context: dg.AssetExecutionContext, studyset: StudysetReso
             "recording": rec.name,
             "comparison_uri": per_unit_uri,
             "settings": dg.MetadataValue.json(result.settings),
-            "summary": dg.MetadataValue.json(_jsonable(summary)),
-            "units": dg.MetadataValue.table(
-                table_rows,
-                schema=dg.TableSchema(
-                    columns=[
-                        dg.TableColumn("true_unit", "string"),
-                        dg.TableColumn("snr", "float"),
-                        dg.TableColumn("accuracy", "float"),
-                        dg.TableColumn("precision", "float"),
-                        dg.TableColumn("recall", "float"),
-                    ]
-                ),
+            "summary": dg.MetadataValue.json({k: json_safe(v) for k, v in summary.items()}),
+            "units": table(
+                [{**u, "true_unit": str(u["true_unit_id"])} for u in units],
+                {"true_unit": "string", "snr": "float", "accuracy": "float", "precision": "float", "recall": "float"},
             ),
         }
     )
-
-
-def _no_nan(value):
-    """JSON-safe scalar: numpy scalars unwrapped, NaN as None."""
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and value != value:
-        return None
-    return value
-
-
-def _jsonable(summary: dict) -> dict:
-    return {k: _no_nan(v) for k, v in summary.items()}

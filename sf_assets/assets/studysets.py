@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from sf_assets.assets.metadata import table
 from sf_assets.core.campaign import Campaign
 from sf_assets.partitions import RECORDINGS, SORTERS, recording_key, sorter_key
 from sf_assets.resources import KacheryResource, StudysetResource
@@ -22,25 +23,15 @@ def register_partitions(instance: dg.DagsterInstance, campaign: Campaign) -> tup
 
 def campaign_table(campaign: Campaign) -> dg.MetadataValue:
     rows = [
-        dg.TableRecord(
-            {
-                "sorter": s.name,
-                "study_sets": ", ".join(s.studysets),
-                "params": str(s.params or {}),
-                "sorting_jobs": sum(1 for js, _ in campaign.jobs if js.name == s.name),
-            }
-        )
+        {
+            "sorter": s.name,
+            "study_sets": ", ".join(s.studysets),
+            "params": str(s.params or {}),
+            "sorting_jobs": sum(1 for js, _ in campaign.jobs if js.name == s.name),
+        }
         for s in campaign.spec.sorters
     ]
-    schema = dg.TableSchema(
-        columns=[
-            dg.TableColumn("sorter", "string"),
-            dg.TableColumn("study_sets", "string"),
-            dg.TableColumn("params", "string"),
-            dg.TableColumn("sorting_jobs", "int"),
-        ]
-    )
-    return dg.MetadataValue.table(rows, schema=schema)
+    return table(rows, {"sorter": "string", "study_sets": "string", "params": "string", "sorting_jobs": "int"})
 
 
 @dg.asset(

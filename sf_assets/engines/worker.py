@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sf_assets.core.canary import CanaryDecision, classify_sort_error, classify_sort_output, plan_canary
 from sf_assets.core.errors import SortFailure
+from sf_assets.engines.container import container_run_sorter_kwargs
 from sf_assets.engines.job import (
     CANARY_FILE,
     JOB_FILE,
@@ -61,22 +62,25 @@ def _wipe(folder: Path, *, strict: bool) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def run_sorter_kwargs(job: SortJob, folder: Path) -> dict:
+    """Everything ``run_sorter`` gets besides the sorter name and the recording.
+
+    The container keyword (``docker_image`` / ``singularity_image``) comes
+    from the job's image and engine; the sorter's parameters follow.
+    """
+    return {
+        "folder": str(folder),
+        "remove_existing_folder": True,
+        "verbose": True,
+        **container_run_sorter_kwargs(job.container_image, job.container_engine),
+        **job.params,
+    }
+
+
 def _run_sorter(job: SortJob, recording, folder: Path):
     from spikeinterface.sorters import run_sorter
 
-    container = {}
-    if job.container_image:
-        key = "singularity_image" if job.container_engine == "singularity" else "docker_image"
-        container[key] = job.container_image
-    return run_sorter(
-        job.si_sorter_name,
-        recording,
-        folder=str(folder),
-        remove_existing_folder=True,
-        verbose=True,
-        **container,
-        **job.params,
-    )
+    return run_sorter(job.si_sorter_name, recording, **run_sorter_kwargs(job, folder))
 
 
 def run_canary(job: SortJob, recording, canary_dir: Path) -> CanaryReport:
