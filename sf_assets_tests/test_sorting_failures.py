@@ -148,3 +148,29 @@ def test_a_sort_past_its_timeout_gives_an_errored_record(synthetic_studyset, tmp
     [record_md] = env.latest("sorting", observations=True).values()
     assert record_md["record"]["errored"] is True
     assert record_md["record"]["consoleOutUri"].startswith("sha1://")
+
+
+def test_an_unexpected_canary_error_is_logged_and_the_full_sort_proceeds(synthetic_studyset, tmp_path, instance):
+    # k-means asked for 100 clusters: fine on 10 s of spikes, an unclassified
+    # scikit-learn error on a 0.5 s window that holds fewer than 100 peaks.
+    params = {"clusterer": "kmeans", "clusterer_kwargs": {"n_clusters": 100}}
+    spec = write_spec(
+        tmp_path / "spec.yaml", synthetic_studyset.manifest_path, {"Simple": {"studysets": ["SYNTH_SET_A"], "params": params}}
+    )
+    env = make_env(
+        tmp_path / "env", synthetic_studyset.store, instance, synthetic_studyset.manifest_path, spec, canary_first_n_s=0.5
+    )
+    sorter_spec, rec = env.campaign.jobs[0]
+    outcome = env.launch(pairs=[(sorter_spec, rec)], run_results=False)
+    [sort_run] = outcome.sortings
+    assert sort_run.success, sort_run.error
+    [evaluation] = env.check_evaluations()
+    md = evaluation.event.dagster_event.event_specific_data.metadata
+    assert evaluation.status.value == "SUCCEEDED"
+    assert md["status"].value == "unexpected_error"
+    assert md["failure_class"].value == "none"
+    assert "n_clusters" in md["message"].value or "n_samples" in md["message"].value
+    [sorted_md] = env.latest("sorting").values()
+    assert sorted_md["num_units"] == 100, "the full sort ran with the same params"
+    console = env.store.load_json(sorted_md["console_out_uri"])["text"]
+    assert "canary: unexpected error" in console and "the full sort proceeds" in console
