@@ -35,5 +35,13 @@ ui: install
 test: install system-deps
 	$(PY) -m pytest -q
 
+# Orchestration overhead against a plain spikeinterface script (minutes; BENCH_ARGS e.g. --recordings 8).
+bench: install
+	$(PY) benchmarks/overhead.py $(BENCH_ARGS)
+
+# SpikeForest's size (888 recordings x 10 sorters): load, sensor tick, check-config, workspace diff.
+bench-scale: install
+	$(PY) benchmarks/scale.py
+
 clean:
 	rm -rf .data

@@ -183,37 +183,79 @@ def _user_error_message(info: Any) -> str:
     return info.message.strip()
 
 
-def _run_many(
-    instance: dg.DagsterInstance,
-    job_name: str,
-    keys: list[str],
+def _run_in_order(
+    ref: Any,
+    rec_keys: list[str],
+    plan: list[tuple[str, str]],
     run_config: dict,
+    tags: dict[str, str] | None,
+    rec_done: Callable[[RunOutcome, int, int], None],
+    sort_done: Callable[[RunOutcome, int, int], None],
+) -> tuple[list[RunOutcome], list[RunOutcome], list[str]]:
+    """One run at a time, in this process: every recording, then the sorts of those that loaded."""
+    recordings: list[RunOutcome] = []
+    for key in rec_keys:
+        recordings.append(execute_partition_run(ref, "recordings_job", key, run_config, tags))
+        rec_done(recordings[-1], len(recordings), len(rec_keys))
+    failed = {o.partition_key for o in recordings if not o.success}
+    skipped = [key for key, rec_key in plan if rec_key in failed]
+    sort_keys = [key for key, rec_key in plan if rec_key not in failed]
+    sortings: list[RunOutcome] = []
+    for key in sort_keys:
+        sortings.append(execute_partition_run(ref, "sorting_job", key, run_config, tags))
+        sort_done(sortings[-1], len(sortings), len(sort_keys))
+    return recordings, sortings, skipped
+
+
+def _run_pipelined(
+    ref: Any,
+    rec_keys: list[str],
+    plan: list[tuple[str, str]],
+    run_config: dict,
+    tags: dict[str, str] | None,
+    rec_done: Callable[[RunOutcome, int, int], None],
+    sort_done: Callable[[RunOutcome, int, int], None],
     workers: int,
-    on_done: Callable[[RunOutcome, int, int], None] | None,
-    tags: dict[str, str] | None = None,
-) -> list[RunOutcome]:
-    if not keys:
-        return []
-    outcomes: list[RunOutcome] = []
-    ref = instance.get_ref()
-    if workers <= 1:
-        for key in keys:
-            outcome = execute_partition_run(ref, job_name, key, run_config, tags)
-            outcomes.append(outcome)
-            if on_done:
-                on_done(outcome, len(outcomes), len(keys))
-        return outcomes
+) -> tuple[list[RunOutcome], list[RunOutcome], list[str]]:
+    """Recording runs first, each pair's sorting run as soon as its recording is current.
+
+    One pool of ``workers`` processes serves both kinds of run, so each process
+    imports Dagster and the code location once per campaign, and sorts start
+    while other recordings are still being fetched (no barrier between phases).
+    The sorts of a recording whose run failed are skipped.
+    """
+    if not rec_keys and not plan:
+        return [], [], []
+    waiting: dict[str, list[str]] = {key: [] for key in rec_keys}
+    ready = []
+    for key, rec_key in plan:
+        (waiting[rec_key] if rec_key in waiting else ready).append(key)
+    recordings: list[RunOutcome] = []
+    sortings: list[RunOutcome] = []
+    skipped: list[str] = []
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(keys)), mp_context=context) as pool:
-        pending = {pool.submit(execute_partition_run, ref, job_name, k, run_config, tags) for k in keys}
+    with ProcessPoolExecutor(max_workers=min(workers, len(rec_keys) + len(plan)), mp_context=context) as pool:
+
+        def submit(job_name: str, keys: list[str]) -> set:
+            return {pool.submit(execute_partition_run, ref, job_name, k, run_config, tags) for k in keys}
+
+        pending = submit("recordings_job", rec_keys) | submit("sorting_job", ready)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 outcome = future.result()
-                outcomes.append(outcome)
-                if on_done:
-                    on_done(outcome, len(outcomes), len(keys))
-    return outcomes
+                if outcome.job_name == "recordings_job":
+                    recordings.append(outcome)
+                    follow = waiting.pop(outcome.partition_key)
+                    if outcome.success:
+                        pending |= submit("sorting_job", follow)
+                    else:
+                        skipped.extend(follow)
+                    rec_done(outcome, len(recordings), len(rec_keys))
+                else:
+                    sortings.append(outcome)
+                    sort_done(outcome, len(sortings), len(plan) - len(skipped))
+    return recordings, sortings, skipped
 
 
 def cached_pairs(
@@ -301,20 +343,10 @@ def launch_campaign(
     needed = {recording_key(r): r for _, r in to_sort}
     current = _materialized_recordings(instance, campaign)
     rec_keys = [k for k in needed if k not in current]
+    plan = [(str(pair_key(s.name, r)), recording_key(r)) for s, r in to_sort]
 
     def rec_done(o: RunOutcome, i: int, n: int) -> None:
         say(f"[recordings {i}/{n}] {o.partition_key}: {'ok' if o.success else 'FAILED: ' + (o.error or '')}")
-
-    outcome.recordings = _run_many(instance, "recordings_job", rec_keys, run_config, workers, rec_done, tags)
-    failed_recordings = {o.partition_key for o in outcome.recordings if not o.success}
-
-    sort_keys = []
-    for s, r in to_sort:
-        key = str(pair_key(s.name, r))
-        if recording_key(r) in failed_recordings:
-            outcome.skipped_pairs.append(key)
-        else:
-            sort_keys.append(key)
 
     def sort_done(o: RunOutcome, i: int, n: int) -> None:
         from sf_assets.partitions import split_pair_key
@@ -325,7 +357,12 @@ def launch_campaign(
         if on_sorting_done:
             on_sorting_done(o)
 
-    outcome.sortings = _run_many(instance, "sorting_job", sort_keys, run_config, workers, sort_done, tags)
+    ref = instance.get_ref()
+    if workers <= 1:
+        runs = _run_in_order(ref, rec_keys, plan, run_config, tags, rec_done, sort_done)
+    else:
+        runs = _run_pipelined(ref, rec_keys, plan, run_config, tags, rec_done, sort_done, workers)
+    outcome.recordings, outcome.sortings, outcome.skipped_pairs = runs
     if run_results:
         outcome.results.append(execute_partition_run(instance.get_ref(), "results_job", None, run_config, tags))
     return outcome

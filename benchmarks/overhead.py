@@ -1,0 +1,467 @@
+"""What sf-assets costs over a plain spikeinterface script that does the same sorts.
+
+The same grid (recordings x sorters, default 4 recordings of 4 channels x 60 s,
+MountainSort5 and SpykingCircus2) is sorted and compared with ground truth,
+alternately:
+
+* **A, sf-assets**: ``launch_campaign`` on a fresh Dagster instance (SQLite,
+  the project's dagster.yaml), ``workers`` runs at a time; canary off unless
+  ``--canary-s`` (for equal work), job cache on but empty (fresh instance);
+* **B, plain**: ``spikeinterface.sorters.run_sorter_jobs`` (engine ``joblib``,
+  ``n_jobs=workers``) then ``compare_sorter_to_ground_truth`` per pair, on the
+  same recordings loaded from the same kachery store.
+
+Each round is a fresh Python process, timed from outside, as a user would run
+either (imports included; loky's reused workers cannot carry numba's compiled
+code from one plain round to the next).  Then a no-op re-run: ``launch_campaign``
+again on the last sf-assets instance, where every sort is a job-cache hit.
+
+Prints both wall times per round, their ratio, the orchestration overhead per
+sorting partition, where sf-assets spends its time, and as its last line
+``overhead_ratio=R noop_rerun_s=S``.
+
+Run: ``make bench`` or ``.venv/bin/python benchmarks/overhead.py [--recordings N ...]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+T0 = time.monotonic()
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SORTERS = "MountainSort5,SpykingCircus2"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--recordings", type=int, default=4, help="recordings in the grid (default 4)")
+    p.add_argument("--channels", type=int, default=4, help="channels per recording (default 4)")
+    p.add_argument("--duration-s", type=float, default=60.0, help="seconds per recording (default 60)")
+    p.add_argument("--sorters", default=DEFAULT_SORTERS, help=f"catalog names, comma-separated (default {DEFAULT_SORTERS})")
+    p.add_argument("--workers", type=int, default=2, help="sorts at a time on both sides (default 2)")
+    p.add_argument("--rounds", type=int, default=2, help="A B rounds, alternated (default 2: A B A B)")
+    p.add_argument("--canary-s", type=float, default=0.0, help="sf-assets canary window; 0: off (default)")
+    p.add_argument(
+        "--numba-cache",
+        action="store_true",
+        help="experiment: every Python process of both sides (sort workers, joblib workers) keeps numba's "
+        "compiled code on disk (cache=True by default, through a sitecustomize), warmed once before the rounds",
+    )
+    p.add_argument("--work-dir", help="keep everything here (default: a temporary folder, removed at the end)")
+    p.add_argument("--child", choices=["sf-assets", "plain", "noop", "warm"], help=argparse.SUPPRESS)
+    p.add_argument("--state", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------ children
+
+
+def _dagster_home(round_dir: Path) -> Path:
+    """The project's dagster.yaml over a fresh SQLite folder, as ``sf-assets`` runs it."""
+    home = round_dir / "dagster"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+    os.environ["SF_ASSETS_DAGSTER_DIR"] = str(home / "storage")
+    return home
+
+
+def child_sf_assets(state: dict, noop: bool) -> dict:
+    import dagster as dg
+
+    from sf_assets.core.campaign import Campaign
+    from sf_assets.inputs import load_config
+    from sf_assets.launch import RunOptions, launch_campaign
+    from sf_assets.stores.kachery import KacheryStore
+
+    round_dir = Path(state["round_dir"])
+    _dagster_home(round_dir)
+    options = RunOptions(
+        spec_source=state["spec"],
+        manifest_source=state["manifest"],
+        kachery_dir=state["kachery_dir"],
+        work_root=str(round_dir / "sorts"),
+        workspace_db_url=f"sqlite:///{round_dir / 'workspace.db'}",
+        outputs_dir=str(round_dir / "outputs"),
+        canary_first_n_s=state["canary_s"],
+        log_level="CRITICAL",  # as `sf-assets run-sortings` without -v
+    )
+    marks: list[tuple[float, str]] = []
+    with dg.DagsterInstance.get() as instance:
+        started = time.monotonic()
+        campaign = Campaign(*load_config(options.manifest_source, options.spec_source, KacheryStore(options.kachery_dir)))
+        outcome = launch_campaign(
+            instance, campaign, options, workers=state["workers"], progress=lambda m: marks.append((time.monotonic(), m))
+        )
+        launch_s = time.monotonic() - started
+        failed = [o.error for o in outcome.recordings + outcome.sortings + outcome.results if not o.success]
+        if failed:
+            raise SystemExit(f"sf-assets round failed: {failed}")
+        result = {
+            "launch_s": launch_s,
+            "sorted": len(outcome.sortings),
+            "cached": len(outcome.cached_pairs),
+        }
+        if not noop:
+            result["profile"] = _profile(instance, outcome, options, started, marks)
+    return result
+
+
+def _step_durations(instance, run_id: str) -> dict[str, float]:
+    """Seconds from STEP_START to STEP_SUCCESS/FAILURE of each step of a run."""
+    starts, durations = {}, {}
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None or entry.step_key is None:
+            continue
+        if event.event_type_value == "STEP_START":
+            starts[entry.step_key] = entry.timestamp
+        elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE") and entry.step_key in starts:
+            durations[entry.step_key] = entry.timestamp - starts[entry.step_key]
+    return durations
+
+
+def _profile(instance, outcome, options, started: float, marks) -> dict:
+    """Where the sf-assets round spent its time (seconds, summed over runs unless *_wall_s)."""
+    import dagster as dg
+
+    from sf_assets.assets.history import latest_partition_events, plain_metadata
+    from sf_assets.core.labels import label_to_partition_key
+    from sf_assets.engines.engine import work_dir_for
+    from sf_assets.partitions import sorter_key, split_pair_key
+
+    settings = options.engine_settings()
+
+    last_run = max((t for t, m in marks if m.startswith(("[recordings", "[sortings"))), default=started)
+    sorting_md = {k: plain_metadata(v[1]) for k, v in latest_partition_events(instance, dg.AssetKey("sorting")).items()}
+    run_s = step_s = supervised_s = sorter_s = comparison_s = 0.0
+    sorter_run_time: dict[str, float] = {}
+    for o in outcome.sortings:
+        steps = _step_durations(instance, o.run_id)
+        run_s += o.elapsed_s
+        step_s += sum(steps.values())
+        comparison_s += steps.get("sorting_comparison", 0.0)
+        md = sorting_md[o.partition_key]
+        supervised_s += md["elapsed_s"]
+        sorter_name, label = split_pair_key(o.partition_key)
+        work_dir = work_dir_for(settings, sorter_key(sorter_name), label_to_partition_key(label))
+        sort_elapsed = json.loads((work_dir / "result.json").read_text())["sort_elapsed_s"]
+        sorter_s += sort_elapsed
+        sorter_run_time[sorter_name] = sorter_run_time.get(sorter_name, 0.0) + sort_elapsed
+    rec_run_s = sum(o.elapsed_s for o in outcome.recordings)
+    rec_step_s = sum(sum(_step_durations(instance, o.run_id).values()) for o in outcome.recordings)
+    return {
+        "studysets_run_s": outcome.results[0].elapsed_s,
+        "results_run_s": outcome.results[-1].elapsed_s,
+        # From the end of the studysets run to the last recording or sorting run.
+        "runs_wall_s": last_run - started - outcome.results[0].elapsed_s,
+        "recording_runs_s": rec_run_s,
+        "recording_steps_s": rec_step_s,
+        "sorting_runs_s": run_s,
+        "sorting_steps_s": step_s,
+        "supervised_worker_s": supervised_s,
+        "run_sorter_s": sorter_s,
+        "comparison_steps_s": comparison_s,
+        "run_sorter_s_by_sorter": sorter_run_time,
+        "num_sortings": len(outcome.sortings),
+        "num_recordings": len(outcome.recordings),
+    }
+
+
+def child_plain(state: dict) -> dict:
+    from spikeinterface.comparison import compare_sorter_to_ground_truth
+    from spikeinterface.sorters import read_sorter_folder, run_sorter_jobs
+
+    from sf_assets.core.campaign import Campaign
+    from sf_assets.core.sorter_catalog import resolve_sorter
+    from sf_assets.data import load_recording, load_sorting_object
+    from sf_assets.inputs import load_config
+    from sf_assets.stores.kachery import KacheryStore
+
+    started = time.monotonic()
+    store = KacheryStore(state["kachery_dir"])
+    campaign = Campaign(*load_config(state["manifest"], state["spec"], store))
+    recordings = {r.label: load_recording(r.recording_uri, store) for r in campaign.recordings()}
+    truths = {
+        r.label: load_sorting_object(r.sorting_true_uri, store, recordings[r.label].get_sampling_frequency())
+        for r in campaign.recordings()
+    }
+    out = Path(state["round_dir"]) / "plain"
+    jobs = []
+    for sorter_spec, rec in campaign.jobs:
+        jobs.append(
+            {
+                "sorter_name": resolve_sorter(sorter_spec.name).si_name,
+                "recording": recordings[rec.label],
+                "folder": str(out / sorter_spec.name / rec.study_name / rec.name),
+                **dict(sorter_spec.params or {}),
+            }
+        )
+    sorted_at = time.monotonic()
+    run_sorter_jobs(jobs, engine="joblib", engine_kwargs={"n_jobs": state["workers"]})
+    sort_wall_s = time.monotonic() - sorted_at
+    accuracies = []
+    run_time: dict[str, float] = {}
+    for (sorter_spec, rec), job in zip(campaign.jobs, jobs):
+        sorting = read_sorter_folder(job["folder"])
+        log = json.loads((Path(job["folder"]) / "spikeinterface_log.json").read_text())
+        run_time[sorter_spec.name] = run_time.get(sorter_spec.name, 0.0) + float(log["run_time"])
+        comparison = compare_sorter_to_ground_truth(truths[rec.label], sorting, delta_time=1.0)
+        accuracies.append(float(comparison.get_performance()["accuracy"].mean()))
+    return {
+        "launch_s": time.monotonic() - started,
+        "sort_wall_s": sort_wall_s,
+        "run_sorter_s_by_sorter": run_time,
+        "mean_accuracy": statistics.mean(accuracies),
+        "sorted": len(jobs),
+    }
+
+
+NUMBA_SITECUSTOMIZE = """\
+# Written by benchmarks/overhead.py --numba-cache: numba functions default to cache=True,
+# so a fresh process loads compiled code from NUMBA_CACHE_DIR instead of compiling again.
+import numba
+
+def _cached(decorator):
+    def jit(*args, **kwargs):
+        kwargs.setdefault("cache", True)
+        return decorator(*args, **kwargs)
+    return jit
+
+numba.jit, numba.njit = _cached(numba.jit), _cached(numba.njit)
+"""
+
+
+def child_warm(state: dict) -> dict:
+    """Fill numba's on-disk cache: each sorter once on the first 10 s of the first recording."""
+    from spikeinterface.sorters import run_sorter
+
+    from sf_assets.core.campaign import Campaign
+    from sf_assets.core.sorter_catalog import resolve_sorter
+    from sf_assets.data import load_recording
+    from sf_assets.inputs import load_config
+    from sf_assets.stores.kachery import KacheryStore
+
+    started = time.monotonic()
+    store = KacheryStore(state["kachery_dir"])
+    campaign = Campaign(*load_config(state["manifest"], state["spec"], store))
+    first = campaign.recordings()[0]
+    recording = load_recording(first.recording_uri, store)
+    recording = recording.frame_slice(0, min(recording.get_num_samples(), int(10 * recording.get_sampling_frequency())))
+    for sorter_spec in campaign.spec.sorters:
+        folder = Path(state["round_dir"]) / sorter_spec.name
+        run_sorter(resolve_sorter(sorter_spec.name).si_name, recording, folder=str(folder), **dict(sorter_spec.params or {}))
+    return {"launch_s": time.monotonic() - started}
+
+
+# -------------------------------------------------------------------- parent
+
+
+def run_child(kind: str, state: dict, env: dict) -> tuple[float, float, dict]:
+    """Run one round in a fresh process; return (wall s, CPU s of it and its reaped descendants, its report).
+
+    CPU seconds (user + system, from ``wait4``) hardly change when other work
+    shares the machine; wall seconds do.
+    """
+    state_file = Path(state["round_dir"]) / f"{kind}.state.json"
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(json.dumps(state))
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--child", kind, "--state", str(state_file)], env=env, stdout=out, stderr=err
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall_s = time.monotonic() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        sys.exit(f"{kind} round failed (exit {proc.returncode}):\n{stdout[-3000:]}\n{stderr[-5000:]}")
+    return wall_s, usage.ru_utime + usage.ru_stime, json.loads(stdout.strip().splitlines()[-1])
+
+
+def generate(root: Path, args) -> dict:
+    from sf_assets.stores.kachery import KacheryStore
+    from sf_assets.synthetic import generate_studyset
+
+    store = KacheryStore(root / "kachery")
+    sorters = [s.strip() for s in args.sorters.split(",") if s.strip()]
+    started = time.monotonic()
+    generated = generate_studyset(
+        store,
+        root / "studyset",
+        seed=0,
+        num_study_sets=1,
+        studies_per_set=1,
+        recordings_per_study=args.recordings,
+        num_channels=(args.channels,),
+        duration_s=args.duration_s,
+        sorters=sorters,
+    )
+    print(
+        f"grid: {args.recordings} recordings x {args.channels} channels x {args.duration_s:g} s, "
+        f"sorters {sorters}, {args.workers} workers, canary {'off' if not args.canary_s else f'{args.canary_s:g} s'} "
+        f"(generated in {time.monotonic() - started:.1f} s)",
+        flush=True,
+    )
+    return {
+        "manifest": str(generated.manifest_path),
+        "spec": str(generated.spec_path),
+        "kachery_dir": str(store.root_dir),
+        "workers": args.workers,
+        "canary_s": args.canary_s,
+        "num_pairs": args.recordings * len(sorters),
+    }
+
+
+def _fmt(seconds: float) -> str:
+    return f"{seconds:7.1f} s"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        state = json.loads(Path(args.state).read_text())
+        state["t0"] = T0
+        if args.child == "plain":
+            report = child_plain(state)
+        elif args.child == "warm":
+            report = child_warm(state)
+        else:
+            report = child_sf_assets(state, noop=args.child == "noop")
+        print(json.dumps(report))
+        return 0
+
+    root = Path(args.work_dir or tempfile.mkdtemp(prefix="sf-assets-overhead-")).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "KACHERY_CLOUD_DIR": str(root / "kachery-cloud"),
+        "SF_ASSETS_HOME": str(root / "home"),
+        "PYTHONWARNINGS": "ignore",
+    }
+    os.environ.update({k: env[k] for k in ("KACHERY_CLOUD_DIR", "SF_ASSETS_HOME")})
+    try:
+        base = generate(root, args)
+        if args.numba_cache:
+            site = root / "numba-sitecustomize"
+            site.mkdir(exist_ok=True)
+            (site / "sitecustomize.py").write_text(NUMBA_SITECUSTOMIZE)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH", "")]))
+            env["NUMBA_CACHE_DIR"] = str(root / "numba-cache")
+            warm_s, _, _ = run_child("warm", {**base, "round_dir": str(root / "warm")}, env)
+            print(f"numba cache on (experiment), warmed in {warm_s:.1f} s", flush=True)
+        walls: dict[str, list[float]] = {"sf-assets": [], "plain": []}
+        cpus: dict[str, list[float]] = {"sf-assets": [], "plain": []}
+        reports: dict[str, list[dict]] = {"sf-assets": [], "plain": []}
+        last_a_dir = None
+        for i in range(args.rounds):
+            for kind in ("sf-assets", "plain"):
+                round_dir = root / f"round{i + 1}-{kind}"
+                wall_s, cpu_s, report = run_child(kind, {**base, "round_dir": str(round_dir)}, env)
+                walls[kind].append(wall_s)
+                cpus[kind].append(cpu_s)
+                reports[kind].append(report)
+                if kind == "sf-assets":
+                    last_a_dir = round_dir
+                extra = f"mean accuracy {report['mean_accuracy']:.2f}" if kind == "plain" else f"{report['sorted']} sorted"
+                print(
+                    f"round {i + 1} {kind:9s}: wall {_fmt(wall_s)}, CPU {_fmt(cpu_s)} (work {report['launch_s']:.1f} s, the rest "
+                    f"{wall_s - report['launch_s']:.1f} s: interpreter, imports, teardown; {extra})",
+                    flush=True,
+                )
+        noop_wall_s, _, noop = run_child("noop", {**base, "round_dir": str(last_a_dir)}, env)
+        if noop["sorted"] != 0 or noop["cached"] != base["num_pairs"]:
+            sys.exit(f"the no-op re-run sorted {noop['sorted']} and found {noop['cached']} cached of {base['num_pairs']}")
+
+        # Each sf-assets round is paired with the plain round right after it, so slow
+        # drifts in what else the machine runs cancel out of the ratio.
+        ratio = statistics.mean(a / b for a, b in zip(walls["sf-assets"], walls["plain"]))
+        cpu_ratio = statistics.mean(a / b for a, b in zip(cpus["sf-assets"], cpus["plain"]))
+        a, b = statistics.mean(walls["sf-assets"]), statistics.mean(walls["plain"])
+        per_partition_s = (a - b) / base["num_pairs"]
+        cpu_per_partition_s = (statistics.mean(cpus["sf-assets"]) - statistics.mean(cpus["plain"])) / base["num_pairs"]
+        print()
+        print(
+            f"wall: sf-assets {_fmt(a)}, plain spikeinterface {_fmt(b)}, ratio {ratio:.2f} (mean of the rounds' ratios)"
+        )
+        print(
+            f"CPU:  sf-assets {_fmt(statistics.mean(cpus['sf-assets']))}, plain spikeinterface "
+            f"{_fmt(statistics.mean(cpus['plain']))}, ratio {cpu_ratio:.2f}"
+        )
+        print(
+            f"orchestration overhead: {a - b:.1f} s wall in all, {per_partition_s:.1f} s wall and "
+            f"{cpu_per_partition_s:.1f} s CPU per sorting partition"
+        )
+        print(
+            f"no-op re-run (every sort a job-cache hit): {noop_wall_s:.1f} s wall, "
+            f"{noop['launch_s']:.1f} s of it in launch_campaign"
+        )
+        print_profile(reports, walls["sf-assets"], args.workers)
+        print(f"overhead_ratio={ratio:.2f} noop_rerun_s={noop_wall_s:.1f}")
+    finally:
+        if not args.work_dir:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+def print_profile(reports: dict[str, list[dict]], walls: list[float], workers: int) -> None:
+    """Mean of the sf-assets rounds' profiles, against the plain rounds' sorter times."""
+    profiles = [r["profile"] for r in reports["sf-assets"]]
+
+    def mean(key: str) -> float:
+        return statistics.mean(p[key] for p in profiles)
+
+    n_sort = profiles[0]["num_sortings"]
+    n_rec = profiles[0]["num_recordings"]
+    print("\nwhere the sf-assets rounds spend their time (mean of rounds):")
+    outside = statistics.mean(w - r["launch_s"] for w, r in zip(walls, reports["sf-assets"]))
+    print(f"  launching process outside the launch   {outside:6.1f} s  (interpreter, imports, instance, teardown)")
+    print(f"  studysets run                          {mean('studysets_run_s'):6.1f} s")
+    busy = (mean("recording_runs_s") + mean("sorting_runs_s")) / workers
+    print(
+        f"  recording and sorting runs (wall)      {mean('runs_wall_s'):6.1f} s  [{busy:.1f} s of runs per worker; "
+        f"the other {mean('runs_wall_s') - busy:.1f} s: pool start, imports, idle workers]"
+    )
+    print(
+        f"    {n_rec} recording runs:  {mean('recording_runs_s'):6.1f} s in runs, {mean('recording_steps_s'):.1f} s in "
+        f"steps (fetch + sha1 + ground-truth SNRs)"
+    )
+    print(
+        f"    {n_sort} sorting runs:    {mean('sorting_runs_s'):6.1f} s in runs, {mean('sorting_steps_s'):.1f} s in steps, "
+        f"{mean('supervised_worker_s'):.1f} s in sort workers, {mean('run_sorter_s'):.1f} s in run_sorter, "
+        f"{mean('comparison_steps_s'):.1f} s comparing"
+    )
+    print(f"  results run                            {mean('results_run_s'):6.1f} s")
+    run_overhead = (mean("sorting_runs_s") - mean("sorting_steps_s")) / n_sort
+    worker_overhead = (mean("supervised_worker_s") - mean("run_sorter_s")) / n_sort
+    print(
+        f"  per sorting run: {run_overhead:.2f} s Dagster run overhead (run minus steps), "
+        f"{worker_overhead:.2f} s sort-worker start (process, imports, load + sha1, store)"
+    )
+    sf_by_sorter = {k: statistics.mean(p["run_sorter_s_by_sorter"][k] for p in profiles) for k in profiles[0]["run_sorter_s_by_sorter"]}
+    plain_by_sorter = {
+        k: statistics.mean(r["run_sorter_s_by_sorter"][k] for r in reports["plain"])
+        for k in reports["plain"][0]["run_sorter_s_by_sorter"]
+    }
+    for name in sf_by_sorter:
+        print(
+            f"  run_sorter time of {name}: {sf_by_sorter[name]:.1f} s summed in sf-assets (one fresh process per sort) "
+            f"vs {plain_by_sorter.get(name, float('nan')):.1f} s in plain (joblib reuses {workers} processes)"
+        )
+    plain_sort = statistics.mean(r["sort_wall_s"] for r in reports["plain"])
+    print(f"  plain: run_sorter_jobs wall {plain_sort:.1f} s; load + compare {statistics.mean(r['launch_s'] for r in reports['plain']) - plain_sort:.1f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
