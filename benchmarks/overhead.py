@@ -13,12 +13,15 @@ alternately:
 
 Each round is a fresh Python process, timed from outside, as a user would run
 either (imports included; loky's reused workers cannot carry numba's compiled
-code from one plain round to the next).  Then a no-op re-run: ``launch_campaign``
-again on the last sf-assets instance, where every sort is a job-cache hit.
+code from one plain round to the next), for wall time and for the CPU time of
+the process and everything it started (which other work on the machine hardly
+changes).  Then a no-op re-run: ``launch_campaign`` again on the last
+sf-assets instance, where every sort is a job-cache hit.
 
-Prints both wall times per round, their ratio, the orchestration overhead per
-sorting partition, where sf-assets spends its time, and as its last line
-``overhead_ratio=R noop_rerun_s=S``.
+Prints both times per round, the mean of the rounds' sf-assets/plain ratios,
+the orchestration overhead per sorting partition, where sf-assets spends its
+time, and as its last line ``overhead_ratio=R noop_rerun_s=S`` (wall ratio;
+the no-op re-run's whole process, imports included).
 
 Run: ``make bench`` or ``.venv/bin/python benchmarks/overhead.py [--recordings N ...]``.
 """
@@ -35,7 +38,6 @@ import tempfile
 import time
 from pathlib import Path
 
-T0 = time.monotonic()
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SORTERS = "MountainSort5,SpykingCircus2"
 
@@ -136,6 +138,7 @@ def _profile(instance, outcome, options, started: float, marks) -> dict:
     from sf_assets.assets.history import latest_partition_events, plain_metadata
     from sf_assets.core.labels import label_to_partition_key
     from sf_assets.engines.engine import work_dir_for
+    from sf_assets.engines.job import RESULT_FILE
     from sf_assets.partitions import sorter_key, split_pair_key
 
     settings = options.engine_settings()
@@ -153,7 +156,7 @@ def _profile(instance, outcome, options, started: float, marks) -> dict:
         supervised_s += md["elapsed_s"]
         sorter_name, label = split_pair_key(o.partition_key)
         work_dir = work_dir_for(settings, sorter_key(sorter_name), label_to_partition_key(label))
-        sort_elapsed = json.loads((work_dir / "result.json").read_text())["sort_elapsed_s"]
+        sort_elapsed = json.loads((work_dir / RESULT_FILE).read_text())["sort_elapsed_s"]
         sorter_s += sort_elapsed
         sorter_run_time[sorter_name] = sorter_run_time.get(sorter_name, 0.0) + sort_elapsed
     rec_run_s = sum(o.elapsed_s for o in outcome.recordings)
@@ -332,7 +335,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child:
         state = json.loads(Path(args.state).read_text())
-        state["t0"] = T0
         if args.child == "plain":
             report = child_plain(state)
         elif args.child == "warm":

@@ -134,9 +134,9 @@ def killed_launch(synthetic_studyset, tmp_path, dagster_home):
     """A launch of three MountainSort5 sorts, SIGKILLed during the second one.
 
     The launch runs in a process group of its own, killed whole.  Its sort worker
-    runs in a session of its own (so the supervisor can stop it as a group) and
-    would outlive that kill, orphaned, still sorting: it is killed as well, as a
-    machine that dies would take it.
+    runs in a session of its own (so the supervisor can stop it as a group); it
+    must notice that its supervisor died and end itself rather than sort on as
+    an orphan.
     """
     home, instance = dagster_home
     keep = [("synth_a1_K6_C4", "001_synth"), ("synth_a1_K6_C4", "002_synth"), ("synth_b1_K6_C4", "001_synth")]
@@ -171,11 +171,17 @@ def killed_launch(synthetic_studyset, tmp_path, dagster_home):
     finally:
         if launcher.poll() is None:
             _kill_group(launcher.pid)
-        for pid in set(worker_pids) & set(_worker_pids(second_dir)):
-            _kill_group(pid)
         launcher.wait(timeout=30)
     assert worker_pids, f"no sort worker was running on {second_dir}"
     assert launcher.returncode == -signal.SIGKILL
+    # The orphaned worker notices its supervisor is gone and ends itself.
+    deadline = time.monotonic() + 15
+    while _worker_pids(second_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    leftover = _worker_pids(second_dir)
+    for pid in leftover:  # do not leave a sorter running if the assertion fails
+        _kill_group(pid)
+    assert not leftover, "the sort worker outlived its killed supervisor"
     return env
 
 

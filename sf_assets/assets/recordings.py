@@ -5,7 +5,6 @@ import dagster as dg
 from sf_assets.assets.metadata import table
 from sf_assets.core.labels import ground_truth_label
 from sf_assets.core.uris import parse_uri
-from sf_assets.data import load_recording, load_sorting_object
 from sf_assets.partitions import recording_label_of_key, recordings_partitions
 from sf_assets.resources import KacheryResource, StudysetResource
 
@@ -24,6 +23,8 @@ def content_version(uri: str) -> dg.DataVersion:
     "fetched from kachery, its sha1 verified and loaded with spikeinterface.",
 )
 def recording(context: dg.AssetExecutionContext, studyset: StudysetResource, kachery: KacheryResource):
+    from sf_assets.data import load_recording  # spikeinterface + numba: import when a step runs, not at load
+
     rec = studyset.campaign(kachery).recording(recording_label_of_key(context.partition_key))
     si_recording = load_recording(rec.recording_uri, kachery.store())
     return dg.MaterializeResult(
@@ -49,6 +50,7 @@ def recording(context: dg.AssetExecutionContext, studyset: StudysetResource, kac
 )
 def ground_truth(context: dg.AssetExecutionContext, studyset: StudysetResource, kachery: KacheryResource):
     from sf_assets.core.comparison import true_unit_snrs
+    from sf_assets.data import load_recording, load_sorting_object
 
     store = kachery.store()
     rec = studyset.campaign(kachery).recording(recording_label_of_key(context.partition_key))

@@ -196,8 +196,31 @@ def sort(work_dir: Path) -> int:
     return EXIT_SORTED
 
 
+def _die_with_parent(poll_s: float = 1.0) -> None:
+    """End this worker (and its sorter's children) when its supervisor dies.
+
+    The worker runs in its own session so a timeout can stop its whole group;
+    the other side of that is that a SIGKILLed supervisor would leave it
+    sorting as an orphan, writing into a folder a re-run is about to reuse.
+    """
+    import os
+    import signal
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    _die_with_parent()
     if len(argv) != 1:
         print("usage: python -m sf_assets.engines.worker WORK_DIR", file=sys.stderr)
         return EXIT_BAD_JOB
