@@ -30,7 +30,7 @@ from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraph
 from sf_assets.assets.recordings import ground_truth, recording
 from sf_assets.assets.results import sorter_summary, sorting_records
 from sf_assets.assets.sortings import SORTING_KEY, sorting, sorting_comparison
-from sf_assets.assets.studysets import studysets
+from sf_assets.assets.studysets import register_partitions, studysets
 from sf_assets.assets.workspace import workspace_sync
 from sf_assets.core.campaign import Campaign
 from sf_assets.core.errors import SfAssetsError
@@ -38,7 +38,7 @@ from sf_assets.core.manifest import Recording, parse_manifest
 from sf_assets.core.spec import SorterSpec, parse_spec, validate_spec
 from sf_assets.core.studyset_cursor import StudysetCursor, sources_digest
 from sf_assets.inputs import manifest_source_of, read_source
-from sf_assets.partitions import RECORDINGS, SORTERS, pair_key, recording_key, sorter_key
+from sf_assets.partitions import pair_key, recording_key, sorter_key
 from sf_assets.resources import KacheryResource, StudysetResource
 from sf_assets.stores.kachery import KacheryStore
 
@@ -69,20 +69,6 @@ def parse_campaign(spec_source: tuple[str, bytes], manifest_source: tuple[str, b
     manifest = parse_manifest(manifest_source[1], manifest_source[0])
     validate_spec(spec, manifest)
     return Campaign(manifest, spec)
-
-
-def missing_partitions(instance: dg.DagsterInstance, campaign: Campaign) -> list[dg.AddDynamicPartitionsRequest]:
-    """Requests adding the campaign's recording and sorter partitions the instance lacks."""
-    requests = []
-    for name, wanted in (
-        (RECORDINGS, [recording_key(r) for r in campaign.recordings()]),
-        (SORTERS, [sorter_key(s.name) for s in campaign.spec.sorters]),
-    ):
-        existing = set(instance.get_dynamic_partitions(name))
-        new = [key for key in dict.fromkeys(wanted) if key not in existing]
-        if new:
-            requests.append(dg.AddDynamicPartitionsRequest(partitions_def_name=name, partition_keys=new))
-    return requests
 
 
 def _pair(sorter_spec: SorterSpec, rec: Recording) -> tuple[str, str]:
@@ -136,11 +122,19 @@ def studyset_sensor(context: dg.SensorEvaluationContext, studyset: StudysetResou
         for s, r in campaign.jobs
         if _pair(s, r) not in cursor.requested and str(pair_key(s.name, r)) not in sorted_pairs
     ]
-    partition_requests = missing_partitions(context.instance, campaign)
+    # Registered here, in bulk, rather than returned as partition requests: the daemon
+    # checks a request's keys one query at a time (about 2 s for SpikeForest's 888
+    # recordings). Adding partitions is idempotent, so a tick that fails after this
+    # line leaves nothing wrong behind: the next one requests the same pairs.
+    new_recordings, new_sorters = register_partitions(context.instance, campaign)
+    if new_recordings or new_sorters:
+        context.log.info(
+            f"registered {len(new_recordings)} recording partition(s) {_sample(new_recordings)} and "
+            f"{len(new_sorters)} sorter partition(s) {_sample(new_sorters)}"
+        )
     next_cursor = cursor.after_tick(digest, [_pair(s, r) for s, r in new_jobs]).encode()
     if not new_jobs:
         return dg.SensorResult(
-            dynamic_partitions_requests=partition_requests,
             cursor=next_cursor,
             skip_reason=f"no new (sorter, recording) pairs among {len(campaign.jobs)} assigned",
         )
@@ -148,9 +142,12 @@ def studyset_sensor(context: dg.SensorEvaluationContext, studyset: StudysetResou
     context.log.info(f"backfilling {len(new_jobs)} new (sorter, recording) pair(s) of {len(campaign.jobs)} assigned")
     return dg.SensorResult(
         run_requests=[dg.RunRequest.for_asset_graph_subset(subset, tags=BACKFILL_TAGS)],
-        dynamic_partitions_requests=partition_requests,
         cursor=next_cursor,
     )
+
+
+def _sample(keys: list[str], shown: int = 5) -> str:
+    return "[" + ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "") + "]"
 
 
 results_automation = dg.AutomationConditionSensorDefinition(

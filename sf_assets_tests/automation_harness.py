@@ -55,15 +55,13 @@ def write_manifest(source: Path, target: Path, keep: Iterable[tuple[str, str]]) 
     return target
 
 
-def submit_backfill(instance: dg.DagsterInstance, subset, tags=None, partition_requests=()) -> str:
-    """Add the partitions requested, then a backfill of ``subset`` (an AssetGraphSubset); return its id."""
+def submit_backfill(instance: dg.DagsterInstance, subset, tags=None) -> str:
+    """Submit a backfill of ``subset`` (an AssetGraphSubset) as the sensor daemon would; return its id."""
     import time
     import uuid
 
     from dagster._core.execution.backfill import PartitionBackfill
 
-    for added in partition_requests:
-        instance.add_dynamic_partitions(added.partitions_def_name, list(added.partition_keys))
     backfill_id = uuid.uuid4().hex[:8]
     instance.add_backfill(
         PartitionBackfill.from_asset_graph_subset(

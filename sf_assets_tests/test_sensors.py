@@ -94,8 +94,17 @@ def _partitions(result, asset: str) -> set[str]:
     return set(subset.get_partitions_subset(dg.AssetKey(asset)).get_partition_keys())
 
 
-def _added(result) -> dict[str, list[str]]:
-    return {r.partitions_def_name: list(r.partition_keys) for r in result.dynamic_partitions_requests}
+def _partition_keys(instance: dg.DagsterInstance) -> dict[str, list[str]]:
+    return {name: instance.get_dynamic_partitions(name) for name in (RECORDINGS, SORTERS)}
+
+
+def _evaluate_and_diff(deployed, manifest: Path, spec: Path, cursor: str | None):
+    """The sensor's result, and the partitions it registered on the instance (in order)."""
+    before = _partition_keys(deployed.instance)
+    result = deployed.evaluate(manifest, spec, cursor)
+    after = _partition_keys(deployed.instance)
+    added = {name: [k for k in after[name] if k not in before[name]] for name in after}
+    return result, {name: keys for name, keys in added.items() if keys}
 
 
 def test_a_daemon_tick_backfills_the_assigned_pair_parents_first(deployed):
@@ -123,18 +132,16 @@ def test_unchanged_sources_request_nothing(deployed):
 
 def test_new_recordings_request_exactly_their_pairs(deployed, synthetic_studyset):
     # The full manifest adds 002_synth to SYNTH_SET_A (sorted by MountainSort5) and B's two recordings (unassigned).
-    result = deployed.evaluate(synthetic_studyset.manifest_path, deployed.spec, deployed.cursor)
+    result, added = _evaluate_and_diff(deployed, synthetic_studyset.manifest_path, deployed.spec, deployed.cursor)
     new_key = f"{STUDY_A}.002_synth"
     assert _sorting_partitions(result) == {f"{new_key}|{SORTER}"}
     assert _partitions(result, "sorting_comparison") == {f"{new_key}|{SORTER}"}
     assert _partitions(result, "recording") == _partitions(result, "ground_truth") == {new_key}
     assert dg.AssetKey("studysets") in result.run_requests[0].asset_graph_subset.asset_keys
     assert result.run_requests[0].tags == BACKFILL_TAGS
-    assert _added(result) == {
-        RECORDINGS: [new_key, f"{STUDY_B}.001_synth", f"{STUDY_B}.002_synth"],
-    }
-    again = deployed.evaluate(synthetic_studyset.manifest_path, deployed.spec, result.cursor)
-    assert isinstance(again, dg.SkipReason)
+    assert added == {RECORDINGS: [new_key, f"{STUDY_B}.001_synth", f"{STUDY_B}.002_synth"]}
+    again, added_again = _evaluate_and_diff(deployed, synthetic_studyset.manifest_path, deployed.spec, result.cursor)
+    assert isinstance(again, dg.SkipReason) and added_again == {}
 
 
 def test_a_new_sorter_is_a_backfill_of_exactly_its_pairs(deployed):
@@ -143,11 +150,11 @@ def test_a_new_sorter_is_a_backfill_of_exactly_its_pairs(deployed):
         deployed.manifest,
         {SORTER: {"studysets": ["SYNTH_SET_A"]}, NEW_SORTER: {"studysets": ["SYNTH_SET_A"]}},
     )
-    result = deployed.evaluate(deployed.manifest, spec, deployed.cursor)
+    result, added = _evaluate_and_diff(deployed, deployed.manifest, spec, deployed.cursor)
     assert _sorting_partitions(result) == {f"{STUDY_A}.001_synth|{NEW_SORTER}"}
     # Its recording is materialized already: only the sorting and its comparison run.
     assert _partitions(result, "recording") == set()
-    assert _added(result) == {SORTERS: [NEW_SORTER]}
+    assert added == {SORTERS: [NEW_SORTER]}
 
 
 def test_a_fresh_cursor_skips_pairs_already_sorted(deployed):
@@ -194,7 +201,7 @@ def test_a_new_sorting_requests_the_fan_ins_and_nothing_is_sorted_again(deployed
     # in progress (submitted, never executed here).
     pending = deployed.evaluate(synthetic_studyset.manifest_path, deployed.spec, deployed.cursor)
     request = pending.run_requests[0]
-    submit_backfill(instance, request.asset_graph_subset, request.tags, pending.dynamic_partitions_requests)
+    submit_backfill(instance, request.asset_graph_subset, request.tags)
 
     # A sorting lands (re-materialized from the job cache by sorting_job, as the schedule would).
     partition = f"{STUDY_A}.001_synth|{SORTER}"
