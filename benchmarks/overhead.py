@@ -449,7 +449,7 @@ def print_profile(reports: dict[str, list[dict]], walls: list[float], workers: i
     worker_overhead = (mean("supervised_worker_s") - mean("run_sorter_s")) / n_sort
     print(
         f"  per sorting run: {run_overhead:.2f} s Dagster run overhead (run minus steps), "
-        f"{worker_overhead:.2f} s sort-worker start (process, imports, load + sha1, store)"
+        f"{worker_overhead:.2f} s in the sort worker around run_sorter (load + sha1, store; a new worker's start)"
     )
     sf_by_sorter = {k: statistics.mean(p["run_sorter_s_by_sorter"][k] for p in profiles) for k in profiles[0]["run_sorter_s_by_sorter"]}
     plain_by_sorter = {
@@ -458,7 +458,7 @@ def print_profile(reports: dict[str, list[dict]], walls: list[float], workers: i
     }
     for name in sf_by_sorter:
         print(
-            f"  run_sorter time of {name}: {sf_by_sorter[name]:.1f} s summed in sf-assets (one fresh process per sort) "
+            f"  run_sorter time of {name}: {sf_by_sorter[name]:.1f} s summed in sf-assets ({workers} warm workers) "
             f"vs {plain_by_sorter.get(name, float('nan')):.1f} s in plain (joblib reuses {workers} processes)"
         )
     plain_sort = statistics.mean(r["sort_wall_s"] for r in reports["plain"])

@@ -71,10 +71,14 @@ class RunOptions:
     slurm_max_simultaneous_allocations: int = 5
     slurm_gpus_per_node: int = 0
     slurm_allocation_id: str = ""
+    # Local sorts reuse warm worker processes (one compilation of each sorter per process).
+    reuse_workers: bool = True
+    # Local sorts running at once (launch_campaign sets it to its workers): each gets its share
+    # of the cores for its thread pools. 2: the instance's max_concurrent_runs in dagster.yaml.
+    parallel_sorts: int = 2
     # Level of each run's console log in this process ("": Dagster's default, DEBUG); the
-    # event log, and so the UI, always keeps everything.
-    # Dagster's console logger for these runs; every event still lands in the
-    # instance and the UI. WARNING keeps per-step DEBUG lines off the terminal.
+    # event log, and so the UI, always keeps everything. WARNING keeps per-step DEBUG lines
+    # off the terminal.
     log_level: str = "WARNING"
 
     @classmethod
@@ -207,6 +211,16 @@ def _run_in_order(
     return recordings, sortings, skipped
 
 
+def _prepare_pool_process(warm_env: dict[str, str] | None) -> None:
+    """Import the code location once, and start this process's warm sort worker early."""
+    import sf_assets.definitions  # noqa: F401
+
+    if warm_env is not None:
+        from sf_assets.engines.warm_worker import prestart
+
+        prestart(warm_env)
+
+
 def _run_pipelined(
     ref: Any,
     rec_keys: list[str],
@@ -216,13 +230,17 @@ def _run_pipelined(
     rec_done: Callable[[RunOutcome, int, int], None],
     sort_done: Callable[[RunOutcome, int, int], None],
     workers: int,
+    warm_env: dict[str, str] | None = None,
 ) -> tuple[list[RunOutcome], list[RunOutcome], list[str]]:
     """Recording runs first, each pair's sorting run as soon as its recording is current.
 
     One pool of ``workers`` processes serves both kinds of run, so each process
     imports Dagster and the code location once per campaign, and sorts start
     while other recordings are still being fetched (no barrier between phases).
-    The sorts of a recording whose run failed are skipped.
+    With ``warm_env``, each pool process starts its warm sort worker at once
+    (see :mod:`sf_assets.engines.warm_worker`), so the worker's start and
+    imports overlap the recording runs.  The sorts of a recording whose run
+    failed are skipped.
     """
     if not rec_keys and not plan:
         return [], [], []
@@ -234,7 +252,10 @@ def _run_pipelined(
     sortings: list[RunOutcome] = []
     skipped: list[str] = []
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(rec_keys) + len(plan)), mp_context=context) as pool:
+    size = min(workers, len(rec_keys) + len(plan))
+    with ProcessPoolExecutor(
+        max_workers=size, mp_context=context, initializer=_prepare_pool_process, initargs=(warm_env,)
+    ) as pool:
 
         def submit(job_name: str, keys: list[str]) -> set:
             return {pool.submit(execute_partition_run, ref, job_name, k, run_config, tags) for k in keys}
@@ -296,6 +317,16 @@ def _materialized_recordings(instance: dg.DagsterInstance, campaign: Campaign) -
     return current
 
 
+def _warm_env(options: RunOptions, plan: list) -> dict[str, str] | None:
+    """The environment of the warm workers the sorts will use; None when they use none."""
+    settings = options.engine_settings()
+    if not plan or not settings.reuse_workers or settings.slurm is not None or settings.use_container:
+        return None
+    from sf_assets.engines.engine import local_worker_env
+
+    return local_worker_env(settings.parallel_sorts)
+
+
 @contextlib.contextmanager
 def slurm_allocations_for(options: RunOptions):
     """With --use-slurm, hold the campaign's Slurm allocations while it runs.
@@ -329,6 +360,7 @@ def launch_campaign(
 
     say = progress or (lambda _msg: None)
     outcome = CampaignOutcome()
+    options = dataclasses.replace(options, parallel_sorts=max(1, workers))
     run_config = options.run_config()
     register_partitions(instance, campaign)
     outcome.results.append(execute_partition_run(instance.get_ref(), "studysets_job", None, run_config, tags))
@@ -361,7 +393,7 @@ def launch_campaign(
     if workers <= 1:
         runs = _run_in_order(ref, rec_keys, plan, run_config, tags, rec_done, sort_done)
     else:
-        runs = _run_pipelined(ref, rec_keys, plan, run_config, tags, rec_done, sort_done, workers)
+        runs = _run_pipelined(ref, rec_keys, plan, run_config, tags, rec_done, sort_done, workers, _warm_env(options, plan))
     outcome.recordings, outcome.sortings, outcome.skipped_pairs = runs
     if run_results:
         outcome.results.append(execute_partition_run(instance.get_ref(), "results_job", None, run_config, tags))

@@ -80,6 +80,8 @@ class SortingEngineResource(dg.ConfigurableResource):
     slurm_max_simultaneous_allocations: int = 5
     slurm_gpus_per_node: int = 0
     slurm_allocation_id: str = ""
+    reuse_workers: bool = True
+    parallel_sorts: int = 2
 
     def settings(self) -> EngineSettings:
         slurm = None
@@ -99,6 +101,8 @@ class SortingEngineResource(dg.ConfigurableResource):
             use_container=self.use_container,
             container_engine=self.container_engine,
             slurm=slurm,
+            reuse_workers=self.reuse_workers,
+            parallel_sorts=self.parallel_sorts,
         )
 
 

@@ -26,7 +26,7 @@ import spikeinterface.core as sc
 from sf_assets.assets.history import plain_metadata
 from sf_assets.core.labels import ground_truth_label, recording_label, sorting_label
 from sf_assets.data import RAW_LABEL, load_sorting_object, store_ground_truth, store_recording
-from sf_assets.engines.job import CONSOLE_FILE
+from sf_assets.engines.job import CONSOLE_FILE, WORKER_FILE
 from sf_assets.partitions import pair_key, recording_key, sorter_key, sorting_partitions
 from sf_assets.stores.workspace import WorkspaceStore
 from sf_assets_tests.automation_harness import write_manifest
@@ -88,7 +88,9 @@ def _sorting_events(instance) -> list:
 
 
 def _worker_pids(work_dir: Path) -> list[int]:
-    """Sort workers started on ``work_dir``, found by their command line."""
+    """Sort workers busy with ``work_dir``: a fresh worker names it on its command
+    line; a warm one (``--serve``) left its pid in the job's worker file."""
+    warm = json.loads((work_dir / WORKER_FILE).read_text())["pid"] if (work_dir / WORKER_FILE).exists() else None
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -97,7 +99,7 @@ def _worker_pids(work_dir: Path) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"sf_assets.engines.worker" in argv and str(work_dir).encode() in argv:
+        if b"sf_assets.engines.worker" in argv and (str(work_dir).encode() in argv or int(entry.name) == warm):
             pids.append(int(entry.name))
     return pids
 

@@ -171,6 +171,8 @@ def test_an_unexpected_canary_error_is_logged_and_the_full_sort_proceeds(synthet
     assert md["failure_class"].value == "none"
     assert "n_clusters" in md["message"].value or "n_samples" in md["message"].value
     [sorted_md] = env.latest("sorting").values()
-    assert sorted_md["num_units"] == 100, "the full sort ran with the same params"
+    # k-means' initialization is random: an empty cluster or two may be dropped, but the
+    # default clustering finds a handful of units here, not close to 100.
+    assert 90 <= sorted_md["num_units"] <= 100, "the full sort ran with the same params"
     console = env.store.load_json(sorted_md["console_out_uri"])["text"]
     assert "canary: unexpected error" in console and "the full sort proceeds" in console

@@ -20,6 +20,9 @@ JOB_FILE = "job.json"
 CANARY_FILE = "canary.json"
 RESULT_FILE = "result.json"
 CONSOLE_FILE = "console.txt"
+# Written by a warm worker (see sf_assets.engines.warm_worker): when it took the job, and how it ended.
+WORKER_FILE = "worker.json"
+EXIT_FILE = "exit.json"
 
 # Bump when the worker changes what it produces for the same inputs: the job
 # cache and the schedule that re-runs stale sortings read it.

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from sf_assets.engines.job import write_json_atomic
+from sf_assets.engines.threads import slurm_step_threads, thread_limited_env
 
 STEP_FILE = "slurm_step.json"
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -59,7 +60,9 @@ def run_step(work_dir: Path, worker_argv: list[str]) -> dict:
     # The worker stays in the step's process group: every proctrack plugin
     # (pgid included) then tracks it, and a signal Slurm sends to the step
     # reaches the worker and the sorter's own subprocesses directly.
-    worker = subprocess.Popen(worker_argv)
+    # Several steps share an allocation's nodes: each sorts with its own CPUs' worth of threads.
+    env = thread_limited_env(slurm_step_threads(os.environ), os.environ)
+    worker = subprocess.Popen(worker_argv, env=env)
     started.append(worker)
     _, status, usage = os.wait4(worker.pid, 0)
     outcome = {

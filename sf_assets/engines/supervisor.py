@@ -25,6 +25,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from sf_assets.engines.job import (
     CANARY_FILE,
@@ -58,7 +59,7 @@ def worker_command(python: str, work_dir: Path) -> list[str]:
 def stop_process_group(proc: subprocess.Popen, grace_s: float) -> None:
     """SIGTERM the worker's process group, SIGKILL it after ``grace_s``.
 
-    The child is left unreaped, so :func:`_reap` still reads its CPU time.
+    The child is left unreaped, so :func:`reap` still reads its CPU time.
     """
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         try:
@@ -76,7 +77,7 @@ def _as_reported(exit_code: int | None, cpu_time_s: float | None) -> tuple[int |
     return exit_code, cpu_time_s
 
 
-def _reap(proc: subprocess.Popen) -> tuple[int | None, float | None]:
+def reap(proc: subprocess.Popen) -> tuple[int | None, float | None]:
     """Wait for the child and return (exit status, CPU seconds user+system)."""
     try:
         _, status, usage = os.wait4(proc.pid, 0)
@@ -84,6 +85,43 @@ def _reap(proc: subprocess.Popen) -> tuple[int | None, float | None]:
         return proc.returncode, None
     proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, usage.ru_utime + usage.ru_stime
+
+
+class WorkerRun(Protocol):
+    """A worker busy with one job, as :func:`watch` sees it, whatever started it."""
+
+    def finished(self) -> bool:
+        """Has the job ended (the worker answered, or died)?"""
+
+    def stop(self, grace_s: float) -> None:
+        """End the job early (timeout, hung canary); its worker does not survive it."""
+
+    def outcome(self) -> tuple[int | None, float | None]:
+        """The job's (exit code, CPU seconds), once it has ended or been stopped."""
+
+    def abandon(self) -> None:
+        """The supervising step was interrupted: stop the job and clean up, quickly."""
+
+
+class ProcessRun:
+    """A fresh process that runs one job and exits (the default, and every Slurm step)."""
+
+    def __init__(self, proc: subprocess.Popen, stop, worker_outcome):
+        self.proc, self._stop, self._worker_outcome = proc, stop, worker_outcome
+
+    def finished(self) -> bool:
+        return poll_without_reaping(self.proc) is not None
+
+    def stop(self, grace_s: float) -> None:
+        self._stop(self.proc, grace_s)
+
+    def outcome(self) -> tuple[int | None, float | None]:
+        return self._worker_outcome(*reap(self.proc))
+
+    def abandon(self) -> None:
+        self._stop(self.proc, 2.0)
+        if poll_without_reaping(self.proc) is not None:
+            reap(self.proc)
 
 
 def supervise(
@@ -103,29 +141,20 @@ def supervise(
     job: the sort; its ``work_dir`` must have been prepared with
         :func:`prepare_work_dir`.
     command: argv that starts ``sf_assets.engines.worker`` on the work folder.
-    timeout_s: wall-clock limit for canary plus full sort; None or 0: none.
+    timeout_s, canary_timeout_s: see :func:`watch`.
     env: the command's environment (None: this process's).
     stop: ends the command early (timeout, interrupt) within about
         ``grace_s``; an engine whose worker runs elsewhere (Slurm) supplies
         one that also ends the remote work.
     worker_outcome: maps the command's (exit code, CPU seconds) to the
         worker's, for an engine whose command only relays the worker.
-    canary_timeout_s: the canary must be decided within this many seconds
-        of the start; some sorters hang instead of failing on a degenerate
-        window (mountainsort5 on a pure sine wave), and a hung canary is a
-        failed one: the full sort does not start.
 
     Yields
     ------
     The canary report (once, when it appears) and finally the sort report.
     """
-    work_dir = Path(job.work_dir)
-    console_path = work_dir / CONSOLE_FILE
-    start_time = time.time()
-    started = time.monotonic()
-    canary: CanaryReport | None = None
-    timed_out = False
-    with open(console_path, "wb") as console:
+    with open(Path(job.work_dir) / CONSOLE_FILE, "wb") as console:
+        start_time, started = time.time(), time.monotonic()
         proc = subprocess.Popen(
             list(command),
             stdout=console,
@@ -134,33 +163,61 @@ def supervise(
             start_new_session=True,
             env=env,
         )
-        try:
-            while True:
-                status = poll_without_reaping(proc)
-                if canary is None:
-                    canary = _read_canary(work_dir)
-                    if canary is not None:
-                        yield canary
-                if status is not None:
-                    break
-                if timeout_s and time.monotonic() - started > timeout_s:
-                    timed_out = True
-                    stop(proc, KILL_GRACE_S)
-                    break
-                if canary is None and canary_timeout_s and time.monotonic() - started > canary_timeout_s:
-                    canary = _hung_canary(canary_timeout_s)
+        yield from watch(
+            job,
+            ProcessRun(proc, stop, worker_outcome),
+            timeout_s=timeout_s,
+            canary_timeout_s=canary_timeout_s,
+            start=(start_time, started),
+        )
+
+
+def watch(
+    job: SortJob,
+    run: WorkerRun,
+    *,
+    timeout_s: float | None = None,
+    canary_timeout_s: float | None = None,
+    start: tuple[float, float] | None = None,
+) -> Iterator[CanaryReport | SortReport]:
+    """Follow a started job to its end and turn what it left in its folder into reports.
+
+    timeout_s: wall-clock limit for canary plus full sort; None or 0: none.
+    canary_timeout_s: the canary must be decided within this many seconds
+        of the start; some sorters hang instead of failing on a degenerate
+        window (mountainsort5 on a pure sine wave), and a hung canary is a
+        failed one: the full sort does not start.
+    start: (epoch time, monotonic time) the job started; default now.
+    """
+    work_dir = Path(job.work_dir)
+    start_time, started = start or (time.time(), time.monotonic())
+    canary: CanaryReport | None = None
+    timed_out = False
+    try:
+        while True:
+            done = run.finished()
+            if canary is None:
+                canary = _read_canary(work_dir)
+                if canary is not None:
                     yield canary
-                    stop(proc, KILL_GRACE_S)
-                    break
-                time.sleep(POLL_INTERVAL_S)
-        except BaseException:
-            # The step was interrupted (run cancelled, Ctrl-C): never leave a
-            # sorter running behind it.
-            stop(proc, 2.0)
-            if poll_without_reaping(proc) is not None:
-                _reap(proc)
-            raise
-        exit_code, cpu_time_s = worker_outcome(*_reap(proc))
+            if done:
+                break
+            if timeout_s and time.monotonic() - started > timeout_s:
+                timed_out = True
+                run.stop(KILL_GRACE_S)
+                break
+            if canary is None and canary_timeout_s and time.monotonic() - started > canary_timeout_s:
+                canary = _hung_canary(canary_timeout_s)
+                yield canary
+                run.stop(KILL_GRACE_S)
+                break
+            time.sleep(POLL_INTERVAL_S)
+    except BaseException:
+        # The step was interrupted (run cancelled, Ctrl-C): never leave a
+        # sorter running behind it.
+        run.abandon()
+        raise
+    exit_code, cpu_time_s = run.outcome()
     end_time = time.time()
     if canary is None:
         canary = _read_canary(work_dir)

@@ -8,10 +8,19 @@ imports and numba compilation (about 20 s for spykingcircus2) are paid once.
 
 Exit codes: 0 sorted, 1 the full sort failed, 3 a classified canary failure
 stopped the full sort, 2 the job itself is unusable.
+
+``python -m sf_assets.engines.worker --serve`` is the same worker kept warm
+for one sort after another (see :mod:`sf_assets.engines.warm_worker`): it
+reads work folders from its standard input, one per line, sends its console
+to each job's console file while that job runs, and answers each with
+:data:`~sf_assets.engines.job.EXIT_FILE` (the exit code and the job's CPU
+time) instead of exiting.  The compiled code of every sorter it ran stays in
+it, as it does in the reused processes of ``run_sorter_jobs``.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -23,8 +32,11 @@ from sf_assets.core.errors import SortFailure
 from sf_assets.engines.container import container_run_sorter_kwargs
 from sf_assets.engines.job import (
     CANARY_FILE,
+    CONSOLE_FILE,
+    EXIT_FILE,
     JOB_FILE,
     RESULT_FILE,
+    WORKER_FILE,
     CanaryReport,
     SortJob,
     write_json_atomic,
@@ -160,7 +172,8 @@ def sort(work_dir: Path) -> int:
         return EXIT_CANARY_STOPPED
 
     sorter_dir = work_dir / "sorter"
-    _say(f"sorting {job.label} with {job.sorter_name} ({job.si_sorter_name}), params {job.params}")
+    threads = os.environ.get("NUMBA_NUM_THREADS", "all cores")
+    _say(f"sorting {job.label} with {job.sorter_name} ({job.si_sorter_name}), params {job.params}, threads {threads}")
     started = time.monotonic()
     try:
         sorting = _run_sorter(job, recording, sorter_dir)
@@ -203,7 +216,6 @@ def _die_with_parent(poll_s: float = 1.0) -> None:
     the other side of that is that a SIGKILLed supervisor would leave it
     sorting as an orphan, writing into a folder a re-run is about to reuse.
     """
-    import os
     import signal
     import threading
 
@@ -218,13 +230,8 @@ def _die_with_parent(poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    _die_with_parent()
-    if len(argv) != 1:
-        print("usage: python -m sf_assets.engines.worker WORK_DIR", file=sys.stderr)
-        return EXIT_BAD_JOB
-    work_dir = Path(argv[0])
+def run_job(work_dir: Path) -> int:
+    """Sort the job in ``work_dir``; a failure to even load it is reported like a sort error."""
     try:
         return sort(work_dir)
     except (KeyboardInterrupt, SystemExit):
@@ -237,6 +244,94 @@ def main(argv: list[str] | None = None) -> int:
             {"errored": True, "stage": "load", "failure_class": None, "error_message": f"{type(exc).__name__}: {exc}"},
         )
         return EXIT_SORT_FAILED
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process and of its children that have been reaped."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+class _ConsoleTo:
+    """Point this process's stdout and stderr (the file descriptors, so C code and
+    child processes follow) at ``path`` for the duration of a job."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.saved = (os.dup(1), os.dup(2))
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        return self
+
+    def __exit__(self, *exc):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, saved in zip((1, 2), self.saved):
+            os.dup2(saved, fd)
+            os.close(saved)
+        return False
+
+
+def _preload() -> None:
+    """Import what every sort needs while no job waits for it (a warm worker starts early).
+
+    A failure here is not reported: the first job imports the same modules
+    again and reports the error in its own console.
+    """
+    try:
+        import spikeinterface.sorters  # noqa: F401
+
+        import sf_assets.data  # noqa: F401
+        import sf_assets.stores.kachery  # noqa: F401
+    except Exception:
+        pass
+
+
+def serve(commands) -> int:
+    """Run the jobs named on ``commands`` (a text stream, one work folder per line) until it ends."""
+    _preload()
+    jobs_done = 0
+    while True:
+        line = commands.readline()
+        if not line:
+            return 0
+        work_dir = Path(line.strip())
+        with _ConsoleTo(work_dir / CONSOLE_FILE):
+            before = cpu_seconds()
+            write_json_atomic(work_dir / WORKER_FILE, {"pid": os.getpid(), "cpu_before_s": before, "jobs_done": jobs_done})
+            code = run_job(work_dir)
+            cpu_time_s = cpu_seconds() - before
+        jobs_done += 1
+        write_json_atomic(work_dir / EXIT_FILE, {"exit_code": code, "cpu_time_s": cpu_time_s})
+
+
+def _commands_from_stdin():
+    """The command pipe, moved off file descriptor 0 so no sorter's child can read it."""
+    private = os.dup(0)  # not inherited by children
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    return os.fdopen(private, "r", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    _die_with_parent()
+    if argv == ["--serve"]:
+        with _commands_from_stdin() as commands:
+            return serve(commands)
+    if len(argv) != 1:
+        print("usage: python -m sf_assets.engines.worker WORK_DIR | --serve", file=sys.stderr)
+        return EXIT_BAD_JOB
+    return run_job(Path(argv[0]))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,42 @@
+"""How many threads a sort's numerical libraries may start.
+
+OpenMP, BLAS, numba and numexpr each start one thread per core by default.
+Several sorts at once on one machine (parallel local sorts, or several Slurm
+steps in one allocation) then oversubscribe it: every sort runs slower and
+burns CPU time waiting.  joblib's process pools, and so ``run_sorter_jobs``,
+give each worker its share of the cores through these variables; sort workers
+get the same.  A variable the user already set wins.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+THREAD_LIMIT_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+def thread_limited_env(threads: int, base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` with every thread-pool variable it does not set fixed to ``threads`` (at least 1)."""
+    env = dict(base)
+    for var in THREAD_LIMIT_VARS:
+        env.setdefault(var, str(max(1, threads)))
+    return env
+
+
+def share_of_cores(parallel_sorts: int) -> int:
+    """This machine's cores divided among ``parallel_sorts`` sorts, at least one each."""
+    return max(1, (os.cpu_count() or 1) // max(1, parallel_sorts))
+
+
+def slurm_step_threads(env: Mapping[str, str]) -> int:
+    """A Slurm step's CPUs: ``--cpus-per-task`` when given, else the CPUs it may run on."""
+    cpus = env.get("SLURM_CPUS_PER_TASK", "")
+    return int(cpus) if cpus.isdigit() and int(cpus) > 0 else len(os.sched_getaffinity(0))
