@@ -29,6 +29,7 @@ from sf_assets.core.manifest import Recording
 from sf_assets.core.sorter_catalog import resolve_sorter
 from sf_assets.core.spec import SorterSpec
 from sf_assets.engines.engine import EngineSettings, cache_key, container_image_for
+from sf_assets.orphaned_runs import fail_orphaned_runs, launcher_tags
 from sf_assets.partitions import pair_key, recording_key
 
 
@@ -167,7 +168,7 @@ def execute_partition_run(
         partition_key=key or partition_key,
         run_config=run_config,
         raise_on_error=False,
-        tags=tags or {},
+        tags={**(tags or {}), **launcher_tags()},
     )
     error = None
     if not result.success:
@@ -362,6 +363,9 @@ def launch_campaign(
     outcome = CampaignOutcome()
     options = dataclasses.replace(options, parallel_sorts=max(1, workers))
     run_config = options.run_config()
+    orphans = fail_orphaned_runs(instance)
+    if orphans:
+        say(f"{len(orphans)} run(s) left started by a launch that died marked failed: {', '.join(orphans)}")
     register_partitions(instance, campaign)
     outcome.results.append(execute_partition_run(instance.get_ref(), "studysets_job", None, run_config, tags))
 

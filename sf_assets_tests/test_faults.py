@@ -24,10 +24,12 @@ import pytest
 import spikeinterface.core as sc
 
 from sf_assets.assets.history import plain_metadata
+from sf_assets.core.launcher_identity import LauncherIdentity
 from sf_assets.core.labels import ground_truth_label, recording_label, sorting_label
 from sf_assets.data import RAW_LABEL, load_sorting_object, store_ground_truth, store_recording
 from sf_assets.engines.job import CONSOLE_FILE, WORKER_FILE
 from sf_assets.partitions import pair_key, recording_key, sorter_key, sorting_partitions
+from sf_assets.orphaned_runs import LAUNCHER_TAG
 from sf_assets.stores.workspace import WorkspaceStore
 from sf_assets_tests.automation_harness import write_manifest
 from sf_assets_tests.graph_harness import make_env, write_spec
@@ -197,9 +199,11 @@ def test_a_run_killed_mid_sort_is_sorted_again_and_nothing_else_is(killed_launch
         second: dg.DagsterRunStatus.STARTED,
     }
     # Dagster never hears of a SIGKILL: the run stays STARTED and the UI shows the
-    # partition in progress until something sorts it again.
+    # partition in progress, until the next launch finds its process gone.
     [stale] = [r for r in runs if r.status == dg.DagsterRunStatus.STARTED]
     assert _in_progress(env.instance) == {second}
+    identity = LauncherIdentity.parse(stale.tags[LAUNCHER_TAG])
+    assert identity is not None and identity.is_gone()
 
     outcome = env.launch(workers=1)
     assert outcome.cached_pairs == [first]
@@ -222,7 +226,9 @@ def test_a_run_killed_mid_sort_is_sorted_again_and_nothing_else_is(killed_launch
         sorting = load_sorting_object(md["sorting_object_uri"], env.store, 30000.0)
         assert sorting.get_num_units() == md["num_units"] > 0
     [stale_now] = env.instance.get_runs(dg.RunsFilter(run_ids=[stale.run_id]))
-    assert stale_now.status == dg.DagsterRunStatus.STARTED
+    assert stale_now.status == dg.DagsterRunStatus.FAILURE
+    [failure] = env.instance.all_logs(stale.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    assert f"the process that executed this run ({identity}) ended without finishing it" in failure.message
 
     # Each label once in the workspace, and a second sync adds nothing.
     expected = _labels_of(env.campaign.jobs)
