@@ -202,3 +202,22 @@ def test_a_prestarted_warm_worker_takes_the_first_sort(synthetic_studyset, tmp_p
     job = _job(synthetic_studyset, tmp_path, canary_first_n_s=0.0)
     [_, report] = list(run_sort(job, settings))
     assert not report.errored and _worker_file(job) == {**_worker_file(job), "pid": pid, "jobs_done": 0}
+
+
+def test_a_warm_worker_dead_before_it_took_the_job_is_an_errored_report(synthetic_studyset, tmp_path):
+    import signal
+
+    from sf_assets.engines.engine import local_worker_env
+    from sf_assets.engines.supervisor import watch
+    from sf_assets.engines.warm_worker import WarmWorker
+
+    job = _job(synthetic_studyset, tmp_path, canary_first_n_s=0.0)
+    prepare_work_dir(job)
+    worker = WarmWorker(local_worker_env(2))
+    os.kill(worker.pid, signal.SIGSTOP)  # it cannot read the job, let alone open its console
+    run = worker.submit(Path(job.work_dir))
+    os.kill(worker.pid, signal.SIGKILL)
+    [report] = list(watch(job, run))
+    assert report.errored and "killed by signal SIGKILL" in report.error_message
+    assert Path(report.console_path).read_text() == ""
+    assert not os.path.exists(f"/proc/{worker.pid}"), "reaped"

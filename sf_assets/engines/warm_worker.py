@@ -36,7 +36,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from sf_assets.engines.job import EXIT_FILE, WORKER_FILE, read_json_if_present
+from sf_assets.engines.job import CONSOLE_FILE, EXIT_FILE, WORKER_FILE, read_json_if_present
 from sf_assets.engines.supervisor import poll_without_reaping, reap, stop_process_group
 
 MAX_JOBS_PER_WORKER = 20
@@ -73,6 +73,8 @@ class WarmWorker:
         return poll_without_reaping(self.proc) is None
 
     def submit(self, work_dir: Path) -> "WarmJob":
+        # The job's console exists even if the worker dies before it opens it.
+        (Path(work_dir) / CONSOLE_FILE).touch()
         self.proc.stdin.write(f"{work_dir}\n")
         self.proc.stdin.flush()
         return WarmJob(self, Path(work_dir))
