@@ -5,9 +5,10 @@ do: register partitions, materialize the recordings, sort every assigned
 (sorter, recording) pair that the job cache does not already hold, then
 materialize the fan-in results.  Each partition is its own Dagster run on the
 configured instance, so every run, its logs and its canary check show in the
-UI, and a failed sort fails only its own run.  Runs execute in a pool of
-worker processes (``workers``), each of which imports Dagster and the code
-location once.
+UI, and a failed sort fails only its own run.  Runs execute on ``workers``
+processes, each of which imports Dagster and the code location once and keeps
+a warm sort worker; each sort goes where its sorter is already compiled when
+it can (:mod:`sf_assets.core.dispatch`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import dataclasses
 import multiprocessing
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ import dagster as dg
 
 from sf_assets.assets.history import latest_partition_events, plain_metadata
 from sf_assets.core.campaign import Campaign
+from sf_assets.core.dispatch import AffinityQueue, Task
 from sf_assets.core.labels import sorting_label
 from sf_assets.core.manifest import Recording
 from sf_assets.core.sorter_catalog import resolve_sorter
@@ -235,48 +237,69 @@ def _run_pipelined(
 ) -> tuple[list[RunOutcome], list[RunOutcome], list[str]]:
     """Recording runs first, each pair's sorting run as soon as its recording is current.
 
-    One pool of ``workers`` processes serves both kinds of run, so each process
-    imports Dagster and the code location once per campaign, and sorts start
+    ``workers`` slots, each a process of its own that serves both kinds of run,
+    so it imports Dagster and the code location once per campaign; sorts start
     while other recordings are still being fetched (no barrier between phases).
-    With ``warm_env``, each pool process starts its warm sort worker at once
-    (see :mod:`sf_assets.engines.warm_worker`), so the worker's start and
-    imports overlap the recording runs.  The sorts of a recording whose run
+    With ``warm_env``, each slot starts its warm sort worker at once (see
+    :mod:`sf_assets.engines.warm_worker`), so the worker's start and imports
+    overlap the recording runs.  A slot gets its next run only when it is idle,
+    chosen by :class:`~sf_assets.core.dispatch.AffinityQueue`: sorts go where
+    their sorter is already compiled.  The sorts of a recording whose run
     failed are skipped.
     """
+    from sf_assets.partitions import split_pair_key
+
     if not rec_keys and not plan:
         return [], [], []
-    waiting: dict[str, list[str]] = {key: [] for key in rec_keys}
-    ready = []
+    order = {key: i for i, (key, _) in enumerate(plan)}
+    waiting: dict[str, list[Task]] = {key: [] for key in rec_keys}
+    queue = AffinityQueue()
+    for i, key in enumerate(rec_keys):
+        queue.add(Task(key, i - len(rec_keys)))
     for key, rec_key in plan:
-        (waiting[rec_key] if rec_key in waiting else ready).append(key)
+        task = Task(key, order[key], sorter=split_pair_key(key)[0])
+        (waiting[rec_key] if rec_key in waiting else queue.ready).append(task)
     recordings: list[RunOutcome] = []
     sortings: list[RunOutcome] = []
     skipped: list[str] = []
     context = multiprocessing.get_context("spawn")
-    size = min(workers, len(rec_keys) + len(plan))
-    with ProcessPoolExecutor(
-        max_workers=size, mp_context=context, initializer=_prepare_pool_process, initargs=(warm_env,)
-    ) as pool:
+    slots = [
+        ProcessPoolExecutor(1, mp_context=context, initializer=_prepare_pool_process, initargs=(warm_env,))
+        for _ in range(min(workers, len(rec_keys) + len(plan)))
+    ]
+    busy: dict[Future, int] = {}
 
-        def submit(job_name: str, keys: list[str]) -> set:
-            return {pool.submit(execute_partition_run, ref, job_name, k, run_config, tags) for k in keys}
+    def dispatch() -> None:
+        for slot in sorted(set(range(len(slots))) - set(busy.values())):
+            task = queue.take(slot)
+            if task is None:
+                return
+            job_name = "recordings_job" if task.is_recording else "sorting_job"
+            busy[slots[slot].submit(execute_partition_run, ref, job_name, task.key, run_config, tags)] = slot
 
-        pending = submit("recordings_job", rec_keys) | submit("sorting_job", ready)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+    try:
+        dispatch()
+        while busy:
+            done, _ = wait(busy, return_when=FIRST_COMPLETED)
             for future in done:
+                busy.pop(future)
                 outcome = future.result()
                 if outcome.job_name == "recordings_job":
                     recordings.append(outcome)
                     follow = waiting.pop(outcome.partition_key)
                     if outcome.success:
-                        pending |= submit("sorting_job", follow)
+                        for task in follow:
+                            queue.add(task)
                     else:
-                        skipped.extend(follow)
+                        skipped.extend(task.key for task in follow)
                     rec_done(outcome, len(recordings), len(rec_keys))
                 else:
                     sortings.append(outcome)
                     sort_done(outcome, len(sortings), len(plan) - len(skipped))
+            dispatch()
+    finally:
+        for pool in slots:
+            pool.shutdown(wait=True, cancel_futures=True)
     return recordings, sortings, skipped
 
 
