@@ -30,7 +30,7 @@ from sf_assets.core.labels import sorting_label
 from sf_assets.core.manifest import Recording
 from sf_assets.core.sorter_catalog import resolve_sorter
 from sf_assets.core.spec import SorterSpec
-from sf_assets.engines.engine import EngineSettings, cache_key, container_image_for
+from sf_assets.engines.engine import EngineSettings, cache_key, container_image_for, warm_worker_env
 from sf_assets.orphaned_runs import fail_orphaned_runs, launcher_tags
 from sf_assets.partitions import pair_key, recording_key
 
@@ -251,14 +251,16 @@ def _run_pipelined(
 
     if not rec_keys and not plan:
         return [], [], []
-    order = {key: i for i, (key, _) in enumerate(plan)}
     waiting: dict[str, list[Task]] = {key: [] for key in rec_keys}
     queue = AffinityQueue()
     for i, key in enumerate(rec_keys):
         queue.add(Task(key, i - len(rec_keys)))
-    for key, rec_key in plan:
-        task = Task(key, order[key], sorter=split_pair_key(key)[0])
-        (waiting[rec_key] if rec_key in waiting else queue.ready).append(task)
+    for i, (key, rec_key) in enumerate(plan):
+        task = Task(key, i, sorter=split_pair_key(key)[0])
+        if rec_key in waiting:
+            waiting[rec_key].append(task)
+        else:
+            queue.add(task)
     recordings: list[RunOutcome] = []
     sortings: list[RunOutcome] = []
     skipped: list[str] = []
@@ -341,16 +343,6 @@ def _materialized_recordings(instance: dg.DagsterInstance, campaign: Campaign) -
     return current
 
 
-def _warm_env(options: RunOptions, plan: list) -> dict[str, str] | None:
-    """The environment of the warm workers the sorts will use; None when they use none."""
-    settings = options.engine_settings()
-    if not plan or not settings.reuse_workers or settings.slurm is not None or settings.use_container:
-        return None
-    from sf_assets.engines.engine import local_worker_env
-
-    return local_worker_env(settings.parallel_sorts)
-
-
 @contextlib.contextmanager
 def slurm_allocations_for(options: RunOptions):
     """With --use-slurm, hold the campaign's Slurm allocations while it runs.
@@ -420,7 +412,8 @@ def launch_campaign(
     if workers <= 1:
         runs = _run_in_order(ref, rec_keys, plan, run_config, tags, rec_done, sort_done)
     else:
-        runs = _run_pipelined(ref, rec_keys, plan, run_config, tags, rec_done, sort_done, workers, _warm_env(options, plan))
+        warm_env = warm_worker_env(options.engine_settings()) if plan else None
+        runs = _run_pipelined(ref, rec_keys, plan, run_config, tags, rec_done, sort_done, workers, warm_env)
     outcome.recordings, outcome.sortings, outcome.skipped_pairs = runs
     if run_results:
         outcome.results.append(execute_partition_run(instance.get_ref(), "results_job", None, run_config, tags))

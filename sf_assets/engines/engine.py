@@ -100,6 +100,13 @@ def local_worker_env(parallel_sorts: int, base: Mapping[str, str] | None = None)
     return thread_limited_env(share_of_cores(parallel_sorts), os.environ if base is None else base)
 
 
+def warm_worker_env(settings: EngineSettings) -> dict[str, str] | None:
+    """The environment of the warm workers local sorts use under ``settings``; None: they use none."""
+    if not settings.reuse_workers or settings.slurm is not None or settings.use_container:
+        return None
+    return local_worker_env(settings.parallel_sorts)
+
+
 def work_dir_for(settings: EngineSettings, sorter_key: str, recording_key: str) -> Path:
     return Path(settings.work_root) / sorter_key / recording_key
 
@@ -127,12 +134,13 @@ def run_sort(job: SortJob, settings: EngineSettings) -> Iterator[CanaryReport | 
         return
     # Only here: on Slurm the time a step waits for its allocation would count.
     hung_after_s = canary_timeout_s(job.canary_first_n_s)
-    env = local_worker_env(settings.parallel_sorts)
-    if settings.reuse_workers and not job.container_image:
+    warm_env = warm_worker_env(settings)
+    if warm_env is not None and not job.container_image:  # a container-only sorter gets a fresh worker
         from sf_assets.engines.warm_worker import start_warm_job
 
         start = (time.time(), time.monotonic())
-        run = start_warm_job(work_dir, env)
+        run = start_warm_job(work_dir, warm_env)
         yield from watch(job, run, timeout_s=settings.timeout_s, canary_timeout_s=hung_after_s, start=start)
         return
+    env = local_worker_env(settings.parallel_sorts)
     yield from supervise(job, command, timeout_s=settings.timeout_s, canary_timeout_s=hung_after_s, env=env)

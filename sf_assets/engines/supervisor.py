@@ -87,6 +87,13 @@ def reap(proc: subprocess.Popen) -> tuple[int | None, float | None]:
     return proc.returncode, usage.ru_utime + usage.ru_stime
 
 
+def abandon_process(proc: subprocess.Popen, stop: Callable[[subprocess.Popen, float], None] = stop_process_group) -> None:
+    """Stop ``proc`` quickly (the step was interrupted) and reap it if it is gone."""
+    stop(proc, 2.0)
+    if poll_without_reaping(proc) is not None:
+        reap(proc)
+
+
 class WorkerRun(Protocol):
     """A worker busy with one job, as :func:`watch` sees it, whatever started it."""
 
@@ -119,9 +126,7 @@ class ProcessRun:
         return self._worker_outcome(*reap(self.proc))
 
     def abandon(self) -> None:
-        self._stop(self.proc, 2.0)
-        if poll_without_reaping(self.proc) is not None:
-            reap(self.proc)
+        abandon_process(self.proc, self._stop)
 
 
 def supervise(

@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from sf_assets.engines.job import CONSOLE_FILE, EXIT_FILE, WORKER_FILE, read_json_if_present
-from sf_assets.engines.supervisor import poll_without_reaping, reap, stop_process_group
+from sf_assets.engines.supervisor import abandon_process, poll_without_reaping, reap, stop_process_group
 
 MAX_JOBS_PER_WORKER = 20
 MAX_IDLE_WORKERS = 4
@@ -122,9 +122,7 @@ class WarmJob:
         return exit_code, total_cpu_s
 
     def abandon(self) -> None:
-        stop_process_group(self.worker.proc, 2.0)
-        if not self.worker.alive():
-            reap(self.worker.proc)
+        abandon_process(self.worker.proc)
 
 
 class WorkerPool:
@@ -157,6 +155,17 @@ class WorkerPool:
         if not keep:
             worker.close()
 
+    def prestart(self, env: Mapping[str, str]) -> None:
+        """Start a worker for ``env`` now unless one is idle already."""
+        with self._lock:
+            if environment_key(env) in {w.key for w in self._idle}:
+                return
+        self.checkin(WarmWorker(env))
+
+    def idle_pids(self) -> list[int]:
+        with self._lock:
+            return [w.pid for w in self._idle]
+
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
@@ -181,11 +190,9 @@ def start_warm_job(work_dir: Path, env: Mapping[str, str]) -> WarmJob:
 
 def prestart(env: Mapping[str, str]) -> None:
     """Start a warm worker now, so its start and imports overlap other work (a recording's fetch)."""
-    if environment_key(env) not in {w.key for w in _POOL._idle}:
-        _POOL.checkin(WarmWorker(env))
+    _POOL.prestart(env)
 
 
 def idle_worker_pids() -> list[int]:
     """For tests and diagnostics: the workers waiting for a job in this process."""
-    with _POOL._lock:
-        return [w.pid for w in _POOL._idle]
+    return _POOL.idle_pids()
