@@ -193,6 +193,26 @@ def test_snrs_of_the_synthetic_studyset(synthetic_studyset):
     assert snrs == true_unit_snrs(recording, gt)
 
 
+@pytest.mark.parametrize("num_segments", [1, 2])
+@pytest.mark.parametrize("seed", [0, 7])
+def test_snr_spike_choice_draws_what_spikeinterface_draws(num_segments, seed):
+    """The numba-free selection picks exactly the spikes of ``random_spikes_selection``."""
+    from spikeinterface.core import generate_sorting, random_spikes_selection
+
+    from sf_assets.core.comparison import _uniform_spike_choice
+
+    sorting = generate_sorting(
+        num_units=6, durations=[20.0] * num_segments, firing_rates=[0.2, 2.0, 9.0, 30.0, 60.0, 4.0], seed=seed
+    )
+    num_samples = [int(20.0 * sorting.sampling_frequency)] * num_segments
+    expected = random_spikes_selection(
+        sorting, num_samples, method="uniform", max_spikes_per_unit=50, margin_size=90, seed=seed
+    )
+    chosen = _uniform_spike_choice(sorting.to_spike_vector(), sorting.get_num_units(), num_samples, 50, 90, seed)
+    assert chosen.size > 0
+    np.testing.assert_array_equal(chosen, expected)
+
+
 # -------------------------------------------------------------------- summary
 
 

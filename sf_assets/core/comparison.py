@@ -207,7 +207,7 @@ def true_unit_snrs(recording, gt_sorting) -> dict:
         ``{true_unit_id: snr}``.
     """
     import spikeinterface.preprocessing as spre
-    from spikeinterface.core import estimate_templates, get_noise_levels, random_spikes_selection
+    from spikeinterface.core import estimate_templates, get_noise_levels
 
     s = COMPARISON_SETTINGS
     filtered = spre.bandpass_filter(recording, freq_min=s["snr_freq_min_hz"], freq_max=s["snr_freq_max_hz"])
@@ -223,15 +223,17 @@ def true_unit_snrs(recording, gt_sorting) -> dict:
     active = gt_sorting.select_units([u for u in gt_sorting.unit_ids if spike_counts[u] > 0])
     if active.get_num_units() == 0:
         return snrs
-    chosen = random_spikes_selection(
-        active,
-        num_samples,
-        method="uniform",
-        max_spikes_per_unit=s["snr_max_spikes_per_unit"],
-        margin_size=max(nbefore, nafter),
-        seed=s["snr_seed"],
-    )
-    spikes = active.to_spike_vector()[chosen]
+    spikes = active.to_spike_vector()
+    spikes = spikes[
+        _uniform_spike_choice(
+            spikes,
+            active.get_num_units(),
+            num_samples,
+            max_per_unit=s["snr_max_spikes_per_unit"],
+            margin=max(nbefore, nafter),
+            seed=s["snr_seed"],
+        )
+    ]
     templates = estimate_templates(
         filtered, spikes, active.unit_ids, nbefore, nafter, operator="median", return_in_uV=False, **job
     )
@@ -243,6 +245,31 @@ def true_unit_snrs(recording, gt_sorting) -> dict:
         channel = int(np.argmax(peak_per_channel))
         snrs[_plain(unit_id)] = float(peak_per_channel[channel] / noise[channel])
     return snrs
+
+
+def _uniform_spike_choice(spikes, num_units: int, num_samples: list[int], max_per_unit: int, margin: int, seed: int):
+    """Indices into ``spikes`` of at most ``max_per_unit`` spikes per unit, away from segment edges.
+
+    The same draws as spikeinterface's ``random_spikes_selection(method="uniform")``
+    (one generator, units in order, each choosing among its spikes in time
+    order), without its numba-compiled grouping: compiling that costs each
+    process about a second, longer than the whole selection takes here.
+    """
+    rng = np.random.default_rng(seed=seed)
+    sample = spikes["sample_index"]
+    segment = spikes["segment_index"]
+    end = np.asarray(num_samples, dtype=np.int64)[segment]
+    inside = (sample >= margin) & (sample < end - margin)
+    # Spike vectors are sorted by segment, then sample: a stable sort by unit keeps that order.
+    order = np.argsort(spikes["unit_index"], kind="stable")
+    bounds = np.searchsorted(spikes["unit_index"][order], np.arange(num_units + 1))
+    chosen = []
+    for unit_index in range(num_units):
+        candidates = order[bounds[unit_index] : bounds[unit_index + 1]]
+        candidates = candidates[inside[candidates]]
+        size = min(max_per_unit, candidates.size)
+        chosen.append(rng.choice(candidates, size=size, replace=False, shuffle=False))
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
 
 
 def summarize(
