@@ -6,15 +6,17 @@ do: register partitions, materialize the recordings, sort every assigned
 materialize the fan-in results.  Each partition is its own Dagster run on the
 configured instance, so every run, its logs and its canary check show in the
 UI, and a failed sort fails only its own run.  Runs execute on ``workers``
-processes, each of which imports Dagster and the code location once and keeps
-a warm sort worker; each sort goes where its sorter is already compiled when
-it can (:mod:`sf_assets.core.dispatch`).
+processes (slots), forked from one server that imported Dagster, the code
+location and spikeinterface once; each keeps a warm sort worker, and each sort
+goes where its sorter is already compiled, unless compiling it elsewhere pays
+(:mod:`sf_assets.core.dispatch`).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import multiprocessing
+import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -214,9 +216,27 @@ def _run_in_order(
     return recordings, sortings, skipped
 
 
-def _prepare_pool_process(warm_env: dict[str, str] | None) -> None:
-    """Import the code location once, and start this process's warm sort worker early."""
-    import sf_assets.definitions  # noqa: F401
+# What every slot imports before its first run: loaded once in the server that forks
+# the slots rather than once in each (a second or two of CPU per slot otherwise).
+SLOT_PRELOAD = (
+    "sf_assets.definitions",
+    "sf_assets.data",
+    "sf_assets.core.comparison",
+    "spikeinterface.preprocessing",
+    "spikeinterface.comparison",
+)
+
+
+def _prepare_pool_process(warm_env: dict[str, str] | None, environ: dict[str, str], cwd: str) -> None:
+    """Take the launching process's environment, and start this slot's warm sort worker early.
+
+    A slot is forked from a server started by the first launch of this
+    process, so it would otherwise see that launch's environment and folder.
+    """
+    os.environ.clear()
+    os.environ.update(environ)
+    os.chdir(cwd)
+    import sf_assets.definitions  # noqa: F401  (preloaded: no cost unless the server could not)
 
     if warm_env is not None:
         from sf_assets.engines.warm_worker import prestart
@@ -232,19 +252,16 @@ def _run_pipelined(
     tags: dict[str, str] | None,
     rec_done: Callable[[RunOutcome, int, int], None],
     sort_done: Callable[[RunOutcome, int, int], None],
-    workers: int,
-    warm_env: dict[str, str] | None = None,
+    slots: list[ProcessPoolExecutor],
 ) -> tuple[list[RunOutcome], list[RunOutcome], list[str]]:
     """Recording runs first, each pair's sorting run as soon as its recording is current.
 
-    ``workers`` slots, each a process of its own that serves both kinds of run,
-    so it imports Dagster and the code location once per campaign; sorts start
-    while other recordings are still being fetched (no barrier between phases).
-    With ``warm_env``, each slot starts its warm sort worker at once (see
-    :mod:`sf_assets.engines.warm_worker`), so the worker's start and imports
-    overlap the recording runs.  A slot gets its next run only when it is idle,
+    Each slot (see :func:`_started_slots`) serves both kinds of run; sorts
+    start while other recordings are still being fetched (no barrier between
+    phases).  A slot gets its next run only when it is idle,
     chosen by :class:`~sf_assets.core.dispatch.AffinityQueue`: sorts go where
-    their sorter is already compiled.  The sorts of a recording whose run
+    their sorter is already compiled, or wait for that slot when compiling it
+    elsewhere would take longer.  The sorts of a recording whose run
     failed are skipped.
     """
     from sf_assets.partitions import split_pair_key
@@ -264,45 +281,68 @@ def _run_pipelined(
     recordings: list[RunOutcome] = []
     sortings: list[RunOutcome] = []
     skipped: list[str] = []
-    context = multiprocessing.get_context("spawn")
-    slots = [
-        ProcessPoolExecutor(1, mp_context=context, initializer=_prepare_pool_process, initargs=(warm_env,))
-        for _ in range(min(workers, len(rec_keys) + len(plan)))
-    ]
     busy: dict[Future, int] = {}
 
     def dispatch() -> None:
         for slot in sorted(set(range(len(slots))) - set(busy.values())):
             task = queue.take(slot)
             if task is None:
-                return
+                continue
             job_name = "recordings_job" if task.is_recording else "sorting_job"
             busy[slots[slot].submit(execute_partition_run, ref, job_name, task.key, run_config, tags)] = slot
 
-    try:
-        dispatch()
-        while busy:
-            done, _ = wait(busy, return_when=FIRST_COMPLETED)
-            for future in done:
-                busy.pop(future)
-                outcome = future.result()
-                if outcome.job_name == "recordings_job":
-                    recordings.append(outcome)
-                    follow = waiting.pop(outcome.partition_key)
-                    if outcome.success:
-                        for task in follow:
-                            queue.add(task)
-                    else:
-                        skipped.extend(task.key for task in follow)
-                    rec_done(outcome, len(recordings), len(rec_keys))
+    dispatch()
+    while busy:
+        done, _ = wait(busy, return_when=FIRST_COMPLETED)
+        for future in done:
+            outcome = future.result()
+            queue.finished(busy.pop(future), outcome.elapsed_s)
+            if outcome.job_name == "recordings_job":
+                recordings.append(outcome)
+                follow = waiting.pop(outcome.partition_key)
+                if outcome.success:
+                    for task in follow:
+                        queue.add(task)
                 else:
-                    sortings.append(outcome)
-                    sort_done(outcome, len(sortings), len(plan) - len(skipped))
-            dispatch()
+                    skipped.extend(task.key for task in follow)
+                rec_done(outcome, len(recordings), len(rec_keys))
+            else:
+                sortings.append(outcome)
+                sort_done(outcome, len(sortings), len(plan) - len(skipped))
+        dispatch()
+    return recordings, sortings, skipped
+
+
+def _slot_ready() -> None:
+    """Nothing: submitted once so that a slot's process starts now."""
+
+
+@contextlib.contextmanager
+def _started_slots(count: int, warm_env: dict[str, str] | None):
+    """``count`` run slots, their processes started now; shut down on exit.
+
+    Each slot is a process of its own (a one-process pool) and keeps one warm
+    sort worker, which, with ``warm_env``, it starts at once (see
+    :mod:`sf_assets.engines.warm_worker`).  Slots are forked from
+    multiprocessing's fork server, which imports :data:`SLOT_PRELOAD` once (a
+    single-threaded process: forking it is safe, unlike forking a launch that
+    may run threads), and are started before the launch's own studysets run so
+    that starting them overlaps it.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(SLOT_PRELOAD))
+    initargs = (warm_env, dict(os.environ), os.getcwd())
+    slots = [
+        ProcessPoolExecutor(1, mp_context=context, initializer=_prepare_pool_process, initargs=initargs)
+        for _ in range(count)
+    ]
+    try:
+        for pool in slots:
+            pool.submit(_slot_ready)
+        yield slots
     finally:
         for pool in slots:
             pool.shutdown(wait=True, cancel_futures=True)
-    return recordings, sortings, skipped
 
 
 def cached_pairs(
@@ -382,7 +422,6 @@ def launch_campaign(
     if orphans:
         say(f"{len(orphans)} run(s) left started by a launch that died marked failed: {', '.join(orphans)}")
     register_partitions(instance, campaign)
-    outcome.results.append(execute_partition_run(instance.get_ref(), "studysets_job", None, run_config, tags))
 
     pairs = list(campaign.jobs if pairs is None else pairs)
     hits = cached_pairs(instance, campaign, options, pairs)
@@ -409,11 +448,14 @@ def launch_campaign(
             on_sorting_done(o)
 
     ref = instance.get_ref()
-    if workers <= 1:
-        runs = _run_in_order(ref, rec_keys, plan, run_config, tags, rec_done, sort_done)
-    else:
-        warm_env = warm_worker_env(options.engine_settings()) if plan else None
-        runs = _run_pipelined(ref, rec_keys, plan, run_config, tags, rec_done, sort_done, workers, warm_env)
+    num_slots = min(workers, len(rec_keys) + len(plan)) if workers > 1 else 0
+    warm_env = warm_worker_env(options.engine_settings()) if plan and num_slots else None
+    with _started_slots(num_slots, warm_env) as slots:
+        outcome.results.append(execute_partition_run(ref, "studysets_job", None, run_config, tags))
+        if slots:
+            runs = _run_pipelined(ref, rec_keys, plan, run_config, tags, rec_done, sort_done, slots)
+        else:
+            runs = _run_in_order(ref, rec_keys, plan, run_config, tags, rec_done, sort_done)
     outcome.recordings, outcome.sortings, outcome.skipped_pairs = runs
     if run_results:
         outcome.results.append(execute_partition_run(instance.get_ref(), "results_job", None, run_config, tags))

@@ -59,3 +59,50 @@ def test_sorts_added_later_still_follow_affinity():
     for i, key in enumerate(["SC2/r2", "MS5/r2"]):
         queue.add(Task(key, i * 2 + 1, key.split("/")[0]))
     assert queue.take(0).key == "MS5/r2" and queue.take(1).key == "SC2/r2"
+
+
+def _warm_up(queue: AffinityQueue, slot: int, sorter: str, cold_s: float, warm_s: float, runs: int) -> None:
+    """``slot`` runs ``runs`` sorts of ``sorter``: the first cold, the rest warm."""
+    for i in range(runs):
+        queue.add(Task(f"{sorter}/done{i}", -100 + i, sorter))
+        assert queue.take(slot).key == f"{sorter}/done{i}"
+        queue.finished(slot, cold_s if i == 0 else warm_s)
+
+
+def test_the_last_sort_waits_for_its_warm_slot_rather_than_compile_again():
+    queue = AffinityQueue()
+    _warm_up(queue, 1, "SC2", cold_s=25.0, warm_s=7.0, runs=2)  # compiling SC2 costs 18 s
+    _warm_up(queue, 0, "MS5", cold_s=8.0, warm_s=7.0, runs=2)
+    queue.add(Task("SC2/r3", 0, "SC2"))
+    queue.add(Task("SC2/r4", 1, "SC2"))
+    assert queue.take(1).key == "SC2/r3"  # slot 1 busy with a warm SC2 sort
+    # One SC2 sort queued: slot 1 is done with it in about 7 + 7 s; compiling here takes 25 s.
+    assert queue.take(0) is None
+    queue.finished(1, 7.0)
+    assert queue.take(0) is None
+    assert queue.take(1).key == "SC2/r4"
+
+
+def test_a_long_queue_is_worth_compiling_on_an_idle_slot():
+    queue = AffinityQueue()
+    _warm_up(queue, 1, "SC2", cold_s=25.0, warm_s=7.0, runs=2)
+    queue.add(Task("SC2/busy", 0, "SC2"))
+    assert queue.take(1).key == "SC2/busy"
+    for i in range(4):  # 4 x 7 s queued behind one warm slot: more than compiling (18 s) + one sort
+        queue.add(Task(f"SC2/r{i}", i + 1, "SC2"))
+    assert queue.take(0).key == "SC2/r0"
+    assert queue.running[0] == (Task("SC2/r0", 1, "SC2"), True)
+
+
+def test_without_timings_a_ready_sort_is_taken_and_with_them_it_waits_for_its_slot():
+    queue = AffinityQueue()
+    queue.add(Task("SC2/r1", 0, "SC2"))
+    queue.add(Task("SC2/r2", 1, "SC2"))
+    assert queue.take(1).key == "SC2/r1"
+    assert queue.take(0).key == "SC2/r2", "nothing measured yet: as before, never idle"
+    queue = AffinityQueue()
+    _warm_up(queue, 1, "SC2", cold_s=25.0, warm_s=7.0, runs=2)
+    queue.add(Task("SC2/r1", 0, "SC2"))
+    # Both slots idle, slot 0 asked first (as the launch asks them): it leaves the sort to slot 1.
+    assert queue.take(0) is None
+    assert queue.take(1).key == "SC2/r1"

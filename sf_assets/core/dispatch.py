@@ -12,7 +12,18 @@ in order of preference:
 1. a recording run (the sorts waiting on it can then start);
 2. a sort by a sorter this slot has already run (its code is warm there);
 3. a sort by a sorter no slot has run yet (one slot compiles it, not all);
-4. any sort (never idle while work is ready: the slot compiles it too).
+4. a sort by a sorter another slot has warm, if compiling it here pays.
+
+Rule 4 is decided from this launch's own timings (:meth:`AffinityQueue.finished`):
+a sorter's first sort on a slot (cold) against its later ones (warm) gives its
+compile time.  Compiling here pays when the slots that have it warm would need
+at least as long for its queued sorts as this slot needs to compile it and
+sort one: at the end of a campaign, the last sort of a slow-compiling sorter
+waits a few seconds for its warm slot instead of starting a 20-second
+compilation on an idle one.  Before both are measured, a ready sort is
+always taken (as ``run_sorter_jobs`` would).  A sort left waiting never
+waits for nothing: a slot that has its sorter warm exists, and takes it by
+rule 2 as soon as it is idle.
 
 Within each rule the earliest in plan order wins.  No Dagster import: the
 launch (``sf_assets.launch``) owns the processes and the runs.
@@ -20,6 +31,7 @@ launch (``sf_assets.launch``) owns the processes and the runs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from statistics import mean
 
 
 @dataclass(frozen=True)
@@ -36,11 +48,28 @@ class Task:
 
 
 @dataclass
+class SorterTimes:
+    """Seconds of finished sorts of one sorter: first ones on their slot (cold) and later ones (warm)."""
+
+    cold: list[float] = field(default_factory=list)
+    warm: list[float] = field(default_factory=list)
+
+    def compile_and_sort_s(self) -> tuple[float, float] | None:
+        """(compile seconds, warm sort seconds), once both kinds were measured."""
+        if not self.cold or not self.warm:
+            return None
+        warm = mean(self.warm)
+        return max(0.0, mean(self.cold) - warm), warm
+
+
+@dataclass
 class AffinityQueue:
-    """Ready tasks, and the sorters each slot has run."""
+    """Ready tasks, the sorters each slot has run, and what each slot runs now."""
 
     ready: list[Task] = field(default_factory=list)
     seen: dict[int, set[str]] = field(default_factory=dict)
+    running: dict[int, tuple[Task, bool]] = field(default_factory=dict)
+    times: dict[str, SorterTimes] = field(default_factory=dict)
 
     def add(self, task: Task) -> None:
         self.ready.append(task)
@@ -49,7 +78,7 @@ class AffinityQueue:
         return len(self.ready)
 
     def take(self, slot: int) -> Task | None:
-        """The task ``slot`` should run next (removed from the queue), or None if none is ready."""
+        """The task ``slot`` should run next (removed from the queue), or None if it should wait."""
         if not self.ready:
             return None
         mine = self.seen.setdefault(slot, set())
@@ -58,14 +87,38 @@ class AffinityQueue:
             lambda t: t.is_recording,
             lambda t: t.sorter in mine,
             lambda t: t.sorter not in anyone,
-            lambda t: True,
+            self._worth_compiling,
         )
         for prefer in preferences:
             candidates = [t for t in self.ready if prefer(t)]
             if candidates:
-                task = min(candidates, key=lambda t: t.order)
-                self.ready.remove(task)
-                if task.sorter is not None:
-                    mine.add(task.sorter)
-                return task
+                return self._start(slot, min(candidates, key=lambda t: t.order))
+        # Whatever is left waits for a slot that has its sorter warm: that slot takes it
+        # when idle (rule 2), now in this same round or when its current run ends.
         return None
+
+    def finished(self, slot: int, elapsed_s: float) -> None:
+        """``slot``'s task ended after ``elapsed_s`` seconds (a sort's time feeds rule 4)."""
+        task, cold = self.running.pop(slot)
+        if task.sorter is not None:
+            times = self.times.setdefault(task.sorter, SorterTimes())
+            (times.cold if cold else times.warm).append(elapsed_s)
+
+    def _start(self, slot: int, task: Task) -> Task:
+        self.ready.remove(task)
+        cold = False
+        if task.sorter is not None:
+            mine = self.seen.setdefault(slot, set())
+            cold = task.sorter not in mine
+            mine.add(task.sorter)
+        self.running[slot] = (task, cold)
+        return task
+
+    def _worth_compiling(self, task: Task) -> bool:
+        estimate = self.times.get(task.sorter, SorterTimes()).compile_and_sort_s()
+        if estimate is None:
+            return True
+        compile_s, sort_s = estimate
+        holders = sum(1 for sorters in self.seen.values() if task.sorter in sorters)
+        queued = sum(1 for t in self.ready if t.sorter == task.sorter)
+        return queued * sort_s / max(holders, 1) >= compile_s + sort_s

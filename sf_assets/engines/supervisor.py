@@ -38,7 +38,8 @@ from sf_assets.engines.job import (
     read_json_if_present,
 )
 
-POLL_INTERVAL_S = 0.2
+# How often a waiting step looks at its job's folder: a sort's end is noticed at most this late.
+POLL_INTERVAL_S = 0.05
 KILL_GRACE_S = 10.0
 
 
