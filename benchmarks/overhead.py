@@ -2,7 +2,7 @@
 
 The same grid (recordings x sorters, default 4 recordings of 4 channels x 60 s,
 MountainSort5 and SpykingCircus2) is sorted and compared with ground truth,
-alternately:
+alternately (A B, then B A, ...):
 
 * **A, sf-assets**: ``launch_campaign`` on a fresh Dagster instance (SQLite,
   the project's dagster.yaml), ``workers`` runs at a time; canary off unless
@@ -14,8 +14,8 @@ alternately:
 Each round is a fresh Python process, timed from outside, as a user would run
 either (imports included; loky's reused workers cannot carry numba's compiled
 code from one plain round to the next), for wall time and for the CPU time of
-the process and everything it started (which other work on the machine hardly
-changes).  Then a no-op re-run: ``launch_campaign`` again on the last
+the process and everything it started, processes it left behind included
+(which other work on the machine hardly changes).  Then a no-op re-run: ``launch_campaign`` again on the last
 sf-assets instance, where every sort is a job-cache hit.
 
 Prints both times per round, the mean of the rounds' sf-assets/plain ratios,
@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--duration-s", type=float, default=60.0, help="seconds per recording (default 60)")
     p.add_argument("--sorters", default=DEFAULT_SORTERS, help=f"catalog names, comma-separated (default {DEFAULT_SORTERS})")
     p.add_argument("--workers", type=int, default=2, help="sorts at a time on both sides (default 2)")
-    p.add_argument("--rounds", type=int, default=2, help="A B rounds, alternated (default 2: A B A B)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of both sides, the first side alternating (default 2: A B B A)")
     p.add_argument("--canary-s", type=float, default=0.0, help="sf-assets canary window; 0: off (default)")
     p.add_argument(
         "--numba-cache",
@@ -268,11 +268,44 @@ def child_warm(state: dict) -> dict:
 # -------------------------------------------------------------------- parent
 
 
-def run_child(kind: str, state: dict, env: dict) -> tuple[float, float, dict]:
-    """Run one round in a fresh process; return (wall s, CPU s of it and its reaped descendants, its report).
+def become_subreaper() -> None:
+    """Have this process adopt the orphans of the rounds, so their CPU time is counted too.
 
-    CPU seconds (user + system, from ``wait4``) hardly change when other work
-    shares the machine; wall seconds do.
+    A round's process may leave descendants that outlive it by a moment: the
+    fork server of sf-assets' slots (it exits when the launching process has),
+    a pool's worker processes.  Linux reparents them to the nearest "child
+    subreaper" instead of init; :func:`run_child` then reaps them.
+    """
+    import ctypes
+
+    PR_SET_CHILD_SUBREAPER = 36
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        sys.exit(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}")
+
+
+def _reap_orphans(grace_s: float = 60.0) -> float:
+    """Wait for the round's adopted orphans to end; their CPU seconds (and their descendants')."""
+    cpu_s, deadline = 0.0, time.monotonic() + grace_s
+    while True:
+        try:
+            pid, _, usage = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            return cpu_s
+        if pid:
+            cpu_s += usage.ru_utime + usage.ru_stime
+        elif time.monotonic() > deadline:
+            sys.exit(f"processes left by the round still run {grace_s:.0f} s after it ended")
+        else:
+            time.sleep(0.05)
+
+
+def run_child(kind: str, state: dict, env: dict) -> tuple[float, float, dict]:
+    """Run one round in a fresh process; return (wall s, CPU s of it and all its descendants, its report).
+
+    Wall time ends when the round's process does (as a user sees the command
+    end).  CPU seconds (user + system, from ``wait4``, its descendants'
+    included, orphans too: :func:`become_subreaper`) hardly change when other
+    work shares the machine; wall seconds do.
     """
     state_file = Path(state["round_dir"]) / f"{kind}.state.json"
     state_file.parent.mkdir(parents=True, exist_ok=True)
@@ -284,13 +317,14 @@ def run_child(kind: str, state: dict, env: dict) -> tuple[float, float, dict]:
         )
         _, status, usage = os.wait4(proc.pid, 0)
         wall_s = time.monotonic() - started
+        cpu_s = usage.ru_utime + usage.ru_stime + _reap_orphans()
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
         sys.exit(f"{kind} round failed (exit {proc.returncode}):\n{stdout[-3000:]}\n{stderr[-5000:]}")
-    return wall_s, usage.ru_utime + usage.ru_stime, json.loads(stdout.strip().splitlines()[-1])
+    return wall_s, cpu_s, json.loads(stdout.strip().splitlines()[-1])
 
 
 def generate(root: Path, args) -> dict:
@@ -355,6 +389,7 @@ def main(argv=None) -> int:
     os.environ.update({k: env[k] for k in ("KACHERY_CLOUD_DIR", "SF_ASSETS_HOME")})
     try:
         base = generate(root, args)
+        become_subreaper()
         if args.numba_cache:
             site = root / "numba-sitecustomize"
             site.mkdir(exist_ok=True)
@@ -368,7 +403,9 @@ def main(argv=None) -> int:
         reports: dict[str, list[dict]] = {"sf-assets": [], "plain": []}
         last_a_dir = None
         for i in range(args.rounds):
-            for kind in ("sf-assets", "plain"):
+            # Which side goes first alternates (A B, B A, A B, ...): the first round of a run is
+            # the slowest for either side, and neither should always be the one that pays it.
+            for kind in ("sf-assets", "plain")[:: 1 if i % 2 == 0 else -1]:
                 round_dir = root / f"round{i + 1}-{kind}"
                 wall_s, cpu_s, report = run_child(kind, {**base, "round_dir": str(round_dir)}, env)
                 walls[kind].append(wall_s)
@@ -386,8 +423,8 @@ def main(argv=None) -> int:
         if noop["sorted"] != 0 or noop["cached"] != base["num_pairs"]:
             sys.exit(f"the no-op re-run sorted {noop['sorted']} and found {noop['cached']} cached of {base['num_pairs']}")
 
-        # Each sf-assets round is paired with the plain round right after it, so slow
-        # drifts in what else the machine runs cancel out of the ratio.
+        # Each sf-assets round is paired with the plain round next to it, so slow drifts
+        # in what else the machine runs cancel out of the ratio.
         ratio = statistics.mean(a / b for a, b in zip(walls["sf-assets"], walls["plain"]))
         cpu_ratio = statistics.mean(a / b for a, b in zip(cpus["sf-assets"], cpus["plain"]))
         a, b = statistics.mean(walls["sf-assets"]), statistics.mean(walls["plain"])
