@@ -106,3 +106,15 @@ def test_without_timings_a_ready_sort_is_taken_and_with_them_it_waits_for_its_sl
     # Both slots idle, slot 0 asked first (as the launch asks them): it leaves the sort to slot 1.
     assert queue.take(0) is None
     assert queue.take(1).key == "SC2/r1"
+
+
+def test_an_idle_slot_that_has_the_sorter_warm_gets_it_even_when_asked_second():
+    queue = AffinityQueue()
+    queue.add(Task("TDC2/r1", 0, "TDC2"))
+    assert queue.take(1).key == "TDC2/r1"
+    queue.finished(1, 30.0)  # cold, and no warm time yet: nothing to judge by
+    queue.add(Task("TDC2/r2", 1, "TDC2"))
+    assert queue.take(0) is None, "slot 1 is idle and has TDC2 compiled"
+    assert queue.take(1).key == "TDC2/r2"
+    queue.add(Task("TDC2/r3", 2, "TDC2"))
+    assert queue.take(0).key == "TDC2/r3", "slot 1 busy, nothing measured warm: as before, taken"

@@ -21,7 +21,8 @@ at least as long for its queued sorts as this slot needs to compile it and
 sort one: at the end of a campaign, the last sort of a slow-compiling sorter
 waits a few seconds for its warm slot instead of starting a 20-second
 compilation on an idle one.  Before both are measured, a ready sort is
-always taken (as ``run_sorter_jobs`` would).  A sort left waiting never
+taken (as ``run_sorter_jobs`` would), unless a slot that has its sorter warm
+is idle too.  A sort left waiting never
 waits for nothing: a slot that has its sorter warm exists, and takes it by
 rule 2 as soon as it is idle.
 
@@ -115,10 +116,13 @@ class AffinityQueue:
         return task
 
     def _worth_compiling(self, task: Task) -> bool:
+        holding = [slot for slot, sorters in self.seen.items() if task.sorter in sorters]
+        if any(slot not in self.running for slot in holding):
+            return False  # a slot that has it warm is idle: it takes it in this same round
         estimate = self.times.get(task.sorter, SorterTimes()).compile_and_sort_s()
         if estimate is None:
             return True
         compile_s, sort_s = estimate
-        holders = sum(1 for sorters in self.seen.values() if task.sorter in sorters)
+        holders = len(holding)
         queued = sum(1 for t in self.ready if t.sorter == task.sorter)
-        return queued * sort_s / max(holders, 1) >= compile_s + sort_s
+        return queued * sort_s / holders >= compile_s + sort_s
