@@ -233,19 +233,17 @@ def _prepare_pool_process(warm_env: dict[str, str] | None, environ: dict[str, st
     A slot is forked from a server started by the first launch of this
     process, so it would otherwise see that launch's environment and folder.
     """
-    from multiprocessing.util import Finalize
-
-    from sf_assets.engines.warm_worker import close_idle_workers, prestart
+    from sf_assets.engines.warm_worker import prestart
 
     os.environ.clear()
     os.environ.update(environ)
     os.chdir(cwd)
     import sf_assets.definitions  # noqa: F401  (preloaded: no cost unless the server could not)
 
-    # A forked slot ends with os._exit, which skips atexit. Its warm workers would still
-    # end when their command stream does, but after the pool's shutdown has returned;
-    # multiprocessing's own exit hook closes them before it does.
-    Finalize(None, close_idle_workers, exitpriority=0)
+    # A forked slot ends with os._exit, which skips atexit: its warm workers end when that
+    # closes their command stream, and finish exiting (a second or more: numba and the
+    # sorters tearing down) while the launch goes on to its results run. Waiting for them
+    # had delayed the results run by 1.5 s.
     if warm_env is not None:
         prestart(warm_env)
 

@@ -193,11 +193,6 @@ def prestart(env: Mapping[str, str]) -> None:
     _POOL.prestart(env)
 
 
-def close_idle_workers() -> None:
-    """End this process's idle warm workers now (at exit, they end by themselves)."""
-    _POOL.close()
-
-
 def idle_worker_pids() -> list[int]:
     """For tests and diagnostics: the workers waiting for a job in this process."""
     return _POOL.idle_pids()
