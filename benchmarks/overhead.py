@@ -11,6 +11,11 @@ alternately (A B, then B A, ...):
   ``n_jobs=workers``) then ``compare_sorter_to_ground_truth`` per pair, on the
   same recordings loaded from the same kachery store.
 
+First ``--warmup`` untimed rounds of each side: the first rounds after the
+recordings are written ran 2-6 s slower here, for either side (the cause is
+not pinned down: caches, the disk writing back what was just written), and
+the side that goes first would pay it.
+
 Each round is a fresh Python process, timed from outside, as a user would run
 either (imports included; loky's reused workers cannot carry numba's compiled
 code from one plain round to the next), for wall time and for the CPU time of
@@ -50,6 +55,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sorters", default=DEFAULT_SORTERS, help=f"catalog names, comma-separated (default {DEFAULT_SORTERS})")
     p.add_argument("--workers", type=int, default=2, help="sorts at a time on both sides (default 2)")
     p.add_argument("--rounds", type=int, default=2, help="rounds of both sides, the first side alternating (default 2: A B B A)")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="untimed rounds of both sides first (default 1): the first rounds after the data are written run slower",
+    )
     p.add_argument("--canary-s", type=float, default=0.0, help="sf-assets canary window; 0: off (default)")
     p.add_argument(
         "--numba-cache",
@@ -138,7 +149,7 @@ def _profile(instance, outcome, options, started: float, marks) -> dict:
     from sf_assets.assets.history import latest_partition_events, plain_metadata
     from sf_assets.core.labels import label_to_partition_key
     from sf_assets.engines.engine import work_dir_for
-    from sf_assets.engines.job import RESULT_FILE
+    from sf_assets.engines.job import RESULT_FILE, WORKER_FILE
     from sf_assets.partitions import sorter_key, split_pair_key
 
     settings = options.engine_settings()
@@ -147,6 +158,7 @@ def _profile(instance, outcome, options, started: float, marks) -> dict:
     sorting_md = {k: plain_metadata(v[1]) for k, v in latest_partition_events(instance, dg.AssetKey("sorting")).items()}
     run_s = step_s = supervised_s = sorter_s = comparison_s = 0.0
     sorter_run_time: dict[str, float] = {}
+    workers_by_sorter: dict[str, set[int]] = {}
     for o in outcome.sortings:
         steps = _step_durations(instance, o.run_id)
         run_s += o.elapsed_s
@@ -157,6 +169,9 @@ def _profile(instance, outcome, options, started: float, marks) -> dict:
         sorter_name, label = split_pair_key(o.partition_key)
         work_dir = work_dir_for(settings, sorter_key(sorter_name), label_to_partition_key(label))
         sort_elapsed = json.loads((work_dir / RESULT_FILE).read_text())["sort_elapsed_s"]
+        worker_file = work_dir / WORKER_FILE
+        if worker_file.exists():  # a warm worker's: which process ran it
+            workers_by_sorter.setdefault(sorter_name, set()).add(json.loads(worker_file.read_text())["pid"])
         sorter_s += sort_elapsed
         sorter_run_time[sorter_name] = sorter_run_time.get(sorter_name, 0.0) + sort_elapsed
     rec_run_s = sum(o.elapsed_s for o in outcome.recordings)
@@ -174,6 +189,8 @@ def _profile(instance, outcome, options, started: float, marks) -> dict:
         "run_sorter_s": sorter_s,
         "comparison_steps_s": comparison_s,
         "run_sorter_s_by_sorter": sorter_run_time,
+        # How many sort workers compiled each sorter (1 each is what sorter affinity aims at).
+        "workers_by_sorter": {name: len(pids) for name, pids in workers_by_sorter.items()},
         "num_sortings": len(outcome.sortings),
         "num_recordings": len(outcome.recordings),
     }
@@ -402,6 +419,10 @@ def main(argv=None) -> int:
         cpus: dict[str, list[float]] = {"sf-assets": [], "plain": []}
         reports: dict[str, list[dict]] = {"sf-assets": [], "plain": []}
         last_a_dir = None
+        for i in range(args.warmup):
+            for kind in ("sf-assets", "plain"):
+                wall_s, _, _ = run_child(kind, {**base, "round_dir": str(root / f"warmup{i + 1}-{kind}")}, env)
+                print(f"warm-up {i + 1} {kind:9s}: wall {_fmt(wall_s)} (not counted)", flush=True)
         for i in range(args.rounds):
             # Which side goes first alternates (A B, B A, A B, ...): the first round of a run is
             # the slowest for either side, and neither should always be the one that pays it.
@@ -413,7 +434,11 @@ def main(argv=None) -> int:
                 reports[kind].append(report)
                 if kind == "sf-assets":
                     last_a_dir = round_dir
-                extra = f"mean accuracy {report['mean_accuracy']:.2f}" if kind == "plain" else f"{report['sorted']} sorted"
+                if kind == "plain":
+                    extra = f"mean accuracy {report['mean_accuracy']:.2f}"
+                else:
+                    compiled = ", ".join(f"{n} x{c}" for n, c in sorted(report["profile"]["workers_by_sorter"].items()))
+                    extra = f"{report['sorted']} sorted; workers per sorter: {compiled}"
                 print(
                     f"round {i + 1} {kind:9s}: wall {_fmt(wall_s)}, CPU {_fmt(cpu_s)} (work {report['launch_s']:.1f} s, the rest "
                     f"{wall_s - report['launch_s']:.1f} s: interpreter, imports, teardown; {extra})",
