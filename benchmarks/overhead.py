@@ -12,7 +12,7 @@ alternately (A B, then B A, ...):
   same recordings loaded from the same kachery store.
 
 First ``--warmup`` untimed rounds of each side: the first rounds after the
-recordings are written ran 2-6 s slower here, for either side (the cause is
+recordings are written were often 2-6 s slower here, for either side (the cause is
 not pinned down: caches, the disk writing back what was just written), and
 the side that goes first would pay it.
 
@@ -59,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--warmup",
         type=int,
         default=1,
-        help="untimed rounds of both sides first (default 1): the first rounds after the data are written run slower",
+        help="untimed rounds of both sides first (default 1): the first rounds after the data are written were often slower",
     )
     p.add_argument("--canary-s", type=float, default=0.0, help="sf-assets canary window; 0: off (default)")
     p.add_argument(
