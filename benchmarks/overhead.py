@@ -12,16 +12,17 @@ alternately (A B, then B A, ...):
   same recordings loaded from the same kachery store.
 
 First ``--warmup`` untimed rounds of each side: the first rounds after the
-recordings are written were often 2-6 s slower here, for either side (the cause is
-not pinned down: caches, the disk writing back what was just written), and
-the side that goes first would pay it.
+recordings are written were often 2-6 s slower here, for either side (the
+cause is not pinned down: caches, the disk writing back what was just
+written), and the side that goes first would pay it.
 
 Each round is a fresh Python process, timed from outside, as a user would run
 either (imports included; loky's reused workers cannot carry numba's compiled
 code from one plain round to the next), for wall time and for the CPU time of
 the process and everything it started, processes it left behind included
-(which other work on the machine hardly changes).  Then a no-op re-run: ``launch_campaign`` again on the last
-sf-assets instance, where every sort is a job-cache hit.
+(which other work on the machine hardly changes).  Then a no-op re-run:
+``launch_campaign`` again on the last sf-assets instance, where every sort is
+a job-cache hit.
 
 Prints both times per round, the mean of the rounds' sf-assets/plain ratios,
 the orchestration overhead per sorting partition, where sf-assets spends its
@@ -424,8 +425,8 @@ def main(argv=None) -> int:
                 wall_s, _, _ = run_child(kind, {**base, "round_dir": str(root / f"warmup{i + 1}-{kind}")}, env)
                 print(f"warm-up {i + 1} {kind:9s}: wall {_fmt(wall_s)} (not counted)", flush=True)
         for i in range(args.rounds):
-            # Which side goes first alternates (A B, B A, A B, ...): the first round of a run is
-            # the slowest for either side, and neither should always be the one that pays it.
+            # Which side goes first alternates (A B, B A, A B, ...): whatever the machine does
+            # between rounds then falls on neither side more than on the other.
             for kind in ("sf-assets", "plain")[:: 1 if i % 2 == 0 else -1]:
                 round_dir = root / f"round{i + 1}-{kind}"
                 wall_s, cpu_s, report = run_child(kind, {**base, "round_dir": str(round_dir)}, env)

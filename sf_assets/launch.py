@@ -270,8 +270,6 @@ def _run_pipelined(
     """
     from sf_assets.partitions import split_pair_key
 
-    if not rec_keys and not plan:
-        return [], [], []
     waiting: dict[str, list[Task]] = {key: [] for key in rec_keys}
     queue = AffinityQueue()
     for i, key in enumerate(rec_keys):
@@ -462,7 +460,7 @@ def launch_campaign(
             runs = _run_in_order(ref, rec_keys, plan, run_config, tags, rec_done, sort_done)
     outcome.recordings, outcome.sortings, outcome.skipped_pairs = runs
     if run_results:
-        outcome.results.append(execute_partition_run(instance.get_ref(), "results_job", None, run_config, tags))
+        outcome.results.append(execute_partition_run(ref, "results_job", None, run_config, tags))
     return outcome
 
 
