@@ -12,6 +12,7 @@ import os
 
 import dagster as dg
 
+from sf_assets.assets.automation import AS_RESULTS_LAND
 from sf_assets.assets.history import latest_partition_events, plain_metadata
 from sf_assets.assets.metadata import table
 from sf_assets.assets.sortings import SORTING_KEY, sorting, sorting_comparison
@@ -19,16 +20,6 @@ from sf_assets.core.campaign import Campaign
 from sf_assets.core.records import SortingRecord, write_records
 from sf_assets.partitions import pair_key
 from sf_assets.resources import KacheryResource, OutputsResource, StudysetResource
-
-# Re-run the fan-ins whenever a new sorting or comparison lands; never wait for
-# every upstream partition (unassigned cells are missing forever), nor for sorts
-# still running: they read what has landed from the event log, and a campaign's
-# backfill keeps some sorting in progress until its very last sort.  Only one run
-# of each fan-in at a time.
-AS_RESULTS_LAND = (
-    dg.AutomationCondition.any_deps_updated().since_last_handled() & ~dg.AutomationCondition.in_progress()
-)
-
 
 def _assigned_partitions(campaign: Campaign) -> dict[str, tuple]:
     return {str(pair_key(s.name, r)): (s, r) for s, r in campaign.jobs}
