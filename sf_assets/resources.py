@@ -80,6 +80,8 @@ class SortingEngineResource(dg.ConfigurableResource):
     slurm_max_simultaneous_allocations: int = 5
     slurm_gpus_per_node: int = 0
     slurm_allocation_id: str = ""
+    slurm_idle_release_s: float = 60.0
+    slurm_allocation_time_min: float = 0.0
     reuse_workers: bool = True
     parallel_sorts: int = 2
 
@@ -93,6 +95,8 @@ class SortingEngineResource(dg.ConfigurableResource):
                 max_simultaneous_allocations=self.slurm_max_simultaneous_allocations,
                 gpus_per_node=self.slurm_gpus_per_node or None,
                 allocation_id=self.slurm_allocation_id or None,
+                idle_release_s=self.slurm_idle_release_s,
+                allocation_time_min=self.slurm_allocation_time_min,
             )
         return EngineSettings(
             work_root=self.work_root,
