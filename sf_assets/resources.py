@@ -13,6 +13,7 @@ import dagster as dg
 
 from sf_assets.core.campaign import Campaign
 from sf_assets.engines.engine import EngineSettings, SlurmSettings
+from sf_assets.engines.slurm_config import slurm_resource_config
 from sf_assets.inputs import load_config
 from sf_assets.settings import load_settings
 from sf_assets.stores.kachery import KacheryStore
@@ -146,7 +147,7 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
     return {
         "kachery": kachery,
         "studyset": StudysetResource(spec_source=settings.spec_source, manifest_source=settings.manifest_source or ""),
-        "sorting_engine": SortingEngineResource(work_root=str(settings.work_root)),
+        "sorting_engine": SortingEngineResource(work_root=str(settings.work_root), **slurm_resource_config(os.environ)),
         "workspace": WorkspaceResource(db_url=settings.workspace_db_url),
         "outputs": OutputsResource(folder=str(settings.outputs_dir)),
     }

@@ -20,15 +20,19 @@ import threading
 import time
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
-from sf_assets.core.errors import EnvironmentSortFailure
+from sf_assets.core.errors import EnvironmentSortFailure, SfAssetsError
 from sf_assets.core.manifest import parse_manifest
 from sf_assets.engines.engine import EngineSettings, SlurmSettings, run_sort
 from sf_assets.engines.job import CanaryReport, SortJob, SortReport
 from sf_assets.engines.slurm import srun_environment
 from sf_assets.engines.slurm_allocations import step_placement
+from sf_assets.engines.slurm_config import SLURM_ENV, slurm_resource_config
 from sf_assets.engines.slurm_pool import (
+    JOB_NAME_PREFIX,
+    POOL_FOLDER,
     Pool,
     acquire_slot,
     allocation_time_min,
@@ -36,8 +40,13 @@ from sf_assets.engines.slurm_pool import (
     release_idle,
 )
 from sf_assets.engines.slurm_step import STEP_FILE
+from sf_assets.partitions import recording_key, sorter_key
+from sf_assets.resources import SortingEngineResource
+from sf_assets.sensors import STUDYSET_SENSOR
 from sf_assets.stores.kachery import KacheryStore
 from sf_assets.synthetic import generate_studyset
+from sf_assets_tests.automation_harness import deployment, write_manifest
+from sf_assets_tests.graph_harness import write_spec
 from sf_assets_tests.slurm_cluster import OTHER_PARTITION
 from sf_assets_tests.test_slurm import _sort_job, _wait_for
 
@@ -75,12 +84,36 @@ def test_squeue_time_left_in_seconds():
     assert parse_time_left("UNLIMITED") is None and parse_time_left("NOT_SET") is None
 
 
+def test_daemon_runs_take_their_slurm_settings_from_one_variable():
+    assert slurm_resource_config({}) == {} and slurm_resource_config({SLURM_ENV: "off"}) == {}
+    assert slurm_resource_config({SLURM_ENV: "on"}) == {"use_slurm": True}
+    text = "partition=gpu, jobs_per_allocation=4,accept_shared_nodes=yes,gpus_per_node=1,idle_release_s=2.5"
+    config = slurm_resource_config({SLURM_ENV: text})
+    assert config == {
+        "use_slurm": True,
+        "slurm_partition": "gpu",
+        "slurm_jobs_per_allocation": 4,
+        "slurm_accept_shared_nodes": True,
+        "slurm_gpus_per_node": 1,
+        "slurm_idle_release_s": 2.5,
+    }
+    settings = SortingEngineResource(work_root="/w", **config).settings().slurm
+    assert (settings.partition, settings.jobs_per_allocation, settings.idle_release_s) == ("gpu", 4, 2.5)
+    for bad, expected in (
+        ("nodes=2", r"'nodes=2' is not KEY=VALUE with KEY one of partition"),
+        ("jobs_per_allocation=0", r"jobs_per_allocation='0', expected int >= 1"),
+        ("accept_shared_nodes=maybe", r"expected one of 1, true"),
+    ):
+        with pytest.raises(SfAssetsError, match=rf"SF_ASSETS_SLURM=.*{expected}"):
+            slurm_resource_config({SLURM_ENV: bad})
+
+
 # ---------------------------------------------------------------- helpers
 
 
 @pytest.fixture(scope="module")
 def studyset(tmp_path_factory):
-    """Eight 3 s recordings (a store the sorts write into) and their manifest entries."""
+    """Eight 3 s recordings: a store the sorts write into, their manifest entries, the manifest."""
     root = tmp_path_factory.mktemp("slurm-campaign")
     store = KacheryStore(root / "kachery")
     generated = generate_studyset(
@@ -94,7 +127,7 @@ def studyset(tmp_path_factory):
         duration_s=3.0,
     )
     recordings = parse_manifest(generated.manifest_path.read_bytes(), str(generated.manifest_path)).recordings()
-    return store, recordings
+    return store, recordings, generated.manifest_path
 
 
 def _job(store: KacheryStore, recording, work_dir: Path) -> SortJob:
@@ -152,7 +185,7 @@ def _step(work_dir) -> dict:
 
 
 def test_eight_sorts_on_two_allocations_of_two_slots(slurm_cluster, studyset, tmp_path):
-    store, recordings = studyset
+    store, recordings, _ = studyset
     slurm = SlurmSettings(
         accept_shared_nodes=True, jobs_per_allocation=2, max_simultaneous_allocations=2, idle_release_s=IDLE_S
     )
@@ -198,7 +231,7 @@ def test_eight_sorts_on_two_allocations_of_two_slots(slurm_cluster, studyset, tm
 
 
 def test_a_cancelled_allocation_fails_only_its_sorts_which_run_again_elsewhere(slurm_cluster, studyset, tmp_path):
-    store, recordings = studyset
+    store, recordings, _ = studyset
     slurm = SlurmSettings(
         accept_shared_nodes=True, jobs_per_allocation=2, max_simultaneous_allocations=2, idle_release_s=IDLE_S
     )
@@ -300,3 +333,38 @@ def test_allocations_end_within_the_idle_time_after_kill_9_of_the_launcher(slurm
     # Idle time, plus the heartbeat interval and Slurm's own teardown of the job.
     assert gone_after_s < idle_s + 6.0, gone_after_s
     print(f"allocation gone {gone_after_s:.1f} s after kill -9 (idle time {idle_s:g} s)")
+
+
+def test_a_daemon_launched_backfill_sorts_on_the_allocations(slurm_cluster, studyset, tmp_path, monkeypatch):
+    """``SF_ASSETS_SLURM``: the sensor's backfill, run by the daemon, sorts in a pool allocation.
+
+    No launcher wraps these runs: the allocation ends by itself, once idle.
+    """
+    store, recordings, manifest_path = studyset
+    recording = recordings[0]
+    manifest = write_manifest(manifest_path, tmp_path / "studysets.json", [(recording.study_name, recording.name)])
+    spec = write_spec(tmp_path / "spec.yaml", manifest, {SORTER: {"studysets": [recording.study_set_name]}})
+    for name, value in {
+        "SF_ASSETS_HOME": str(tmp_path / "home"),
+        "SF_ASSETS_KACHERY_DIR": str(store.root_dir),
+        "SF_ASSETS_SPEC": str(spec),
+        "SF_ASSETS_STUDYSETS": str(manifest),
+        SLURM_ENV: f"accept_shared_nodes=1,jobs_per_allocation=2,idle_release_s={IDLE_S:g}",
+    }.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "dagster").mkdir()
+    with dg.instance_for_test(
+        temp_dir=str(tmp_path / "dagster"), synchronous_run_launcher=True, synchronous_run_coordinator=True
+    ) as instance:
+        with deployment(tmp_path, instance) as location:
+            location.tick_sensors()
+            (backfill,) = location.run_backfills()
+        key = f"{recording_key(recording)}|{SORTER}"
+        assert instance.get_materialized_partitions(dg.AssetKey("sorting")) == {key}
+    assert backfill.tags["dagster/sensor_name"] == STUDYSET_SENSOR
+    step = _step(tmp_path / "home" / "sorts" / sorter_key(SORTER) / recording_key(recording))
+    assert step["exit_code"] == 0
+    (pool_dir,) = (tmp_path / "home" / "sorts" / POOL_FOLDER).iterdir()
+    assert slurm_cluster.wait_until_no_jobs(timeout_s=IDLE_S + 15) == []
+    (allocation,) = _completed_jobs(slurm_cluster, JOB_NAME_PREFIX + pool_dir.name)
+    assert allocation["JobID"] == step["job_id"] and allocation["State"] == "COMPLETED"  # ended by its holder
