@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -289,7 +288,20 @@ def test_each_allocation_option_shows_in_what_slurm_reports(slurm_cluster, tmp_p
     assert slurm_cluster.wait_until_no_jobs(timeout_s=10.0) == []
 
 
+# A launch in miniature: the launcher wraps its campaign as launch_campaign does, and a run
+# process it starts (as the launch's slots are) places one sort that only sleeps.
 KILLED_LAUNCHER = """
+import subprocess, sys
+from sf_assets.engines.engine import EngineSettings, SlurmSettings
+from sf_assets.engines.slurm_campaign import campaign_allocations
+
+work_root, idle_s, run_process = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+slurm = SlurmSettings(accept_shared_nodes=True, jobs_per_allocation=1, idle_release_s=idle_s)
+with campaign_allocations(EngineSettings(work_root=work_root, slurm=slurm)):
+    subprocess.run([sys.executable, "-c", run_process, work_root, str(idle_s)])
+"""
+
+RUN_PROCESS = """
 import sys
 from sf_assets.engines.engine import EngineSettings, SlurmSettings
 from sf_assets.engines.job import SortJob
@@ -298,14 +310,13 @@ from sf_assets.engines.supervisor import prepare_work_dir
 
 work_root, idle_s = sys.argv[1], float(sys.argv[2])
 slurm = SlurmSettings(accept_shared_nodes=True, jobs_per_allocation=1, idle_release_s=idle_s)
-settings = EngineSettings(work_root=work_root, slurm=slurm)
 job = SortJob(
     sorter_name="sleep", si_sorter_name="sleep", params={}, recording_uri="sha1://" + "0" * 40 + "/r.json",
     label="sleep/killed/launcher", kachery_dir=work_root, work_dir=work_root + "/sort",
 )
 prepare_work_dir(job)
 worker = [sys.executable, "-c", "import time; time.sleep(300)"]
-for report in run_slurm_sort(job, settings, worker):
+for report in run_slurm_sort(job, EngineSettings(work_root=work_root, slurm=slurm), worker):
     print(report, flush=True)
 """
 
@@ -313,25 +324,33 @@ for report in run_slurm_sort(job, settings, worker):
 def test_allocations_end_within_the_idle_time_after_kill_9_of_the_launcher(slurm_cluster, tmp_path):
     idle_s = 4.0
     launcher = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(KILLED_LAUNCHER), str(tmp_path), str(idle_s)],
-        env={**os.environ},
+        [sys.executable, "-c", KILLED_LAUNCHER, str(tmp_path), str(idle_s), RUN_PROCESS],
         start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         step = _wait_for(lambda: _step(tmp_path / "sort"), 60.0, "the sleeping step to start")
         assert step["job_id"] in slurm_cluster.job_ids()
-        launcher.kill()  # kill -9: nothing of the launcher runs any more
+        launcher.kill()  # kill -9 of the launcher alone: its run process goes on, and so does srun
         launcher.wait()
         killed_at = time.monotonic()
-        # Its srun (an orphan now) still runs the step: only the allocation's holder can end it.
         left = slurm_cluster.wait_until_no_jobs(timeout_s=idle_s + 15.0)
         gone_after_s = time.monotonic() - killed_at
+        # The run process left behind sees its sort end with the allocation and asks for no other.
+        output: list[str] = []
+        reader = threading.Thread(target=lambda: output.append(launcher.stdout.read()), daemon=True)
+        reader.start()
+        reader.join(timeout=20.0)
+        report = "".join(output)
     finally:
-        if launcher.poll() is None:
-            os.killpg(launcher.pid, signal.SIGKILL)
+        os.killpg(launcher.pid, signal.SIGKILL)
     assert left == []
     # Idle time, plus the heartbeat interval and Slurm's own teardown of the job.
     assert gone_after_s < idle_s + 6.0, gone_after_s
+    assert "errored=True" in report
+    pool_name = JOB_NAME_PREFIX + next((tmp_path / POOL_FOLDER).iterdir()).name
+    assert [row["JobID"] for row in _completed_jobs(slurm_cluster, pool_name)] == [step["job_id"]]
     print(f"allocation gone {gone_after_s:.1f} s after kill -9 (idle time {idle_s:g} s)")
 
 

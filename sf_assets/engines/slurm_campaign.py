@@ -34,7 +34,7 @@ from sf_assets.core.errors import EnvironmentSortFailure
 from sf_assets.engines.job import CONSOLE_FILE, CanaryReport, SortJob, SortReport
 from sf_assets.engines.slurm import SlurmLaunch, srun_environment
 from sf_assets.engines.slurm_allocations import step_placement
-from sf_assets.engines.slurm_pool import Pool, Slot, acquire_slot, release_idle
+from sf_assets.engines.slurm_pool import OWNER_ENV, Pool, Slot, acquire_slot, claim_owner, release_idle
 from sf_assets.engines.supervisor import prepare_work_dir, supervise
 
 MAX_ATTEMPTS = 3
@@ -83,7 +83,7 @@ def run_slurm_sort(job: SortJob, settings, worker: Sequence[str]) -> Iterator[Ca
             ended = _allocation_ended(report, slot)
         finally:
             slot.release()
-        if ended is None:
+        if ended is None or claim_owner().is_gone():  # the launch that wanted this sort is gone
             if lost:
                 report = dataclasses.replace(report, details={**report.details, "slurm_allocations_lost": lost})
             yield report
@@ -141,13 +141,23 @@ def campaign_allocations(settings) -> Iterator[Pool | None]:
     """Around a campaign: on exit or interrupt, end the allocations of its pool that no sort holds.
 
     ``settings`` is an :class:`~sf_assets.engines.engine.EngineSettings`; without
-    Slurm, or with allocations the user holds, nothing happens.
+    Slurm, or with allocations the user holds, nothing happens.  Run processes
+    started inside the block place their sorts for this process: if it is
+    killed, their claims go stale and the allocations end one idle time later,
+    even while those processes still run.
     """
     if settings.slurm is None or settings.slurm.allocation_id:
         yield None
         return
     pool = pool_for(settings)
+    previous = os.environ.get(OWNER_ENV)
+    # Run processes started from here on (the launch's slots) place their sorts for this process.
+    os.environ[OWNER_ENV] = str(claim_owner())
     try:
         yield pool
     finally:
+        if previous is None:
+            os.environ.pop(OWNER_ENV, None)
+        else:
+            os.environ[OWNER_ENV] = previous
         release_idle(pool)

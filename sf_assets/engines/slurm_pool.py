@@ -19,6 +19,11 @@ files, changed only under an exclusive ``flock`` of ``<pool>/lock``:
   allocation.  The process that made it touches it every few seconds while
   the sort waits or runs (:class:`Heartbeat`) and deletes it when the sort
   ends;
+  A claim belongs to a *launcher*: the launch that wrapped its campaign in
+  :func:`sf_assets.engines.slurm_campaign.campaign_allocations` (named to its
+  run processes by :data:`OWNER_ENV`), else the process itself.  Once that
+  launcher is gone (``kill -9``), its claims are no longer touched, even by
+  run processes it leaves behind;
 * ``closing/<job id>`` marks an allocation that is going away (its holder
   found it idle, or the launcher released it): no new sort is placed there.
 
@@ -52,12 +57,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sf_assets.core.errors import EnvironmentSortFailure
+from sf_assets.core.launcher_identity import LauncherIdentity, this_process
 from sf_assets.engines.slurm_allocations import cancel_jobs, node_options, require_slurm_clients
 
 if TYPE_CHECKING:
     from sf_assets.engines.engine import SlurmSettings
 
 POOL_FOLDER = "slurm-allocations"
+# The launcher whose claims these are (``HOST:PID:START``), set by a launch for its run processes.
+OWNER_ENV = "SF_ASSETS_SLURM_OWNER"
 JOB_NAME_PREFIX = "sf-assets-allocation-"
 CLAIMS, CLOSING, LOCK = "claims", "closing", "lock"
 # The walltime of an allocation, beyond one sort's -T, when no walltime is set.
@@ -83,6 +91,11 @@ def allocation_time_min(slurm: SlurmSettings, timeout_min: float) -> int | None:
     if timeout_min and timeout_min > 0:
         return int(math.ceil(timeout_min)) + ALLOCATION_TIME_MARGIN_MIN
     return None
+
+
+def claim_owner() -> LauncherIdentity:
+    """The launcher this process places sorts for: :data:`OWNER_ENV`, else this process."""
+    return LauncherIdentity.parse(os.environ.get(OWNER_ENV, "")) or this_process()
 
 
 def heartbeat_interval_s(idle_release_s: float) -> float:
@@ -258,10 +271,14 @@ def acquire_slot(pool: Pool, label: str, needed_s: float | None = None) -> Slot:
 
     Returns the slot once its allocation runs.  An allocation that goes away
     while pending (cancelled) makes it look again; one Slurm refuses to
-    create raises :class:`EnvironmentSortFailure`.
+    create raises :class:`EnvironmentSortFailure`, and so does a launcher
+    that is gone (a run process left behind by ``kill -9`` requests nothing).
     """
     require_slurm_clients("sbatch", "squeue", "scancel", env=pool.env)
     while True:
+        owner = claim_owner()
+        if owner.is_gone():
+            raise EnvironmentSortFailure(f"the launch {owner} that this sort ({label}) was for has ended")
         slot = _try_claim(pool, label, needed_s)
         if slot is None:
             time.sleep(WAIT_POLL_S)
@@ -299,8 +316,10 @@ def _try_claim(pool: Pool, label: str, needed_s: float | None) -> Slot | None:
         used = {int(p.stem.split("-", 1)[1]) for p in claims.get(job_id, [])}
         index = min(set(range(pool.slots)) - used)
         claim = pool.root / CLAIMS / f"{job_id}-{index}.json"
-        claim.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "label": label}))
-        HEARTBEAT.start(claim, heartbeat_interval_s(pool.slurm.idle_release_s))
+        owner = claim_owner()
+        about = {"pid": os.getpid(), "host": socket.gethostname(), "owner": str(owner), "label": label}
+        claim.write_text(json.dumps(about))
+        HEARTBEAT.start(claim, heartbeat_interval_s(pool.slurm.idle_release_s), owner)
         return Slot(pool=pool, job_id=job_id, index=index, claim=claim)
 
 
@@ -331,16 +350,20 @@ def parse_time_left(text: str) -> float | None:
 
 
 class Heartbeat:
-    """One thread per process that touches this process's claims while their sorts wait or run."""
+    """One thread per process that touches this process's claims while their sorts wait or run.
+
+    A claim whose launcher is gone is left alone: its allocation then ends one
+    idle time later, whatever this process still does.
+    """
 
     def __init__(self) -> None:
-        self._claims: dict[Path, float] = {}
+        self._claims: dict[Path, tuple[float, LauncherIdentity]] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def start(self, claim: Path, interval_s: float) -> None:
+    def start(self, claim: Path, interval_s: float, owner: LauncherIdentity) -> None:
         with self._lock:
-            self._claims[claim] = interval_s
+            self._claims[claim] = (interval_s, owner)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="sf-assets-slurm-heartbeat", daemon=True)
                 self._thread.start()
@@ -353,12 +376,14 @@ class Heartbeat:
         while True:
             with self._lock:
                 claims = dict(self._claims)
-            for claim in claims:
+            for claim, (_, owner) in claims.items():
+                if owner.is_gone():
+                    continue
                 try:
                     os.utime(claim)
                 except FileNotFoundError:
                     pass  # released meanwhile, or dropped by forget_ended
-            time.sleep(min(claims.values(), default=1.0))
+            time.sleep(min((interval for interval, _ in claims.values()), default=1.0))
 
 
 HEARTBEAT = Heartbeat()
