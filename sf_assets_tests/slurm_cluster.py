@@ -268,8 +268,12 @@ def _log_tail(root: Path, name: str) -> str:
     return "\n".join(texts)
 
 
-def start_cluster(root: Path) -> SlurmCluster:
-    """Start munged, slurmctld and slurmd for a cluster kept in ``root``; wait until the node is idle."""
+def start_cluster(root: Path, cpus: int | None = None) -> SlurmCluster:
+    """Start munged, slurmctld and slurmd for a cluster kept in ``root``; wait until the node is idle.
+
+    ``cpus``: how many CPUs the node declares (default: the machine's, at least
+    :data:`MIN_CPUS`); ``make bench-slurm`` declares one per slot it runs.
+    """
     root.chmod(0o711)  # munged wants its socket's folder searchable by everyone
     (root / OWNER_FILE).write_text(str(os.getpid()))
     for sub in ("state", "spool"):
@@ -278,7 +282,7 @@ def start_cluster(root: Path) -> SlurmCluster:
     key.write_bytes(os.urandom(1024))
     key.chmod(0o400)
     node_name = socket.gethostname().split(".")[0]
-    cpus = max(MIN_CPUS, os.cpu_count() or 1)
+    cpus = cpus or max(MIN_CPUS, os.cpu_count() or 1)
     conf_path = write_slurm_conf(root, node_name, cpus, _memory_mb())
     env = {**os.environ, "SLURM_CONF": str(conf_path)}
     cluster = SlurmCluster(root, conf_path, node_name, PARTITION, cpus, {})

@@ -221,6 +221,9 @@ def test_eight_sorts_on_two_allocations_of_two_slots(slurm_cluster, studyset, tm
     allocations = {step["job_id"] for step in steps}
     assert len(allocations) == 2 and allocations == seen_allocations
     assert len({(step["job_id"], step["step_id"]) for step in steps}) == 8
+    # Each step knows its slot: two per allocation.
+    assert {step["slot"] for step in steps} <= {f"{job_id}-{index}" for job_id in allocations for index in (0, 1)}
+    assert all(step["slot"].startswith(step["job_id"] + "-") for step in steps)
     assert max(busiest) == 2  # never a third allocation, never a third step in one
     # The holders end the allocations once idle; Slurm's own record then shows exactly two.
     assert slurm_cluster.wait_until_no_jobs(timeout_s=IDLE_S + 15) == []

@@ -35,6 +35,7 @@ from sf_assets.engines.job import CONSOLE_FILE, CanaryReport, SortJob, SortRepor
 from sf_assets.engines.slurm import SlurmLaunch, srun_environment
 from sf_assets.engines.slurm_allocations import step_placement
 from sf_assets.engines.slurm_pool import OWNER_ENV, Pool, Slot, acquire_slot, claim_owner, release_idle
+from sf_assets.engines.slurm_step import SLOT_ENV
 from sf_assets.engines.supervisor import prepare_work_dir, supervise
 
 MAX_ATTEMPTS = 3
@@ -73,6 +74,7 @@ def run_slurm_sort(job: SortJob, settings, worker: Sequence[str]) -> Iterator[Ca
                 lost.append(f"{slot.job_id} ({exc})")
                 continue
             launch = SlurmLaunch.for_job(worker, slurm, job, settings.timeout_s, placement)
+            launch = dataclasses.replace(launch, env={**launch.env, SLOT_ENV: slot.name})
             for event in _supervised(job, launch, settings.timeout_s):
                 if isinstance(event, CanaryReport):
                     if not canary_sent:

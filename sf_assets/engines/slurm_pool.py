@@ -68,6 +68,8 @@ POOL_FOLDER = "slurm-allocations"
 OWNER_ENV = "SF_ASSETS_SLURM_OWNER"
 JOB_NAME_PREFIX = "sf-assets-allocation-"
 CLAIMS, CLOSING, LOCK = "claims", "closing", "lock"
+# squeue's latest answer about the pool's allocations, shared by its processes.
+QUEUE_CACHE = "squeue.json"
 # The walltime of an allocation, beyond one sort's -T, when no walltime is set.
 ALLOCATION_TIME_MARGIN_MIN = 10
 # A sort is not placed in an allocation with less time left than its timeout plus this.
@@ -175,8 +177,20 @@ class Pool:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def allocations(self) -> dict[str, tuple[str, float | None]]:
-        """This pool's allocations that Slurm lists: job id -> (state, seconds left or None)."""
+    def allocations(self, max_age_s: float = 0.0) -> dict[str, tuple[str, float | None]]:
+        """This pool's allocations that Slurm lists: job id -> (state, seconds left or None).
+
+        ``max_age_s``: an answer that old or younger, from any process of the
+        pool, will do (``QUEUE_CACHE``): sorts waiting for a slot then ask
+        ``squeue`` about once per ``max_age_s`` in all, not once each.
+        """
+        cache = self.root / QUEUE_CACHE
+        if max_age_s > 0:
+            try:
+                if time.time() - cache.stat().st_mtime <= max_age_s:
+                    return {job: (state, left) for job, (state, left) in json.loads(cache.read_text()).items()}
+            except (FileNotFoundError, ValueError):
+                pass
         proc = _client(
             ["squeue", "--noheader", "--format=%i %T %L", f"--name={self.job_name}", f"--user={getpass.getuser()}"],
             self.env,
@@ -188,6 +202,10 @@ class Pool:
             parts = line.split()
             if len(parts) == 3:
                 listed[parts[0]] = (parts[1], parse_time_left(parts[2]))
+        # Atomic, and safe for threads of one process placing sorts at once.
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(listed))
+        os.replace(tmp, cache)
         return listed
 
     def is_closing(self, job_id: str) -> bool:
@@ -240,19 +258,24 @@ class Slot:
     index: int
     claim: Path
 
+    @property
+    def name(self) -> str:
+        """``JOB-INDEX``: which slot of which allocation."""
+        return f"{self.job_id}-{self.index}"
+
     def release(self) -> None:
         HEARTBEAT.stop(self.claim)
         self.claim.unlink(missing_ok=True)
 
-    def state(self) -> str | None:
-        """The allocation's Slurm state now; None once Slurm no longer lists it."""
-        listed = self.pool.allocations()
+    def state(self, max_age_s: float = 0.0) -> str | None:
+        """The allocation's Slurm state (``max_age_s``: see :meth:`Pool.allocations`); None once not listed."""
+        listed = self.pool.allocations(max_age_s)
         return listed[self.job_id][0] if self.job_id in listed else None
 
     def wait_until_running(self) -> bool:
         """Block until the allocation runs (True) or has gone without running (False)."""
         while True:
-            state = self.state()
+            state = self.state(max_age_s=WAIT_POLL_S)
             if state == "RUNNING":
                 return True
             if state not in LIVE_STATES:
@@ -294,7 +317,7 @@ def acquire_slot(pool: Pool, label: str, needed_s: float | None = None) -> Slot:
 
 def _try_claim(pool: Pool, label: str, needed_s: float | None) -> Slot | None:
     with pool.locked():
-        listed = pool.allocations()
+        listed = pool.allocations(max_age_s=WAIT_POLL_S)
         pool.forget_ended(listed)
         claims = pool.claims()
         candidates = []
@@ -311,6 +334,7 @@ def _try_claim(pool: Pool, label: str, needed_s: float | None) -> Slot | None:
             job_id = min(candidates)[3]
         elif len(listed) < max(1, int(pool.slurm.max_simultaneous_allocations)):
             job_id = pool.request_allocation()
+            pool.allocations()  # the answer others reuse must list it
         else:
             return None
         used = {int(p.stem.split("-", 1)[1]) for p in claims.get(job_id, [])}
