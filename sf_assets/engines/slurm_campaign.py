@@ -162,4 +162,10 @@ def campaign_allocations(settings) -> Iterator[Pool | None]:
             os.environ.pop(OWNER_ENV, None)
         else:
             os.environ[OWNER_ENV] = previous
-        release_idle(pool)
+        try:
+            release_idle(pool)
+        except EnvironmentSortFailure:
+            # Slurm cannot be reached now (the sorts said so already): the holders
+            # end the allocations after the idle time, and the launch's own error
+            # (or interrupt) is the one to report.
+            pass
