@@ -19,12 +19,13 @@ and :class:`SlurmLaunch` hands them to the supervisor:
 * the environment: Slurm variables of an enclosing job are dropped, so a
   pipeline that itself runs inside a Slurm job still submits new jobs.
 
-Without an allocation each sort is its own job (``srun --exclusive`` unless
-shared nodes are accepted, ``--gpus-per-node``, ``--partition``,
-``--time``).  With allocations from
-:func:`~sf_assets.engines.slurm_allocations.slurm_allocations` each sort is
-a step of one of them, sized by
-:func:`~sf_assets.engines.slurm_allocations.place_step`.
+The engine runs every sort as a step of the campaign's allocations
+(:mod:`sf_assets.engines.slurm_campaign` places it, with a
+:class:`~sf_assets.engines.slurm_allocations.StepPlacement`), or of
+allocations a user holds (``allocation_id``, placed by
+:func:`~sf_assets.engines.slurm_allocations.place_step`).  Without a
+placement a launch is a job of its own (``srun --exclusive`` unless shared
+nodes are accepted, ``--gpus-per-node``, ``--partition``, ``--time``).
 """
 
 from __future__ import annotations
