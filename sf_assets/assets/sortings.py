@@ -21,6 +21,7 @@ from sf_assets.core.records import SortingRecord
 from sf_assets.core.sorter_catalog import require_runnable, resolve_sorter
 from sf_assets.engines.engine import cache_key, container_image_for, run_sort, work_dir_for
 from sf_assets.engines.job import SORT_ENGINE_VERSION, CanaryReport, SortJob, SortReport
+from sf_assets.engines.refused import REFUSED, refused_report
 from sf_assets.partitions import recording_key, sorting_partitions, sorter_key, split_pair_key
 from sf_assets.resources import KacheryResource, SortingEngineResource, StudysetResource
 
@@ -78,10 +79,13 @@ def _record(sorter_spec, rec, report: SortReport, console_uri: str) -> SortingRe
         sorting_output=output,
         recording_uri=rec.recording_uri,
         ground_truth_uri=rec.sorting_true_uri,
+        provenance=report.details.get("provenance"),
     )
 
 
 def _failure_kind(report: SortReport) -> str:
+    if report.details.get("stage") == REFUSED:
+        return f"{report.failure_class} failure: "
     if report.failure_class and report.failure_class != "timeout":
         where = "canary" if report.canary and report.canary.blocks_full_sort else "sort"
         return f"{report.failure_class} failure ({where}): "
@@ -171,8 +175,8 @@ def sorting(
                     yield canary_check_result(event)
                 else:
                     report = event
-    except SortFailure as exc:  # the engine refused before starting (e.g. no Docker daemon)
-        raise dg.Failure(description=f"{label}: {exc.failure_class} failure: {exc}", allow_retries=False) from exc
+    except SortFailure as exc:  # refused before starting (no wrapper, no Docker daemon): an errored record says why
+        report = refused_report(job, exc)
     assert report is not None
     console_text = _console_tail(report.console_path) if report.errored else None
     with open(report.console_path, "rb") as f:
@@ -190,6 +194,8 @@ def sorting(
         "cache_key": key,
         "errored": report.errored,
     }
+    if record.provenance is not None:  # seeds, threads, versions, image (see core.records)
+        common["provenance"] = dg.MetadataValue.json(record.provenance)
     if report.errored:
         # The partition fails; the errored record is kept as an observation so
         # sorting_records and the old tools still see it, with its console.
