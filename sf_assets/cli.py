@@ -114,7 +114,18 @@ def _add_sorting_commands(subparsers: argparse._SubParsersAction) -> None:
     add_sorting_subcommands(subparsers)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_check_config, _add_demo, _add_sorting_commands]
+def _add_compare_results(subparsers: argparse._SubParsersAction) -> None:
+    from sf_assets.cli_compare import add_compare_results
+
+    add_compare_results(subparsers)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_check_config,
+    _add_demo,
+    _add_sorting_commands,
+    _add_compare_results,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

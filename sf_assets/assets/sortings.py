@@ -260,6 +260,9 @@ def sorting_comparison(context: dg.AssetExecutionContext, studyset: StudysetReso
             "study_set": rec.study_set_name,
             "recording": rec.name,
             "comparison_uri": per_unit_uri,
+            # what the score regression check compares: the sorting's inputs and library versions
+            "sorting_cache_key": sorted_md.get("cache_key") or "",
+            "sorting_versions": dg.MetadataValue.json((sorted_md.get("provenance") or {}).get("versions") or {}),
             "settings": dg.MetadataValue.json(result.settings),
             "summary": dg.MetadataValue.json({k: json_safe(v) for k, v in summary.items()}),
             "units": table(

@@ -182,7 +182,7 @@ CATALOG: tuple[SorterEntry, ...] = (
     SorterEntry(
         "Tridesclous2", "tridesclous2", (), True, _image("tridesclous2"),
         "spikeinterface's own sorter; 15-35 s of numba compilation per fresh process.",
-        seed_params=("seed",), package="spikeinterface",
+        seed_params=("seed",), package="spikeinterface", deterministic=False,
     ),
     SorterEntry("Waveclus", "waveclus", ("WaveClus",), False, _image("waveclus-compiled"), _MATLAB),
     SorterEntry("HDSort", "hdsort", (), False, _image("hdsort-compiled"), _MATLAB),
