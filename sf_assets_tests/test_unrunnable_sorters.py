@@ -14,13 +14,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from sf_assets.assets.recordings import ground_truth, recording
-from sf_assets.assets.results import sorter_summary, sorting_records
-from sf_assets.assets.sortings import sorting, sorting_comparison
-from sf_assets.assets.studysets import studysets
+from sf_assets.assets.history import latest_partition_events, plain_metadata
 from sf_assets.cli import main
-from sf_assets.partitions import pair_key, recording_key
-from sf_assets.resources import KacheryResource, OutputsResource, SortingEngineResource, StudysetResource
+from sf_assets_tests.graph_harness import campaign_resources, materialize_campaign
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 SPEC = "unrunnable-sorters-spec.yaml"
@@ -84,40 +80,19 @@ def _renamed_manifest(source: Path, target: Path) -> Path:
 
 def test_a_campaign_sorts_what_runs_and_records_the_rest_as_errored(synthetic_studyset, tmp_path):
     manifest = _renamed_manifest(synthetic_studyset.manifest_path, tmp_path / "studysets.json")
-    resources = {
-        "kachery": KacheryResource(root_dir=str(synthetic_studyset.store.root_dir)),
-        "studyset": StudysetResource(spec_source=str(RESOURCES / SPEC), manifest_source=str(manifest)),
-        "sorting_engine": SortingEngineResource(work_root=str(tmp_path / "sorts"), canary_first_n_s=0.0),
-        "outputs": OutputsResource(folder=str(tmp_path / "outputs")),
-    }
+    resources = campaign_resources(tmp_path, synthetic_studyset.store, RESOURCES / SPEC, manifest, canary_first_n_s=0.0)
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
-        assert dg.materialize([studysets], instance=instance, resources=resources).success
-        campaign = resources["studyset"].campaign(resources["kachery"])
-        assert len(campaign.jobs) == 8
-        for rec in campaign.recordings():
-            result = dg.materialize([recording, ground_truth], instance=instance, resources=resources,
-                                    partition_key=recording_key(rec))
-            assert result.success
-        outcomes = {}
-        for sorter_spec, rec in campaign.jobs:
-            key = pair_key(sorter_spec.name, rec)
-            result = dg.materialize([sorting], instance=instance, resources=resources, partition_key=str(key),
-                                    raise_on_error=False)
-            outcomes[(sorter_spec.name, rec.label)] = result
-            if result.success:
-                assert dg.materialize([sorting_comparison], instance=instance, resources=resources,
-                                      partition_key=str(key)).success
+        outcomes = materialize_campaign(instance, resources)
         a, b = "synth_a1_K6_C4", "synth_b1_K6_C4"  # PAIRED_KAMPFF and SYNTH_MAGLAND here
-        assert {k: r.success for k, r in outcomes.items()} == {
+        assert outcomes == {
             **{("JRClust", f"{a}/{r}"): False for r in ("001_synth", "002_synth")},
             **{("Klusta", f"{b}/{r}"): False for r in ("001_synth", "002_synth")},
             **{("MountainSort5", f"{s}/{r}"): True for s in (a, b) for r in ("001_synth", "002_synth")},
         }
-        failure = outcomes[("JRClust", f"{a}/001_synth")].get_step_failure_events()[0]
-        assert "environment failure: sorter 'JRClust' cannot run: " in failure.step_failure_data.error.message
-
-        assert dg.materialize([sorting_records, sorter_summary], instance=instance, resources=resources).success
+        observed = latest_partition_events(instance, dg.AssetKey("sorting"), include_observations=True)
+        failures = [plain_metadata(e) for _, e in observed.values() if plain_metadata(e)["errored"]]
+        assert len(failures) == 4 and {f["failure_class"] for f in failures} == {"environment"}
 
     records = json.loads((tmp_path / "outputs" / "sorting_records.json").read_text())
     assert len(records) == 8
@@ -145,3 +120,35 @@ def test_a_campaign_sorts_what_runs_and_records_the_rest_as_errored(synthetic_st
         assert rows[cell][3:] == ["0", "", "", "", "0", "0", "2", "unknown"]
     for cell in (("MountainSort5", "PAIRED_KAMPFF", "synth_a1_K6_C4"), ("MountainSort5", "SYNTH_MAGLAND", "synth_b1_K6_C4")):
         assert rows[cell][3] == "2" and float(rows[cell][4]) > 0.3 and rows[cell][9:] == ["0", "yes"]
+
+
+SPIKEFOREST_2020_SORTERS = (
+    "HerdingSpikes2", "IronClust", "JRClust", "Klusta", "MountainSort4",
+    "SpykingCircus", "Tridesclous", "Waveclus", "KiloSort", "KiloSort2",
+)
+"""The ten sorters of SpikeForest's 2020 production spec."""
+
+
+def test_the_2020_sorters_over_a_full_size_catalog(tmp_path, monkeypatch, capsys):
+    from sf_assets_tests.test_manifest import synthetic_manifest
+
+    manifest = synthetic_manifest(16, 4, 888)
+    names = [s["name"] for s in manifest["StudySets"]]
+    (tmp_path / "studysets.json").write_text(json.dumps(manifest))
+    spec = {
+        "studysets": "studysets.json",
+        "studyset_names": names,
+        "spike_sorters": [{"name": n, "params": {}, "studysets": names} for n in SPIKEFOREST_2020_SORTERS],
+    }
+    (tmp_path / "spec.yaml").write_text(json.dumps(spec))  # JSON is YAML
+    monkeypatch.chdir(tmp_path)
+    assert main(["check-config", "-l", "spec.yaml"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert (config["num_recordings"], config["num_sorting_jobs"]) == (888, 8880)
+    assert config["num_sorting_jobs_by_availability"] == {"local": 0, "container only": 8 * 888, "cannot run here": 2 * 888}
+    assert [s["availability"] for s in config["sorters"]] == [
+        "container only", "container only", "cannot run here", "cannot run here", "container only",
+        "container only", "container only", "container only", "container only", "container only",
+    ]
+    assert main(["check-config", "-l", "spec.yaml", "--strict"]) == 2
+    assert "spike-sorters[2].params: sorter 'JRClust' cannot run here" in capsys.readouterr().err

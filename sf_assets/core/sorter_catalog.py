@@ -310,8 +310,9 @@ def require_runnable(entry: SorterEntry, *, in_container: bool) -> None:
         raise EnvironmentSortFailure(
             f"sorter {entry.name!r} runs only in a container ({entry.container_image}): {entry.note}"
         )
-    if not in_container and availability(entry).status != LOCAL:
-        raise EnvironmentSortFailure(f"sorter {entry.name!r} cannot run here: {availability(entry).reason}")
+    where = None if in_container else availability(entry)
+    if where is not None and where.status != LOCAL:
+        raise EnvironmentSortFailure(f"sorter {entry.name!r} cannot run here: {where.reason}")
 
 
 def _sorter_class(entry: SorterEntry):
@@ -365,9 +366,9 @@ def merge_params(entry: SorterEntry, params: dict, where: str, *, strict: bool =
         SpecError: ``params`` is not a mapping, names parameters the sorter does
             not have, or (``strict``) the sorter cannot run here.
     """
-    if strict and availability(entry).status == CANNOT_RUN:
+    if strict and (here := availability(entry)).status == CANNOT_RUN:
         raise SpecError(
-            f"{where}: sorter {entry.name!r} cannot run here: {availability(entry).reason.rstrip('.')}; "
+            f"{where}: sorter {entry.name!r} cannot run here: {here.reason.rstrip('.')}; "
             "remove it from the spec (or leave out --strict to record its pairs as errored)"
         )
     if not isinstance(params, dict):

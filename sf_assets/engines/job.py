@@ -26,7 +26,7 @@ EXIT_FILE = "exit.json"
 
 # Bump when the worker changes what it produces for the same inputs: the job
 # cache and the schedule that re-runs stale sortings read it.
-SORT_ENGINE_VERSION = "1"
+SORT_ENGINE_VERSION = "2"  # 2: thread counts applied per sort, provenance recorded
 
 
 @dataclass(frozen=True)
