@@ -188,7 +188,10 @@ def test_local_workers_get_their_share_of_the_cores(synthetic_studyset, tmp_path
         job = _job(synthetic_studyset, tmp_path, work_dir=str(tmp_path / f"reuse-{reuse}"), canary_first_n_s=0.0)
         settings = EngineSettings(work_root=str(tmp_path), reuse_workers=reuse, parallel_sorts=cores)
         [_, report] = list(run_sort(job, settings))
-        assert ", threads 1\n" in Path(report.console_path).read_text()
+        assert ", threads 1 (numba 1)\n" in Path(report.console_path).read_text()
+        threads = report.details["provenance"]["threads"]
+        assert (threads["applied"], threads["numba"]) == (1, 1)
+        assert {pool["num_threads"] for pool in threads["threadpools"]} == {1}
 
 
 def test_a_prestarted_warm_worker_takes_the_first_sort(synthetic_studyset, tmp_path):
