@@ -26,7 +26,10 @@ def compare_results(args: argparse.Namespace) -> int:
         print(difference.describe())
     cells = len(cells_a.keys() | cells_b.keys())
     differing = len({d.cell for d in differences})
-    print(f"{kind_a}: {differing} of {cells} cell(s) differ" if differing else f"{kind_a}: all {cells} cell(s) identical")
+    if differing:
+        print(f"{kind_a}: {differing} of {cells} cell(s) differ")
+    else:
+        print(f"{kind_a}: all {cells} cell(s) identical")
     return EXIT_DIFFERENT if differences else 0
 
 

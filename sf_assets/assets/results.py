@@ -154,7 +154,13 @@ def accuracy_vs_snr_png(units_by_sorter: dict[str, list[dict]]) -> bytes:
 
 
 def _summary_table(df) -> dg.MetadataValue:
-    types = {"sorter": "string", "study_set": "string", "study": "string", "recordings": "int", "reproducible": "string"}
+    types = {
+        "sorter": "string",
+        "study_set": "string",
+        "study": "string",
+        "recordings": "int",
+        "reproducible": "string",
+    }
     columns = {c: types.get(c, "float" if c.startswith("mean") else "int") for c in df.columns}
     return table(df.to_dict(orient="records"), columns)
 

@@ -24,7 +24,14 @@ from sf_assets.core.records import read_records
 SCORE_TOLERANCE = 0.001
 """How far a cell's mean accuracy may move with unchanged inputs before the check warns."""
 
-SUMMARY_COLUMNS = ("mean_accuracy", "mean_precision", "mean_recall", "num_well_detected", "num_true_units", "num_errored")
+SUMMARY_COLUMNS = (
+    "mean_accuracy",
+    "mean_precision",
+    "mean_recall",
+    "num_well_detected",
+    "num_true_units",
+    "num_errored",
+)
 """The summary columns compared cell by cell (those a file lacks are skipped)."""
 
 # Why a cell's score moved, from what its sortings' identities say.
@@ -198,7 +205,8 @@ def read_summary_csv(text: str, source: str) -> dict[str, dict[str, Any]]:
     missing = [c for c in ("sorter", "study_set", "study") if c not in (reader.fieldnames or [])]
     if missing:
         raise RecordError(
-            f"{source}: expected a sorter summary CSV with columns sorter, study_set, study; missing: {', '.join(missing)}"
+            f"{source}: expected a sorter summary CSV with columns sorter, study_set, study; "
+            f"missing: {', '.join(missing)}"
         )
     cells: dict[str, dict[str, Any]] = {}
     for line, row in enumerate(reader, start=2):
