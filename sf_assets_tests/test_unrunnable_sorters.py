@@ -122,33 +122,26 @@ def test_a_campaign_sorts_what_runs_and_records_the_rest_as_errored(synthetic_st
         assert rows[cell][3] == "2" and float(rows[cell][4]) > 0.3 and rows[cell][9:] == ["0", "yes"]
 
 
-SPIKEFOREST_2020_SORTERS = (
-    "HerdingSpikes2", "IronClust", "JRClust", "Klusta", "MountainSort4",
-    "SpykingCircus", "Tridesclous", "Waveclus", "KiloSort", "KiloSort2",
-)
-"""The ten sorters of SpikeForest's 2020 production spec."""
 
-
-def test_the_2020_sorters_over_a_full_size_catalog(tmp_path, monkeypatch, capsys):
-    from sf_assets_tests.test_manifest import synthetic_manifest
-
-    manifest = synthetic_manifest(16, 4, 888)
-    names = [s["name"] for s in manifest["StudySets"]]
-    (tmp_path / "studysets.json").write_text(json.dumps(manifest))
-    spec = {
-        "studysets": "studysets.json",
-        "studyset_names": names,
-        "spike_sorters": [{"name": n, "params": {}, "studysets": names} for n in SPIKEFOREST_2020_SORTERS],
-    }
-    (tmp_path / "spec.yaml").write_text(json.dumps(spec))  # JSON is YAML
-    monkeypatch.chdir(tmp_path)
-    assert main(["check-config", "-l", "spec.yaml"]) == 0
+def test_spikeforests_2020_spec_over_its_full_catalog(capsys):
+    """The published table's spec and catalog, as committed: 6,894 jobs, two sorters that cannot run here."""
+    argv = ["check-config", "-s", str(RESOURCES / "studysets_full.json"), "-l", str(RESOURCES / "spikeforest-2020-spec.yaml")]
+    assert main(argv) == 0
     config = json.loads(capsys.readouterr().out)
-    assert (config["num_recordings"], config["num_sorting_jobs"]) == (888, 8880)
-    assert config["num_sorting_jobs_by_availability"] == {"local": 0, "container only": 8 * 888, "cannot run here": 2 * 888}
-    assert [s["availability"] for s in config["sorters"]] == [
-        "container only", "container only", "cannot run here", "cannot run here", "container only",
-        "container only", "container only", "container only", "container only", "container only",
-    ]
-    assert main(["check-config", "-l", "spec.yaml", "--strict"]) == 2
+    assert (config["num_study_sets"], config["num_studies"], config["num_recordings"]) == (16, 64, 888)
+    assert config["num_sorting_jobs"] == 6894
+    assert config["num_sorting_jobs_by_availability"] == {"local": 0, "container only": 5445, "cannot run here": 1449}
+    assert {s["name"]: (s["availability"], s["num_recordings"]) for s in config["sorters"]} == {
+        "HerdingSpikes2": ("container only", 328),
+        "IronClust": ("container only", 888),
+        "JRClust": ("cannot run here", 671),
+        "Klusta": ("cannot run here", 778),
+        "MountainSort4": ("container only", 888),
+        "SpykingCircus": ("container only", 888),
+        "Tridesclous": ("container only", 888),
+        "Waveclus": ("container only", 211),
+        "KiloSort": ("container only", 677),
+        "KiloSort2": ("container only", 677),
+    }
+    assert main([*argv, "--strict"]) == 2
     assert "spike-sorters[2].params: sorter 'JRClust' cannot run here" in capsys.readouterr().err
