@@ -186,6 +186,12 @@ def test_availability_says_local_container_only_or_cannot_run_here_and_why():
     assert ms4.status == CONTAINER_ONLY and ms4.reason.startswith("runs in spikeinterface/mountainsort4-base: ")
     for name in ("JRClust", "Klusta", "YASS"):
         assert availability(resolve_sorter(name)) == Availability(CANNOT_RUN, resolve_sorter(name).note)
+    kilosort4 = resolve_sorter("Kilosort4")
+    if not sorter_dict["kilosort4"].is_installed():  # the package is missing, its image is not
+        assert availability(kilosort4).status == CONTAINER_ONLY
+        with pytest.raises(EnvironmentSortFailure, match="^sorter 'Kilosort4' runs only in a container here: its"):
+            require_runnable(kilosort4, in_container=False)
+        require_runnable(kilosort4, in_container=True)
     lupin = availability(resolve_sorter("Lupin"))
     if sorter_dict["lupin"].is_installed():
         assert lupin.status == LOCAL

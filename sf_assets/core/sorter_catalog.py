@@ -312,7 +312,8 @@ def require_runnable(entry: SorterEntry, *, in_container: bool) -> None:
         )
     where = None if in_container else availability(entry)
     if where is not None and where.status != LOCAL:
-        raise EnvironmentSortFailure(f"sorter {entry.name!r} cannot run here: {where.reason}")
+        how = "runs only in a container here" if where.status == CONTAINER_ONLY else "cannot run here"
+        raise EnvironmentSortFailure(f"sorter {entry.name!r} {how}: {where.reason}")
 
 
 def _sorter_class(entry: SorterEntry):
