@@ -287,7 +287,7 @@ def _store(settings: Settings) -> KacheryStore | None:
 
 
 def _load_campaign(args: argparse.Namespace, settings: Settings) -> Campaign:
-    return Campaign(*load_config(args.study_source_file, args.sorter_spec_file, _store(settings)))
+    return Campaign(*load_config(args.study_source_file, args.sorter_spec_file, _store(settings), strict=args.strict))
 
 
 def check_outfile(path: str) -> Path:

@@ -37,7 +37,7 @@ LABELS = {
 }
 RECORD_KEYS = {
     "recordingName", "studyName", "sorterName", "sortingParameters", "consoleOutUri", "cpuTimeSec",
-    "errored", "startTime", "endTime", "sortingOutput", "recordingUri", "groundTruthUri",
+    "errored", "startTime", "endTime", "sortingOutput", "recordingUri", "groundTruthUri", "provenance",
 }
 
 

@@ -21,6 +21,7 @@ from sf_assets.core.records import SortingRecord
 from sf_assets.core.sorter_catalog import require_runnable, resolve_sorter
 from sf_assets.engines.engine import cache_key, container_image_for, run_sort, work_dir_for
 from sf_assets.engines.job import SORT_ENGINE_VERSION, CanaryReport, SortJob, SortReport
+from sf_assets.engines.refused import REFUSED, refused_report
 from sf_assets.engines.service_client import SortServiceError
 from sf_assets.partitions import recording_key, sorting_partitions, sorter_key, split_pair_key
 from sf_assets.resources import KacheryResource, SortingEngineResource, StudysetResource
@@ -79,10 +80,13 @@ def _record(sorter_spec, rec, report: SortReport, console_uri: str) -> SortingRe
         sorting_output=output,
         recording_uri=rec.recording_uri,
         ground_truth_uri=rec.sorting_true_uri,
+        provenance=report.details.get("provenance"),
     )
 
 
 def _failure_kind(report: SortReport) -> str:
+    if report.details.get("stage") == REFUSED:
+        return f"{report.failure_class} failure: "
     if report.failure_class and report.failure_class != "timeout":
         where = "canary" if report.canary and report.canary.blocks_full_sort else "sort"
         return f"{report.failure_class} failure ({where}): "
@@ -159,6 +163,9 @@ def sorting(
         container_image=image,
         container_engine=settings.container_engine,
         kachery_local_only=store.local_only,
+        # Fixed and recorded: a score must not depend on how many sorts ran beside it. A Slurm
+        # step takes its own CPUs.
+        threads=settings.threads_per_sort if settings.slurm is None else None,
     )
     context.log.info(f"sorting {label} on the {settings.kind} engine (work folder {job.work_dir})")
     report: SortReport | None = None
@@ -179,8 +186,8 @@ def sorting(
                         f"{label}: sort service slot {event['slot']}, worker pid {event['worker_pid']} "
                         f"({'warm: ' + entry.si_name + ' already compiled' if event['warm'] else 'cold'})"
                     )
-    except SortFailure as exc:  # the engine refused before starting (e.g. no Docker daemon)
-        raise dg.Failure(description=f"{label}: {exc.failure_class} failure: {exc}", allow_retries=False) from exc
+    except SortFailure as exc:  # refused before starting (no wrapper, no Docker daemon): an errored record says why
+        report = refused_report(job, exc)
     except SortServiceError as exc:
         raise dg.Failure(description=f"{label}: {exc}", allow_retries=False) from exc
     assert report is not None
@@ -202,6 +209,8 @@ def sorting(
         "cache_key": key,
         "errored": report.errored,
     }
+    if record.provenance is not None:  # seeds, threads, versions, image (see core.records)
+        common["provenance"] = dg.MetadataValue.json(record.provenance)
     if report.errored:
         # The partition fails; the errored record is kept as an observation so
         # sorting_records and the old tools still see it, with its console.
@@ -266,6 +275,9 @@ def sorting_comparison(context: dg.AssetExecutionContext, studyset: StudysetReso
             "study_set": rec.study_set_name,
             "recording": rec.name,
             "comparison_uri": per_unit_uri,
+            # what the score regression check compares: the sorting's inputs and library versions
+            "sorting_cache_key": sorted_md.get("cache_key") or "",
+            "sorting_versions": dg.MetadataValue.json((sorted_md.get("provenance") or {}).get("versions") or {}),
             "settings": dg.MetadataValue.json(result.settings),
             "summary": dg.MetadataValue.json({k: json_safe(v) for k, v in summary.items()}),
             "units": table(
