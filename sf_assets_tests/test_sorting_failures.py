@@ -16,6 +16,7 @@ from sf_assets.data import store_ground_truth, store_recording
 from sf_assets.engines.job import CONSOLE_FILE
 from sf_assets.partitions import pair_key
 from sf_assets_tests.graph_harness import make_env, write_spec
+from sf_assets_tests.instances import project_instance
 
 SORTER = "MountainSort5"
 
@@ -62,7 +63,7 @@ def write_noise_manifest(store, path: Path) -> Path:
 @pytest.fixture
 def instance(tmp_path):
     (tmp_path / "dagster").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as inst:
+    with project_instance(temp_dir=str(tmp_path / "dagster")) as inst:
         yield inst
 
 
