@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 from sf_assets.core.campaign import Campaign
+from sf_assets.core.errors import SfAssetsError
 from sf_assets.core.labels import sorting_label
 from sf_assets.core.launcher_identity import this_process
 from sf_assets.core.manifest import Recording
@@ -183,8 +184,8 @@ mutation LaunchRun($executionParams: ExecutionParams!) {
 """
 
 
-class LaunchError(RuntimeError):
-    """The instance refused a run (invalid config, the code location failed to load)."""
+class LaunchError(SfAssetsError):
+    """The instance cannot take the launch's runs (its run launcher, an invalid config)."""
 
 
 @contextlib.contextmanager
@@ -368,6 +369,13 @@ def launch_campaign(
     from sf_assets.planning import plan_sorts
     from sf_assets.run_launcher import LEASE_TAG
 
+    from sf_assets.run_launcher import SortServiceRunLauncher
+
+    if not isinstance(instance.run_launcher, SortServiceRunLauncher):
+        raise LaunchError(
+            f"the Dagster instance's run launcher is {type(instance.run_launcher).__name__}; sf-assets launches need "
+            "sf_assets.run_launcher.SortServiceRunLauncher (see run_launcher in the checkout's dagster.yaml)"
+        )
     say = progress or (lambda _msg: None)
     outcome = CampaignOutcome()
     register_partitions(instance, campaign)
