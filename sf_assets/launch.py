@@ -266,6 +266,9 @@ class Submitter:
         if result.get("__typename") == "LaunchRunSuccess":
             return result["run"]["runId"]
         detail = result.get("message") or "; ".join(e["message"] for e in result.get("errors", [])) or answer
+        load_error = self.context.create_request_context().get_code_location_error(LOCATION_NAME)
+        if load_error is not None:
+            detail = f"the code location {LOCATION_NAME} failed to load: {load_error.message}"
         raise LaunchError(f"{job_name} {partition_key or ''}: the instance refused the run: {detail}")
 
 
