@@ -15,6 +15,7 @@ import dagster as dg
 from sf_assets.assets.history import latest_metadata
 from sf_assets.assets.metadata import json_safe, table
 from sf_assets.assets.recordings import content_version, recording, ground_truth
+from sf_assets.assets.view_links import view_metadata
 from sf_assets.core.errors import SfAssetsError, SortFailure
 from sf_assets.core.labels import sorting_label
 from sf_assets.core.records import SortingRecord
@@ -141,7 +142,7 @@ def sorting(
             )
             yield dg.MaterializeResult(
                 data_version=content_version(previous["sorting_object_uri"]),
-                metadata={**previous, "job_cache_hit": True},
+                metadata={**previous, **view_metadata(previous["label"]), "job_cache_hit": True},
             )
             return
 
@@ -189,6 +190,7 @@ def sorting(
         "engine": settings.kind,
         "cache_key": key,
         "errored": report.errored,
+        **view_metadata(label),
     }
     if report.errored:
         # The partition fails; the errored record is kept as an observation so
@@ -253,6 +255,7 @@ def sorting_comparison(context: dg.AssetExecutionContext, studyset: StudysetReso
             "study": rec.study_name,
             "study_set": rec.study_set_name,
             "recording": rec.name,
+            **view_metadata(sorted_md.get("label")),
             "comparison_uri": per_unit_uri,
             "settings": dg.MetadataValue.json(result.settings),
             "summary": dg.MetadataValue.json({k: json_safe(v) for k, v in summary.items()}),
