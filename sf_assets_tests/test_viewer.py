@@ -304,3 +304,26 @@ def test_an_errored_sorting_opens_its_console(benchmark_demo):
 def test_analyzer_cache_key_is_the_content():
     assert analyzer_folder_name("a" * 40, "b" * 40) != analyzer_folder_name("a" * 40, "c" * 40)
     assert analyzer_folder_name("a" * 40, "b" * 40).startswith("a" * 40 + "-" + "b" * 40)
+
+
+def test_a_ground_truth_opens_with_snr_and_each_sorters_accuracy_and_a_broken_cache_is_rebuilt(
+    benchmark_demo, workspace, tmp_path
+):
+    import shutil
+
+    from sf_assets.viewer.app import load_view
+
+    store = KacheryStore(benchmark_demo.env.options.kachery_dir)
+    target = resolve_target(TRUTH, workspace, benchmark_demo.env.instance)
+    view = load_view(target, store, tmp_path / "analyzers")
+    true_units = list(view.analyzer.unit_ids)
+    assert set(view.unit_properties) == {"snr", "accuracy_MountainSort5"}
+    stored = {str(r["true_unit_id"]): r["accuracy"] for r in store.load_json(target.comparisons["MountainSort5"])["units"]}
+    assert view.unit_properties["accuracy_MountainSort5"] == [stored[str(u)] for u in true_units]
+    assert "accuracy_MountainSort5" in view.header_html and "analyzer built in" in view.timing
+    [folder] = [p for p in (tmp_path / "analyzers").iterdir()]
+    shutil.rmtree(folder / "extensions" / "templates")  # a damaged cache entry
+    again = load_view(target, store, tmp_path / "analyzers")
+    assert "analyzer built in" in again.timing, "a cache entry that no longer loads is built again"
+    assert (folder / "extensions" / "templates").is_dir()
+    assert [p.name for p in (tmp_path / "analyzers").iterdir()] == [folder.name]
