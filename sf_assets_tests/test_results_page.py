@@ -105,3 +105,43 @@ def test_results_page_opens_from_file_with_every_cell_of_the_demo(benchmark_demo
         browser_page.screenshot(path=ARTIFACTS / "results-page-full.png", full_page=True)
     assert requested == [], f"the page asked the network for {requested}"
     shutil.copyfile(path, ARTIFACTS / "results.html")
+
+
+def test_each_pair_takes_its_status_from_what_the_event_log_recorded(synthetic_studyset, tmp_path):
+    """A timeout and an environment failure are told apart from other errors; a run that failed before
+    any sort was recorded (no Docker daemon for a container sort) is errored; a pair never run is not run yet."""
+    import dagster as dg
+
+    from sf_assets.assets.results_page import collect_pair_results
+    from sf_assets.partitions import pair_key
+    from sf_assets_tests.graph_harness import make_env, write_spec
+
+    spec = write_spec(tmp_path / "spec.yaml", synthetic_studyset.manifest_path,
+                      {"MountainSort5": {"studysets": ["SYNTH_SET_A", "SYNTH_SET_B"]}})
+    (tmp_path / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        env = make_env(tmp_path, synthetic_studyset.store, instance, synthetic_studyset.manifest_path, spec)
+        jobs = {(r.study_name, r.name): (s, r) for s, r in env.campaign.jobs}
+        console = synthetic_studyset.store.store_json({"text": "x\nTimeoutError: sort took too long\n"}, "c.json")
+        for study_recording, failure in ((("synth_a1_K6_C4", "001_synth"), "timeout"),
+                                         (("synth_b1_K6_C4", "001_synth"), "environment")):
+            sorter_spec, rec = jobs[study_recording]
+            instance.report_runless_asset_event(dg.AssetObservation(
+                asset_key="sorting", partition=str(pair_key(sorter_spec.name, rec)),
+                metadata={"errored": True, "failure_class": failure, "console_out_uri": console},
+            ))
+        refused = env.with_options(use_container=True).launch(pairs=[jobs["synth_a1_K6_C4", "002_synth"]],
+                                                              run_results=False)
+        assert "Docker daemon" in refused.sortings[0].error
+        assigned = {str(pair_key(s.name, r)): (s, r) for s, r in env.campaign.jobs}
+        pairs = collect_pair_results(instance, assigned, synthetic_studyset.store)
+    status = {(p.study, p.recording): p.status for p in pairs}
+    assert status == {
+        ("synth_a1_K6_C4", "001_synth"): page.TIMED_OUT,
+        ("synth_a1_K6_C4", "002_synth"): page.ERRORED,
+        ("synth_b1_K6_C4", "001_synth"): page.CANNOT_RUN,
+        ("synth_b1_K6_C4", "002_synth"): page.NOT_RUN,
+    }
+    messages = {p.status: p.message for p in pairs}
+    assert "TimeoutError: sort took too long" in messages[page.TIMED_OUT] and console in messages[page.TIMED_OUT]
+    assert "failed before any sort was recorded" in messages[page.ERRORED]

@@ -20,7 +20,7 @@ from sf_assets.core.records import SortingRecord, write_records
 from sf_assets.partitions import pair_key
 from sf_assets.report import results_page as page
 from sf_assets.report.plots import accuracy_vs_snr_png
-from sf_assets.resources import KacheryResource, OutputsResource, SortingEngineResource, StudysetResource
+from sf_assets.resources import KacheryResource, OutputsResource, StudysetResource
 
 # Re-run the fan-ins whenever a new sorting or comparison lands; never wait for
 # every upstream partition (unassigned cells are missing forever), nor for sorts
@@ -121,12 +121,11 @@ def sorter_summary(
     studyset: StudysetResource,
     kachery: KacheryResource,
     outputs: OutputsResource,
-    sorting_engine: SortingEngineResource,
 ):
     store = kachery.store()
     campaign = studyset.campaign(kachery)
     comparisons = collect_comparisons(context.instance, campaign)
-    pairs = collect_pair_results(context.instance, _assigned_partitions(campaign), store, sorting_engine.settings())
+    pairs = collect_pair_results(context.instance, _assigned_partitions(campaign), store)
     units_by_sorter: dict[str, list[dict]] = {}
     for pair in pairs:
         units_by_sorter.setdefault(pair.sorter, []).extend(pair.units)

@@ -15,10 +15,9 @@ from sf_assets.assets.history import latest_partition_events, plain_metadata
 from sf_assets.assets.sortings import SORTING_KEY
 from sf_assets.core.atomic import write_text_atomic
 from sf_assets.core.comparison import COMPARISON_SETTINGS
-from sf_assets.core.errors import SortFailure
 from sf_assets.core.labels import sorting_label
-from sf_assets.core.sorter_catalog import require_runnable, resolve_sorter
-from sf_assets.engines.engine import EngineSettings, container_image_for
+from sf_assets.core.sorter_catalog import resolve_sorter
+from sf_assets.partitions import sorting_partitions
 from sf_assets.report import results_page as page
 from sf_assets.report.plots import accuracy_vs_snr_png
 from sf_assets.viewer.links import view_command
@@ -28,19 +27,7 @@ RESULTS_PAGE = "results.html"
 _FAILURE_STATUS = {"timeout": page.TIMED_OUT, "environment": page.CANNOT_RUN}
 
 
-def _not_run_status(sorter_name: str, settings: EngineSettings) -> tuple[str, str]:
-    """A pair with no sorting event yet: it cannot run here, or it has not run yet."""
-    entry = resolve_sorter(sorter_name)
-    try:
-        require_runnable(entry, in_container=container_image_for(entry, settings) is not None)
-    except SortFailure as exc:
-        return page.CANNOT_RUN, str(exc)
-    return page.NOT_RUN, ""
-
-
-def collect_pair_results(
-    instance: dg.DagsterInstance, assigned: dict[str, tuple], store, settings: EngineSettings
-) -> list[page.PairResult]:
+def collect_pair_results(instance: dg.DagsterInstance, assigned: dict[str, tuple], store) -> list[page.PairResult]:
     """The latest outcome of every assigned pair, as the results page shows it.
 
     ``assigned`` maps each assigned pair's ``sorting`` partition key to its
@@ -48,18 +35,27 @@ def collect_pair_results(
 
     A pair is ``ok`` when its latest sorting event is a materialization and a
     comparison of it exists; an errored sort (an observation) is errored,
-    timed out or cannot-run by its failure class; a pair never sorted is
-    cannot-run when the sorter cannot run with this engine, else not run yet.
+    timed out or cannot-run by its failure class; a pair with no sorting
+    event is errored if its latest run failed before any sort was recorded
+    (the engine refused it, say), else not run yet.
     """
     sortings = latest_partition_events(instance, SORTING_KEY, include_observations=True, partitions=assigned)
     comparisons = latest_partition_events(instance, dg.AssetKey("sorting_comparison"), partitions=assigned)
+    # A run refused before its sort started (no Docker daemon, say) records no sorting event;
+    # the partition status the UI shows still says that it failed.
+    never_recorded = [key for key in assigned if key not in sortings]
+    run_status = {}
+    if never_recorded:
+        run_status = instance.get_status_by_partition(SORTING_KEY, never_recorded, sorting_partitions) or {}
     results = []
     for partition, (sorter_spec, rec) in assigned.items():
         label = sorting_label(sorter_spec.name, rec.study_name, rec.name)
         names = dict(sorter=sorter_spec.name, study_set=rec.study_set_name, study=rec.study_name, recording=rec.name)
         summary, units, message = None, [], ""
         if partition not in sortings:
-            status, message = _not_run_status(sorter_spec.name, settings)
+            status = page.NOT_RUN
+            if run_status.get(partition) == dg.AssetPartitionStatus.FAILED:
+                status, message = page.ERRORED, "its run failed before any sort was recorded: see the run in the UI"
         else:
             md = plain_metadata(sortings[partition][1])
             if md.get("errored"):
