@@ -47,7 +47,6 @@ class LoadedView:
     target: ViewTarget
     header_html: str
     analyzer: object = None
-    recording: object = None
     unit_properties: dict = field(default_factory=dict)
     console_text: str = ""
     timing: str = ""
@@ -116,8 +115,8 @@ def _analyzer_view(target: ViewTarget, store: KacheryStore, cache_root: Path) ->
         f"<p class=\"unit-count\">{len(unit_ids)} units · {html.escape(timing)}</p>"
         f"<details open><summary>Ground-truth agreement</summary>{table}{_settings_line(settings)}</details>"
     )
-    return LoadedView(target, header, analyzer=opened.analyzer, recording=recording,
-                      unit_properties=properties, timing=timing, cache_dir=Path(cache_root))
+    return LoadedView(target, header, analyzer=opened.analyzer, unit_properties=properties, timing=timing,
+                      cache_dir=Path(cache_root))
 
 
 def _fmt(value, digits: int = 2) -> str:
