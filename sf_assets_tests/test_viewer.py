@@ -55,6 +55,23 @@ def test_running_viewers_are_found_by_label_and_forgotten_when_gone(tmp_path):
     assert view_command("A b/c/d") == "sf-assets view 'A b/c/d'"
 
 
+def test_metadata_carries_the_url_of_a_running_viewer_and_the_command_otherwise(tmp_path, monkeypatch):
+    import dagster as dg
+
+    from sf_assets.assets.view_links import NO_VIEWER, labels_to_view, view_metadata
+
+    monkeypatch.setenv("SF_ASSETS_HOME", str(tmp_path))
+    assert view_metadata(SORTED)["viewer_url"] == dg.MetadataValue.text(NO_VIEWER)
+    path = register_viewer(tmp_path / "viewers", SORTED, "http://127.0.0.1:5002/")  # this process: alive
+    md = view_metadata(SORTED)
+    assert md["view"] == dg.MetadataValue.text(f"sf-assets view {SORTED}")
+    assert md["viewer_url"] == dg.MetadataValue.url("http://127.0.0.1:5002/")
+    listed = labels_to_view([SORTED, TRUTH]).value
+    assert "[http://127.0.0.1:5002/](http://127.0.0.1:5002/)" in listed and f"`sf-assets view {TRUTH}`" in listed
+    unregister_viewer(path)
+    assert view_metadata(SORTED)["viewer_url"] == dg.MetadataValue.text(NO_VIEWER)
+
+
 def test_each_sorted_unit_gets_its_most_accurate_true_unit():
     rows = [
         {"true_unit_id": 1, "best_unit_id": 7, "accuracy": 0.4, "snr": 5.0},
