@@ -21,7 +21,7 @@ def run_view(args: argparse.Namespace) -> int:
     from sf_assets.stores.workspace import WorkspaceStore
     from sf_assets.viewer.app import load_view, serve_view
     from sf_assets.viewer.resolve import resolve_target
-    from sf_assets.viewer.target import ViewerError
+    from sf_assets.core.errors import ViewerError
 
     missing = [name for name in ("spikeinterface_gui", "panel") if importlib.util.find_spec(name) is None]
     if missing:

@@ -28,7 +28,8 @@ from sf_assets.viewer.agreement import sorted_unit_agreement, true_unit_agreemen
 from sf_assets.viewer.analyzer import analyzer_folder_name
 from sf_assets.viewer.links import register_viewer, running_viewer_url, unregister_viewer, view_command
 from sf_assets.viewer.resolve import resolve_target
-from sf_assets.viewer.target import ERRORED_SORTING, GROUND_TRUTH_KIND, SORTING as SORTING_KIND, ViewerError
+from sf_assets.core.errors import ViewerError
+from sf_assets.viewer.target import ERRORED_SORTING, GROUND_TRUTH_KIND, SORTING as SORTING_KIND
 from sf_assets_tests.webserver import REPO_ROOT, chromium_context, free_loopback_port
 
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "viewer"

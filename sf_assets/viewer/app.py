@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Callable
 
 from sf_assets.core.comparison import COMPARISON_SETTINGS
-from sf_assets.core.errors import RecordingError, UriError
+from sf_assets.core.errors import RecordingError, UriError, ViewerError
 from sf_assets.core.uris import parse_uri
 from sf_assets.stores.kachery import KacheryStore
 from sf_assets.viewer.agreement import agreement_rows, sorted_unit_agreement, true_unit_agreement
 from sf_assets.viewer.links import register_viewer, unregister_viewer
-from sf_assets.viewer.target import ERRORED_SORTING, GROUND_TRUTH_KIND, ViewerError, ViewTarget
+from sf_assets.viewer.target import ERRORED_SORTING, GROUND_TRUTH_KIND, ViewTarget
 
 TITLE = "sf-assets viewer"
 # The views people open first: the unit table, templates/waveforms, correlograms, probe, traces.

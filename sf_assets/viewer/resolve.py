@@ -9,6 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from sf_assets.assets.history import latest_partition_events, plain_metadata
+from sf_assets.core.errors import ViewerError
 from sf_assets.core.labels import GROUND_TRUTH, label_to_partition_key, recording_label
 from sf_assets.core.workspace_plan import GROUND_TRUTH as GROUND_TRUTH_ENTRY
 from sf_assets.core.workspace_plan import SORTING as SORTING_ENTRY
@@ -17,7 +18,6 @@ from sf_assets.viewer.target import (
     ERRORED_SORTING,
     GROUND_TRUTH_KIND,
     SORTING,
-    ViewerError,
     ViewTarget,
     split_label,
     unknown_label,

@@ -12,16 +12,12 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-from sf_assets.core.errors import SfAssetsError
+from sf_assets.core.errors import ViewerError
 from sf_assets.core.labels import GROUND_TRUTH
 
 SORTING = "sorting"
 GROUND_TRUTH_KIND = "ground_truth"
 ERRORED_SORTING = "errored_sorting"
-
-
-class ViewerError(SfAssetsError):
-    """A label cannot be opened: unknown, malformed, or its data cannot be read."""
 
 
 @dataclass(frozen=True)
