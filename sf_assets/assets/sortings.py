@@ -183,6 +183,7 @@ def sorting(
     record = _record(sorter_spec, rec, report, console_uri)
     common = {
         "label": label,
+        **view_metadata(label),
         "record": dg.MetadataValue.json(record.to_json_dict()),
         "console_out_uri": console_uri,
         "cpu_time_s": report.cpu_time_s if report.cpu_time_s is not None else -1.0,
@@ -190,7 +191,6 @@ def sorting(
         "engine": settings.kind,
         "cache_key": key,
         "errored": report.errored,
-        **view_metadata(label),
     }
     if report.errored:
         # The partition fails; the errored record is kept as an observation so
