@@ -424,7 +424,7 @@ def _launch(
             on_sorting_done=landed,
             tags=run_tags(args),
         )
-    failed = [o for o in outcome.recordings + outcome.sortings + outcome.results if not o.success]
+    failed = [o for o in outcome.recordings + outcome.sortings + outcome.comparisons + outcome.results if not o.success]
     _say(
         f"{len(outcome.sortings) - len(outcome.failed_sortings)} sorted, {len(outcome.cached_pairs)} from the job "
         f"cache, {len(outcome.failed_sortings)} failed, {len(outcome.skipped_pairs)} skipped (recording failed); "
