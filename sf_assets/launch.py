@@ -41,6 +41,7 @@ from sf_assets.core.manifest import Recording
 from sf_assets.core.spec import SorterSpec
 from sf_assets.engines.engine import EngineSettings
 from sf_assets.partitions import pair_key, recording_key
+from sf_assets.progress import CampaignCounts
 
 if TYPE_CHECKING:
     from sf_assets.planning import Plan
@@ -362,12 +363,15 @@ def launch_campaign(
     progress: Callable[[str], None] | None = None,
     on_plan: Callable[["Plan"], None] | None = None,
     on_sorting_done: Callable[[RunOutcome], None] | None = None,
+    on_counts: Callable[["CampaignCounts"], None] | None = None,
     tags: dict[str, str] | None = None,
 ) -> CampaignOutcome:
     """Sort the campaign (or the given pairs) on ``instance``; ``tags`` go on every run.
 
     ``workers`` bounds how many of this launch's runs are queued or running at
     once; the instance's run queue and the host's sort service bound the rest.
+    ``progress`` gets a line per finished run, ``on_counts`` the launch's counts
+    after every look at its runs (for a live display).
     """
     from sf_assets.assets.studysets import register_partitions
     from sf_assets.planning import plan_sorts
@@ -439,6 +443,17 @@ def launch_campaign(
                             on_sorting_done(done)
                     else:
                         outcome.results.append(done)
+                if on_counts:
+                    on_counts(
+                        CampaignCounts(
+                            recordings_done=len(outcome.recordings),
+                            recordings_total=len(plan.recordings_to_run),
+                            sortings_done=len(outcome.sortings),
+                            sortings_total=total_sorts - len(outcome.skipped_pairs),
+                            failed=sum(1 for o in outcome.recordings + outcome.sortings if not o.success),
+                            in_flight=len(tracker.runs) + len(ready),
+                        )
+                    )
             if run_results:
                 tracker.add(submitter.submit("results_job"), "results_job", None)
                 while tracker.runs:
