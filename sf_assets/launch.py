@@ -47,57 +47,26 @@ if TYPE_CHECKING:
     from sf_assets.planning import Plan
 
 
-_NOT_ENGINE_FIELDS = {
-    "spec_source",
-    "manifest_source",
-    "kachery_dir",
-    "kachery_local_only",
-    "workspace_db_url",
-    "workspace_uri",
-    "dry_run",
-    "outputs_dir",
-    "log_level",
-}
+def _engine_fields() -> list[tuple[str, type, Any]]:
+    """The ``sorting_engine`` resource's config fields, declared once, there (``work_root`` is above)."""
+    from sf_assets.resources import SortingEngineResource
+
+    return [
+        (name, info.annotation, dataclasses.field(default=info.default))
+        for name, info in SortingEngineResource.model_fields.items()
+        if name != "work_root"
+    ]
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """Everything a run's resources are configured with (shown in each run's config)."""
+class _RunOptionsMethods:
+    """Everything a run's resources are configured with (shown in each run's config).
 
-    spec_source: str
-    kachery_dir: str
-    work_root: str
-    workspace_db_url: str
-    outputs_dir: str
-    manifest_source: str = ""
-    kachery_local_only: bool = True
-    workspace_uri: str = ""
-    dry_run: bool = False
-    timeout_min: float = 0.0
-    canary_first_n_s: float = 5.0
-    use_container: bool = False
-    container_engine: str = "docker"
-    use_job_cache: bool = True
-    job_cache: str = "default-job-cache"
-    use_slurm: bool = False
-    slurm_partition: str = ""
-    slurm_accept_shared_nodes: bool = False
-    slurm_jobs_per_allocation: int = 6
-    slurm_max_simultaneous_allocations: int = 5
-    slurm_gpus_per_node: int = 0
-    slurm_allocation_id: str = ""
-    slurm_idle_release_s: float = 60.0
-    slurm_allocation_time_min: float = 0.0
-    # Local sorts go to the host's sort service (warm workers); False: a fresh process per sort.
-    reuse_workers: bool = True
-    threads_per_sort: int = 1
-    service_slots: int = 0
-    service_idle_exit_s: float = 600.0
-    service_dir: str = ""
-    # Level of each run's console log in this process ("": Dagster's default, DEBUG); the
-    # event log, and so the UI, always keeps everything. WARNING keeps per-step DEBUG lines
-    # off the terminal.
-    log_level: str = "WARNING"
+    The stores' settings are declared here; the engine's fields are the
+    ``sorting_engine`` resource's own (:class:`sf_assets.resources.SortingEngineResource`),
+    added by :func:`dataclasses.make_dataclass`, so the two cannot drift apart.
+    ``log_level`` is the level of each run's console log ("": Dagster's default); the
+    event log, and so the UI, always keeps everything.
+    """
 
     @classmethod
     def from_settings(cls, settings, **overrides) -> "RunOptions":
@@ -115,12 +84,7 @@ class RunOptions:
 
     def run_config(self) -> dict[str, Any]:
         o = self
-        engine = {
-            f.name: getattr(o, f.name)
-            for f in dataclasses.fields(o)
-            if f.name
-            not in _NOT_ENGINE_FIELDS
-        }
+        engine = {"work_root": o.work_root, **{name: getattr(o, name) for name, _, _ in _engine_fields()}}
         loggers = {"loggers": {"console": {"config": {"log_level": o.log_level}}}} if o.log_level else {}
         return {
             **loggers,
@@ -139,6 +103,29 @@ class RunOptions:
         from sf_assets.resources import SortingEngineResource
 
         return SortingEngineResource(**self.run_config()["resources"]["sorting_engine"]["config"]).settings()
+
+
+
+RunOptions = dataclasses.make_dataclass(
+    "RunOptions",
+    [
+        ("spec_source", str),
+        ("kachery_dir", str),
+        ("work_root", str),
+        ("workspace_db_url", str),
+        ("outputs_dir", str),
+        ("manifest_source", str, dataclasses.field(default="")),
+        ("kachery_local_only", bool, dataclasses.field(default=True)),
+        ("workspace_uri", str, dataclasses.field(default="")),
+        ("dry_run", bool, dataclasses.field(default=False)),
+        *_engine_fields(),
+        ("log_level", str, dataclasses.field(default="WARNING")),
+    ],
+    bases=(_RunOptionsMethods,),
+    frozen=True,
+)
+RunOptions.__module__ = __name__
+RunOptions.__doc__ = _RunOptionsMethods.__doc__
 
 
 @dataclass
