@@ -12,6 +12,7 @@ race them.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,12 +48,15 @@ def dev_deployment(root: Path, store: KacheryStore, manifest: Path, sorters: dic
     spec = root / "spec.yaml"
     service_dir = Path(tempfile.mkdtemp(prefix="sfs-", dir="/tmp"))  # short: it holds a Unix socket
     env = deployment_environment(root / "data", store.root_dir, spec, manifest, service_dir)
-    with running_dagster_dev(home, env, root / "dagster-dev.log") as dev:
-        dev.wait_until_ready()  # first: the deployment creates the instance's SQLite schema
-        with dg.DagsterInstance.from_config(str(home)) as instance:
-            dev.set_sensor_running(STUDYSET_SENSOR, False)
-            write_spec(spec, manifest, sorters)
-            campaign = Campaign(*load_config(str(manifest), str(spec), store))
-            register_partitions(instance, campaign)  # what the sensor or the studysets asset does first
-            service = EngineSettings(work_root="", service_dir=str(service_dir)).service()
-            yield Deployment(dev, instance, campaign, root, service)
+    try:
+        with running_dagster_dev(home, env, root / "dagster-dev.log") as dev:
+            dev.wait_until_ready()  # first: the deployment creates the instance's SQLite schema
+            with dg.DagsterInstance.from_config(str(home)) as instance:
+                dev.set_sensor_running(STUDYSET_SENSOR, False)
+                write_spec(spec, manifest, sorters)
+                campaign = Campaign(*load_config(str(manifest), str(spec), store))
+                register_partitions(instance, campaign)  # what the sensor or the studysets asset does first
+                service = EngineSettings(work_root="", service_dir=str(service_dir)).service()
+                yield Deployment(dev, instance, campaign, root, service)
+    finally:
+        shutil.rmtree(service_dir, ignore_errors=True)  # its service was stopped with the deployment

@@ -152,7 +152,9 @@ def test_the_ui_terminate_button_stops_a_running_sort(deployment, backfill):
     assert status == dg.DagsterRunStatus.CANCELED
     assert gone_s < 10
     assert key not in deployment.instance.get_materialized_partitions(dg.AssetKey("sorting"))
-    assert not any(s["busy"] for s in service_status(deployment.service)["slots"])
+    deployment.dev.wait_for(
+        lambda: not any(s["busy"] for s in service_status(deployment.service)["slots"]), 5, "the stopped sort's slot freed"
+    )
 
 
 def _alive(pid: int) -> bool:
