@@ -33,6 +33,8 @@ from sf_assets.core.manifest import Recording
 from sf_assets.core.sorter_catalog import resolve_sorter
 from sf_assets.core.spec import SorterSpec
 from sf_assets.engines.engine import EngineSettings, cache_key, container_image_for, warm_worker_env
+from sf_assets.engines.job_cache import job_cache_verdict
+from sf_assets.stores.kachery import KacheryStore
 from sf_assets.orphaned_runs import fail_orphaned_runs, launcher_tags
 from sf_assets.partitions import pair_key, recording_key
 
@@ -350,12 +352,13 @@ def _started_slots(count: int, warm_env: dict[str, str] | None):
 def cached_pairs(
     instance: dg.DagsterInstance, campaign: Campaign, options: RunOptions, pairs: Iterable[tuple[SorterSpec, Recording]]
 ) -> set[str]:
-    """Pairs whose latest successful sorting has the same cache key as now."""
+    """Pairs whose latest sorting succeeded with the same cache key as now and verifies in kachery."""
     pairs = list(pairs)
     if not options.use_job_cache or not pairs:
         return set()
     settings = options.engine_settings()
-    latest = latest_partition_events(instance, dg.AssetKey("sorting"))
+    store = KacheryStore(options.kachery_dir, options.kachery_local_only)
+    latest = latest_partition_events(instance, dg.AssetKey("sorting"), include_observations=True)
     hits = set()
     for sorter_spec, rec in pairs:
         key = str(pair_key(sorter_spec.name, rec))
@@ -364,7 +367,7 @@ def cached_pairs(
         md = plain_metadata(latest[key][1])
         entry = resolve_sorter(sorter_spec.name)
         expected = cache_key(entry, dict(sorter_spec.params or {}), rec.recording_uri, container_image_for(entry, settings))
-        if md.get("cache_key") == expected and md.get("sorting_object_uri"):
+        if job_cache_verdict(md, expected, store).hit:  # else its sorting run says why
             hits.add(key)
     return hits
 

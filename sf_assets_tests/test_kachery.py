@@ -166,3 +166,11 @@ def test_cloud_mode_without_client_keys_fails_fast(tmp_path, monkeypatch):
     with pytest.raises(UriError, match="Client keys not found"):
         cloud.store_bytes(b"new", "new.txt")
     assert time.monotonic() - started < 10
+
+
+def test_every_part_of_a_uri_label_fits_a_file_name():
+    study, recording = "S" * 128, "r" * 128 + "_" * 200
+    label = uri_label(f"MountainSort5/{study}/{recording}.sorting.json")
+    parts = label.split("/")
+    assert parts[:2] == ["MountainSort5", study]
+    assert len(parts[2].encode()) <= 255 and parts[2].startswith("r" * 128)

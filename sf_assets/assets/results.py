@@ -12,6 +12,7 @@ import os
 
 import dagster as dg
 
+from sf_assets.assets.faults import fails_clearly_on_storage_faults
 from sf_assets.assets.history import latest_partition_events, plain_metadata
 from sf_assets.assets.metadata import table
 from sf_assets.assets.sortings import SORTING_KEY, sorting, sorting_comparison
@@ -47,10 +48,39 @@ def collect_records(instance: dg.DagsterInstance, campaign: Campaign) -> list[So
     return records
 
 
-def collect_comparisons(instance: dg.DagsterInstance, campaign: Campaign) -> list[dict]:
+def collect_comparisons(instance: dg.DagsterInstance, campaign: Campaign) -> tuple[list[dict], dict[str, str]]:
+    """The current comparison of every assigned pair, and the pairs left out with the reason.
+
+    A pair's latest comparison counts only if it succeeded and is newer than
+    the pair's latest sorting event (a new sorting, or an errored attempt):
+    the summary never scores a sorting other than the current one.  Event
+    storage ids grow with every event the instance records, so they order a
+    comparison and a sorting.
+
+    Returns
+    -------
+    tuple[list[dict], dict[str, str]]
+        The metadata of each current comparison in spec order, and
+        ``{partition key: why it was left out}``.
+    """
     assigned = _assigned_partitions(campaign)
-    latest = latest_partition_events(instance, dg.AssetKey("sorting_comparison"), partitions=assigned)
-    return [plain_metadata(latest[p][1]) for p in assigned if p in latest]
+    comparisons = latest_partition_events(
+        instance, dg.AssetKey("sorting_comparison"), include_observations=True, partitions=assigned
+    )
+    sortings = latest_partition_events(instance, SORTING_KEY, include_observations=True, partitions=assigned)
+    current, left_out = [], {}
+    for partition in assigned:
+        if partition not in comparisons:
+            continue
+        storage_id, event = comparisons[partition]
+        md = plain_metadata(event)
+        if md.get("errored"):
+            left_out[partition] = md.get("error") or "the comparison failed"
+        elif partition in sortings and sortings[partition][0] > storage_id:
+            left_out[partition] = "the sorting changed after this comparison (a new sort or an errored attempt)"
+        else:
+            current.append(md)
+    return current, left_out
 
 
 def summary_frame(comparisons: list[dict]):
@@ -136,12 +166,15 @@ def _summary_table(df) -> dg.MetadataValue:
     description="One table, sorter x study set/study: mean accuracy, precision and recall over "
     "true units with SNR above 8, and well-detected counts (accuracy >= 0.8); plus accuracy vs SNR.",
 )
+@fails_clearly_on_storage_faults
 def sorter_summary(
     context: dg.AssetExecutionContext, studyset: StudysetResource, kachery: KacheryResource, outputs: OutputsResource
 ):
     store = kachery.store()
     campaign = studyset.campaign(kachery)
-    comparisons = collect_comparisons(context.instance, campaign)
+    comparisons, left_out = collect_comparisons(context.instance, campaign)
+    for partition, why in left_out.items():
+        context.log.warning(f"summary leaves out {partition}: {why}")
     units_by_sorter: dict[str, list[dict]] = {}
     for md in comparisons:
         units = store.load_json(md["comparison_uri"])["units"]
@@ -158,6 +191,7 @@ def sorter_summary(
             "summary": _summary_table(df),
             "accuracy_vs_snr": dg.MetadataValue.md(plot_md),
             "num_comparisons": len(comparisons),
+            "left_out": dg.MetadataValue.json(left_out),
             "csv": dg.MetadataValue.path(str(csv_path)),
             "text": dg.MetadataValue.md("```\n" + df.to_string(index=False) + "\n```"),
         }
@@ -172,6 +206,7 @@ def sorter_summary(
     description="The run_sortings.py output: one record per assigned (sorter, recording) that has run, "
     "errored ones included, written to a file and to kachery for the old tools.",
 )
+@fails_clearly_on_storage_faults
 def sorting_records(
     context: dg.AssetExecutionContext, studyset: StudysetResource, kachery: KacheryResource, outputs: OutputsResource
 ):

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sf_assets.core.folder_names import attempt_name, pair_folder
 from sf_assets.core.sorter_catalog import SorterEntry
 from sf_assets.engines.job import SORT_ENGINE_VERSION, CanaryReport, SortJob, SortReport
 from sf_assets.engines.threads import share_of_cores, thread_limited_env
@@ -107,8 +108,11 @@ def warm_worker_env(settings: EngineSettings) -> dict[str, str] | None:
     return local_worker_env(settings.parallel_sorts)
 
 
-def work_dir_for(settings: EngineSettings, sorter_key: str, recording_key: str) -> Path:
-    return Path(settings.work_root) / sorter_key / recording_key
+def work_dir_for(
+    settings: EngineSettings, sorter_name: str, study_name: str, recording_name: str, run_id: str, attempt: int = 0
+) -> Path:
+    """The work folder of one sort attempt: the pair's folder, then the run and retry (see folder_names)."""
+    return pair_folder(settings.work_root, sorter_name, study_name, recording_name) / attempt_name(run_id, attempt)
 
 
 def run_sort(job: SortJob, settings: EngineSettings) -> Iterator[CanaryReport | SortReport]:

@@ -19,7 +19,6 @@ before the full sort has finished, then the final :class:`SortReport`.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -44,12 +43,15 @@ KILL_GRACE_S = 10.0
 
 
 def prepare_work_dir(job: SortJob) -> Path:
-    """Wipe and recreate the job's folder, then write the job description."""
+    """Create the attempt's own folder if missing and write the job description.
+
+    A folder serves one job only (see :mod:`sf_assets.engines.work_dirs`): one
+    that already holds a job is refused (``FileExistsError``), never wiped.
+    """
     work_dir = Path(job.work_dir)
-    if work_dir.exists():
-        shutil.rmtree(work_dir)
-    work_dir.mkdir(parents=True)
-    (work_dir / JOB_FILE).write_text(job.to_json())
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with open(work_dir / JOB_FILE, "x") as f:
+        f.write(job.to_json())
     return work_dir
 
 

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sf_assets.core.errors import UriError
+from sf_assets.core.folder_names import bounded_name
 from sf_assets.core.uris import KacheryUri, parse_uri
 
 _ENV_LOCK = threading.RLock()
@@ -236,9 +237,11 @@ def uri_label(label: str) -> str:
 
     The label is only a hint for people (the hash alone finds the content),
     so instead of failing a store, perhaps after hours of sorting, characters
-    other than letters, digits and ``_ . + = - /`` become ``_`` and empty
-    path parts are dropped.
+    other than letters, digits and ``_ . + = - /`` become ``_``, empty
+    path parts are dropped, and a part longer than a file name may be is
+    shortened (:func:`~sf_assets.core.folder_names.bounded_name`): tools
+    that save a download under the URI's last part can always do so.
     """
-    parts = [_LABEL_UNSAFE.sub("_", part) for part in str(label).split("/")]
-    parts = [p for p in parts if p and p not in (".", "..")]
+    parts = [bounded_name(_LABEL_UNSAFE.sub("_", part)) for part in str(label).split("/") if part]
+    parts = [p for p in parts if p not in (".", "..")]
     return "/".join(parts) or "file"
