@@ -26,9 +26,10 @@ import spikeinterface.core as sc
 from sf_assets.assets.history import plain_metadata
 from sf_assets.core.launcher_identity import LauncherIdentity
 from sf_assets.core.labels import ground_truth_label, recording_label, sorting_label
+from sf_assets.core.folder_names import pair_folder
 from sf_assets.data import RAW_LABEL, load_sorting_object, store_ground_truth, store_recording
 from sf_assets.engines.job import CONSOLE_FILE, WORKER_FILE
-from sf_assets.partitions import pair_key, recording_key, sorter_key, sorting_partitions
+from sf_assets.partitions import pair_key, recording_key, sorting_partitions
 from sf_assets.orphaned_runs import LAUNCHER_TAG
 from sf_assets.stores.workspace import WorkspaceStore
 from sf_assets_tests.automation_harness import write_manifest
@@ -149,7 +150,16 @@ def killed_launch(synthetic_studyset, tmp_path, dagster_home):
     env = make_env(tmp_path / "env", synthetic_studyset.store, instance, manifest, spec, canary_first_n_s=0.0)
     assert len(env.campaign.jobs) == 3
     _, second = env.campaign.jobs[1]
-    second_dir = Path(env.options.work_root) / sorter_key(SORTER) / recording_key(second)
+    second_pair = pair_folder(env.options.work_root, SORTER, second.study_name, second.name)
+
+    def second_sort_started() -> Path | None:
+        """The second sort's attempt folder, once its worker prints "sorting LABEL ..." (just
+        before it calls run_sorter)."""
+        for attempt in second_pair.glob("*-a*"):
+            console = attempt / CONSOLE_FILE
+            if console.exists() and f"sorting {SORTER}/" in console.read_text(errors="replace"):
+                return attempt
+        return None
 
     log = tmp_path / "launch.log"
     options = dataclasses.asdict(env.with_options(log_level="WARNING").options)
@@ -163,20 +173,14 @@ def killed_launch(synthetic_studyset, tmp_path, dagster_home):
     worker_pids: list[int] = []
     try:
         _wait_for("the first sorting to land", lambda: _sorting_events(instance), launcher, log)
-        console = second_dir / CONSOLE_FILE
-        # The worker prints "sorting LABEL ..." just before it calls run_sorter.
-        _wait_for(
-            "the second sort to start",
-            lambda: console.exists() and f"sorting {SORTER}/" in console.read_text(errors="replace"),
-            launcher,
-            log,
-        )
+        _wait_for("the second sort to start", second_sort_started, launcher, log)
+        second_dir = second_sort_started()
         worker_pids = _worker_pids(second_dir)
     finally:
         if launcher.poll() is None:
             _kill_group(launcher.pid)
         launcher.wait(timeout=30)
-    assert worker_pids, f"no sort worker was running on {second_dir}"
+    assert worker_pids, f"no sort worker was running on {second_pair}"
     assert launcher.returncode == -signal.SIGKILL
     # The orphaned worker notices its supervisor is gone and ends itself.
     deadline = time.monotonic() + 15
