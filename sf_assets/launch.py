@@ -7,9 +7,8 @@ materialize the fan-in results.  Each partition is its own Dagster run on the
 configured instance, so every run, its logs and its canary check show in the
 UI, and a failed sort fails only its own run.  Runs execute on ``workers``
 processes (slots), forked from one server that imported Dagster, the code
-location and spikeinterface once; each keeps a warm sort worker, and each sort
-goes where its sorter is already compiled, unless compiling it elsewhere pays
-(:mod:`sf_assets.core.dispatch`).
+location and spikeinterface once.  The sorts themselves run on the host's sort
+service (:mod:`sf_assets.engines.sort_service`), as every other run's do.
 """
 from __future__ import annotations
 
@@ -32,7 +31,7 @@ from sf_assets.core.labels import sorting_label
 from sf_assets.core.manifest import Recording
 from sf_assets.core.sorter_catalog import resolve_sorter
 from sf_assets.core.spec import SorterSpec
-from sf_assets.engines.engine import EngineSettings, cache_key, container_image_for, warm_worker_env
+from sf_assets.engines.engine import EngineSettings, cache_key, container_image_for
 from sf_assets.engines.job_cache import job_cache_verdict
 from sf_assets.stores.kachery import KacheryStore
 from sf_assets.orphaned_runs import fail_orphaned_runs, launcher_tags
@@ -78,11 +77,12 @@ class RunOptions:
     slurm_max_simultaneous_allocations: int = 5
     slurm_gpus_per_node: int = 0
     slurm_allocation_id: str = ""
-    # Local sorts reuse warm worker processes (one compilation of each sorter per process).
+    # Local sorts go to the host's sort service (warm workers); False: a fresh process per sort.
     reuse_workers: bool = True
-    # Local sorts running at once (launch_campaign sets it to its workers): each gets its share
-    # of the cores for its thread pools. 2: the instance's max_concurrent_runs in dagster.yaml.
-    parallel_sorts: int = 2
+    threads_per_sort: int = 1
+    service_slots: int = 0
+    service_idle_exit_s: float = 600.0
+    service_dir: str = ""
     # Level of each run's console log in this process ("": Dagster's default, DEBUG); the
     # event log, and so the UI, always keeps everything. WARNING keeps per-step DEBUG lines
     # off the terminal.
@@ -229,25 +229,16 @@ SLOT_PRELOAD = (
 )
 
 
-def _prepare_pool_process(warm_env: dict[str, str] | None, environ: dict[str, str], cwd: str) -> None:
-    """Take the launching process's environment, and start this slot's warm sort worker early.
+def _prepare_pool_process(environ: dict[str, str], cwd: str) -> None:
+    """Take the launching process's environment and folder.
 
     A slot is forked from a server started by the first launch of this
     process, so it would otherwise see that launch's environment and folder.
     """
-    from sf_assets.engines.warm_worker import prestart
-
     os.environ.clear()
     os.environ.update(environ)
     os.chdir(cwd)
     import sf_assets.definitions  # noqa: F401  (preloaded: no cost unless the server could not)
-
-    # A forked slot ends with os._exit, which skips atexit: its warm workers end when that
-    # closes their command stream, and finish exiting (a second or more: numba and the
-    # sorters tearing down) while the launch goes on to its results run. Waiting for them
-    # had delayed the results run by 1.5 s.
-    if warm_env is not None:
-        prestart(warm_env)
 
 
 def _run_pipelined(
@@ -322,12 +313,10 @@ def _slot_ready() -> None:
 
 
 @contextlib.contextmanager
-def _started_slots(count: int, warm_env: dict[str, str] | None):
+def _started_slots(count: int):
     """``count`` run slots, their processes started now; shut down on exit.
 
-    Each slot is a process of its own (a one-process pool) and keeps one warm
-    sort worker, which, with ``warm_env``, it starts at once (see
-    :mod:`sf_assets.engines.warm_worker`).  Slots are forked from
+    Each slot is a process of its own (a one-process pool).  Slots are forked from
     multiprocessing's fork server, which imports :data:`SLOT_PRELOAD` once (a
     single-threaded process: forking it is safe, unlike forking a launch that
     may run threads), and are started before the launch's own studysets run so
@@ -335,7 +324,7 @@ def _started_slots(count: int, warm_env: dict[str, str] | None):
     """
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(SLOT_PRELOAD))
-    initargs = (warm_env, dict(os.environ), os.getcwd())
+    initargs = (dict(os.environ), os.getcwd())
     slots = [
         ProcessPoolExecutor(1, mp_context=context, initializer=_prepare_pool_process, initargs=initargs)
         for _ in range(count)
@@ -421,7 +410,6 @@ def launch_campaign(
 
     say = progress or (lambda _msg: None)
     outcome = CampaignOutcome()
-    options = dataclasses.replace(options, parallel_sorts=max(1, workers))
     run_config = options.run_config()
     orphans = fail_orphaned_runs(instance)
     if orphans:
@@ -454,8 +442,7 @@ def launch_campaign(
 
     ref = instance.get_ref()
     num_slots = min(workers, len(rec_keys) + len(plan)) if workers > 1 else 0
-    warm_env = warm_worker_env(options.engine_settings()) if plan and num_slots else None
-    with _started_slots(num_slots, warm_env) as slots:
+    with _started_slots(num_slots) as slots:
         outcome.results.append(execute_partition_run(ref, "studysets_job", None, run_config, tags))
         if slots:
             runs = _run_pipelined(ref, rec_keys, plan, run_config, tags, rec_done, sort_done, slots)

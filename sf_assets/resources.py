@@ -64,7 +64,10 @@ class StudysetResource(dg.ConfigurableResource):
 
 
 class SortingEngineResource(dg.ConfigurableResource):
-    """How sorts run: locally, in containers, or on Slurm; timeout and canary."""
+    """How sorts run: locally (on the host's sort service), in containers, or on Slurm; timeout and canary.
+
+    See :class:`sf_assets.engines.engine.EngineSettings` for what each field does.
+    """
 
     work_root: str
     timeout_min: float = 0.0
@@ -81,7 +84,10 @@ class SortingEngineResource(dg.ConfigurableResource):
     slurm_gpus_per_node: int = 0
     slurm_allocation_id: str = ""
     reuse_workers: bool = True
-    parallel_sorts: int = 2
+    threads_per_sort: int = 1
+    service_slots: int = 0
+    service_idle_exit_s: float = 600.0
+    service_dir: str = ""
 
     def settings(self) -> EngineSettings:
         slurm = None
@@ -102,7 +108,10 @@ class SortingEngineResource(dg.ConfigurableResource):
             container_engine=self.container_engine,
             slurm=slurm,
             reuse_workers=self.reuse_workers,
-            parallel_sorts=self.parallel_sorts,
+            threads_per_sort=self.threads_per_sort,
+            service_slots=self.service_slots,
+            service_idle_exit_s=self.service_idle_exit_s,
+            service_dir=self.service_dir,
         )
 
 

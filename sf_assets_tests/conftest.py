@@ -4,6 +4,7 @@ Add fixtures below; keep the existing ones (other test modules rely on them).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,6 +25,32 @@ def _private_kachery_cloud_dir(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KACHERY_CLOUD_DIR", str(folder))
         yield folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_sort_service_dir():
+    """One sort service folder for the test session, and no service left behind after it.
+
+    Sorting steps (in this process, in Dagster run processes and in command-line
+    subprocesses) all find the host's sort service through SF_ASSETS_SERVICE_DIR,
+    so the session's sorts share warm workers as a user's runs do.
+    """
+    import signal
+    import tempfile
+
+    from sf_assets.engines.service_address import INFO_NAME
+
+    folder = Path(tempfile.mkdtemp(prefix="sfs-", dir="/tmp"))  # short: it holds a Unix socket
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SF_ASSETS_SERVICE_DIR", str(folder))
+        yield folder
+    for info in folder.glob(f"*/{INFO_NAME}"):
+        try:
+            import json
+
+            os.kill(json.loads(info.read_text())["pid"], signal.SIGTERM)
+        except (OSError, ValueError, KeyError):
+            pass
 
 
 @pytest.fixture

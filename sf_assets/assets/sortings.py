@@ -27,6 +27,7 @@ from sf_assets.core.sorter_catalog import require_runnable, resolve_sorter
 from sf_assets.engines.engine import cache_key, container_image_for, run_sort, work_dir_for
 from sf_assets.engines.job import SORT_ENGINE_VERSION, CanaryReport, SortJob, SortReport
 from sf_assets.engines.job_cache import job_cache_verdict
+from sf_assets.engines.service_client import SortServiceError
 from sf_assets.engines.work_dirs import claim_attempt_dir
 from sf_assets.partitions import recording_key, sorting_partitions, split_pair_key
 from sf_assets.resources import KacheryResource, SortingEngineResource, StudysetResource
@@ -204,6 +205,7 @@ def sorting(
     )
     context.log.info(f"sorting {label} on the {settings.kind} engine (work folder {job.work_dir})")
     report: SortReport | None = None
+    worker: dict = {}
     # closing(): an interrupt while Dagster handles the canary result must still
     # stop the worker now, not whenever the generator is garbage-collected.
     try:
@@ -213,10 +215,18 @@ def sorting(
             for event in events:
                 if isinstance(event, CanaryReport):
                     yield canary_check_result(event)
-                else:
+                elif isinstance(event, SortReport):
                     report = event
+                else:  # the sort service's slot took it
+                    worker = event
+                    context.log.info(
+                        f"{label}: sort service slot {event['slot']}, worker pid {event['worker_pid']} "
+                        f"({'warm: ' + entry.si_name + ' already compiled' if event['warm'] else 'cold'})"
+                    )
     except SortFailure as exc:  # the engine refused before starting (e.g. no Docker daemon)
         raise dg.Failure(description=f"{label}: {exc.failure_class} failure: {exc}", allow_retries=False) from exc
+    except SortServiceError as exc:
+        raise dg.Failure(description=f"{label}: {exc}", allow_retries=False) from exc
     assert report is not None
     console_text = _console_tail(report.console_path) if report.errored else None
     with open(report.console_path, "rb") as f:
@@ -231,6 +241,8 @@ def sorting(
         "cpu_time_s": report.cpu_time_s if report.cpu_time_s is not None else -1.0,
         "elapsed_s": round(report.elapsed_s, 2),
         "engine": settings.kind,
+        "threads_per_sort": settings.threads_per_sort,
+        **({"worker_pid": worker["worker_pid"], "warm_worker": worker["warm"]} if worker else {}),
         "cache_key": key,
         "errored": report.errored,
         "work_dir": str(attempt.path),

@@ -3,7 +3,8 @@
 All three start the same worker (:mod:`sf_assets.engines.worker`) under the
 same supervisor, so records look the same whatever ran them.  The engine only
 decides the worker's command line and the container image, and whether a
-local sort may reuse a warm worker (:mod:`sf_assets.engines.warm_worker`).
+local sort goes to the host's sort service and its warm workers
+(:mod:`sf_assets.engines.sort_service`).
 """
 from __future__ import annotations
 
@@ -11,16 +12,16 @@ import hashlib
 import json
 import os
 import sys
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from sf_assets.core.folder_names import attempt_name, pair_folder
 from sf_assets.core.sorter_catalog import SorterEntry
 from sf_assets.engines.job import SORT_ENGINE_VERSION, CanaryReport, SortJob, SortReport
-from sf_assets.engines.threads import share_of_cores, thread_limited_env
-from sf_assets.engines.supervisor import prepare_work_dir, supervise, watch, worker_command
+from sf_assets.engines.service_address import ServiceSettings
+from sf_assets.engines.threads import thread_limited_env
+from sf_assets.engines.supervisor import prepare_work_dir, supervise, worker_command
 
 
 @dataclass(frozen=True)
@@ -36,17 +37,32 @@ class SlurmSettings:
 
 @dataclass(frozen=True)
 class EngineSettings:
+    """How sorts run; the ``sorting_engine`` resource builds it from its config.
+
+    Attributes
+    ----------
+    reuse_workers: local sorts go to the host's sort service and its warm
+        workers (see :mod:`sf_assets.engines.sort_service`); False: a fresh
+        worker process per sort.
+    threads_per_sort: OpenMP/BLAS/numba threads of each local sort, fixed and
+        recorded, so a score does not depend on how many sorts ran beside it.
+    service_slots: local sorts at once on this host (0: its cores divided by
+        ``threads_per_sort``).
+    service_idle_exit_s: the sort service exits after this long unused.
+    service_dir: where the service's private folder is made ("" : /tmp/sf-assets-UID).
+    """
+
     work_root: str
     timeout_min: float = 0.0
     canary_first_n_s: float | None = 5.0
     use_container: bool = False
     container_engine: str = "docker"
     slurm: SlurmSettings | None = None
-    # Local sorts: keep worker processes warm between sorts (see warm_worker); False: one per sort.
     reuse_workers: bool = True
-    # How many local sorts share this machine's cores at once: each sort's thread pools get
-    # cores // parallel_sorts threads (see local_worker_env).
-    parallel_sorts: int = 2
+    threads_per_sort: int = 1
+    service_slots: int = 0
+    service_idle_exit_s: float = 600.0
+    service_dir: str = ""
 
     @property
     def timeout_s(self) -> float | None:
@@ -55,6 +71,20 @@ class EngineSettings:
     @property
     def kind(self) -> str:
         return "slurm" if self.slurm else ("container" if self.use_container else "local")
+
+    @property
+    def uses_sort_service(self) -> bool:
+        """Local sorts with warm workers; Slurm steps and containers get a fresh process each."""
+        return self.reuse_workers and self.slurm is None and not self.use_container
+
+    def service(self) -> ServiceSettings:
+        slots = self.service_slots or max(1, (os.cpu_count() or 1) // max(1, self.threads_per_sort))
+        return ServiceSettings(
+            slots=slots,
+            threads_per_sort=max(1, self.threads_per_sort),
+            idle_exit_s=self.service_idle_exit_s,
+            base_dir=self.service_dir,
+        )
 
 
 def container_image_for(entry: SorterEntry, settings: EngineSettings) -> str | None:
@@ -91,23 +121,6 @@ def canary_timeout_s(canary_first_n_s: float | None) -> float | None:
     return min(300.0, max(120.0, 4.0 * canary_first_n_s))
 
 
-def local_worker_env(parallel_sorts: int, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of a local sort worker: its share of the cores (see threads), no more.
-
-    Measured here (``make bench``, 8 sorts two at a time on two cores): with
-    a thread per core each, mountainsort5 and spykingcircus2 spent 110 s in
-    ``run_sorter`` in all; with one thread each, 83 s.
-    """
-    return thread_limited_env(share_of_cores(parallel_sorts), os.environ if base is None else base)
-
-
-def warm_worker_env(settings: EngineSettings) -> dict[str, str] | None:
-    """The environment of the warm workers local sorts use under ``settings``; None: they use none."""
-    if not settings.reuse_workers or settings.slurm is not None or settings.use_container:
-        return None
-    return local_worker_env(settings.parallel_sorts)
-
-
 def work_dir_for(
     settings: EngineSettings, sorter_name: str, study_name: str, recording_name: str, run_id: str, attempt: int = 0
 ) -> Path:
@@ -115,8 +128,12 @@ def work_dir_for(
     return pair_folder(settings.work_root, sorter_name, study_name, recording_name) / attempt_name(run_id, attempt)
 
 
-def run_sort(job: SortJob, settings: EngineSettings) -> Iterator[CanaryReport | SortReport]:
-    """Prepare the work folder, start the worker on the chosen engine, supervise it."""
+def run_sort(job: SortJob, settings: EngineSettings) -> Iterator[dict | CanaryReport | SortReport]:
+    """Prepare the work folder, then sort on the host's sort service, on Slurm, or in a fresh process.
+
+    Yields the service's slot information (a dict) when the sort service takes
+    it, the canary report as soon as it is decided, and the final report.
+    """
     work_dir = prepare_work_dir(job)
     command = worker_command(sys.executable, work_dir)
     if job.container_image:
@@ -138,13 +155,10 @@ def run_sort(job: SortJob, settings: EngineSettings) -> Iterator[CanaryReport | 
         return
     # Only here: on Slurm the time a step waits for its allocation would count.
     hung_after_s = canary_timeout_s(job.canary_first_n_s)
-    warm_env = warm_worker_env(settings)
-    if warm_env is not None and not job.container_image:  # a container-only sorter gets a fresh worker
-        from sf_assets.engines.warm_worker import start_warm_job
+    if settings.uses_sort_service and not job.container_image:  # a container-only sorter gets a fresh worker
+        from sf_assets.engines.service_client import sort_on_service
 
-        start = (time.time(), time.monotonic())
-        run = start_warm_job(work_dir, warm_env)
-        yield from watch(job, run, timeout_s=settings.timeout_s, canary_timeout_s=hung_after_s, start=start)
+        yield from sort_on_service(settings.service(), work_dir, timeout_s=settings.timeout_s, canary_timeout_s=hung_after_s)
         return
-    env = local_worker_env(settings.parallel_sorts)
+    env = thread_limited_env(max(1, settings.threads_per_sort), os.environ)
     yield from supervise(job, command, timeout_s=settings.timeout_s, canary_timeout_s=hung_after_s, env=env)

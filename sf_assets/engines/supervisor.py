@@ -42,6 +42,10 @@ POLL_INTERVAL_S = 0.05
 KILL_GRACE_S = 10.0
 
 
+class SortCancelled(Exception):
+    """The step that asked for the sort stopped waiting for it (its run was terminated or died)."""
+
+
 def prepare_work_dir(job: SortJob) -> Path:
     """Create the attempt's own folder if missing and write the job description.
 
@@ -187,6 +191,7 @@ def watch(
     timeout_s: float | None = None,
     canary_timeout_s: float | None = None,
     start: tuple[float, float] | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> Iterator[CanaryReport | SortReport]:
     """Follow a started job to its end and turn what it left in its folder into reports.
 
@@ -196,6 +201,8 @@ def watch(
         window (mountainsort5 on a pure sine wave), and a hung canary is a
         failed one: the full sort does not start.
     start: (epoch time, monotonic time) the job started; default now.
+    cancelled: asked at every poll; True ends the job at once as an
+        interrupt does (the sort service's client went away).
     """
     work_dir = Path(job.work_dir)
     start_time, started = start or (time.time(), time.monotonic())
@@ -210,6 +217,8 @@ def watch(
                     yield canary
             if done:
                 break
+            if cancelled is not None and cancelled():
+                raise SortCancelled("the sort's client went away")
             if timeout_s and time.monotonic() - started > timeout_s:
                 timed_out = True
                 run.stop(KILL_GRACE_S)

@@ -31,11 +31,6 @@ def thread_limited_env(threads: int, base: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def share_of_cores(parallel_sorts: int) -> int:
-    """This machine's cores divided among ``parallel_sorts`` sorts, at least one each."""
-    return max(1, (os.cpu_count() or 1) // max(1, parallel_sorts))
-
-
 def slurm_step_threads(env: Mapping[str, str]) -> int:
     """A Slurm step's CPUs: ``--cpus-per-task`` when given, else the CPUs it may run on."""
     cpus = env.get("SLURM_CPUS_PER_TASK", "")

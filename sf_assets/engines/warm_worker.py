@@ -2,11 +2,11 @@
 
 A fresh worker process per sort pays the sorter's imports and numba
 compilation every time: about 20 s for spykingcircus2 and 40 s for
-tridesclous2, more than the whole sort of a small recording.  A process that
-launches many sorts (the pool processes of ``sf-assets run-sortings`` and
-``demo``) therefore keeps its workers: each :class:`WarmWorker` runs
-``python -m sf_assets.engines.worker --serve`` and takes one job after
-another, so a sorter is compiled once per worker, not once per sort.
+tridesclous2, more than the whole sort of a small recording.  The host's sort
+service (:mod:`sf_assets.engines.sort_service`) therefore keeps one worker per
+slot: each :class:`WarmWorker` runs ``python -m sf_assets.engines.worker
+--serve`` and takes one job after another, so a sorter is compiled once per
+worker, not once per sort.
 
 What a fresh process guarantees still holds:
 
@@ -17,8 +17,7 @@ What a fresh process guarantees still holds:
   what its earlier jobs used);
 * each job's console output (file descriptors 1 and 2, so C code and child
   processes too) goes to that job's own console file;
-* a worker serves at most :data:`MAX_JOBS_PER_WORKER` jobs, and is replaced
-  when the environment it was started in changed.
+* a worker serves at most :data:`MAX_JOBS_PER_WORKER` jobs.
 
 A sorter's helper processes that outlive one job (loky's reusable workers,
 with ``n_jobs > 1``) keep writing to the console of the job that started them.
@@ -27,33 +26,21 @@ process per sort.
 """
 from __future__ import annotations
 
-import atexit
-import hashlib
-import os
 import subprocess
 import sys
-import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from sf_assets.engines.job import CONSOLE_FILE, EXIT_FILE, WORKER_FILE, read_json_if_present
 from sf_assets.engines.supervisor import abandon_process, poll_without_reaping, reap, stop_process_group
 
 MAX_JOBS_PER_WORKER = 20
-MAX_IDLE_WORKERS = 4
-
-
-def environment_key(env: Mapping[str, str]) -> str:
-    """What a worker inherits at its start; a worker started under another one is stale."""
-    payload = repr((sys.executable, os.getcwd(), sorted(env.items())))
-    return hashlib.sha1(payload.encode()).hexdigest()
 
 
 class WarmWorker:
     """One ``worker --serve`` process, in its own session (so its group can be stopped)."""
 
     def __init__(self, env: Mapping[str, str]):
-        self.key = environment_key(env)
         self.jobs_done = 0
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sf_assets.engines.worker", "--serve"],
@@ -72,12 +59,19 @@ class WarmWorker:
     def alive(self) -> bool:
         return poll_without_reaping(self.proc) is None
 
-    def submit(self, work_dir: Path) -> "WarmJob":
+    def submit(self, work_dir: Path, on_idle: Callable[["WarmWorker"], None] | None = None) -> "WarmJob":
+        """Hand the prepared job in ``work_dir`` to this worker.
+
+        Raises
+        ------
+        OSError
+            The worker died while idle (its command pipe is broken).
+        """
         # The job's console exists even if the worker dies before it opens it.
         (Path(work_dir) / CONSOLE_FILE).touch()
         self.proc.stdin.write(f"{work_dir}\n")
         self.proc.stdin.flush()
-        return WarmJob(self, Path(work_dir))
+        return WarmJob(self, Path(work_dir), on_idle)
 
     def close(self, wait_s: float = 5.0) -> None:
         """Ask an idle worker to exit (end of its command stream); stop it if it does not."""
@@ -93,10 +87,14 @@ class WarmWorker:
 
 
 class WarmJob:
-    """A job on a warm worker; follows :class:`~sf_assets.engines.supervisor.WorkerRun`."""
+    """A job on a warm worker; follows :class:`~sf_assets.engines.supervisor.WorkerRun`.
 
-    def __init__(self, worker: WarmWorker, work_dir: Path):
-        self.worker, self.work_dir = worker, work_dir
+    ``on_idle`` is called with the worker when the job ended and the worker
+    survived it, ready for the next job (the sort service's slot keeps it).
+    """
+
+    def __init__(self, worker: WarmWorker, work_dir: Path, on_idle: Callable[[WarmWorker], None] | None = None):
+        self.worker, self.work_dir, self._on_idle = worker, work_dir, on_idle
 
     def _answer(self) -> dict | None:
         return read_json_if_present(self.work_dir / EXIT_FILE)
@@ -111,7 +109,8 @@ class WarmJob:
         answer = self._answer()
         if answer is not None and self.worker.alive():
             self.worker.jobs_done += 1
-            _POOL.checkin(self.worker)
+            if self._on_idle is not None:
+                self._on_idle(self.worker)
             return answer["exit_code"], answer["cpu_time_s"]
         exit_code, total_cpu_s = reap(self.worker.proc)
         if answer is not None:  # answered, then died
@@ -123,76 +122,3 @@ class WarmJob:
 
     def abandon(self) -> None:
         abandon_process(self.worker.proc)
-
-
-class WorkerPool:
-    """The idle warm workers of this process; each job checks one out for itself."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._idle: list[WarmWorker] = []
-
-    def checkout(self, env: Mapping[str, str]) -> WarmWorker:
-        key = environment_key(env)
-        stale = []
-        with self._lock:
-            worker = None
-            while self._idle:
-                candidate = self._idle.pop()
-                if candidate.key == key and candidate.alive():
-                    worker = candidate
-                    break
-                stale.append(candidate)
-        for old in stale:
-            old.close()
-        return worker or WarmWorker(env)
-
-    def checkin(self, worker: WarmWorker) -> None:
-        with self._lock:
-            keep = worker.jobs_done < MAX_JOBS_PER_WORKER and len(self._idle) < MAX_IDLE_WORKERS
-            if keep:
-                self._idle.append(worker)
-        if not keep:
-            worker.close()
-
-    def prestart(self, env: Mapping[str, str]) -> None:
-        """Start a worker for ``env`` now unless one is idle already."""
-        with self._lock:
-            if environment_key(env) in {w.key for w in self._idle}:
-                return
-        self.checkin(WarmWorker(env))
-
-    def idle_pids(self) -> list[int]:
-        with self._lock:
-            return [w.pid for w in self._idle]
-
-    def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for worker in idle:
-            worker.close()
-
-
-_POOL = WorkerPool()
-atexit.register(_POOL.close)
-
-
-def start_warm_job(work_dir: Path, env: Mapping[str, str]) -> WarmJob:
-    """Hand the prepared job in ``work_dir`` to an idle warm worker started with ``env``, or to a new one."""
-    worker = _POOL.checkout(env)
-    try:
-        return worker.submit(work_dir)
-    except (BrokenPipeError, OSError):  # died while idle, after the alive() check
-        if worker.proc.poll() is None:
-            stop_process_group(worker.proc, 1.0)
-        return WarmWorker(env).submit(work_dir)
-
-
-def prestart(env: Mapping[str, str]) -> None:
-    """Start a warm worker now, so its start and imports overlap other work (a recording's fetch)."""
-    _POOL.prestart(env)
-
-
-def idle_worker_pids() -> list[int]:
-    """For tests and diagnostics: the workers waiting for a job in this process."""
-    return _POOL.idle_pids()

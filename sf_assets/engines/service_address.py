@@ -1,0 +1,96 @@
+"""Where this host's sort service listens, and the secret that lets a client in.
+
+One service serves every sorting step on a host, whoever launched its run (the
+command line, a UI backfill, the studyset sensor, the schedule).  Its folder
+holds the Unix socket, the key clients authenticate with, a lock the running
+service holds for its lifetime and its log.  The folder is private to this
+user (mode 0700); a socket and key in a folder someone else could write would
+let them run code as us.
+
+The folder's name carries a fingerprint of the code and of the service's
+settings: a service started by another checkout, another Python, older code
+or other settings (slots, threads per sort) is never reused; it goes idle and
+exits by itself.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import sf_assets
+
+SOCKET_NAME = "service.sock"
+KEY_NAME = "authkey"
+LOCK_NAME = "service.lock"
+START_LOCK_NAME = "start.lock"
+LOG_NAME = "service.log"
+INFO_NAME = "service.json"
+
+
+class ServiceFolderError(RuntimeError):
+    """The service folder exists but is not safe to use (another owner, or open to others)."""
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What the host's sort service is started with.
+
+    Attributes
+    ----------
+    slots: sorts that may run at once on this host (each in its own warm worker).
+    threads_per_sort: OpenMP/BLAS/numba threads of each sort, fixed so that a
+        sort's result does not depend on how many others run beside it.
+    idle_exit_s: the service exits after this many seconds with no sort, run
+        or client.
+    base_dir: the folder under which the service's own folder is made; "" is
+        ``$SF_ASSETS_SERVICE_DIR``, or ``/tmp/sf-assets-UID`` (short: a Unix
+        socket's path has at most 107 bytes).
+    """
+
+    slots: int = 2
+    threads_per_sort: int = 1
+    idle_exit_s: float = 600.0
+    base_dir: str = ""
+
+
+def code_fingerprint() -> str:
+    """The interpreter, the package's location and every source file's size and mtime.
+
+    A service holds the sorters' code and the package's modules in memory;
+    this changes whenever any of them would differ in a fresh process.
+    """
+    package = Path(sf_assets.__file__).parent
+    h = hashlib.sha1()
+    h.update(sys.executable.encode())
+    h.update(str(package).encode())
+    for path in sorted(package.rglob("*.py")):
+        st = path.stat()
+        h.update(f"{path.relative_to(package)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def service_folder(settings: ServiceSettings) -> Path:
+    """This code's and these settings' service folder (created private to this user)."""
+    base = Path(settings.base_dir or os.environ.get("SF_ASSETS_SERVICE_DIR") or f"/tmp/sf-assets-{os.getuid()}")
+    key = hashlib.sha1(
+        f"{code_fingerprint()}:{settings.slots}:{settings.threads_per_sort}:{settings.idle_exit_s}".encode()
+    ).hexdigest()[:12]
+    folder = base / key
+    for path in (base, folder):
+        path.mkdir(mode=0o700, exist_ok=True)
+        _require_private(path)
+    return folder
+
+
+def _require_private(path: Path) -> None:
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise ServiceFolderError(
+            f"{path}: the sort service's folder must be a directory owned by uid {os.getuid()} "
+            f"with mode 0700 (found uid {st.st_uid}, mode {oct(st.st_mode & 0o777)}); remove it or "
+            "set sorting_engine.service_dir to a private folder"
+        )

@@ -1,0 +1,176 @@
+"""Reach this host's sort service, starting it when none is running.
+
+The sorting step is a thin client (:func:`sort_on_service`): it prepares the
+job's folder, asks the service to sort it, and relays what comes back.  Its
+connection is its lease on the sort: closing it (the step was interrupted,
+its run terminated from the UI, its process killed) stops the sort.
+
+Starting is on demand and race-free: a client that finds no service takes
+the folder's start lock, looks again, and only then starts one, so two runs
+that start at the same moment share one service.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client, Connection
+from pathlib import Path
+
+from sf_assets.engines.job import CanaryReport, SortReport
+from sf_assets.engines.service_address import (
+    KEY_NAME,
+    LOG_NAME,
+    SOCKET_NAME,
+    START_LOCK_NAME,
+    ServiceSettings,
+    service_folder,
+)
+
+START_TIMEOUT_S = 60.0
+RECEIVE_POLL_S = 0.2
+
+
+class SortServiceError(RuntimeError):
+    """The sort service could not be started or reached, or went away mid-sort."""
+
+
+def _connect(folder: Path) -> Connection:
+    key = (folder / KEY_NAME).read_bytes()
+    return Client(str(folder / SOCKET_NAME), family="AF_UNIX", authkey=key)
+
+
+_NOT_THERE = (FileNotFoundError, ConnectionRefusedError, AuthenticationError, EOFError)
+
+
+@contextmanager
+def _start_lock(folder: Path):
+    fd = os.open(folder / START_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _log_tail(folder: Path, chars: int = 2000) -> str:
+    try:
+        return (folder / LOG_NAME).read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+def connect(settings: ServiceSettings, *, start: bool = True) -> Connection:
+    """A connection to the service for ``settings``, started first if needed (and ``start``)."""
+    folder = service_folder(settings)
+    try:
+        return _connect(folder)
+    except _NOT_THERE:
+        if not start:
+            raise SortServiceError(f"no sort service is running in {folder}") from None
+    with _start_lock(folder):
+        try:
+            return _connect(folder)
+        except _NOT_THERE:
+            pass
+        with open(folder / LOG_NAME, "ab") as log:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "sf_assets.engines.sort_service",
+                    "--folder",
+                    str(folder),
+                    "--slots",
+                    str(settings.slots),
+                    "--threads-per-sort",
+                    str(settings.threads_per_sort),
+                    "--idle-exit-s",
+                    str(settings.idle_exit_s),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Its own session: it outlives this run and is not hit by this terminal's Ctrl-C.
+                start_new_session=True,
+                close_fds=True,
+            )
+        # Reap it when it exits (idle), or a long-lived client (the command line) keeps a zombie.
+        threading.Thread(target=proc.wait, name="sort-service-reaper", daemon=True).start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                return _connect(folder)
+            except _NOT_THERE:
+                if proc.poll() is not None:
+                    raise SortServiceError(
+                        f"the sort service in {folder} exited with code {proc.returncode} at its start:\n"
+                        f"{_log_tail(folder)}"
+                    ) from None
+                if time.monotonic() > deadline:
+                    raise SortServiceError(
+                        f"the sort service in {folder} did not answer within {START_TIMEOUT_S:g} s:\n{_log_tail(folder)}"
+                    ) from None
+                time.sleep(0.05)
+
+
+def service_status(settings: ServiceSettings) -> dict | None:
+    """The running service's slots and queue; None when no service runs for ``settings``."""
+    try:
+        conn = connect(settings, start=False)
+    except (SortServiceError, OSError):
+        return None
+    with conn:
+        conn.send({"op": "status"})
+        kind, payload = conn.recv()
+    return payload if kind == "status" else None
+
+
+def sort_on_service(
+    settings: ServiceSettings,
+    work_dir: Path,
+    *,
+    timeout_s: float | None,
+    canary_timeout_s: float | None,
+) -> Iterator[dict | CanaryReport | SortReport]:
+    """Have the service sort the job prepared in ``work_dir``.
+
+    Yields
+    ------
+    A dict when a slot takes the sort (``slot``, ``worker_pid``, ``warm``),
+    the canary report as soon as it is decided, and the final sort report.
+
+    Raises
+    ------
+    SortServiceError
+        The service could not be reached, or went away before reporting.
+    """
+    conn = connect(settings)
+    try:
+        conn.send({"op": "sort", "work_dir": str(work_dir), "timeout_s": timeout_s, "canary_timeout_s": canary_timeout_s})
+        while True:
+            # Polling, not a blocking recv: an interrupt (the run terminated) is handled at once.
+            if not conn.poll(RECEIVE_POLL_S):
+                continue
+            try:
+                kind, payload = conn.recv()
+            except EOFError:
+                raise SortServiceError(
+                    f"the sort service ended before reporting on {work_dir}:\n{_log_tail(service_folder(settings))}"
+                ) from None
+            if kind == "error":
+                raise SortServiceError(f"the sort service refused {work_dir}: {payload}")
+            if kind == "started":
+                yield payload
+                continue
+            yield payload
+            if isinstance(payload, SortReport):
+                return
+    finally:
+        conn.close()  # the lease: a sort still running stops now

@@ -1,0 +1,324 @@
+"""The host's sort service: warm sort workers behind one local socket, for every run.
+
+Every sorting step on a host, whoever launched its run (the command line, a
+UI backfill, the studyset sensor, the schedule, ``dagster asset
+materialize``), hands its sort to this one long-lived process instead of
+starting a worker of its own.  The service keeps one warm worker per slot
+(:class:`~sf_assets.engines.warm_worker.WarmWorker`), so a sorter's imports
+and numba compilation are paid once per slot, not once per sort or per run,
+and it decides which slot takes which sort
+(:class:`~sf_assets.core.dispatch.AffinityQueue`): a sort goes where its
+sorter is already compiled, or waits for that slot when compiling it
+elsewhere would take longer.  Its slots are also the host's limit on sorts
+at once: a command-line campaign and a UI backfill running together share
+them instead of oversubscribing the cores.
+
+Why our own pool and not a general engine's persistent workers (say
+``dask.distributed``): a sort must be stoppable on its own (a timeout or a
+hung canary stops the worker's whole process group, which a task thread in a
+shared worker cannot be), its console must be the file descriptors of the
+process that runs it (C code and child processes included), and its CPU time
+must come from the kernel's accounting of that process.  Those are the
+guarantees the project tests; a pool of one-job-at-a-time processes keeps
+them, and needs no scheduler, nanny or extra dependency.
+
+Protocol (``multiprocessing.connection`` over a Unix socket, authenticated
+with the key in the service's private folder, see
+:mod:`sf_assets.engines.service_address`): a client sends one request,
+``{"op": "sort", "work_dir": ..., "timeout_s": ..., "canary_timeout_s": ...}``
+for a job prepared in ``work_dir``, and receives ``("started", info)``, the
+:class:`~sf_assets.engines.job.CanaryReport` as soon as the worker decides
+it, and the final :class:`~sf_assets.engines.job.SortReport`.  A client is a
+lease: when its connection closes (its run was terminated, or its process
+died), a queued sort is dropped and a running one is stopped at once, its
+worker discarded.  ``{"op": "status"}`` describes the slots.
+
+The service starts on demand (:mod:`sf_assets.engines.service_client`, under
+a lock so that only one starts) and exits after ``idle_exit_s`` with no sort
+and no client.  Its workers die with it (they watch their parent).
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import itertools
+import json
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, Listener
+from pathlib import Path
+
+from sf_assets.core.dispatch import AffinityQueue, Task
+from sf_assets.engines.job import JOB_FILE, SortJob, SortReport, write_json_atomic
+from sf_assets.engines.service_address import INFO_NAME, KEY_NAME, LOCK_NAME, SOCKET_NAME, ServiceSettings
+from sf_assets.engines.supervisor import SortCancelled, watch
+from sf_assets.engines.threads import thread_limited_env
+from sf_assets.engines.warm_worker import MAX_JOBS_PER_WORKER, WarmWorker
+
+WAIT_POLL_S = 0.05
+IDLE_CHECK_S = 1.0
+
+
+@dataclass
+class Slot:
+    """One place a sort can run, with the warm worker that runs it there."""
+
+    index: int
+    worker: WarmWorker | None = None
+    task: Task | None = None
+    jobs: int = 0
+
+
+def client_gone(conn: Connection) -> bool:
+    """Has the client closed its connection (or asked to cancel)?  Never blocks."""
+    try:
+        if conn.poll(0):
+            conn.recv()  # a cancel request: either way the client is done with this sort
+            return True
+    except (EOFError, OSError):
+        return True
+    return False
+
+
+@dataclass
+class SortService:
+    """The slots, the queue of waiting sorts, and who is connected."""
+
+    settings: ServiceSettings
+    worker_env: dict[str, str]
+    queue: AffinityQueue = field(default_factory=AffinityQueue)
+    lock: threading.Condition = field(default_factory=threading.Condition)
+    clients: int = 0
+    last_active: float = field(default_factory=time.monotonic)
+    _order: itertools.count = field(default_factory=itertools.count)
+
+    def __post_init__(self):
+        self.slots = [Slot(i) for i in range(self.settings.slots)]
+
+    # --- dispatch (called with the lock held) ---
+
+    def _dispatch(self) -> None:
+        """Give each idle slot its next sort.
+
+        Slots choose in this order: those with a queued sort of a sorter they
+        have compiled, then those with nothing compiled (a sorter new to the
+        service goes there rather than to a slot warm for another sorter),
+        then the rest.
+        """
+        def rank(slot: Slot) -> int:
+            compiled = self.queue.seen.get(slot.index, set())
+            if any(t.sorter in compiled for t in self.queue.ready):
+                return 0
+            return 1 if not compiled else 2
+
+        for slot in sorted((s for s in self.slots if s.task is None), key=rank):
+            slot.task = self.queue.take(slot.index)
+        self.lock.notify_all()
+
+    def _slot_of(self, task: Task) -> Slot | None:
+        return next((s for s in self.slots if s.task is task), None)
+
+    # --- one client's sort ---
+
+    def handle_sort(self, conn: Connection, request: dict) -> None:
+        work_dir = Path(request["work_dir"])
+        job = SortJob.from_json((work_dir / JOB_FILE).read_text())
+        task = Task(key=str(work_dir), order=next(self._order), sorter=job.si_sorter_name)
+        with self.lock:
+            self.queue.add(task)
+            self._dispatch()
+        slot = self._wait_for_slot(conn, task)
+        if slot is None:
+            return
+        self._run_on(slot, conn, job, work_dir, request)
+
+    def _wait_for_slot(self, conn: Connection, task: Task) -> Slot | None:
+        while True:
+            with self.lock:
+                slot = self._slot_of(task)
+                if slot is None:
+                    self.lock.wait(WAIT_POLL_S)
+                    slot = self._slot_of(task)
+                if slot is not None:
+                    return slot
+            if client_gone(conn):
+                with self.lock:
+                    slot = self._slot_of(task)
+                    if slot is None:
+                        self.queue.ready.remove(task)
+                        return None
+                # Assigned in the meantime: give the slot back at once.
+                self._release(slot, elapsed_s=0.0, worker_kept=True)
+                return None
+
+    def _run_on(self, slot: Slot, conn: Connection, job: SortJob, work_dir: Path, request: dict) -> None:
+        warm = slot.worker is not None and slot.worker.alive() and not self.queue.running[slot.index][1]
+        if slot.worker is None or not slot.worker.alive():
+            slot.worker = WarmWorker(self.worker_env)
+        kept: list[WarmWorker] = []
+        started = (time.time(), time.monotonic())
+        try:
+            try:
+                run = slot.worker.submit(work_dir, on_idle=kept.append)
+            except OSError:  # the worker died while idle
+                slot.worker = WarmWorker(self.worker_env)
+                warm = False
+                run = slot.worker.submit(work_dir, on_idle=kept.append)
+            _send(conn, ("started", {"slot": slot.index, "worker_pid": slot.worker.pid, "warm": warm}))
+            for event in watch(
+                job,
+                run,
+                timeout_s=request.get("timeout_s"),
+                canary_timeout_s=request.get("canary_timeout_s"),
+                start=started,
+                cancelled=lambda: client_gone(conn),
+            ):
+                _send(conn, ("event", event))
+        except SortCancelled:
+            pass
+        finally:
+            self._release(slot, time.monotonic() - started[1], worker_kept=bool(kept))
+
+    def _release(self, slot: Slot, elapsed_s: float, worker_kept: bool) -> None:
+        with self.lock:
+            slot.jobs += 1
+            if not worker_kept or (slot.worker is not None and slot.worker.jobs_done >= MAX_JOBS_PER_WORKER):
+                if slot.worker is not None and slot.worker.alive():
+                    slot.worker.close()
+                slot.worker = None
+                self.queue.seen[slot.index] = set()  # a new worker has nothing compiled
+            self.queue.finished(slot.index, elapsed_s)
+            slot.task = None
+            self.last_active = time.monotonic()
+            self._dispatch()
+
+    def status(self) -> dict:
+        with self.lock:
+            return {
+                "pid": os.getpid(),
+                "settings": self.settings.__dict__,
+                "queued": len(self.queue),
+                "clients": self.clients,
+                "slots": [
+                    {
+                        "index": s.index,
+                        "busy": s.task is not None,
+                        "worker_pid": s.worker.pid if s.worker is not None else None,
+                        "sorters": sorted(self.queue.seen.get(s.index, set())),
+                        "jobs": s.jobs,
+                    }
+                    for s in self.slots
+                ],
+            }
+
+    # --- connections ---
+
+    def handle(self, conn: Connection) -> None:
+        with self.lock:
+            self.clients += 1
+        try:
+            request = conn.recv()
+            if request.get("op") == "sort":
+                self.handle_sort(conn, request)
+            elif request.get("op") == "status":
+                _send(conn, ("status", self.status()))
+            else:
+                _send(conn, ("error", f"unknown request {request.get('op')!r}"))
+        except (EOFError, OSError):
+            pass
+        except Exception as exc:  # a bad request must not take the service down
+            _send(conn, ("error", f"{type(exc).__name__}: {exc}"))
+        finally:
+            conn.close()
+            with self.lock:
+                self.clients -= 1
+                self.last_active = time.monotonic()
+
+    def idle_for_s(self) -> float:
+        with self.lock:
+            if self.clients or any(s.task is not None for s in self.slots) or len(self.queue):
+                return 0.0
+            return time.monotonic() - self.last_active
+
+    def close_workers(self) -> None:
+        for slot in self.slots:
+            if slot.worker is not None:
+                slot.worker.close()
+
+
+def _send(conn: Connection, message) -> None:
+    try:
+        conn.send(message)
+    except (OSError, EOFError):
+        pass  # the client left; the sort loop notices it at its next poll
+
+
+def _accept_forever(listener: Listener, service: SortService) -> None:
+    while True:
+        try:
+            conn = listener.accept()
+        except OSError:
+            return  # the listener was closed: shutting down
+        except Exception:  # a client that failed authentication
+            continue
+        threading.Thread(target=service.handle, args=(conn,), daemon=True).start()
+
+
+def _exit_on_sigterm(_signum, _frame) -> None:
+    raise SystemExit(0)
+
+
+def serve(folder: Path, settings: ServiceSettings) -> int:
+    """Run the service in ``folder`` until it has been idle for ``settings.idle_exit_s``."""
+    lock_fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("another sort service already serves this folder", flush=True)
+        return 0
+    key = secrets.token_bytes(32)
+    key_tmp = folder / f".{KEY_NAME}.{os.getpid()}"
+    fd = os.open(key_tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    os.replace(key_tmp, folder / KEY_NAME)
+    socket_path = folder / SOCKET_NAME
+    socket_path.unlink(missing_ok=True)
+    listener = Listener(str(socket_path), family="AF_UNIX", authkey=key)
+    service = SortService(settings, thread_limited_env(settings.threads_per_sort, os.environ))
+    write_json_atomic(folder / INFO_NAME, {"pid": os.getpid(), "started": time.time(), "settings": settings.__dict__})
+    print(f"sort service {os.getpid()} listening on {socket_path} with {settings.slots} slot(s)", flush=True)
+    threading.Thread(target=_accept_forever, args=(listener, service), daemon=True).start()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        while service.idle_for_s() < settings.idle_exit_s:
+            time.sleep(IDLE_CHECK_S)
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        # Socket first: a client that connects from now on starts a new service.
+        socket_path.unlink(missing_ok=True)
+        listener.close()
+        service.close_workers()
+        print(f"sort service {os.getpid()} exiting", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sf_assets.engines.sort_service")
+    parser.add_argument("--folder", required=True)
+    parser.add_argument("--slots", type=int, required=True)
+    parser.add_argument("--threads-per-sort", type=int, required=True)
+    parser.add_argument("--idle-exit-s", type=float, required=True)
+    args = parser.parse_args(argv)
+    settings = ServiceSettings(slots=args.slots, threads_per_sort=args.threads_per_sort, idle_exit_s=args.idle_exit_s)
+    return serve(Path(args.folder), settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

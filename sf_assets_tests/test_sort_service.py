@@ -1,0 +1,183 @@
+"""The host's sort service: warm workers, affinity, leases, timeouts and crashes, for real.
+
+Each test gets a service of its own (a private folder and a short idle time),
+started on demand by the first sort exactly as a sorting step starts it.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sf_assets.core.manifest import parse_manifest
+from sf_assets.engines.engine import EngineSettings, run_sort
+from sf_assets.engines.job import SortJob, SortReport
+from sf_assets.engines.service_address import ServiceFolderError, ServiceSettings, service_folder
+from sf_assets.engines.service_client import connect, service_status
+
+
+@pytest.fixture
+def settings(tmp_path):
+    base = tempfile.mkdtemp(prefix="sfs-", dir="/tmp")  # a socket path must stay short
+    yield EngineSettings(work_root=str(tmp_path / "sorts"), service_dir=base, service_slots=2, service_idle_exit_s=30)
+    status = service_status(EngineSettings(work_root="", service_dir=base, service_slots=2, service_idle_exit_s=30).service())
+    if status:
+        os.kill(status["pid"], signal.SIGTERM)
+
+
+def _job(synthetic_studyset, tmp_path: Path, name: str, sorter=("MountainSort5", "mountainsort5"), **changes) -> SortJob:
+    manifest = parse_manifest(synthetic_studyset.manifest_path.read_bytes(), str(synthetic_studyset.manifest_path))
+    rec = manifest.recordings()[0]
+    base = dict(
+        sorter_name=sorter[0],
+        si_sorter_name=sorter[1],
+        params={},
+        recording_uri=rec.recording_uri,
+        label=f"{sorter[0]}/{rec.study_name}/{rec.name}",
+        kachery_dir=str(synthetic_studyset.store.root_dir),
+        work_dir=str(tmp_path / name),
+        canary_first_n_s=0.0,
+    )
+    base.update(changes)
+    return SortJob(**base)
+
+
+def _sort(job: SortJob, settings: EngineSettings) -> tuple[dict, SortReport]:
+    events = list(run_sort(job, settings))
+    return events[0], events[-1]
+
+
+def _gone(pid: int, within_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_two_sorts_of_one_sorter_reuse_one_warm_worker(synthetic_studyset, tmp_path, settings):
+    first_slot, first = _sort(_job(synthetic_studyset, tmp_path, "first"), settings)
+    second_slot, second = _sort(_job(synthetic_studyset, tmp_path, "second"), settings)
+    assert not first.errored and not second.errored
+    assert first_slot["warm"] is False and second_slot["warm"] is True
+    assert first_slot["worker_pid"] == second_slot["worker_pid"], "the second sort ran in the first sort's worker"
+    status = service_status(settings.service())
+    [slot] = [s for s in status["slots"] if s["worker_pid"] == first_slot["worker_pid"]]
+    assert slot["sorters"] == ["mountainsort5"] and slot["jobs"] == 2 and not slot["busy"]
+    # Each job has its own console and its own CPU time, not the worker's running total.
+    line = "[sf-assets worker] sorting "
+    assert Path(first.console_path).read_text().count(line) == Path(second.console_path).read_text().count(line) == 1
+    assert 0 < second.cpu_time_s < second.elapsed_s * (os.cpu_count() or 1) + 1
+
+
+def test_a_sort_goes_to_the_slot_that_has_its_sorter_compiled(synthetic_studyset, tmp_path, settings):
+    """Sorter affinity across clients: mountainsort5 and simple each warm on their own slot."""
+    ms5 = ("MountainSort5", "mountainsort5")
+    simple = ("Simple", "simple")
+    a, _ = _sort(_job(synthetic_studyset, tmp_path, "a", ms5), settings)
+    # While mountainsort5's slot is busy, simple goes to the other slot.
+    results: dict[str, tuple] = {}
+    busy = threading.Thread(target=lambda: results.update(b=_sort(_job(synthetic_studyset, tmp_path, "b", ms5), settings)))
+    busy.start()
+    c, _ = _sort(_job(synthetic_studyset, tmp_path, "c", simple), settings)
+    busy.join()
+    d, _ = _sort(_job(synthetic_studyset, tmp_path, "d", simple), settings)
+    e, _ = _sort(_job(synthetic_studyset, tmp_path, "e", ms5), settings)
+    assert results["b"][0]["worker_pid"] == a["worker_pid"] == e["worker_pid"]
+    assert c["worker_pid"] == d["worker_pid"] != a["worker_pid"]
+    assert d["warm"] and e["warm"]
+
+
+def test_a_client_that_goes_away_stops_its_sort(synthetic_studyset, tmp_path, settings):
+    """The connection is the lease: a terminated run's step closes it, and the worker goes."""
+    job = _job(synthetic_studyset, tmp_path, "interrupted", canary_first_n_s=3.0)
+    events = run_sort(job, settings)
+    started = next(events)
+    canary = next(events)  # the canary is in; the full sort is running
+    assert canary.status == "passed"
+    events.close()  # what an interrupted Dagster step does to the generator
+    assert _gone(started["worker_pid"]), "the worker was stopped"
+    slot, report = _sort(_job(synthetic_studyset, tmp_path, "after"), settings)
+    assert not report.errored and slot["worker_pid"] != started["worker_pid"]
+
+
+def test_a_timed_out_sort_discards_its_worker(synthetic_studyset, tmp_path, settings):
+    warm_slot, _ = _sort(_job(synthetic_studyset, tmp_path, "warm"), settings)
+    slow = _job(synthetic_studyset, tmp_path, "slow")
+    from dataclasses import replace
+
+    slot, report = _sort(slow, replace(settings, timeout_min=0.005))  # 0.3 s: too short even when warm
+    assert report.errored and report.timed_out and slot["worker_pid"] == warm_slot["worker_pid"]
+    assert report.cpu_time_s is not None
+    assert _gone(warm_slot["worker_pid"])
+    again_slot, again = _sort(_job(synthetic_studyset, tmp_path, "again"), settings)
+    assert not again.errored and again_slot["worker_pid"] != warm_slot["worker_pid"]
+
+
+def test_a_worker_killed_mid_sort_fails_only_that_sort(synthetic_studyset, tmp_path, settings):
+    job = _job(synthetic_studyset, tmp_path, "killed")
+    events = run_sort(job, settings)
+    started = next(events)
+    time.sleep(0.5)
+    os.kill(started["worker_pid"], signal.SIGKILL)
+    report = list(events)[-1]
+    assert report.errored and "killed by signal SIGKILL" in report.error_message
+    assert os.path.exists(report.console_path)
+    _, after = _sort(_job(synthetic_studyset, tmp_path, "next"), settings)
+    assert not after.errored
+
+
+def test_the_service_exits_when_idle_and_starts_again_on_demand(synthetic_studyset, tmp_path, settings):
+    from dataclasses import replace
+
+    quick = replace(settings, service_idle_exit_s=1.0)
+    slot, _ = _sort(_job(synthetic_studyset, tmp_path, "one"), quick)
+    pid = service_status(quick.service())["pid"]
+    assert _gone(pid, within_s=15), "the service exits after its idle time"
+    assert _gone(slot["worker_pid"], within_s=5), "its workers go with it"
+    assert not (service_folder(quick.service()) / "service.sock").exists()
+    _, report = _sort(_job(synthetic_studyset, tmp_path, "two"), quick)
+    assert not report.errored and service_status(quick.service())["pid"] != pid
+
+
+def test_concurrent_first_clients_start_one_service(settings):
+    service = settings.service()
+    pids = []
+
+    def ask():
+        with connect(service) as conn:
+            conn.send({"op": "status"})
+            pids.append(conn.recv()[1]["pid"])
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(pids) == 4 and len(set(pids)) == 1
+
+
+def test_a_client_without_the_key_is_refused(settings):
+    from multiprocessing import AuthenticationError
+    from multiprocessing.connection import Client
+
+    folder = service_folder(settings.service())
+    with connect(settings.service()):
+        pass
+    with pytest.raises((AuthenticationError, EOFError, ConnectionError)):
+        Client(str(folder / "service.sock"), family="AF_UNIX", authkey=b"not the key")
+
+
+def test_a_service_folder_open_to_others_is_refused(tmp_path):
+    base = Path(tempfile.mkdtemp(prefix="sfs-", dir="/tmp"))
+    base.chmod(0o777)
+    with pytest.raises(ServiceFolderError, match="mode 0700"):
+        service_folder(ServiceSettings(base_dir=str(base)))
