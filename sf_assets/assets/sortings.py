@@ -233,6 +233,7 @@ def sorting(
         console_uri = store.store_json(
             {"label": label, "text": f.read().decode("utf-8", errors="replace")}, label="console_out.json"
         )
+    attempt.release()  # what this step needed from its folder is read; the next attempt may clean it up
     record = _record(sorter_spec, rec, report, console_uri)
     common = {
         "label": label,

@@ -67,7 +67,11 @@ class AttemptDir:
         self.release()
 
     def __del__(self) -> None:
-        self.release()
+        # The claim also ends when its holder is collected (a step's generator that failed).
+        try:
+            self.release()
+        except OSError:
+            pass
 
 
 def _lock(fd: int, operation: int) -> bool:
