@@ -10,7 +10,7 @@ export SF_ASSETS_DAGSTER_DIR ?= $(SF_ASSETS_HOME)/dagster
 export DAGSTER_HOME := $(CURDIR)
 WORKERS ?= 2
 
-.PHONY: demo test ui install system-deps bench bench-scale clean
+.PHONY: demo test ui install system-deps bench bench-scale bench-slurm clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench: install
 # SpikeForest's size (888 recordings x 10 sorters): load, sensor tick, check-config, workspace diff.
 bench-scale: install
 	$(PY) benchmarks/scale.py
+
+# Slurm: 64 short sorts on the test cluster, 4 allocations x 8 slots (minutes; as root; BENCH_ARGS e.g. --sorts 8).
+bench-slurm: install system-deps
+	$(PY) benchmarks/slurm.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .data

@@ -27,7 +27,7 @@ EXIT_BAD_INPUT = 2
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """``-s`` (manifest) and ``-l`` (spec), named as in ``run_sortings.py``."""
+    """``-s`` (manifest) and ``-l`` (spec), named as in ``run_sortings.py``, and ``--strict``."""
     parser.add_argument(
         "-s",
         "--study-source-file",
@@ -41,11 +41,17 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="spec.yaml: a path or sha1:// URI",
     )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a spec naming a sorter that cannot run here (default: accept it; its pairs end as "
+        "errored records saying why)",
+    )
 
 
 def print_config(args: argparse.Namespace) -> int:
     """Print the resolved configuration of ``-s``/``-l`` as JSON on stdout."""
-    manifest, spec = load_config(args.study_source_file, args.sorter_spec_file, store=None)
+    manifest, spec = load_config(args.study_source_file, args.sorter_spec_file, store=None, strict=args.strict)
     print(json.dumps(config_summary(manifest, spec), indent=2))
     return 0
 
@@ -112,7 +118,18 @@ def _add_sorting_commands(subparsers: argparse._SubParsersAction) -> None:
     add_sorting_subcommands(subparsers)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_check_config, _add_demo, _add_sorting_commands]
+def _add_compare_results(subparsers: argparse._SubParsersAction) -> None:
+    from sf_assets.cli_compare import add_compare_results
+
+    add_compare_results(subparsers)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_check_config,
+    _add_demo,
+    _add_sorting_commands,
+    _add_compare_results,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -93,6 +93,16 @@ def _minutes(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds as a number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds > 0, got {text!r}")
+    return value
+
+
 def add_shared_flags(parser: argparse.ArgumentParser) -> None:
     """The flags every sorting command takes, named and defaulted as in the old scripts."""
     general = parser.add_argument_group("general")
@@ -141,7 +151,11 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
         help=f"runs at a time (default {DEFAULT_WORKERS})",
     )
     slurm = parser.add_argument_group("slurm")
-    slurm.add_argument("--use-slurm", action="store_true", help="run each sort as a job on the Slurm cluster")
+    slurm.add_argument(
+        "--use-slurm",
+        action="store_true",
+        help="sort on the Slurm cluster, as job steps of allocations requested as sorts arrive",
+    )
     slurm.add_argument("--slurm-partition", default="", metavar="NAME", help="partition for srun's -p")
     slurm.add_argument(
         "--slurm-accept-shared-nodes",
@@ -160,6 +174,20 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
     )
     slurm.add_argument(
         "--slurm-gpus-per-node", type=_count(1), default=None, metavar="N", help="request N GPUs per node"
+    )
+    slurm.add_argument(
+        "--slurm-idle-release-s",
+        type=_seconds,
+        default=60.0,
+        metavar="S",
+        help="end an allocation once no sort has used it for S seconds (default 60)",
+    )
+    slurm.add_argument(
+        "--slurm-allocation-time-min",
+        type=_minutes,
+        default=0.0,
+        metavar="MINUTES",
+        help="walltime of each allocation (default 0: -T plus 10 minutes, or the partition's limit without -T)",
     )
 
 
@@ -221,6 +249,8 @@ def run_options(args: argparse.Namespace, settings: Settings, **overrides: Any) 
         slurm_jobs_per_allocation=args.slurm_jobs_per_allocation,
         slurm_max_simultaneous_allocations=args.slurm_max_simultaneous_allocations,
         slurm_gpus_per_node=args.slurm_gpus_per_node or 0,
+        slurm_idle_release_s=args.slurm_idle_release_s,
+        slurm_allocation_time_min=args.slurm_allocation_time_min,
         **overrides,
     )
 
@@ -257,7 +287,7 @@ def _store(settings: Settings) -> KacheryStore | None:
 
 
 def _load_campaign(args: argparse.Namespace, settings: Settings) -> Campaign:
-    return Campaign(*load_config(args.study_source_file, args.sorter_spec_file, _store(settings)))
+    return Campaign(*load_config(args.study_source_file, args.sorter_spec_file, _store(settings), strict=args.strict))
 
 
 def check_outfile(path: str) -> Path:

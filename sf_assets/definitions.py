@@ -19,4 +19,7 @@ defs = dg.Definitions(
     sensors=SENSORS,
     schedules=SCHEDULES,
     resources=default_resources(),
+    # One process per run: a run's steps (a sort and its comparison) run in it one after
+    # the other, instead of a process per step.
+    executor=dg.in_process_executor,
 )

@@ -127,7 +127,9 @@ def manifest_source_of(spec: Spec) -> str:
     return str(spec_location.parent / location)
 
 
-def load_config(manifest_source: str | None, spec_source: str, store: KacheryStore | None) -> tuple[Manifest, Spec]:
+def load_config(
+    manifest_source: str | None, spec_source: str, store: KacheryStore | None, *, strict: bool = False
+) -> tuple[Manifest, Spec]:
     """The manifest and spec of a run, checked against each other.
 
     Parameters
@@ -139,6 +141,8 @@ def load_config(manifest_source: str | None, spec_source: str, store: KacherySto
         The spec (path or ``sha1://`` URI).
     store : KacheryStore | None
         For ``sha1://`` sources; ``None``: :func:`default_store`, when needed.
+    strict : bool
+        Refuse a spec naming a sorter that cannot run here (``--strict``).
 
     Raises
     ------
@@ -147,5 +151,5 @@ def load_config(manifest_source: str | None, spec_source: str, store: KacherySto
     """
     spec = load_spec(spec_source, store)
     manifest = load_manifest(manifest_source if manifest_source is not None else manifest_source_of(spec), store)
-    validate_spec(spec, manifest)
+    validate_spec(spec, manifest, strict=strict)
     return manifest, spec

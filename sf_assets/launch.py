@@ -77,6 +77,8 @@ class RunOptions:
     slurm_max_simultaneous_allocations: int = 5
     slurm_gpus_per_node: int = 0
     slurm_allocation_id: str = ""
+    slurm_idle_release_s: float = 60.0
+    slurm_allocation_time_min: float = 0.0
     # Local sorts go to the host's sort service (warm workers); False: a fresh process per sort.
     reuse_workers: bool = True
     threads_per_sort: int = 1
@@ -379,18 +381,15 @@ def _materialized_recordings(instance: dg.DagsterInstance, campaign: Campaign) -
 
 @contextlib.contextmanager
 def slurm_allocations_for(options: RunOptions):
-    """With --use-slurm, hold the campaign's Slurm allocations while it runs.
+    """With --use-slurm, end the campaign's idle Slurm allocations when the launch ends or is interrupted.
 
-    Sorts then run as job steps inside them (at most jobs-per-allocation at
-    once in each); without Slurm, or with allocations given, nothing changes.
+    The allocations themselves are requested by the sorts as they arrive
+    (:mod:`sf_assets.engines.slurm_pool`); without Slurm nothing happens.
     """
-    if not options.use_slurm or options.slurm_allocation_id:
-        yield options
-        return
-    from sf_assets.engines.slurm_allocations import slurm_allocations
+    from sf_assets.engines.slurm_campaign import campaign_allocations
 
-    with slurm_allocations(options.engine_settings().slurm) as ids:
-        yield dataclasses.replace(options, slurm_allocation_id=",".join(ids))
+    with campaign_allocations(options.engine_settings()):
+        yield options
 
 
 def launch_campaign(
@@ -442,7 +441,7 @@ def launch_campaign(
 
     ref = instance.get_ref()
     num_slots = min(workers, len(rec_keys) + len(plan)) if workers > 1 else 0
-    with _started_slots(num_slots) as slots:
+    with slurm_allocations_for(options), _started_slots(num_slots) as slots:
         outcome.results.append(execute_partition_run(ref, "studysets_job", None, run_config, tags))
         if slots:
             runs = _run_pipelined(ref, rec_keys, plan, run_config, tags, rec_done, sort_done, slots)

@@ -13,6 +13,7 @@ import dagster as dg
 
 from sf_assets.core.campaign import Campaign
 from sf_assets.engines.engine import EngineSettings, SlurmSettings
+from sf_assets.engines.slurm_config import slurm_resource_config
 from sf_assets.inputs import load_config
 from sf_assets.settings import load_settings
 from sf_assets.stores.kachery import KacheryStore
@@ -83,6 +84,8 @@ class SortingEngineResource(dg.ConfigurableResource):
     slurm_max_simultaneous_allocations: int = 5
     slurm_gpus_per_node: int = 0
     slurm_allocation_id: str = ""
+    slurm_idle_release_s: float = 60.0
+    slurm_allocation_time_min: float = 0.0
     reuse_workers: bool = True
     threads_per_sort: int = 1
     service_slots: int = 0
@@ -99,6 +102,8 @@ class SortingEngineResource(dg.ConfigurableResource):
                 max_simultaneous_allocations=self.slurm_max_simultaneous_allocations,
                 gpus_per_node=self.slurm_gpus_per_node or None,
                 allocation_id=self.slurm_allocation_id or None,
+                idle_release_s=self.slurm_idle_release_s,
+                allocation_time_min=self.slurm_allocation_time_min,
             )
         return EngineSettings(
             work_root=self.work_root,
@@ -151,7 +156,7 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
     return {
         "kachery": kachery,
         "studyset": StudysetResource(spec_source=settings.spec_source, manifest_source=settings.manifest_source or ""),
-        "sorting_engine": SortingEngineResource(work_root=str(settings.work_root)),
+        "sorting_engine": SortingEngineResource(work_root=str(settings.work_root), **slurm_resource_config(os.environ)),
         "workspace": WorkspaceResource(db_url=settings.workspace_db_url),
         "outputs": OutputsResource(folder=str(settings.outputs_dir)),
     }

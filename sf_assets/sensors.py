@@ -154,7 +154,9 @@ results_automation = dg.AutomationConditionSensorDefinition(
     "results_automation",
     target=dg.AssetSelection.assets(sorting_comparison, sorting_records, sorter_summary, workspace_sync),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=10,
+    # The fan-ins' condition (BehindItsInputs) is Python of ours: it runs on the code server.
+    use_user_code_server=True,
     description="Compares, records, summarizes and syncs to the workspace as sortings land.",
 )
 

@@ -85,3 +85,49 @@ def make_env(root: Path, store: KacheryStore, instance: dg.DagsterInstance, mani
         **options,
     )
     return GraphEnv(root=root, store=store, instance=instance, options=run_options)
+
+
+def campaign_resources(root: Path, store: KacheryStore, spec: Path, manifest: Path, **engine) -> dict:
+    """The resources of a campaign materialized with ``dg.materialize`` (engine options as given)."""
+    from sf_assets.resources import KacheryResource, OutputsResource, SortingEngineResource, StudysetResource
+
+    return {
+        "kachery": KacheryResource(root_dir=str(store.root_dir)),
+        "studyset": StudysetResource(spec_source=str(spec), manifest_source=str(manifest)),
+        "sorting_engine": SortingEngineResource(work_root=str(root / "sorts"), **engine),
+        "outputs": OutputsResource(folder=str(root / "outputs")),
+    }
+
+
+def materialize_campaign(instance: dg.DagsterInstance, resources: dict) -> dict[tuple[str, str], bool]:
+    """Every asset of the campaign, in the calling process, one partition per ``dg.materialize``.
+
+    Studysets first (it registers the partitions), then each recording and its
+    ground truth, each sorting (a failed one does not stop the others) and the
+    comparison of each that succeeded, then the records and the summary.
+
+    Returns
+    -------
+    dict
+        ``{(sorter name, recording label): whether its sorting succeeded}``.
+    """
+    from sf_assets.assets.recordings import ground_truth, recording
+    from sf_assets.assets.results import sorter_summary, sorting_records
+    from sf_assets.assets.sortings import sorting, sorting_comparison
+    from sf_assets.assets.studysets import studysets
+    from sf_assets.partitions import pair_key, recording_key
+
+    assert dg.materialize([studysets], instance=instance, resources=resources).success
+    campaign = resources["studyset"].campaign(resources["kachery"])
+    for rec in campaign.recordings():
+        key = recording_key(rec)
+        assert dg.materialize([recording, ground_truth], instance=instance, resources=resources, partition_key=key).success
+    outcomes = {}
+    for sorter_spec, rec in campaign.jobs:
+        key = str(pair_key(sorter_spec.name, rec))
+        result = dg.materialize([sorting], instance=instance, resources=resources, partition_key=key, raise_on_error=False)
+        outcomes[(sorter_spec.name, rec.label)] = result.success
+        if result.success:
+            assert dg.materialize([sorting_comparison], instance=instance, resources=resources, partition_key=key).success
+    assert dg.materialize([sorting_records, sorter_summary], instance=instance, resources=resources).success
+    return outcomes

@@ -33,6 +33,12 @@ import pytest
 
 CLUSTER_DIR_PREFIX = "sf-assets-slurm-"
 PARTITION = "debug"
+# A second partition over the same node: what ``--slurm-partition`` is tested with.
+OTHER_PARTITION = "other"
+# The node declares at least this many CPUs whatever the machine has (``config_overrides``):
+# slots are what the tests exercise, not the cores behind them, and the allocation tests
+# hold two allocations of several slots each on one node.
+MIN_CPUS = 8
 OWNER_FILE = "owner.pid"
 APT_PACKAGES = ("slurm-wlm", "munge")
 NEEDED_COMMANDS = ("munged", "slurmctld", "slurmd", "srun", "salloc", "squeue", "scancel", "sinfo", "scontrol")
@@ -193,7 +199,11 @@ def stop_stale_clusters(tmp_root: Path | None = None) -> list[Path]:
 
 
 def write_slurm_conf(root: Path, node_name: str, cpus: int, memory_mb: int) -> Path:
-    """A minimal single-node configuration: no cgroups (containers lack them), no accounting."""
+    """A minimal single-node configuration: no cgroups (containers lack them), no accounting.
+
+    Finished jobs are logged with ``jobcomp/filetxt``, which ``sacct --completion`` reads
+    (there is no slurmdbd here).
+    """
     conf = f"""\
 # Written by sf_assets_tests/slurm_cluster.py for one test session.
 ClusterName=sfassetstest
@@ -216,7 +226,9 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
+JobCompType=jobcomp/filetxt
+JobCompLoc={root}/jobcomp.log
+SlurmdParameters=config_overrides
 MpiDefault=none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
@@ -229,6 +241,7 @@ SlurmctldTimeout=30
 SlurmdTimeout=30
 NodeName={node_name} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
 PartitionName={PARTITION} Nodes={node_name} Default=YES MaxTime=INFINITE State=UP
+PartitionName={OTHER_PARTITION} Nodes={node_name} Default=NO MaxTime=INFINITE State=UP
 """
     (root / "plugstack.conf").write_text("")
     path = root / "slurm.conf"
@@ -255,8 +268,12 @@ def _log_tail(root: Path, name: str) -> str:
     return "\n".join(texts)
 
 
-def start_cluster(root: Path) -> SlurmCluster:
-    """Start munged, slurmctld and slurmd for a cluster kept in ``root``; wait until the node is idle."""
+def start_cluster(root: Path, cpus: int | None = None) -> SlurmCluster:
+    """Start munged, slurmctld and slurmd for a cluster kept in ``root``; wait until the node is idle.
+
+    ``cpus``: how many CPUs the node declares (default: the machine's, at least
+    :data:`MIN_CPUS`); ``make bench-slurm`` declares one per slot it runs.
+    """
     root.chmod(0o711)  # munged wants its socket's folder searchable by everyone
     (root / OWNER_FILE).write_text(str(os.getpid()))
     for sub in ("state", "spool"):
@@ -265,7 +282,7 @@ def start_cluster(root: Path) -> SlurmCluster:
     key.write_bytes(os.urandom(1024))
     key.chmod(0o400)
     node_name = socket.gethostname().split(".")[0]
-    cpus = os.cpu_count() or 1
+    cpus = cpus or max(MIN_CPUS, os.cpu_count() or 1)
     conf_path = write_slurm_conf(root, node_name, cpus, _memory_mb())
     env = {**os.environ, "SLURM_CONF": str(conf_path)}
     cluster = SlurmCluster(root, conf_path, node_name, PARTITION, cpus, {})

@@ -48,6 +48,8 @@ def test_small_spec_against_the_tiny_manifest(work, capsys):
         "num_studies": 1,
         "num_recordings": 2,
         "num_sorting_jobs": 8,
+        # SpykingCircus, MountainSort4 and the two Kilosorts all run only in their images
+        "num_sorting_jobs_by_availability": {"local": 0, "container only": 8, "cannot run here": 0},
     }
     assert [s["name"] for s in config["sorters"]] == ["SpykingCircus", "MountainSort4", "Kilosort2", "Kilosort3"]
     for sorter in config["sorters"]:

@@ -37,7 +37,7 @@ LABELS = {
 }
 RECORD_KEYS = {
     "recordingName", "studyName", "sorterName", "sortingParameters", "consoleOutUri", "cpuTimeSec",
-    "errored", "startTime", "endTime", "sortingOutput", "recordingUri", "groundTruthUri",
+    "errored", "startTime", "endTime", "sortingOutput", "recordingUri", "groundTruthUri", "provenance",
 }
 
 
@@ -143,6 +143,7 @@ def test_check_config_counts_and_defaults_and_writes_nothing(home, fresh_home):
     assert options["use_slurm"] is False
     assert (options["slurm_jobs_per_allocation"], options["slurm_max_simultaneous_allocations"]) == (6, 5)
     assert options["slurm_gpus_per_node"] == 0 and options["slurm_partition"] == ""
+    assert (options["slurm_idle_release_s"], options["slurm_allocation_time_min"]) == (60.0, 0.0)
     assert options["verbose"] == 0
     assert not out.exists() and not fresh_home.exists()
 
@@ -154,7 +155,7 @@ def test_check_config_maps_every_flag(home, fresh_home):
             "-T", "2.5", "--job-cache", "mine", "-C", "-w", "3",
             "--use-slurm", "--slurm-partition", "gpu", "--slurm-accept-shared-nodes",
             "--slurm-jobs-per-allocation", "2", "--slurm-max-simultaneous-allocations", "3",
-            "--slurm-gpus-per-node", "1",
+            "--slurm-gpus-per-node", "1", "--slurm-idle-release-s", "5", "--slurm-allocation-time-min", "30",
         ]
     )
     options = config["options"]
@@ -167,6 +168,7 @@ def test_check_config_maps_every_flag(home, fresh_home):
     assert options["slurm_accept_shared_nodes"] is True
     assert (options["slurm_jobs_per_allocation"], options["slurm_max_simultaneous_allocations"]) == (2, 3)
     assert options["slurm_gpus_per_node"] == 1
+    assert (options["slurm_idle_release_s"], options["slurm_allocation_time_min"]) == (5.0, 30.0)
     assert options["verbose"] == 2 and options["log_level"] == "DEBUG"
     # -s absent: the manifest comes from the spec's studysets.
     assert config["manifest_source"] == str(home.manifest)
@@ -262,6 +264,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(home, sorted_once, fres
         ["run-sortings", "-l", "spec.yaml", "-o", "x.json", "-T", "-1"],
         ["run-sortings", "-l", "spec.yaml", "-o", "x.json", "-T", "inf"],
         ["run-sortings", "-l", "spec.yaml", "-o", "x.json", "--slurm-jobs-per-allocation", "0"],
+        ["run-sortings", "-l", "spec.yaml", "-o", "x.json", "--slurm-idle-release-s", "0"],
         ["run-sortings", "-l", "spec.yaml"],
         ["prepare-workspace", "-s", "a.json", "-k", "sha1://x", "--create-new-workspace"],
         ["prepare-workspace", "--create-new-workspace"],

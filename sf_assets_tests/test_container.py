@@ -283,10 +283,20 @@ def test_a_container_sort_without_a_docker_daemon_fails_its_partition_at_once(
         work_dir = work_dir_for(settings, sorter_spec.name, rec.study_name, rec.name, sort_run.run_id)
         job = SortJob.from_json((work_dir / JOB_FILE).read_text())
         assert (job.container_image, job.container_engine) == (image, "docker")
-        assert sorted(p.name for p in work_dir.iterdir()) == [IN_USE_FILE, JOB_FILE], "no worker started"
-        assert not (work_dir / CONSOLE_FILE).exists()
+        # No worker started: the only output is the console that states why the pair was not sorted.
+        assert sorted(p.name for p in work_dir.iterdir()) == sorted([CONSOLE_FILE, IN_USE_FILE, JOB_FILE])
+        console = (work_dir / CONSOLE_FILE).read_text()
+        assert console.startswith(f"[sf-assets] {label} was not sorted: environment failure: containerized sorting")
 
-    assert env.latest("sorting") == {} and env.latest("sorting", observations=True) == {}
+    # Each pair ends with an errored record (an observation), as SpikeForest kept failed cells.
+    assert env.latest("sorting") == {}
+    observed = env.latest("sorting", observations=True)
+    assert len(observed) == 2
+    for md in observed.values():
+        assert md["errored"] is True and md["failure_class"] == "environment"
+        assert md["record"]["errored"] is True and md["record"]["sortingOutput"] is None
+        text = env.store.load_json(md["console_out_uri"])["text"]
+        assert "was not sorted: environment failure: containerized sorting needs a running Docker daemon" in text
     # The canary was planned with each run and never evaluated (the UI shows the run's failure).
     assert [e.status.value for e in env.check_evaluations()] == ["PLANNED", "PLANNED"]
 

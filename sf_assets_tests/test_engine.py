@@ -98,4 +98,26 @@ def test_sort_threads_are_fixed_not_a_share_of_the_cores(synthetic_studyset, tmp
         job = _job(synthetic_studyset, tmp_path, work_dir=str(tmp_path / f"reuse-{reuse}"), canary_first_n_s=0.0)
         settings = EngineSettings(work_root=str(tmp_path), reuse_workers=reuse, service_slots=slots, threads_per_sort=1)
         *_, report = list(run_sort(job, settings))
-        assert ", threads 1\n" in Path(report.console_path).read_text()
+        assert ", threads 1 (numba 1)\n" in Path(report.console_path).read_text()
+        threads = report.details["provenance"]["threads"]
+        assert (threads["applied"], threads["numba"]) == (1, 1)
+        assert {pool["num_threads"] for pool in threads["threadpools"]} == {1}
+
+
+def test_a_warm_worker_dead_before_it_took_the_job_is_an_errored_report(synthetic_studyset, tmp_path):
+    import signal
+
+    from sf_assets.engines.supervisor import watch
+    from sf_assets.engines.threads import thread_limited_env
+    from sf_assets.engines.warm_worker import WarmWorker
+
+    job = _job(synthetic_studyset, tmp_path, canary_first_n_s=0.0)
+    prepare_work_dir(job)
+    worker = WarmWorker(thread_limited_env(1, os.environ))
+    os.kill(worker.pid, signal.SIGSTOP)  # it cannot read the job, let alone open its console
+    run = worker.submit(Path(job.work_dir))
+    os.kill(worker.pid, signal.SIGKILL)
+    [report] = list(watch(job, run))
+    assert report.errored and "killed by signal SIGKILL" in report.error_message
+    assert Path(report.console_path).read_text() == ""
+    assert not os.path.exists(f"/proc/{worker.pid}"), "reaped"

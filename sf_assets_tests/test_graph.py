@@ -9,15 +9,19 @@ from __future__ import annotations
 import json
 
 import dagster as dg
+import numba
+import numpy
 import pytest
+import spikeinterface
 
+from sf_assets.engines.threads import share_of_cores
 from sf_assets.partitions import pair_key
 from sf_assets.stores.workspace import WorkspaceStore
 from sf_assets_tests.graph_harness import make_env, write_spec
 
 RECORD_KEYS = {
     "recordingName", "studyName", "sorterName", "sortingParameters", "consoleOutUri", "cpuTimeSec",
-    "errored", "startTime", "endTime", "sortingOutput", "recordingUri", "groundTruthUri",
+    "errored", "startTime", "endTime", "sortingOutput", "recordingUri", "groundTruthUri", "provenance",
 }
 FAST = "MountainSort5"
 SECOND = "Simple"
@@ -84,6 +88,17 @@ def test_records_have_the_twelve_keys_and_point_to_kachery(graph):
         console = env.store.load_json(record["consoleOutUri"])
         assert "sorted" in console["text"]
         assert record["endTime"] >= record["startTime"]
+        # what the sort ran with: the pinned seed, one thread (2 sorts on this machine's cores), versions
+        provenance = record["provenance"]
+        seed = {FAST: {"whitening_seed": 0}, SECOND: {"seed": 0}}[record["sorterName"]]
+        assert provenance["seeds"] == seed and record["sortingParameters"] == seed
+        threads = share_of_cores(2)
+        assert (provenance["threads"]["applied"], provenance["threads"]["numba"]) == (threads, threads)
+        assert {p["num_threads"] for p in provenance["threads"]["threadpools"]} == {threads}
+        assert provenance["versions"]["spikeinterface"] == spikeinterface.__version__
+        assert provenance["versions"]["numpy"] == numpy.__version__
+        assert provenance["versions"]["numba"] == numba.__version__
+        assert provenance["versions"]["sorter"] and provenance["container_image"] is None
     md = env.latest_unpartitioned("sorting_records")
     assert env.store.load_json(md["records_uri"]) == records
 

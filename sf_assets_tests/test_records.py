@@ -25,7 +25,15 @@ KEYS = [
     "sortingOutput",
     "recordingUri",
     "groundTruthUri",
+    "provenance",  # sf-assets' thirteenth key, after the twelve of run_sortings.py
 ]
+PROVENANCE = {
+    "seeds": {"seed": 0},
+    "threads": {"applied": 1, "numba": 1, "threadpools": [{"api": "openblas", "num_threads": 1}], "env": {}},
+    "versions": {"spikeinterface": "0.105.3", "numpy": "2.4.6", "numba": "0.68.1", "sorter": "2025.12"},
+    "container_image": None,
+    "container_image_digest": None,
+}
 
 GOOD = SortingRecord(
     recording_name="2014_11_25_Pair_3_0",
@@ -40,11 +48,12 @@ GOOD = SortingRecord(
     sorting_output={"sorting_format": "mda", "data": {"sorting_object_uri": f"sha1://{'a' * 40}/sorting.json"}},
     recording_uri=f"sha1://{'1' * 40}/rec.json",
     ground_truth_uri=f"sha1://{'2' * 40}/rec.firings_true.json",
+    provenance=PROVENANCE,
 )
 ERRORED = replace(GOOD, errored=True, cpu_time_sec=None, end_time=None, sorting_output=None, console_out_uri=None)
 
 
-def test_json_dict_has_the_twelve_keys_in_order():
+def test_json_dict_has_the_twelve_keys_in_order_then_provenance():
     d = GOOD.to_json_dict()
     assert list(d) == KEYS
     assert d["sortingOutput"]["data"]["sorting_object_uri"].endswith("/sorting.json")
@@ -53,6 +62,14 @@ def test_json_dict_has_the_twelve_keys_in_order():
 def test_round_trip_through_json():
     for record in (GOOD, ERRORED):
         assert SortingRecord.from_json_dict(json.loads(json.dumps(record.to_json_dict())), "r") == record
+
+
+def test_a_record_without_provenance_reads_as_none_and_a_bad_one_is_refused():
+    old = GOOD.to_json_dict()
+    del old["provenance"]  # as run_sortings.py wrote it
+    assert SortingRecord.from_json_dict(old, "r") == replace(GOOD, provenance=None)
+    with pytest.raises(RecordError, match=r"^r: provenance: expected an object, got a list"):
+        SortingRecord.from_json_dict(GOOD.to_json_dict() | {"provenance": [1]}, "r")
 
 
 def test_integer_times_are_read_as_floats():

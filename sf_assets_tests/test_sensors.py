@@ -194,7 +194,12 @@ def test_a_new_sorting_requests_the_fan_ins_and_nothing_is_sorted_again(deployed
     from sf_assets.settings import load_settings
 
     instance = deployed.instance
-    # A first evaluation only takes stock: what landed before it is not news.
+    settings = load_settings(
+        {"SF_ASSETS_HOME": str(deployed.root / "home"), "SF_ASSETS_KACHERY_DIR": deployed.kachery_dir}
+    )
+    options = RunOptions.from_settings(settings, spec_source=str(deployed.spec), manifest_source=str(deployed.manifest))
+    # Fan-ins that have read everything that landed are not requested.
+    assert execute_partition_run(instance.get_ref(), "results_job", None, options.run_config()).success
     baseline = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     assert baseline.total_requested == 0
     # Results land while other sortings are still to come: a backfill of the new recordings is
@@ -205,10 +210,6 @@ def test_a_new_sorting_requests_the_fan_ins_and_nothing_is_sorted_again(deployed
 
     # A sorting lands (re-materialized from the job cache by sorting_job, as the schedule would).
     partition = f"{STUDY_A}.001_synth|{SORTER}"
-    settings = load_settings(
-        {"SF_ASSETS_HOME": str(deployed.root / "home"), "SF_ASSETS_KACHERY_DIR": deployed.kachery_dir}
-    )
-    options = RunOptions.from_settings(settings, spec_source=str(deployed.spec), manifest_source=str(deployed.manifest))
     outcome = execute_partition_run(instance.get_ref(), "sorting_job", partition, options.run_config())
     assert outcome.success, outcome.error
 
@@ -219,3 +220,67 @@ def test_a_new_sorting_requests_the_fan_ins_and_nothing_is_sorted_again(deployed
     assert SORTING not in requested
     again = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=landed.cursor)
     assert again.total_requested == 0, "requested fan-ins are not requested twice"
+
+
+def test_a_result_that_lands_during_the_fan_ins_run_requests_them_again(deployed):
+    """The race: a comparison lands while the fan-ins' run is in progress.  Their own
+    materialization must not count as having handled it, or the summary stays stale."""
+    import threading
+
+    from sf_assets.launch import RunOptions, execute_partition_run
+    from sf_assets.settings import load_settings
+
+    instance = deployed.instance
+    settings = load_settings(
+        {"SF_ASSETS_HOME": str(deployed.root / "home"), "SF_ASSETS_KACHERY_DIR": deployed.kachery_dir}
+    )
+    options = RunOptions.from_settings(settings, spec_source=str(deployed.spec), manifest_source=str(deployed.manifest))
+    partition = f"{STUDY_A}.001_synth|{SORTER}"
+    fan_ins = {dg.AssetKey(k) for k in ("sorter_summary", "sorting_records", "workspace_sync")}
+    summary = dg.AssetKey("sorter_summary")
+
+    def interleaved() -> bool:
+        """A results run whose start precedes a comparison that lands before the summary does."""
+        import json
+        import subprocess
+        import sys
+        import time
+
+        from dagster._serdes import serialize_value
+
+        script = (
+            "import json, sys\n"
+            "from dagster._serdes import deserialize_value\n"
+            "from sf_assets.launch import execute_partition_run\n"
+            "ref = deserialize_value(sys.argv[1])\n"
+            "assert execute_partition_run(ref, 'results_job', None, json.loads(sys.argv[2])).success\n"
+        )
+        before = {r.run_id for r in instance.get_runs(dg.RunsFilter(job_name="results_job"))}
+        results = subprocess.Popen(
+            [sys.executable, "-c", script, serialize_value(instance.get_ref()), json.dumps(options.run_config())]
+        )
+        started = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE]
+        while results.poll() is None and not [
+            r for r in instance.get_runs(dg.RunsFilter(job_name="results_job", statuses=started)) if r.run_id not in before
+        ]:
+            time.sleep(0.05)
+        assert execute_partition_run(instance.get_ref(), "sorting_job", partition, options.run_config()).success
+        landed = instance.get_latest_materialization_event(dg.AssetKey("sorting_comparison")).timestamp
+        assert results.wait(120) == 0
+        return landed < instance.get_latest_materialization_event(summary).timestamp
+
+    assert execute_partition_run(instance.get_ref(), "results_job", None, options.run_config()).success
+    start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert not fan_ins & {r.key for r in start.results if r.true_subset.size > 0}, "up to date to begin with"
+    for _attempt in range(3):
+        if interleaved():
+            break
+    else:
+        pytest.fail("could not land a comparison while the results run was in progress")
+    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
+    again = {r.key for r in after.results if r.true_subset.size > 0}
+    assert fan_ins <= again, "the fan-ins stayed behind a comparison that landed during their run"
+    # Once a run started after the last comparison has finished, nothing is requested.
+    assert execute_partition_run(instance.get_ref(), "results_job", None, options.run_config()).success
+    settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=after.cursor)
+    assert not fan_ins & {r.key for r in settled.results if r.true_subset.size > 0}

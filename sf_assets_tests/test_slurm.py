@@ -46,6 +46,9 @@ from sf_assets.stores.kachery import KacheryStore
 from sf_assets_tests.graph_harness import make_env, write_spec
 
 SORTER = "MountainSort5"
+# The campaign's allocations end this long after their last sort (see slurm_pool), so that
+# each test finds the node free and leaves no job behind.
+IDLE_S = 1.0
 WORKER = ["/venv/bin/python", "-m", "sf_assets.engines.worker", "/work/a"]
 
 
@@ -155,8 +158,10 @@ def recordings(synthetic_studyset):
     return parse_manifest(path.read_bytes(), str(path)).recordings()
 
 
-def _sort_job(store: KacheryStore, recording, work_dir: Path, canary_first_n_s: float | None = 2.0) -> SortJob:
-    entry = resolve_sorter(SORTER)
+def _sort_job(
+    store: KacheryStore, recording, work_dir: Path, canary_first_n_s: float | None = 2.0, sorter: str = SORTER
+) -> SortJob:
+    entry = resolve_sorter(sorter)
     return SortJob(
         sorter_name=entry.name,
         si_sorter_name=entry.si_name,
@@ -224,7 +229,8 @@ def _sleeping_launch(work_dir: Path, slurm: SlurmSettings, sleep_s: float = 60.0
 
 def test_a_sort_through_slurm_reports_like_the_local_engine(slurm_cluster, slurm_store, recordings, tmp_path):
     recording = recordings[0]
-    slurm_settings = EngineSettings(work_root=str(tmp_path), timeout_min=5.0, slurm=SlurmSettings(partition="debug"))
+    slurm = SlurmSettings(partition="debug", idle_release_s=IDLE_S)
+    slurm_settings = EngineSettings(work_root=str(tmp_path), timeout_min=5.0, slurm=slurm)
     local_settings = dataclasses.replace(slurm_settings, slurm=None)
     slurm_job = _sort_job(slurm_store, recording, tmp_path / "slurm")
     local_job = _sort_job(slurm_store, recording, tmp_path / "local")
@@ -254,7 +260,7 @@ def test_a_sort_failing_on_slurm_reports_the_error_like_the_local_engine(
 ):
     recording = recordings[0]
     missing = "sha1://" + "1" * 40 + "/missing.json"
-    settings = EngineSettings(work_root=str(tmp_path), slurm=SlurmSettings())
+    settings = EngineSettings(work_root=str(tmp_path), slurm=SlurmSettings(idle_release_s=IDLE_S))
     slurm_job = dataclasses.replace(_sort_job(slurm_store, recording, tmp_path / "slurm"), recording_uri=missing)
     local_job = dataclasses.replace(slurm_job, work_dir=str(tmp_path / "local"))
 
@@ -271,7 +277,9 @@ def test_a_sort_failing_on_slurm_reports_the_error_like_the_local_engine(
 
 
 def test_the_timeout_holds_on_slurm_and_leaves_no_job(slurm_cluster, slurm_store, recordings, tmp_path):
-    settings = EngineSettings(work_root=str(tmp_path), timeout_min=0.05, slurm=SlurmSettings())
+    # A one-CPU allocation on a shared node: the sort starts at once, whatever the previous test left.
+    slurm = SlurmSettings(accept_shared_nodes=True, jobs_per_allocation=1, idle_release_s=IDLE_S)
+    settings = EngineSettings(work_root=str(tmp_path), timeout_min=0.05, slurm=slurm)
     job = _sort_job(slurm_store, recordings[1], tmp_path / "timeout")
     started = time.monotonic()
     _, report = _reports(job, settings)
@@ -288,7 +296,7 @@ def test_the_timeout_holds_on_slurm_and_leaves_no_job(slurm_cluster, slurm_store
 
 
 def test_interrupting_a_sort_cancels_its_slurm_job(slurm_cluster, slurm_store, recordings, tmp_path):
-    settings = EngineSettings(work_root=str(tmp_path), slurm=SlurmSettings())
+    settings = EngineSettings(work_root=str(tmp_path), slurm=SlurmSettings(idle_release_s=IDLE_S))
     job = _sort_job(slurm_store, recordings[2], tmp_path / "cancel")
     step_file = Path(job.work_dir) / STEP_FILE
     finished = threading.Event()
@@ -438,6 +446,7 @@ def test_the_asset_graph_sorts_through_slurm(slurm_cluster, slurm_store, synthet
             canary_first_n_s=2.0,
             timeout_min=5.0,
             use_slurm=True,
+            slurm_idle_release_s=IDLE_S,
             slurm_partition=slurm_cluster.partition,
         )
         sorter_spec, recording = env.campaign.jobs[0]

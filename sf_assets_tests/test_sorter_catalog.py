@@ -12,10 +12,17 @@ from spikeinterface.sorters.sorterlist import sorter_dict
 
 from sf_assets.core.errors import EnvironmentSortFailure, SpecError, UnknownSorterError
 from sf_assets.core.sorter_catalog import (
+    CANNOT_RUN,
     CATALOG,
+    Availability,
+    CONTAINER_ONLY,
+    LOCAL,
+    PROJECT_SEED,
+    availability,
     default_params,
     known_sorter_names,
     merge_params,
+    pinned_seeds,
     require_runnable,
     resolve_sorter,
     runs_here,
@@ -141,8 +148,57 @@ def test_merge_params_rejects_unknown_names_with_where_and_the_valid_ones():
     )
     with pytest.raises(SpecError, match=r"^s.yaml: p: expected a mapping of parameter names to values, got list$"):
         merge_params(entry, [1], "s.yaml: p")
-    with pytest.raises(SpecError, match=r"^s.yaml: p: sorter 'Klusta' cannot run: .*archived.*remove it from the spec"):
-        merge_params(resolve_sorter("Klusta"), {}, "s.yaml: p")
+    # A sorter without a wrapper has no defaults to check against: its params pass as given,
+    # unless --strict refuses the sorter itself.
+    assert merge_params(resolve_sorter("Klusta"), {"x": 1}, "s.yaml: p") == {"x": 1}
+    with pytest.raises(SpecError, match=r"^s.yaml: p: sorter 'Klusta' cannot run here: .*archived.*remove it from"):
+        merge_params(resolve_sorter("Klusta"), {}, "s.yaml: p", strict=True)
+    with pytest.raises(SpecError, match=r"^s.yaml: p: expected a mapping"):
+        merge_params(resolve_sorter("Klusta"), [1], "s.yaml: p")
+    # strict refuses only what cannot run here: a container-only sorter passes
+    assert merge_params(resolve_sorter("MountainSort4"), {}, "s.yaml: p", strict=True)["detect_sign"] == -1
+
+
+def test_seed_parameters_are_spikeinterfaces_own_and_pinned():
+    seeded = {entry.name: entry.seed_params for entry in CATALOG if entry.seed_params}
+    assert seeded == {
+        "Lupin": ("seed",),
+        "MountainSort5": ("whitening_seed",),
+        "Simple": ("seed",),
+        "SpykingCircus2": ("seed",),
+        "Tridesclous2": ("seed",),
+    }
+    for entry in CATALOG:
+        if not entry.has_wrapper or entry.si_name == "kilosort4":
+            continue
+        defaults = get_default_sorter_params(entry.si_name)
+        # every seed-like top-level parameter of spikeinterface 0.105.3 is pinned, and nothing else
+        assert {k for k in defaults if "seed" in k and not isinstance(defaults[k], bool)} == set(entry.seed_params)
+    assert pinned_seeds("MountainSort5") == {"whitening_seed": PROJECT_SEED} == {"whitening_seed": 0}
+    assert pinned_seeds("simple") == {"seed": 0}  # aliases too
+    assert pinned_seeds("Kilosort2") == {} and pinned_seeds("NoSuchSorter") == {}
+
+
+def test_availability_says_local_container_only_or_cannot_run_here_and_why():
+    assert availability(resolve_sorter("MountainSort5")).status == LOCAL
+    assert availability(resolve_sorter("SpykingCircus2")).status == LOCAL
+    ms4 = availability(resolve_sorter("MountainSort4"))
+    assert ms4.status == CONTAINER_ONLY and ms4.reason.startswith("runs in spikeinterface/mountainsort4-base: ")
+    for name in ("JRClust", "Klusta", "YASS"):
+        assert availability(resolve_sorter(name)) == Availability(CANNOT_RUN, resolve_sorter(name).note)
+    kilosort4 = resolve_sorter("Kilosort4")
+    if not sorter_dict["kilosort4"].is_installed():  # the package is missing, its image is not
+        assert availability(kilosort4).status == CONTAINER_ONLY
+        with pytest.raises(EnvironmentSortFailure, match="^sorter 'Kilosort4' runs only in a container here: its"):
+            require_runnable(kilosort4, in_container=False)
+        require_runnable(kilosort4, in_container=True)
+    lupin = availability(resolve_sorter("Lupin"))
+    if sorter_dict["lupin"].is_installed():
+        assert lupin.status == LOCAL
+    else:  # no torch: no package and no image
+        assert lupin.status == CANNOT_RUN and "'kilosort4' extra" in lupin.reason and "no image" in lupin.reason
+        with pytest.raises(EnvironmentSortFailure, match="^sorter 'Lupin' cannot run here: its packages"):
+            require_runnable(resolve_sorter("Lupin"), in_container=False)
 
 
 def test_kilosort4_params_are_checked_only_where_kilosort_is_installed():

@@ -55,7 +55,8 @@ def test_hyphen_spelling():
         studysets_uri="studysets_tiny.json",
         studyset_names=("PAIRED_KAMPFF", "SYNTH_MAGLAND"),
         sorters=(
-            SorterSpec(LOCAL_SORTER, {}, ("SYNTH_MAGLAND", "PAIRED_KAMPFF")),
+            # the project's pinned seed (MountainSort5's only seed parameter)
+            SorterSpec(LOCAL_SORTER, {"whitening_seed": 0}, ("SYNTH_MAGLAND", "PAIRED_KAMPFF")),
             SorterSpec("MountainSort4", {}, ("PAIRED_KAMPFF",)),
         ),
     )
@@ -279,3 +280,28 @@ def test_real_size_manifest_with_a_spec():
     jobs = sorting_jobs(spec, manifest)
     first_two = sum(len(s.recordings) for s in manifest.studies() if s.study_set_name in names[:2])
     assert len(jobs) == 888 + first_two
+
+
+def test_a_seed_the_spec_sets_wins_over_the_pinned_one():
+    spec = parse_spec(SPEC.replace("params: {}", "params: {whitening_seed: 7, detect_threshold: 6}"), "s.yaml")
+    assert spec.sorters[0].params == {"whitening_seed": 7, "detect_threshold": 6}
+    validate_spec(spec, MANIFEST)
+
+
+def test_a_sorter_that_cannot_run_here_validates_unless_strict():
+    text = SPEC.replace("name: MountainSort4", "name: JRClust").replace(
+        "    params:\n    studysets: [PAIRED_KAMPFF]", "    params: {anything: 1}\n    studysets: [PAIRED_KAMPFF]"
+    )
+    spec = parse_spec(text, "s.yaml")
+    validate_spec(spec, MANIFEST)
+    assert [(s.name, r.name) for s, r in sorting_jobs(spec, MANIFEST) if s.name == "JRClust"] == [
+        ("JRClust", "2014_11_25_Pair_3_0"),
+        ("JRClust", "2015_09_03_Pair_9_0A"),
+    ]
+    with pytest.raises(SpecError) as info:
+        validate_spec(spec, MANIFEST, strict=True)
+    assert str(info.value).startswith(
+        "s.yaml: spike-sorters[1].params: sorter 'JRClust' cannot run here: spikeinterface 0.105.3 cannot run it"
+    )
+    # typos stay errors, strict or not
+    assert "JRClust" in _invalid(text.replace("name: JRClust", "name: JRClusst"), UnknownSorterError)

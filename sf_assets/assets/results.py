@@ -2,34 +2,37 @@
 
 Both read the latest per-partition metadata from the event log for the pairs
 the spec assigns only, so an unassigned (sorter, recording) cell never holds
-them back.
+them back.  The summary also counts each cell's errored sorts (a sorter that
+cannot run here shows as a failed cell), says whether the sorter's scores are
+reproducible (docs/sorters.md), and carries the score regression check.
 """
 
 import base64
 import io
 import json
 import os
+import time
 
 import dagster as dg
 
+from sf_assets.assets.automation import AS_RESULTS_LAND
 from sf_assets.assets.faults import fails_clearly_on_storage_faults
 from sf_assets.assets.history import latest_partition_events, plain_metadata
 from sf_assets.assets.metadata import table
+from sf_assets.assets.score_checks import (
+    HISTORY_COLUMNS,
+    history_rows,
+    score_regression_result,
+    score_regression_spec,
+    summary_cells,
+    summary_history,
+)
 from sf_assets.assets.sortings import SORTING_KEY, sorting, sorting_comparison
 from sf_assets.core.campaign import Campaign
 from sf_assets.core.records import SortingRecord, write_records
+from sf_assets.core.sorter_catalog import resolve_sorter
 from sf_assets.partitions import pair_key
 from sf_assets.resources import KacheryResource, OutputsResource, StudysetResource
-
-# Re-run the fan-ins whenever a new sorting or comparison lands; never wait for
-# every upstream partition (unassigned cells are missing forever), nor for sorts
-# still running: they read what has landed from the event log, and a campaign's
-# backfill keeps some sorting in progress until its very last sort.  Only one run
-# of each fan-in at a time.
-AS_RESULTS_LAND = (
-    dg.AutomationCondition.any_deps_updated().since_last_handled() & ~dg.AutomationCondition.in_progress()
-)
-
 
 def _assigned_partitions(campaign: Campaign) -> dict[str, tuple]:
     return {str(pair_key(s.name, r)): (s, r) for s, r in campaign.jobs}
@@ -83,8 +86,34 @@ def collect_comparisons(instance: dg.DagsterInstance, campaign: Campaign) -> tup
     return current, left_out
 
 
-def summary_frame(comparisons: list[dict]):
-    """One row per (sorter, study set, study): the SpikeForest summary numbers."""
+SUMMARY_COLUMNS = [
+    "sorter",
+    "study_set",
+    "study",
+    "recordings",
+    "mean_accuracy",
+    "mean_precision",
+    "mean_recall",
+    "num_well_detected",
+    "num_true_units",
+    "num_errored",
+    "reproducible",
+]
+
+
+def _reproducible(sorter_name: str) -> str:
+    """``yes``/``no``: whether the sorter gave identical scores twice (docs/sorters.md); ``unknown``: not measured."""
+    deterministic = resolve_sorter(sorter_name).deterministic
+    return "unknown" if deterministic is None else ("yes" if deterministic else "no")
+
+
+def summary_frame(comparisons: list[dict], errored: list[dict] = ()):
+    """One row per (sorter, study set, study): the SpikeForest summary numbers.
+
+    ``errored`` holds one ``{sorter, study_set, study}`` per errored sort: they
+    are counted in ``num_errored``, and a cell with only errored sorts still
+    gets a row (0 recordings, no scores): a failed cell.
+    """
     import pandas as pd
 
     rows = []
@@ -101,22 +130,13 @@ def summary_frame(comparisons: list[dict]):
                 "mean_recall": s.get("mean_recall"),
                 "num_well_detected": s.get("num_well_detected", 0),
                 "num_true_units": s.get("num_true_units", 0),
+                "num_errored": 0,
             }
         )
+    for cell in errored:
+        rows.append({**cell, "recordings": 0, "num_well_detected": 0, "num_true_units": 0, "num_errored": 1})
     if not rows:
-        return pd.DataFrame(
-            columns=[
-                "sorter",
-                "study_set",
-                "study",
-                "recordings",
-                "mean_accuracy",
-                "mean_precision",
-                "mean_recall",
-                "num_well_detected",
-                "num_true_units",
-            ]
-        )
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
     df = pd.DataFrame(rows)
     grouped = df.groupby(["sorter", "study_set", "study"], as_index=False).agg(
         recordings=("recordings", "sum"),
@@ -125,8 +145,10 @@ def summary_frame(comparisons: list[dict]):
         mean_recall=("mean_recall", "mean"),
         num_well_detected=("num_well_detected", "sum"),
         num_true_units=("num_true_units", "sum"),
+        num_errored=("num_errored", "sum"),
     )
-    return grouped.sort_values(["sorter", "study_set", "study"]).reset_index(drop=True)
+    grouped["reproducible"] = [_reproducible(name) for name in grouped["sorter"]]
+    return grouped.sort_values(["sorter", "study_set", "study"]).reset_index(drop=True)[SUMMARY_COLUMNS]
 
 
 def accuracy_vs_snr_png(units_by_sorter: dict[str, list[dict]]) -> bytes:
@@ -153,7 +175,13 @@ def accuracy_vs_snr_png(units_by_sorter: dict[str, list[dict]]) -> bytes:
 
 
 def _summary_table(df) -> dg.MetadataValue:
-    types = {"sorter": "string", "study_set": "string", "study": "string", "recordings": "int"}
+    types = {
+        "sorter": "string",
+        "study_set": "string",
+        "study": "string",
+        "recordings": "int",
+        "reproducible": "string",
+    }
     columns = {c: types.get(c, "float" if c.startswith("mean") else "int") for c in df.columns}
     return table(df.to_dict(orient="records"), columns)
 
@@ -163,8 +191,10 @@ def _summary_table(df) -> dg.MetadataValue:
     kinds={"pandas", "matplotlib"},
     deps=[sorting_comparison],
     automation_condition=AS_RESULTS_LAND,
+    check_specs=[score_regression_spec],
     description="One table, sorter x study set/study: mean accuracy, precision and recall over "
-    "true units with SNR above 8, and well-detected counts (accuracy >= 0.8); plus accuracy vs SNR.",
+    "true units with SNR above 8, well-detected counts (accuracy >= 0.8), errored sorts and whether "
+    "the sorter's scores are reproducible; plus accuracy vs SNR and each cell's score history.",
 )
 @fails_clearly_on_storage_faults
 def sorter_summary(
@@ -179,23 +209,48 @@ def sorter_summary(
     for md in comparisons:
         units = store.load_json(md["comparison_uri"])["units"]
         units_by_sorter.setdefault(md["sorter"], []).extend(units)
-    df = summary_frame(comparisons)
+    study_sets = {r.study_name: r.study_set_name for _, r in campaign.jobs}
+    errored = [
+        {"sorter": r.sorter_name, "study_set": study_sets.get(r.study_name, ""), "study": r.study_name}
+        for r in collect_records(context.instance, campaign)
+        if r.errored
+    ]
+    df = summary_frame(comparisons, errored)
+    cells = summary_cells(df.to_dict(orient="records"), comparisons)
+    history = summary_history(context.instance)
+    previous = history[-1][1] if history else None
     png = accuracy_vs_snr_png(units_by_sorter)
     folder = outputs.path()
     csv_path = folder / "sorter_summary.csv"
     df.to_csv(csv_path, index=False)
     (folder / "accuracy_vs_snr.png").write_bytes(png)
+    history_path = _write_history(folder, history + [(time.time(), cells)])
     plot_md = f"![accuracy vs SNR](data:image/png;base64,{base64.b64encode(png).decode()})"
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "summary": _summary_table(df),
             "accuracy_vs_snr": dg.MetadataValue.md(plot_md),
             "num_comparisons": len(comparisons),
             "left_out": dg.MetadataValue.json(left_out),
+            "num_errored": len(errored),
             "csv": dg.MetadataValue.path(str(csv_path)),
+            "score_history": dg.MetadataValue.path(str(history_path)),
+            "cells": dg.MetadataValue.json([c.to_json_dict() for c in cells]),
             "text": dg.MetadataValue.md("```\n" + df.to_string(index=False) + "\n```"),
         }
     )
+    yield score_regression_result(previous, cells)
+
+
+def _write_history(folder, history) -> str:
+    """``score_history.csv``: every cell's mean accuracy in each of the latest summaries, oldest first."""
+    import pandas as pd
+
+    path = folder / "score_history.csv"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    pd.DataFrame(history_rows(history), columns=HISTORY_COLUMNS).to_csv(tmp, index=False)
+    tmp.replace(path)
+    return str(path)
 
 
 @dg.asset(

@@ -27,6 +27,7 @@ from sf_assets.core.sorter_catalog import require_runnable, resolve_sorter
 from sf_assets.engines.engine import cache_key, container_image_for, run_sort, work_dir_for
 from sf_assets.engines.job import SORT_ENGINE_VERSION, CanaryReport, SortJob, SortReport
 from sf_assets.engines.job_cache import job_cache_verdict
+from sf_assets.engines.refused import REFUSED, refused_report
 from sf_assets.engines.service_client import SortServiceError
 from sf_assets.engines.work_dirs import claim_attempt_dir
 from sf_assets.partitions import recording_key, sorting_partitions, split_pair_key
@@ -90,10 +91,13 @@ def _record(sorter_spec, rec, report: SortReport, console_uri: str | None) -> So
         sorting_output=output,
         recording_uri=rec.recording_uri,
         ground_truth_uri=rec.sorting_true_uri,
+        provenance=report.details.get("provenance"),
     )
 
 
 def _failure_kind(report: SortReport) -> str:
+    if report.details.get("stage") == REFUSED:
+        return f"{report.failure_class} failure: "
     if report.failure_class and report.failure_class != "timeout":
         where = "canary" if report.canary and report.canary.blocks_full_sort else "sort"
         return f"{report.failure_class} failure ({where}): "
@@ -202,6 +206,9 @@ def sorting(
         container_image=image,
         container_engine=settings.container_engine,
         kachery_local_only=store.local_only,
+        # Fixed and recorded: a score must not depend on how many sorts ran beside it. A Slurm
+        # step takes its own CPUs.
+        threads=settings.threads_per_sort if settings.slurm is None else None,
     )
     context.log.info(f"sorting {label} on the {settings.kind} engine (work folder {job.work_dir})")
     report: SortReport | None = None
@@ -209,8 +216,8 @@ def sorting(
     # closing(): an interrupt while Dagster handles the canary result must still
     # stop the worker now, not whenever the generator is garbage-collected.
     try:
-        require_runnable(entry, in_container=image is not None)
         attempt = claim_attempt_dir(Path(job.work_dir))  # this attempt's alone; held until the step ends
+        require_runnable(entry, in_container=image is not None)
         with contextlib.closing(run_sort(job, settings)) as events:
             for event in events:
                 if isinstance(event, CanaryReport):
@@ -223,8 +230,8 @@ def sorting(
                         f"{label}: sort service slot {event['slot']}, worker pid {event['worker_pid']} "
                         f"({'warm: ' + entry.si_name + ' already compiled' if event['warm'] else 'cold'})"
                     )
-    except SortFailure as exc:  # the engine refused before starting (e.g. no Docker daemon)
-        raise dg.Failure(description=f"{label}: {exc.failure_class} failure: {exc}", allow_retries=False) from exc
+    except SortFailure as exc:  # refused before starting (no wrapper, no Docker daemon): an errored record says why
+        report = refused_report(job, exc)
     except SortServiceError as exc:
         raise dg.Failure(description=f"{label}: {exc}", allow_retries=False) from exc
     assert report is not None
@@ -249,6 +256,8 @@ def sorting(
         "work_dir": str(attempt.path),
         **({"job_cache_miss": cache_miss} if cache_miss else {}),
     }
+    if record.provenance is not None:  # seeds, threads, versions, image (see core.records)
+        common["provenance"] = dg.MetadataValue.json(record.provenance)
     if report.errored:
         # The partition fails; the errored record is kept as an observation so
         # sorting_records and the old tools still see it, with its console.
@@ -350,6 +359,9 @@ def sorting_comparison(context: dg.AssetExecutionContext, studyset: StudysetReso
             "study_set": rec.study_set_name,
             "recording": rec.name,
             "comparison_uri": per_unit_uri,
+            # what the score regression check compares: the sorting's inputs and library versions
+            "sorting_cache_key": sorted_md.get("cache_key") or "",
+            "sorting_versions": dg.MetadataValue.json((sorted_md.get("provenance") or {}).get("versions") or {}),
             "settings": dg.MetadataValue.json(result.settings),
             "summary": dg.MetadataValue.json({k: json_safe(v) for k, v in summary.items()}),
             "units": table(

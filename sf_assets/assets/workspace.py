@@ -2,8 +2,9 @@
 
 import dagster as dg
 
+from sf_assets.assets.automation import AS_RESULTS_LAND
 from sf_assets.assets.faults import fails_clearly_on_storage_faults
-from sf_assets.assets.results import AS_RESULTS_LAND, collect_records
+from sf_assets.assets.results import collect_records
 from sf_assets.assets.sortings import sorting
 from sf_assets.core.workspace_plan import entries_from_records
 from sf_assets.resources import KacheryResource, StudysetResource, WorkspaceResource

@@ -18,6 +18,22 @@ this file, so its twelve camelCase keys and their meaning are kept exactly:
 ``groundTruthUri``    kachery URI of the ground-truth object
 ====================  =======================================================
 
+sf-assets adds a thirteenth key, after those twelve, which old tools ignore:
+
+====================  =======================================================
+``provenance``        what the sort ran with, or null (a sort that never
+                      started, or a record written before sf-assets kept it):
+                      ``seeds`` (each seed parameter and its value),
+                      ``threads`` (the thread count applied, what numba and
+                      each native thread pool actually ran with, and the
+                      thread variables), ``versions`` (spikeinterface, numpy,
+                      numba, the sorter's package and spikeinterface's version
+                      of the sorter, python), ``container_image`` and
+                      ``container_image_digest`` (null when none or unknown)
+====================  =======================================================
+
+A file without ``provenance`` (one ``run_sortings.py`` wrote) reads as null.
+
 The schema lives only here: :class:`SortingRecord` is the typed form,
 :meth:`SortingRecord.to_json_dict` / :meth:`SortingRecord.from_json_dict` the
 two directions, :func:`write_records` / :func:`read_records` the file.
@@ -61,6 +77,9 @@ class SortingRecord:
         ``{"sorting_format": "mda", "data": {"sorting_object_uri": ...}}``.
     recording_uri, ground_truth_uri : str
         Kachery URIs of the recording object and the ground-truth object.
+    provenance : dict | None
+        Seeds, threads, library versions and container image of the sort
+        (see the module's table), or None.
     """
 
     recording_name: str
@@ -75,9 +94,10 @@ class SortingRecord:
     sorting_output: dict | None
     recording_uri: str
     ground_truth_uri: str
+    provenance: dict | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The record with its twelve camelCase keys, in the order the old tools wrote them."""
+        """The record's twelve camelCase keys, in the order the old tools wrote them, then ``provenance``."""
         return {
             "recordingName": self.recording_name,
             "studyName": self.study_name,
@@ -91,6 +111,7 @@ class SortingRecord:
             "sortingOutput": self.sorting_output,
             "recordingUri": self.recording_uri,
             "groundTruthUri": self.ground_truth_uri,
+            "provenance": self.provenance,
         }
 
     @classmethod
@@ -131,6 +152,7 @@ def _record(value: Any, where: Where) -> SortingRecord:
         sorting_output=sorting_output,
         recording_uri=read_str(obj, "recordingUri", where),
         ground_truth_uri=read_str(obj, "groundTruthUri", where),
+        provenance=read_object(obj, "provenance", where, None, nullable=True),
     )
 
 

@@ -22,7 +22,14 @@ Facts measured with spikeinterface[full] 0.105.3 (see docs/sorters.md):
 * JRClust, Klusta and YASS have no runnable spikeinterface wrapper any more.
 
 ``spikeinterface.sorters.installed_sorters()`` only says a package imports;
-:func:`runs_here` says whether a sorter really sorts here.
+:func:`runs_here` says whether a sorter really sorts here, and
+:func:`availability` says, without sorting, whether it runs locally, only in
+its container, or cannot run here at all (a spec may still name it: its pairs
+end as errored records).
+
+Seeds: every sorter that takes a random seed gets :data:`PROJECT_SEED` unless
+the spec sets one (:func:`pinned_seeds`), so identical inputs give identical
+sortings where the sorter allows it, and the seed shows in the records.
 """
 from __future__ import annotations
 
@@ -61,6 +68,14 @@ class SorterEntry:
         has_wrapper: False when spikeinterface can no longer run it at all.
         pip_extra: the sf-assets optional extra that installs its packages.
         gpu: ``"none"``, ``"optional"`` or ``"required"`` (an NVIDIA GPU).
+        seed_params: the names of its random-seed parameters in spikeinterface
+            0.105.3's defaults (``get_default_sorter_params``); each is pinned to
+            :data:`PROJECT_SEED` unless the spec sets it.
+        package: the Python distribution that holds the sorter's code, whose
+            version each record carries (None: a compiled MATLAB sorter in its image).
+        deterministic: measured (docs/sorters.md): True when two sorts of the
+            same recording with the pinned seeds and one thread give identical
+            spike trains, False when they do not, None when not measured here.
     """
 
     name: str
@@ -72,6 +87,9 @@ class SorterEntry:
     has_wrapper: bool = True
     pip_extra: str | None = None
     gpu: str = GPU_NONE
+    seed_params: tuple[str, ...] = ()
+    package: str | None = None
+    deterministic: bool | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -92,6 +110,7 @@ CATALOG: tuple[SorterEntry, ...] = (
         "HerdingSpikes2", "herdingspikes", (), False, _image("herdingspikes"),
         "herdingspikes 0.4.6 crashes under spikeinterface 0.105 (reads the removed 'location' channel "
         "property; uses np.Inf, gone in numpy 2): container only.",
+        package="herdingspikes",
     ),
     SorterEntry("IronClust", "ironclust", (), False, _image("ironclust-compiled"), _MATLAB, gpu=GPU_OPTIONAL),
     SorterEntry(
@@ -118,7 +137,7 @@ CATALOG: tuple[SorterEntry, ...] = (
     SorterEntry(
         "Kilosort4", "kilosort4", (), True, _image("kilosort4"),
         "Python (kilosort + torch): install the 'kilosort4' extra; a GPU helps, the CPU works.",
-        pip_extra="kilosort4", gpu=GPU_OPTIONAL,
+        pip_extra="kilosort4", gpu=GPU_OPTIONAL, package="kilosort",
     ),
     SorterEntry(
         "Klusta", "klusta", (), False, None,
@@ -128,36 +147,43 @@ CATALOG: tuple[SorterEntry, ...] = (
     SorterEntry(
         "Lupin", "lupin", (), True, None,
         "spikeinterface's own sorter; needs torch: install the 'kilosort4' extra.",
-        pip_extra="kilosort4",
+        pip_extra="kilosort4", seed_params=("seed",), package="spikeinterface",
     ),
     SorterEntry(
         "MountainSort4", "mountainsort4", (), False, _image("mountainsort4"),
         "mountainsort4 1.0.7 crashes under spikeinterface 0.105 (reads the removed 'location' channel "
         "property): container only.",
+        package="mountainsort4",
     ),
     SorterEntry(
         "MountainSort5", "mountainsort5", (), True, _image("mountainsort5"),
         "Python (mountainsort5, a project dependency).",
+        seed_params=("whitening_seed",), package="mountainsort5", deterministic=True,
     ),
     SorterEntry(
         "Simple", "simple", ("simple",), True, None,
         "spikeinterface's built-in reference sorter; no image (it runs wherever spikeinterface does).",
+        seed_params=("seed",), package="spikeinterface", deterministic=False,
     ),
     SorterEntry(
         "SpykingCircus", "spykingcircus", (), False, _image("spyking-circus"),
         "spyking-circus 1.x needs MPI and an old numpy: container only.",
+        package="spyking-circus",
     ),
     SorterEntry(
         "SpykingCircus2", "spykingcircus2", (), True, _image("spyking-circus2"),
         "spikeinterface's own sorter; about 20 s of numba compilation per fresh process.",
+        seed_params=("seed",), package="spikeinterface", deterministic=False,
     ),
     SorterEntry(
         "Tridesclous", "tridesclous", (), False, _image("tridesclous"),
         "tridesclous 1.x is not a project dependency and is untested with numpy 2: container only.",
+        package="tridesclous",
     ),
     SorterEntry(
         "Tridesclous2", "tridesclous2", (), True, _image("tridesclous2"),
         "spikeinterface's own sorter; 15-35 s of numba compilation per fresh process.",
+        seed_params=("seed",), package="spikeinterface", deterministic=False,
     ),
     SorterEntry("Waveclus", "waveclus", ("WaveClus",), False, _image("waveclus-compiled"), _MATLAB),
     SorterEntry("HDSort", "hdsort", (), False, _image("hdsort-compiled"), _MATLAB),
@@ -212,6 +238,58 @@ def _no_wrapper_message(entry: SorterEntry) -> str:
     return f"sorter {entry.name!r} cannot run: {entry.note}"
 
 
+PROJECT_SEED = 0
+"""The seed every seeded sorter gets unless the spec sets its own."""
+
+
+def pinned_seeds(name: str) -> dict[str, int]:
+    """The seed parameters the project pins for the sorter called ``name``.
+
+    ``{}`` for an unknown name (validation reports it) and for sorters that
+    take no seed.  Cheap: no spikeinterface import.
+    """
+    entry = _INDEX.get(name) if isinstance(name, str) else None
+    return {} if entry is None else {param: PROJECT_SEED for param in entry.seed_params}
+
+
+LOCAL, CONTAINER_ONLY, CANNOT_RUN = "local", "container only", "cannot run here"
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Where a sorter can run from this environment, and why.
+
+    Attributes:
+        status: :data:`LOCAL` (its packages are installed here),
+            :data:`CONTAINER_ONLY` (it runs in its spikeinterface image, given
+            a container runtime) or :data:`CANNOT_RUN` (no wrapper, or no
+            package here and no image).
+        reason: one sentence for people.
+    """
+
+    status: str
+    reason: str
+
+
+def availability(entry: SorterEntry) -> Availability:
+    """Whether ``entry`` runs here, only in its container, or not at all; decided without sorting.
+
+    A sorter whose packages come from an optional extra (kilosort4, lupin)
+    counts as local only when spikeinterface finds them installed.  Imports
+    ``spikeinterface.sorters`` only for those sorters.
+    """
+    if not entry.has_wrapper:
+        return Availability(CANNOT_RUN, entry.note)
+    if not entry.runs_locally:
+        return Availability(CONTAINER_ONLY, f"runs in {entry.container_image}: {entry.note}")
+    if entry.pip_extra is not None and not _sorter_class(entry).is_installed():
+        missing = f"its packages are not installed here (install the {entry.pip_extra!r} extra)"
+        if entry.container_image is None:
+            return Availability(CANNOT_RUN, f"{missing}, and spikeinterface has no image for it")
+        return Availability(CONTAINER_ONLY, f"{missing}; runs in {entry.container_image}")
+    return Availability(LOCAL, entry.note)
+
+
 def require_runnable(entry: SorterEntry, *, in_container: bool) -> None:
     """Refuse, before any work starts, a sort that cannot run the way asked.
 
@@ -233,6 +311,10 @@ def require_runnable(entry: SorterEntry, *, in_container: bool) -> None:
         raise EnvironmentSortFailure(
             f"sorter {entry.name!r} runs only in a container ({entry.container_image}): {entry.note}"
         )
+    where = None if in_container else availability(entry)
+    if where is not None and where.status != LOCAL:
+        how = "runs only in a container here" if where.status == CONTAINER_ONLY else "cannot run here"
+        raise EnvironmentSortFailure(f"sorter {entry.name!r} {how}: {where.reason}")
 
 
 def _sorter_class(entry: SorterEntry):
@@ -265,28 +347,36 @@ def _defaults_are_complete(entry: SorterEntry) -> bool:
     return not dynamic or sorter_class.is_installed()
 
 
-def merge_params(entry: SorterEntry, params: dict, where: str) -> dict:
+def merge_params(entry: SorterEntry, params: dict, where: str, *, strict: bool = False) -> dict:
     """The parameters a sort runs with: ``params`` over the sorter's defaults.
 
     The merge is shallow, like ``run_sorter``'s own: a nested dict in
     ``params`` replaces the default one whole, so what the record says is what
     the sorter got.  When the defaults are incomplete here (kilosort4 without
     its package), names that cannot be checked pass with a warning, since the
-    sort may run in a container that has the package.
+    sort may run in a container that has the package.  A sorter without a
+    wrapper has no defaults: its params are returned as given (its pairs end as
+    errored records), unless ``strict``.
 
     Parameters:
         entry: the sorter.
         params: the spec's parameters for it.
         where: the file and key path of ``params``, for error messages.
+        strict: refuse a sorter that cannot run here (:func:`availability`).
 
     Raises:
         SpecError: ``params`` is not a mapping, names parameters the sorter does
-            not have, or the sorter cannot run at all.
+            not have, or (``strict``) the sorter cannot run here.
     """
-    if not entry.has_wrapper:
-        raise SpecError(f"{where}: {_no_wrapper_message(entry)}; remove it from the spec")
+    if strict and (here := availability(entry)).status == CANNOT_RUN:
+        raise SpecError(
+            f"{where}: sorter {entry.name!r} cannot run here: {here.reason.rstrip('.')}; "
+            "remove it from the spec (or leave out --strict to record its pairs as errored)"
+        )
     if not isinstance(params, dict):
         raise SpecError(f"{where}: expected a mapping of parameter names to values, got {type(params).__name__}")
+    if not entry.has_wrapper:
+        return dict(params)
     defaults = default_params(entry)
     unknown = sorted(str(name) for name in params if name not in defaults)
     if unknown and _defaults_are_complete(entry):

@@ -33,7 +33,7 @@ from sf_assets.core.fields import (
     read_list,
 )
 from sf_assets.core.manifest import Manifest, Recording
-from sf_assets.core.sorter_catalog import check_param_values, merge_params, resolve_sorter
+from sf_assets.core.sorter_catalog import check_param_values, merge_params, pinned_seeds, resolve_sorter
 from sf_assets.core.uris import parse_uri
 
 TOP_LEVEL_KEYS = ("studysets", "studyset-names", "spike-sorters")
@@ -51,7 +51,10 @@ class SorterSpec:
     name : str
         The sorter name as the spec writes it (a catalog name or alias).
     params : dict
-        The params the spec gives (not yet merged over the defaults).
+        The params the spec gives, over the seeds the project pins for this
+        sorter (:func:`~sf_assets.core.sorter_catalog.pinned_seeds`), not yet
+        merged over the defaults: what the sorter is asked for, what the
+        records show and what the job cache hashes.
     studysets : tuple[str, ...]
         The study sets this sorter runs on.
     """
@@ -243,15 +246,17 @@ def _sorter(value: Any, where: Where, declared: tuple[str, ...]) -> SorterSpec:
             studysets_where.item(index).fail(
                 f"study set {name_of_set!r} is not declared in studyset-names ({', '.join(declared)})"
             )
-    return SorterSpec(name, dict(params), names)
+    return SorterSpec(name, {**pinned_seeds(name), **params}, names)
 
 
-def validate_spec(spec: Spec, manifest: Manifest) -> None:
+def validate_spec(spec: Spec, manifest: Manifest, *, strict: bool = False) -> None:
     """Check ``spec`` against ``manifest`` and the sorter catalog.
 
     Every declared study set must be in the manifest; every sorter must be
     in the catalog (by name or alias), at most once after aliases are
-    resolved, and its params must be ones the sorter knows.
+    resolved, and its params must be ones the sorter knows.  A sorter that
+    cannot run here passes (its pairs end as errored records) unless
+    ``strict``.
 
     Raises
     ------
@@ -280,7 +285,7 @@ def validate_spec(spec: Spec, manifest: Manifest) -> None:
                 "expected each sorter once"
             )
         resolved[entry.name] = sorter.name
-        merge_params(entry, sorter.params, f"{spec.source}: {here.key('params').path}")
+        merge_params(entry, sorter.params, f"{spec.source}: {here.key('params').path}", strict=strict)
         check_param_values(entry, sorter.params, f"{spec.source}: {here.key('params').path}")
 
 

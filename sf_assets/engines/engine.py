@@ -31,8 +31,13 @@ class SlurmSettings:
     jobs_per_allocation: int = 6
     max_simultaneous_allocations: int = 5
     gpus_per_node: int | None = None
-    # salloc job id(s), comma-separated, from slurm_allocations(); None: each sort is its own job.
+    # salloc job id(s), comma-separated, from slurm_allocations(); None: the campaign's own
+    # allocations (see slurm_pool), requested as sorts arrive.
     allocation_id: str | None = None
+    # An allocation ends once no sort has used it for this long (see slurm_holder).
+    idle_release_s: float = 60.0
+    # An allocation's walltime in minutes; 0: the sort timeout plus a margin (see slurm_pool).
+    allocation_time_min: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -141,17 +146,9 @@ def run_sort(job: SortJob, settings: EngineSettings) -> Iterator[dict | CanaryRe
 
         require_container_runtime(job.container_engine)
     if settings.slurm is not None:
-        from sf_assets.engines.slurm import SlurmLaunch
+        from sf_assets.engines.slurm_campaign import run_slurm_sort
 
-        launch = SlurmLaunch.for_job(command, settings.slurm, job, settings.timeout_s)
-        yield from supervise(
-            job,
-            launch.command,
-            timeout_s=settings.timeout_s,
-            env=launch.env,
-            stop=launch.stop,
-            worker_outcome=launch.worker_outcome,
-        )
+        yield from run_slurm_sort(job, settings, command)
         return
     # Only here: on Slurm the time a step waits for its allocation would count.
     hung_after_s = canary_timeout_s(job.canary_first_n_s)

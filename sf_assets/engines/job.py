@@ -26,7 +26,7 @@ EXIT_FILE = "exit.json"
 
 # Bump when the worker changes what it produces for the same inputs: the job
 # cache and the schedule that re-runs stale sortings read it.
-SORT_ENGINE_VERSION = "1"
+SORT_ENGINE_VERSION = "2"  # 2: thread counts applied per sort, provenance recorded
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,9 @@ class SortJob:
     container_image: run the sorter in this image (None: in this environment).
     container_engine: ``docker`` or ``singularity`` when an image is given.
     kachery_local_only: False when kachery-cloud client keys are configured.
+    threads: the thread count the sort's numerical libraries get (None: the
+        one its worker was started with, see
+        :func:`sf_assets.engines.provenance.thread_count`).
     """
 
     sorter_name: str
@@ -60,6 +63,7 @@ class SortJob:
     container_image: str | None = None
     container_engine: str = "docker"
     kachery_local_only: bool = True
+    threads: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -132,6 +132,16 @@ def service_status(settings: ServiceSettings) -> dict | None:
     return payload if kind == "status" else None
 
 
+def call_service(settings: ServiceSettings, op: str, *, start: bool = True, **args) -> dict:
+    """One request to the service (``launch_run``, ``terminate_run``, ``run_status``) and its answer."""
+    with connect(settings, start=start) as conn:
+        conn.send({"op": op, "args": args})
+        kind, payload = conn.recv()
+    if kind == "error":
+        raise SortServiceError(f"the sort service refused {op}: {payload}")
+    return payload
+
+
 def sort_on_service(
     settings: ServiceSettings,
     work_dir: Path,

@@ -19,12 +19,13 @@ and :class:`SlurmLaunch` hands them to the supervisor:
 * the environment: Slurm variables of an enclosing job are dropped, so a
   pipeline that itself runs inside a Slurm job still submits new jobs.
 
-Without an allocation each sort is its own job (``srun --exclusive`` unless
-shared nodes are accepted, ``--gpus-per-node``, ``--partition``,
-``--time``).  With allocations from
-:func:`~sf_assets.engines.slurm_allocations.slurm_allocations` each sort is
-a step of one of them, sized by
-:func:`~sf_assets.engines.slurm_allocations.place_step`.
+The engine runs every sort as a step of the campaign's allocations
+(:mod:`sf_assets.engines.slurm_campaign` places it, with a
+:class:`~sf_assets.engines.slurm_allocations.StepPlacement`), or of
+allocations a user holds (``allocation_id``, placed by
+:func:`~sf_assets.engines.slurm_allocations.place_step`).  Without a
+placement a launch is a job of its own (``srun --exclusive`` unless shared
+nodes are accepted, ``--gpus-per-node``, ``--partition``, ``--time``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING
 from sf_assets.engines.job import SortJob, read_json_if_present
 from sf_assets.engines.slurm_allocations import (
     StepPlacement,
+    node_options,
     parse_allocation_ids,
     place_step,
     require_slurm_clients,
@@ -96,12 +98,7 @@ def srun_command(
     """
     command = ["srun", f"--job-name={step_name(job)}", "--ntasks=1", "--nodes=1", "--quiet"]
     if placement is None:
-        if slurm.partition:
-            command.append(f"--partition={slurm.partition}")
-        if not slurm.accept_shared_nodes:
-            command.append("--exclusive")
-        if slurm.gpus_per_node:
-            command.append(f"--gpus-per-node={slurm.gpus_per_node}")
+        command += node_options(slurm)
     else:
         # --exact: the step takes only its share, so Slurm runs at most
         # jobs_per_allocation of them at once and holds the others.
@@ -138,13 +135,18 @@ class SlurmLaunch:
 
     @classmethod
     def for_job(
-        cls, worker: Sequence[str], slurm: SlurmSettings, job: SortJob, timeout_s: float | None
+        cls,
+        worker: Sequence[str],
+        slurm: SlurmSettings,
+        job: SortJob,
+        timeout_s: float | None,
+        placement: StepPlacement | None = None,
     ) -> "SlurmLaunch":
+        """The launch of ``job``: in ``placement``, else in the least busy of ``slurm.allocation_id``, else a job."""
         env = srun_environment(os.environ)
         require_slurm_clients("srun", "scancel", "squeue", env=env)
-        placement = None
         allocation_ids = parse_allocation_ids(slurm.allocation_id)
-        if allocation_ids:
+        if placement is None and allocation_ids:
             placement = place_step(allocation_ids, slurm.jobs_per_allocation, env)
         command = srun_command(worker, slurm, job, timeout_s, placement)
         return cls(command=command, env=env, work_dir=Path(job.work_dir), name=step_name(job))

@@ -70,6 +70,22 @@ def parse_allocation_ids(text: str | None) -> list[str]:
     return ids
 
 
+def node_options(slurm: SlurmSettings) -> list[str]:
+    """The partition, ``--exclusive`` unless shared nodes are accepted, and ``--gpus-per-node``.
+
+    What every job that holds a node gets: an allocation (``salloc``,
+    ``sbatch``) or a sort that is a job of its own (``srun``).
+    """
+    options = []
+    if slurm.partition:
+        options.append(f"--partition={slurm.partition}")
+    if not slurm.accept_shared_nodes:
+        options.append("--exclusive")
+    if slurm.gpus_per_node:
+        options.append(f"--gpus-per-node={slurm.gpus_per_node}")
+    return options
+
+
 def salloc_command(slurm: SlurmSettings, time_limit_min: int | None) -> list[str]:
     """The ``salloc`` that holds one node for up to ``jobs_per_allocation`` concurrent sorts."""
     command = [
@@ -78,13 +94,8 @@ def salloc_command(slurm: SlurmSettings, time_limit_min: int | None) -> list[str
         f"--job-name={ALLOCATION_JOB_NAME}",
         "--nodes=1",
         f"--ntasks={slurm.jobs_per_allocation}",
+        *node_options(slurm),
     ]
-    if slurm.partition:
-        command.append(f"--partition={slurm.partition}")
-    if not slurm.accept_shared_nodes:
-        command.append("--exclusive")
-    if slurm.gpus_per_node:
-        command.append(f"--gpus-per-node={slurm.gpus_per_node}")
     if time_limit_min:
         command.append(f"--time={int(time_limit_min)}")
     return command
@@ -211,7 +222,11 @@ def place_step(
 ) -> StepPlacement:
     """Choose the least busy allocation and size one step at 1/N of it."""
     counts = running_steps(allocation_ids, env)
-    job_id = min(allocation_ids, key=lambda job: counts[job])
+    return step_placement(min(allocation_ids, key=lambda job: counts[job]), jobs_per_allocation, env)
+
+
+def step_placement(job_id: str, jobs_per_allocation: int, env: Mapping[str, str] | None = None) -> StepPlacement:
+    """One step in allocation ``job_id``, sized at 1/N of its CPUs (and memory, where tracked)."""
     cpus, memory_mb = _allocation_resources(job_id, env)
     share = max(1, int(jobs_per_allocation))
     return StepPlacement(

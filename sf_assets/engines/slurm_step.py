@@ -32,13 +32,20 @@ STEP_FILE = "slurm_step.json"
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
+# The allocation slot (``JOB-INDEX``) the submitting side placed this step in, if any.
+SLOT_ENV = "SF_ASSETS_SLURM_SLOT"
+
+
 def step_identity() -> dict[str, str | None]:
-    """Where this step runs, from the variables Slurm sets for every task."""
-    return {
+    """Where this step runs, from the variables Slurm sets for every task (and its slot, if placed in one)."""
+    identity = {
         "job_id": os.environ.get("SLURM_JOB_ID"),
         "step_id": os.environ.get("SLURM_STEP_ID"),
         "node": socket.gethostname(),
     }
+    if os.environ.get(SLOT_ENV):
+        identity["slot"] = os.environ[SLOT_ENV]
+    return identity
 
 
 def run_step(work_dir: Path, worker_argv: list[str]) -> dict:
@@ -67,6 +74,7 @@ def run_step(work_dir: Path, worker_argv: list[str]) -> dict:
     _, status, usage = os.wait4(worker.pid, 0)
     outcome = {
         **identity,
+        "worker_pid": worker.pid,  # which worker process sorted (one per step until slots keep warm ones)
         "exit_code": os.waitstatus_to_exitcode(status),
         "cpu_time_s": usage.ru_utime + usage.ru_stime,
     }

@@ -33,6 +33,10 @@ lease: when its connection closes (its run was terminated, or its process
 died), a queued sort is dropped and a running one is stopped at once, its
 worker discarded.  ``{"op": "status"}`` describes the slots.
 
+The service also hosts Dagster run processes for the project's run launcher
+(:mod:`sf_assets.engines.run_host`): ``launch_run``, ``terminate_run`` and
+``run_status`` requests.
+
 The service starts on demand (:mod:`sf_assets.engines.service_client`, under
 a lock so that only one starts) and exits after ``idle_exit_s`` with no sort
 and no client.  Its workers die with it (they watch their parent).
@@ -54,6 +58,7 @@ from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 
 from sf_assets.core.dispatch import AffinityQueue, Task
+from sf_assets.engines.run_host import RunHost
 from sf_assets.engines.job import JOB_FILE, SortJob, SortReport, write_json_atomic
 from sf_assets.engines.service_address import INFO_NAME, KEY_NAME, LOCK_NAME, SOCKET_NAME, ServiceSettings
 from sf_assets.engines.supervisor import SortCancelled, watch
@@ -99,6 +104,7 @@ class SortService:
 
     def __post_init__(self):
         self.slots = [Slot(i) for i in range(self.settings.slots)]
+        self.runs = RunHost()
 
     # --- dispatch (called with the lock held) ---
 
@@ -223,10 +229,13 @@ class SortService:
             self.clients += 1
         try:
             request = conn.recv()
-            if request.get("op") == "sort":
+            op = request.get("op")
+            if op == "sort":
                 self.handle_sort(conn, request)
-            elif request.get("op") == "status":
+            elif op == "status":
                 _send(conn, ("status", self.status()))
+            elif op in RunHost.OPS:
+                _send(conn, (op, getattr(self.runs, op)(**request.get("args", {}))))
             else:
                 _send(conn, ("error", f"unknown request {request.get('op')!r}"))
         except (EOFError, OSError):
@@ -242,6 +251,9 @@ class SortService:
     def idle_for_s(self) -> float:
         with self.lock:
             if self.clients or any(s.task is not None for s in self.slots) or len(self.queue):
+                return 0.0
+            if self.runs.active():
+                self.last_active = time.monotonic()
                 return 0.0
             return time.monotonic() - self.last_active
 
@@ -298,6 +310,7 @@ def serve(folder: Path, settings: ServiceSettings) -> int:
     try:
         while service.idle_for_s() < settings.idle_exit_s:
             time.sleep(IDLE_CHECK_S)
+            service.runs.end_runs_whose_lease_ended()
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:

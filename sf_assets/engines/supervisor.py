@@ -294,7 +294,7 @@ def _final_report(work_dir, canary, exit_code, cpu_time_s, timed_out, timeout_s,
             errored=False,
             sorting_object_uri=result["sorting_object_uri"],
             num_units=result["num_units"],
-            details={"sort_elapsed_s": result.get("sort_elapsed_s")},
+            details={"sort_elapsed_s": result.get("sort_elapsed_s"), "provenance": result.get("provenance")},
             **common,
         )
     if canary is not None and canary.blocks_full_sort and not result:  # hung canary, stopped here
@@ -304,7 +304,7 @@ def _final_report(work_dir, canary, exit_code, cpu_time_s, timed_out, timeout_s,
         errored=True,
         error_message=message,
         failure_class=result.get("failure_class"),
-        details={"stage": result.get("stage", "crash")},
+        details={"stage": result.get("stage", "crash"), "provenance": result.get("provenance")},
         **common,
     )
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from sf_assets.core.canary import CanaryDecision, classify_sort_error, classify_sort_output, plan_canary
 from sf_assets.core.errors import SortFailure
+from sf_assets.core.sorter_catalog import resolve_sorter
 from sf_assets.engines.container import container_run_sorter_kwargs
 from sf_assets.engines.work_dirs import attempt_in_use
 from sf_assets.engines.job import (
@@ -42,6 +43,7 @@ from sf_assets.engines.job import (
     SortJob,
     write_json_atomic,
 )
+from sf_assets.engines.provenance import applied_threads, sort_provenance, thread_count
 
 EXIT_SORTED = 0
 EXIT_SORT_FAILED = 1
@@ -153,28 +155,50 @@ def _failed(window_s, elapsed_s, num_units, failure: SortFailure) -> CanaryRepor
 
 
 def sort(work_dir: Path) -> int:
-    """Run one job from ``work_dir``; write canary and result files there."""
-    import dataclasses
+    """Run one job from ``work_dir``; write canary and result files there.
 
-    from sf_assets.data import load_recording, store_sorting
+    The sort runs with its thread count applied (see
+    :mod:`sf_assets.engines.provenance`), and every result, errored or not,
+    carries its provenance: seeds, threads, library versions, image.
+    """
+    from sf_assets.data import load_recording
     from sf_assets.stores.kachery import KacheryStore
 
     job = SortJob.from_json((work_dir / JOB_FILE).read_text())
     store = KacheryStore(job.kachery_dir, local_only=job.kachery_local_only)
     recording = load_recording(job.recording_uri, store)
+    threads = thread_count(job, os.environ)
+    with applied_threads(threads):
+        provenance = sort_provenance(job, resolve_sorter(job.sorter_name), threads)
+        return _sort_recording(job, work_dir, store, recording, provenance)
+
+
+def _sort_recording(job: SortJob, work_dir: Path, store, recording, provenance: dict) -> int:
+    import dataclasses
+
+    from sf_assets.data import store_sorting
 
     canary = run_canary(job, recording, work_dir / "_canary")
     write_json_atomic(work_dir / CANARY_FILE, dataclasses.asdict(canary))
     if canary.blocks_full_sort:
         write_json_atomic(
             work_dir / RESULT_FILE,
-            {"errored": True, "stage": "canary", "failure_class": canary.failure_class, "error_message": canary.message},
+            {
+                "errored": True,
+                "stage": "canary",
+                "failure_class": canary.failure_class,
+                "error_message": canary.message,
+                "provenance": provenance,
+            },
         )
         return EXIT_CANARY_STOPPED
 
     sorter_dir = work_dir / "sorter"
-    threads = os.environ.get("NUMBA_NUM_THREADS", "all cores")
-    _say(f"sorting {job.label} with {job.sorter_name} ({job.si_sorter_name}), params {job.params}, threads {threads}")
+    threads = provenance["threads"]
+    _say(
+        f"sorting {job.label} with {job.sorter_name} ({job.si_sorter_name}), params {job.params}, "
+        f"threads {threads['applied'] or 'as started'} (numba {threads['numba']})"
+    )
     started = time.monotonic()
     try:
         sorting = _run_sorter(job, recording, sorter_dir)
@@ -191,6 +215,7 @@ def sort(work_dir: Path) -> int:
                 "stage": "sort",
                 "failure_class": failure.failure_class if failure else None,
                 "error_message": f"{type(exc).__name__}: {exc}",
+                "provenance": provenance,
             },
         )
         return EXIT_SORT_FAILED
@@ -204,6 +229,7 @@ def sort(work_dir: Path) -> int:
             "sorting_object_uri": uri,
             "num_units": len(sorting.unit_ids),
             "sort_elapsed_s": sort_elapsed_s,
+            "provenance": provenance,
         },
     )
     _say(f"sorted {job.label}: {len(sorting.unit_ids)} units in {sort_elapsed_s:.1f} s")

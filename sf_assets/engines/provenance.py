@@ -1,0 +1,147 @@
+"""What a sort ran with: seeds, threads, library versions and container image.
+
+Two sorts of the same recording with the same params can still differ: a
+sorter's unseeded random draws, the number of threads its numerical kernels
+split work over, a new release of the sorter or of numpy.  The worker applies
+the thread count it was given and records, next to the sorting, what it
+actually ran with, so a changed score can be traced to a changed input.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import subprocess
+from collections.abc import Iterator, Mapping
+from importlib import metadata
+from typing import Any
+
+from sf_assets.core.sorter_catalog import SorterEntry
+from sf_assets.engines.job import SortJob
+from sf_assets.engines.threads import THREAD_LIMIT_VARS
+
+LIBRARIES = ("spikeinterface", "numpy", "numba")
+"""Distributions whose versions every record carries (the sorter's package is added per sorter)."""
+
+DIGEST_TIMEOUT_S = 10.0
+
+
+def thread_count(job: SortJob, env: Mapping[str, str]) -> int | None:
+    """The thread count a sort runs with: the job's, else the one its worker was started with.
+
+    ``None`` when neither sets one (the libraries then start a thread per core).
+    """
+    if job.threads is not None:
+        return max(1, job.threads)
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = env.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
+
+
+@contextlib.contextmanager
+def applied_threads(threads: int | None) -> Iterator[None]:
+    """Limit numba and every native thread pool (OpenMP, BLAS) to ``threads`` while sorting.
+
+    The environment variables only act when a library starts; a warm worker
+    runs many sorts in one process, so the limit is applied here, per sort.
+    numba cannot go above the thread count it was launched with
+    (``NUMBA_NUM_THREADS``); the recorded count says what it really used.
+    """
+    if threads is None:
+        yield
+        return
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        with threadpool_limits(limits=threads):
+            yield
+    finally:
+        numba.set_num_threads(before)
+
+
+def threads_in_use(threads: int | None) -> dict[str, Any]:
+    """The thread counts in effect now: applied, numba's, each native pool's, and the variables."""
+    import numba
+    from threadpoolctl import threadpool_info
+
+    return {
+        "applied": threads,
+        "numba": numba.get_num_threads(),
+        "threadpools": sorted(
+            ({"api": pool.get("internal_api"), "num_threads": pool.get("num_threads")} for pool in threadpool_info()),
+            key=lambda pool: (str(pool["api"]), pool["num_threads"] or 0),
+        ),
+        "env": {var: os.environ.get(var) for var in THREAD_LIMIT_VARS},
+    }
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def library_versions(entry: SorterEntry) -> dict[str, str | None]:
+    """Versions of spikeinterface, numpy, numba, the sorter's package and of the sorter itself.
+
+    ``sorter`` is spikeinterface's own version string for the sorter
+    (``get_sorter_version``: the algorithm's version for spikeinterface's
+    sorters, the package's for the others); None where it cannot tell (a
+    sorter that runs in its container).
+    """
+    from spikeinterface.sorters.sorterlist import sorter_dict
+
+    versions: dict[str, str | None] = {name: _version(name) for name in LIBRARIES}
+    if entry.package is not None:
+        versions[entry.package] = _version(entry.package)
+    try:
+        versions["sorter"] = str(sorter_dict[entry.si_name].get_sorter_version())
+    except Exception:  # not installed here (container-only): the image stands for it
+        versions["sorter"] = None
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def image_digest(image: str | None, engine: str) -> str | None:
+    """The content digest of a container image, when it is known here.
+
+    From the reference itself (``name@sha256:...``), else from ``docker image
+    inspect`` for a pulled docker image; None when there is no image, no docker
+    or no digest (a singularity file, an image built locally).
+    """
+    if image is None:
+        return None
+    if "@sha256:" in image:
+        return image.split("@", 1)[1]
+    docker = shutil.which("docker") if engine == "docker" else None
+    if docker is None:
+        return None
+    try:
+        out = subprocess.run(
+            [docker, "image", "inspect", "--format", "{{join .RepoDigests \" \"}}", image],
+            capture_output=True,
+            text=True,
+            timeout=DIGEST_TIMEOUT_S,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    digests = [d.split("@", 1)[1] for d in out.stdout.split() if "@sha256:" in d] if out.returncode == 0 else []
+    return digests[0] if digests else None
+
+
+def sort_provenance(job: SortJob, entry: SorterEntry, threads: int | None) -> dict[str, Any]:
+    """The ``provenance`` of a sort (see :mod:`sf_assets.core.records`), taken while its threads are applied."""
+    return {
+        "seeds": {param: job.params.get(param) for param in entry.seed_params},
+        "threads": threads_in_use(threads),
+        "versions": library_versions(entry),
+        "container_image": job.container_image,
+        "container_image_digest": image_digest(job.container_image, job.container_engine),
+    }

@@ -1,0 +1,87 @@
+"""The batch script of every pool allocation: keeps it while sorts use it, ends it when idle.
+
+Run by ``sbatch`` (see :meth:`sf_assets.engines.slurm_pool.Pool.sbatch_command`)
+as ``python -m sf_assets.engines.slurm_holder POOL_DIR IDLE_S``.  Sorts run
+beside it as job steps (``srun --jobid``); it only watches their claims in
+``POOL_DIR/claims``.  A claim counts as alive while its modification time
+keeps changing: the process that placed the sort touches it every few
+seconds.  Once no claim of this allocation has changed for ``IDLE_S``
+seconds (measured with this node's own clock, so clock skew between the
+node and the submit host does not matter), the holder marks the allocation
+closing under the pool's lock, so no new sort is placed in it, and exits:
+Slurm then ends the job and whatever step is still in it.
+
+This is what keeps allocations from outliving sf-assets: a launcher killed
+with ``kill -9`` stops touching its claims, and its allocations end one idle
+time later, with no process on the submit host left to clean up.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from sf_assets.engines.slurm_pool import CLAIMS, CLOSING, LOCK
+
+
+def claim_times(pool_dir: Path, job_id: str) -> dict[str, float]:
+    """Modification time of each claim of this allocation."""
+    times = {}
+    for path in (pool_dir / CLAIMS).glob(f"{job_id}-*.json"):
+        try:
+            times[path.name] = path.stat().st_mtime
+        except FileNotFoundError:
+            pass
+    return times
+
+
+class IdleClock:
+    """When a claim of this allocation last appeared or was touched, on this node's clock."""
+
+    def __init__(self) -> None:
+        self.last_busy = time.monotonic()
+        self._seen: dict[str, float] = {}
+
+    def look(self, times: dict[str, float]) -> None:
+        if any(self._seen.get(name) != mtime for name, mtime in times.items()):
+            self.last_busy = time.monotonic()
+        self._seen = times
+
+    def idle_for(self) -> float:
+        return time.monotonic() - self.last_busy
+
+
+def hold(pool_dir: Path, job_id: str, idle_s: float) -> None:
+    """Return once the allocation has been idle for ``idle_s`` and is marked closing."""
+    import fcntl
+
+    clock = IdleClock()
+    poll_s = max(0.1, min(1.0, idle_s / 5.0))
+    while True:
+        clock.look(claim_times(pool_dir, job_id))
+        if clock.idle_for() >= idle_s:
+            with open(pool_dir / LOCK, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                clock.look(claim_times(pool_dir, job_id))  # a sort placed meanwhile keeps it
+                if clock.idle_for() >= idle_s:
+                    (pool_dir / CLOSING / job_id).write_text(str(time.time()))
+                    return
+        time.sleep(poll_s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if len(argv) != 2 or not job_id:
+        print("usage (as an sbatch script): python -m sf_assets.engines.slurm_holder POOL_DIR IDLE_S", file=sys.stderr)
+        return 2
+    idle_s = float(argv[1])
+    print(f"holding allocation {job_id} for {argv[0]}; ends after {idle_s:g} s without a sort", flush=True)
+    hold(Path(argv[0]), job_id, idle_s)
+    print(f"allocation {job_id} idle for {idle_s:g} s: ending it", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

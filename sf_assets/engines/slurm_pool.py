@@ -1,0 +1,420 @@
+"""The campaign's Slurm allocations: requested as sorts arrive, one slot per running sort.
+
+Every process that sorts on Slurm (the command line's run slots, a run the
+Dagster daemon launched for a backfill, the sensor or the schedule) places
+its sort through the same *pool*: a folder under the work root,
+``<work_root>/slurm-allocations/<key>``, where ``key`` stands for the
+allocation shape (cluster, partition, shared nodes, slots per allocation,
+GPUs, walltime, idle time).  Sorts with the same shape share allocations,
+whoever launched them; nobody names allocation ids.
+
+The pool holds no process of its own.  Its state is Slurm's queue plus small
+files, changed only under an exclusive ``flock`` of ``<pool>/lock``:
+
+* an allocation is an ``sbatch`` job named ``sf-assets-allocation-<key>``
+  (``--nodes=1 --ntasks=N``, the partition, ``--exclusive`` unless shared
+  nodes are accepted, ``--gpus-per-node``, ``--time``) whose batch script is
+  :mod:`sf_assets.engines.slurm_holder`; ``squeue --name`` lists them;
+* a *claim*, ``claims/<job id>-<slot>.json``, is one sort's slot in one
+  allocation.  The process that made it touches it every few seconds while
+  the sort waits or runs (:class:`Heartbeat`) and deletes it when the sort
+  ends;
+  A claim belongs to a *launcher*: the launch that wrapped its campaign in
+  :func:`sf_assets.engines.slurm_campaign.campaign_allocations` (named to its
+  run processes by :data:`OWNER_ENV`), else the process itself.  Once that
+  launcher is gone (``kill -9``), its claims are no longer touched, even by
+  run processes it leaves behind;
+* ``closing/<job id>`` marks an allocation that is going away (its holder
+  found it idle, or the launcher released it): no new sort is placed there.
+
+:func:`acquire_slot` takes the first free slot of a running allocation, else of
+a pending one, else requests a new allocation while fewer than M are held,
+else waits for a slot.  The holder in each allocation ends it once no claim
+of it has been touched for the idle time: the queue has been empty that
+long, or every process that placed a sort there is gone (``kill -9``
+included), so no allocation outlives the processes that use it by more than
+the idle time.  :func:`release_idle` ends the idle ones at once (a launch
+that exits or is interrupted).
+"""
+from __future__ import annotations
+
+import fcntl
+import getpass
+import hashlib
+import json
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sf_assets.core.errors import EnvironmentSortFailure
+from sf_assets.core.launcher_identity import LauncherIdentity, this_process
+from sf_assets.engines.slurm_allocations import cancel_jobs, node_options, require_slurm_clients
+
+if TYPE_CHECKING:
+    from sf_assets.engines.engine import SlurmSettings
+
+POOL_FOLDER = "slurm-allocations"
+# The launcher whose claims these are (``HOST:PID:START``), set by a launch for its run processes.
+OWNER_ENV = "SF_ASSETS_SLURM_OWNER"
+JOB_NAME_PREFIX = "sf-assets-allocation-"
+CLAIMS, CLOSING, LOCK = "claims", "closing", "lock"
+# squeue's latest answer about the pool's allocations, shared by its processes.
+QUEUE_CACHE = "squeue.json"
+# The walltime of an allocation, beyond one sort's -T, when no walltime is set.
+ALLOCATION_TIME_MARGIN_MIN = 10
+# A sort is not placed in an allocation with less time left than its timeout plus this.
+TIME_LEFT_MARGIN_S = 60.0
+# How often a waiting sort looks for a free slot.
+WAIT_POLL_S = 0.5
+CLIENT_TIMEOUT_S = 60.0
+# Allocation states in which it can run (or will run) sorts.
+LIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING")
+
+
+def allocation_time_min(slurm: SlurmSettings, timeout_min: float) -> int | None:
+    """An allocation's ``--time``: the setting, else one sort's timeout plus a margin, else none.
+
+    An allocation serves many sorts one after the other, so its walltime is an
+    upper bound, not a budget: the holder ends it when it is idle, and a sort
+    is only placed where its whole timeout still fits.
+    """
+    if slurm.allocation_time_min and slurm.allocation_time_min > 0:
+        return int(math.ceil(slurm.allocation_time_min))
+    if timeout_min and timeout_min > 0:
+        return int(math.ceil(timeout_min)) + ALLOCATION_TIME_MARGIN_MIN
+    return None
+
+
+def claim_owner() -> LauncherIdentity:
+    """The launcher this process places sorts for: :data:`OWNER_ENV`, else this process."""
+    return LauncherIdentity.parse(os.environ.get(OWNER_ENV, "")) or this_process()
+
+
+def heartbeat_interval_s(idle_release_s: float) -> float:
+    """How often a claim is touched: often enough that a live one never looks idle to a holder."""
+    return max(0.2, min(5.0, idle_release_s / 4.0))
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One allocation shape's pool folder and the ``sbatch`` line of its allocations."""
+
+    root: Path
+    key: str
+    slurm: SlurmSettings
+    time_limit_min: int | None
+    env: Mapping[str, str]
+
+    @classmethod
+    def for_settings(
+        cls, work_root: str | Path, slurm: SlurmSettings, timeout_min: float, env: Mapping[str, str]
+    ) -> "Pool":
+        time_limit = allocation_time_min(slurm, timeout_min)
+        root = Path(work_root).resolve() / POOL_FOLDER
+        shape = {
+            "work_root": str(root.parent),
+            "cluster": env.get("SLURM_CONF", ""),
+            "user": getpass.getuser(),
+            "partition": slurm.partition or "",
+            "shared": bool(slurm.accept_shared_nodes),
+            "slots": int(slurm.jobs_per_allocation),
+            "allocations": int(slurm.max_simultaneous_allocations),
+            "gpus": slurm.gpus_per_node or 0,
+            "time_min": time_limit,
+            "idle_s": float(slurm.idle_release_s),
+        }
+        key = hashlib.sha1(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
+        root = root / key
+        for sub in (CLAIMS, CLOSING):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        (root / "shape.json").write_text(json.dumps(shape, indent=2, sort_keys=True))
+        return cls(root=root, key=key, slurm=slurm, time_limit_min=time_limit, env=env)
+
+    @property
+    def job_name(self) -> str:
+        return JOB_NAME_PREFIX + self.key
+
+    @property
+    def slots(self) -> int:
+        return max(1, int(self.slurm.jobs_per_allocation))
+
+    def sbatch_command(self) -> list[str]:
+        """The ``sbatch`` that starts one allocation, its holder as the batch script."""
+        slurm = self.slurm
+        command = [
+            "sbatch",
+            "--parsable",
+            f"--job-name={self.job_name}",
+            "--nodes=1",
+            f"--ntasks={self.slots}",
+            "--no-requeue",
+            f"--output={self.root / 'holder-%j.out'}",
+            f"--chdir={self.root}",
+            *node_options(slurm),
+        ]
+        if self.time_limit_min:
+            command.append(f"--time={self.time_limit_min}")
+        holder = [sys.executable, "-m", "sf_assets.engines.slurm_holder", str(self.root), f"{slurm.idle_release_s:g}"]
+        return command + ["--wrap", "exec " + " ".join(holder)]
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the pool's lock: placement, requests and closing never interleave."""
+        with open(self.root / LOCK, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def allocations(self, max_age_s: float = 0.0) -> dict[str, tuple[str, float | None]]:
+        """This pool's allocations that Slurm lists: job id -> (state, seconds left or None).
+
+        ``max_age_s``: an answer that old or younger, from any process of the
+        pool, will do (``QUEUE_CACHE``): sorts waiting for a slot then ask
+        ``squeue`` about once per ``max_age_s`` in all, not once each.
+        """
+        cache = self.root / QUEUE_CACHE
+        if max_age_s > 0:
+            try:
+                if time.time() - cache.stat().st_mtime <= max_age_s:
+                    return {job: (state, left) for job, (state, left) in json.loads(cache.read_text()).items()}
+            except (FileNotFoundError, ValueError):
+                pass
+        proc = _client(
+            ["squeue", "--noheader", "--format=%i %T %L", f"--name={self.job_name}", f"--user={getpass.getuser()}"],
+            self.env,
+        )
+        if proc.returncode != 0:
+            raise EnvironmentSortFailure(f"`squeue --name={self.job_name}` failed: {proc.stderr.strip()}")
+        listed = {}
+        for line in proc.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                listed[parts[0]] = (parts[1], parse_time_left(parts[2]))
+        # Atomic, and safe for threads of one process placing sorts at once.
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(listed))
+        os.replace(tmp, cache)
+        return listed
+
+    def is_closing(self, job_id: str) -> bool:
+        return (self.root / CLOSING / job_id).exists()
+
+    def mark_closing(self, job_id: str) -> None:
+        (self.root / CLOSING / job_id).write_text(str(time.time()))
+
+    def claims(self) -> dict[str, list[Path]]:
+        """Claims by allocation job id."""
+        by_job: dict[str, list[Path]] = {}
+        for path in (self.root / CLAIMS).glob("*.json"):
+            by_job.setdefault(path.stem.split("-", 1)[0], []).append(path)
+        return by_job
+
+    def forget_ended(self, listed: Mapping[str, tuple[str, float | None]]) -> None:
+        """Drop claims and closing marks of allocations Slurm no longer lists, and dead claims."""
+        stale_after = self.slurm.idle_release_s + 2 * heartbeat_interval_s(self.slurm.idle_release_s)
+        now = time.time()
+        for job_id, paths in self.claims().items():
+            for path in paths:
+                try:
+                    dead = job_id not in listed or now - path.stat().st_mtime > stale_after
+                    if dead:
+                        path.unlink()
+                except FileNotFoundError:
+                    pass
+        for mark in (self.root / CLOSING).iterdir():
+            if mark.name not in listed:
+                mark.unlink(missing_ok=True)
+
+    def request_allocation(self) -> str:
+        """``sbatch`` one allocation; returns its job id or raises naming Slurm's refusal."""
+        command = self.sbatch_command()
+        proc = _client(command, self.env)
+        job_id = proc.stdout.strip().split(";", 1)[0]
+        if proc.returncode != 0 or not job_id.isdigit():
+            raise EnvironmentSortFailure(
+                f"`{' '.join(command)}` was refused by Slurm (exit {proc.returncode}): {proc.stderr.strip()}"
+            )
+        return job_id
+
+
+@dataclass
+class Slot:
+    """One sort's place in one allocation: held (and its claim touched) until released."""
+
+    pool: Pool
+    job_id: str
+    index: int
+    claim: Path
+
+    @property
+    def name(self) -> str:
+        """``JOB-INDEX``: which slot of which allocation."""
+        return f"{self.job_id}-{self.index}"
+
+    def release(self) -> None:
+        HEARTBEAT.stop(self.claim)
+        self.claim.unlink(missing_ok=True)
+
+    def state(self, max_age_s: float = 0.0) -> str | None:
+        """The allocation's Slurm state (``max_age_s``: see :meth:`Pool.allocations`); None once not listed."""
+        listed = self.pool.allocations(max_age_s)
+        return listed[self.job_id][0] if self.job_id in listed else None
+
+    def wait_until_running(self) -> bool:
+        """Block until the allocation runs (True) or has gone without running (False)."""
+        while True:
+            state = self.state(max_age_s=WAIT_POLL_S)
+            if state == "RUNNING":
+                return True
+            if state not in LIVE_STATES:
+                return False
+            time.sleep(WAIT_POLL_S)
+
+
+def acquire_slot(pool: Pool, label: str, needed_s: float | None = None) -> Slot:
+    """Claim a free slot for one sort, requesting an allocation if none is free; waits if M are busy.
+
+    Parameters
+    ----------
+    pool: the pool of this allocation shape.
+    label: the sort's label, written into the claim (for people reading the folder).
+    needed_s: the sort's timeout; allocations with less walltime left are passed over.
+
+    Returns the slot once its allocation runs.  An allocation that goes away
+    while pending (cancelled) makes it look again; one Slurm refuses to
+    create raises :class:`EnvironmentSortFailure`, and so does a launcher
+    that is gone (a run process left behind by ``kill -9`` requests nothing).
+    """
+    require_slurm_clients("sbatch", "squeue", "scancel", env=pool.env)
+    while True:
+        owner = claim_owner()
+        if owner.is_gone():
+            raise EnvironmentSortFailure(f"the launch {owner} that this sort ({label}) was for has ended")
+        slot = _try_claim(pool, label, needed_s)
+        if slot is None:
+            time.sleep(WAIT_POLL_S)
+            continue
+        try:
+            if slot.wait_until_running():
+                return slot
+        except BaseException:
+            slot.release()
+            raise
+        slot.release()
+
+
+def _try_claim(pool: Pool, label: str, needed_s: float | None) -> Slot | None:
+    with pool.locked():
+        listed = pool.allocations(max_age_s=WAIT_POLL_S)
+        pool.forget_ended(listed)
+        claims = pool.claims()
+        candidates = []
+        for job_id, (state, left_s) in listed.items():
+            if state not in LIVE_STATES or pool.is_closing(job_id):
+                continue
+            if state == "RUNNING" and needed_s and left_s is not None and left_s < needed_s + TIME_LEFT_MARGIN_S:
+                continue  # too little walltime left: it drains and ends when idle
+            taken = len(claims.get(job_id, []))
+            if taken < pool.slots:
+                # Running first, then the busiest (fills one allocation before the next).
+                candidates.append((state != "RUNNING", -taken, int(job_id), job_id))
+        if candidates:
+            job_id = min(candidates)[3]
+        elif len(listed) < max(1, int(pool.slurm.max_simultaneous_allocations)):
+            job_id = pool.request_allocation()
+            pool.allocations()  # the answer others reuse must list it
+        else:
+            return None
+        used = {int(p.stem.split("-", 1)[1]) for p in claims.get(job_id, [])}
+        index = min(set(range(pool.slots)) - used)
+        claim = pool.root / CLAIMS / f"{job_id}-{index}.json"
+        owner = claim_owner()
+        about = {"pid": os.getpid(), "host": socket.gethostname(), "owner": str(owner), "label": label}
+        claim.write_text(json.dumps(about))
+        HEARTBEAT.start(claim, heartbeat_interval_s(pool.slurm.idle_release_s), owner)
+        return Slot(pool=pool, job_id=job_id, index=index, claim=claim)
+
+
+def release_idle(pool: Pool) -> list[str]:
+    """End this pool's allocations that no sort holds now; returns their job ids.
+
+    What a launch does on exit and on interrupt (after its sorts were stopped),
+    rather than leaving them to their holders' idle time.
+    """
+    with pool.locked():
+        listed = pool.allocations()
+        pool.forget_ended(listed)
+        claims = pool.claims()
+        idle = [job_id for job_id in listed if not claims.get(job_id)]
+        for job_id in idle:
+            pool.mark_closing(job_id)
+        cancel_jobs(idle, pool.env)
+    return idle
+
+
+def parse_time_left(text: str) -> float | None:
+    """squeue's ``%L`` (``[days-]hours:minutes:seconds``, ``minutes:seconds``) in seconds; None: no limit."""
+    match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", text.strip())
+    if not match:
+        return None  # UNLIMITED, NOT_SET, INVALID
+    days, hours, minutes, seconds = (int(group or 0) for group in match.groups())
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+
+
+class Heartbeat:
+    """One thread per process that touches this process's claims while their sorts wait or run.
+
+    A claim whose launcher is gone is left alone: its allocation then ends one
+    idle time later, whatever this process still does.
+    """
+
+    def __init__(self) -> None:
+        self._claims: dict[Path, tuple[float, LauncherIdentity]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self, claim: Path, interval_s: float, owner: LauncherIdentity) -> None:
+        with self._lock:
+            self._claims[claim] = (interval_s, owner)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="sf-assets-slurm-heartbeat", daemon=True)
+                self._thread.start()
+
+    def stop(self, claim: Path) -> None:
+        with self._lock:
+            self._claims.pop(claim, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                claims = dict(self._claims)
+            for claim, (_, owner) in claims.items():
+                if owner.is_gone():
+                    continue
+                try:
+                    os.utime(claim)
+                except FileNotFoundError:
+                    pass  # released meanwhile, or dropped by forget_ended
+            time.sleep(min((interval for interval, _ in claims.values()), default=1.0))
+
+
+HEARTBEAT = Heartbeat()
+
+
+def _client(argv: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, env=dict(env), timeout=CLIENT_TIMEOUT_S)
+    except FileNotFoundError as exc:
+        raise EnvironmentSortFailure(f"the Slurm engine needs `{argv[0]}` on PATH; it was not found") from exc

@@ -1,0 +1,129 @@
+"""The run launcher every launch path shares: runs execute in the host's sort service.
+
+``dagster.yaml`` names this class as the instance's run launcher, so the runs
+of a UI backfill, of the studyset sensor, of the schedule and of the command
+line all leave Dagster's run queue the same way: the queue's daemon calls
+:meth:`SortServiceRunLauncher.launch_run`, and the sort service forks the run
+from a process that has Dagster, the code location and spikeinterface loaded
+(:mod:`sf_assets.engines.run_host`).  The run's sorting step then hands its
+sort to the same service's warm workers.  Terminating a run in the UI
+interrupts its process, which closes its lease on the sort, which stops the
+sort.
+
+Dagster's run monitoring asks :meth:`check_run_worker_health` about started
+runs: a run whose process is gone without finishing (killed, the service gone
+with it) is marked failed, so no partition shows in progress forever.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from dagster import Field, Int, Float, String
+from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
+from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
+
+from sf_assets.core.launcher_identity import LauncherIdentity
+from sf_assets.engines.engine import EngineSettings
+from sf_assets.engines.service_client import SortServiceError, call_service
+
+LEASE_TAG = "sf-assets/lease"
+"""Identity (host:pid:start) of a command line whose runs end when it does."""
+RUN_WORKER_TAG = "sf-assets/run-worker"
+"""Identity of the process executing the run, for health checks when the service is gone."""
+
+
+class SortServiceRunLauncher(RunLauncher, ConfigurableClass):
+    """Launches runs as processes forked inside the host's sort service.
+
+    Config (all optional; the defaults are the ``sorting_engine`` resource's,
+    and both must agree for runs and sorts to share one service):
+    ``threads_per_sort``, ``service_slots``, ``service_idle_exit_s``, ``service_dir``.
+    """
+
+    def __init__(self, inst_data: ConfigurableClassData | None = None, **service_config: Any):
+        self._inst_data = inst_data
+        self._service = EngineSettings(work_root="", **service_config).service()
+        super().__init__()
+
+    @property
+    def inst_data(self) -> ConfigurableClassData | None:
+        return self._inst_data
+
+    @classmethod
+    def config_type(cls) -> dict:
+        return {
+            "threads_per_sort": Field(Int, is_required=False),
+            "service_slots": Field(Int, is_required=False),
+            "service_idle_exit_s": Field(Float, is_required=False),
+            "service_dir": Field(String, is_required=False),
+        }
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: dict) -> "SortServiceRunLauncher":
+        return cls(inst_data=inst_data, **config_value)
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        import os
+
+        run = context.dagster_run
+        answer = call_service(
+            self._service,
+            "launch_run",
+            run_id=run.run_id,
+            instance_ref=serialize_value(self._instance.get_ref()),
+            environ=dict(os.environ),
+            cwd=os.getcwd(),
+            lease=run.tags.get(LEASE_TAG, ""),
+        )
+        if not answer["launched"]:
+            self._instance.report_run_failed(run, f"not started: {answer['reason']}")
+            return
+        identity = LauncherIdentity(_hostname(), answer["pid"], answer["start_ticks"])
+        self._instance.add_run_tags(run.run_id, {RUN_WORKER_TAG: str(identity)})
+        self._instance.report_engine_event(
+            f"Run handed to the sort service: process {answer['pid']}, forked from its preloaded run host.",
+            run,
+            cls=self.__class__,
+        )
+
+    def terminate(self, run_id: str) -> bool:
+        run = self._instance.get_run_by_id(run_id)
+        if not run or run.is_finished:
+            return False
+        self._instance.report_run_canceling(run)
+        try:
+            answer = call_service(self._service, "terminate_run", start=False, run_id=run_id)
+        except (SortServiceError, OSError):
+            answer = {"terminated": False, "known": False}
+        if not answer["terminated"]:
+            # Nothing executes it any more (the service ended, or the run never started there).
+            self._instance.report_run_canceled(run, message="Run canceled: no process was executing it.")
+        return True
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run) -> CheckRunHealthResult:
+        try:
+            status = call_service(self._service, "run_status", start=False, run_id=run.run_id)
+        except (SortServiceError, OSError):
+            status = {"known": False}
+        if status.get("known"):
+            if status["alive"]:
+                return CheckRunHealthResult(WorkerStatus.RUNNING)
+            ok = status["exitcode"] == 0
+            return CheckRunHealthResult(
+                WorkerStatus.SUCCESS if ok else WorkerStatus.FAILED,
+                msg=None if ok else f"the run's process exited with code {status['exitcode']}",
+            )
+        identity = LauncherIdentity.parse(run.tags.get(RUN_WORKER_TAG, ""))
+        if identity is not None and not identity.is_gone():
+            return CheckRunHealthResult(WorkerStatus.RUNNING, msg="the sort service is gone; its run process is not")
+        return CheckRunHealthResult(WorkerStatus.NOT_FOUND, msg="no process is executing this run")
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()

@@ -1,0 +1,63 @@
+"""Identical inputs, identical tables: one campaign on two empty instances through two launch paths.
+
+MountainSort5 is the sorter of the project's grid that sorts deterministically with its pinned
+``whitening_seed`` and a fixed thread count (measured, docs/sorters.md: spikeinterface's own
+simple, spykingcircus2 and tridesclous2 draw unseeded random chunks and do not, whatever their
+seed).  Sorted once in the calling process with a fresh worker per sort and once by the
+command line's launcher with two warm workers, every sorting, every per-unit score and the
+summary file must be byte-identical.
+"""
+from __future__ import annotations
+
+import dagster as dg
+
+from sf_assets.core.sorter_catalog import resolve_sorter
+from sf_assets_tests.graph_harness import campaign_resources, make_env, materialize_campaign, write_spec
+
+SORTER = "MountainSort5"
+
+
+def _results(instance, store) -> dict:
+    """Per pair: the sorting object (its sha1 is its spike trains) and the per-unit scores."""
+    from sf_assets.assets.history import latest_partition_events, plain_metadata
+
+    sortings = latest_partition_events(instance, dg.AssetKey("sorting"))
+    comparisons = latest_partition_events(instance, dg.AssetKey("sorting_comparison"))
+    assert set(sortings) == set(comparisons)
+    return {
+        key: (
+            plain_metadata(sortings[key][1])["sorting_object_uri"],
+            store.load_json(plain_metadata(comparisons[key][1])["comparison_uri"])["units"],
+        )
+        for key in sortings
+    }
+
+
+def test_two_instances_two_launch_paths_give_identical_sortings_scores_and_summary(synthetic_studyset, tmp_path):
+    assert resolve_sorter(SORTER).deterministic is True
+    sets = ["SYNTH_SET_A", "SYNTH_SET_B"]
+    spec = write_spec(tmp_path / "spec.yaml", synthetic_studyset.manifest_path, {SORTER: {"studysets": sets}})
+    store = synthetic_studyset.store
+
+    first = tmp_path / "first"
+    (first / "dagster").mkdir(parents=True)
+    with dg.instance_for_test(temp_dir=str(first / "dagster")) as instance:
+        resources = campaign_resources(
+            first, store, spec, synthetic_studyset.manifest_path, canary_first_n_s=0.0, reuse_workers=False
+        )
+        assert set(materialize_campaign(instance, resources).values()) == {True}
+        first_results = _results(instance, store)
+
+    second = tmp_path / "second"
+    (second / "dagster").mkdir(parents=True)
+    with dg.instance_for_test(temp_dir=str(second / "dagster")) as instance:
+        env = make_env(second, store, instance, synthetic_studyset.manifest_path, spec, canary_first_n_s=0.0)
+        outcome = env.launch(workers=2)
+        assert [o.error for o in outcome.sortings if not o.success] == []
+        second_results = _results(instance, store)
+
+    assert len(first_results) == 4
+    assert first_results == second_results
+    summary = (first / "outputs" / "sorter_summary.csv").read_bytes()
+    assert summary == (second / "outputs" / "sorter_summary.csv").read_bytes()
+    assert summary.decode().splitlines()[1].endswith(",0,yes")

@@ -1,0 +1,76 @@
+"""What a sort ran with: the thread count applied and recorded, versions, image digest."""
+from __future__ import annotations
+
+import numba
+import numpy
+import spikeinterface
+from threadpoolctl import threadpool_info
+
+from sf_assets.core.sorter_catalog import resolve_sorter
+from sf_assets.engines.job import SortJob
+from sf_assets.engines.provenance import (
+    applied_threads,
+    image_digest,
+    library_versions,
+    sort_provenance,
+    thread_count,
+    threads_in_use,
+)
+
+
+def _job(**changes) -> SortJob:
+    fields = dict(
+        sorter_name="MountainSort5",
+        si_sorter_name="mountainsort5",
+        params={"whitening_seed": 0, "detect_threshold": 6},
+        recording_uri="sha1://" + "1" * 40 + "/r.json",
+        label="MountainSort5/s/r",
+        kachery_dir="/nonexistent",
+        work_dir="/nonexistent",
+    )
+    return SortJob(**{**fields, **changes})
+
+
+def test_the_jobs_thread_count_wins_over_the_workers_environment():
+    assert thread_count(_job(threads=3), {"NUMBA_NUM_THREADS": "1"}) == 3
+    assert thread_count(_job(), {"NUMBA_NUM_THREADS": "2", "OMP_NUM_THREADS": "4"}) == 2
+    assert thread_count(_job(), {"OMP_NUM_THREADS": "4"}) == 4
+    assert thread_count(_job(), {"NUMBA_NUM_THREADS": "", "OMP_NUM_THREADS": "x"}) is None
+    assert SortJob.from_json(_job(threads=2).to_json()).threads == 2
+
+
+def test_the_applied_count_is_what_numba_and_every_native_pool_run_with():
+    before = numba.get_num_threads()
+    with applied_threads(1):
+        used = threads_in_use(1)
+        assert numba.get_num_threads() == 1
+        assert {pool["num_threads"] for pool in threadpool_info()} == {1}
+    assert (used["applied"], used["numba"]) == (1, 1)
+    assert {pool["num_threads"] for pool in used["threadpools"]} == {1} and used["threadpools"]
+    assert numba.get_num_threads() == before, "a warm worker's next sort starts from its own count"
+    with applied_threads(None):
+        assert numba.get_num_threads() == before
+
+
+def test_provenance_holds_seeds_versions_and_image():
+    entry = resolve_sorter("MountainSort5")
+    provenance = sort_provenance(_job(), entry, None)
+    assert provenance["seeds"] == {"whitening_seed": 0}
+    versions = provenance["versions"]
+    assert (versions["spikeinterface"], versions["numpy"], versions["numba"]) == (
+        spikeinterface.__version__,
+        numpy.__version__,
+        numba.__version__,
+    )
+    assert versions["mountainsort5"] == versions["sorter"]  # spikeinterface reports the package's version
+    assert (provenance["container_image"], provenance["container_image_digest"]) == (None, None)
+    # a container-only sorter: its package is in the image, not here
+    assert library_versions(resolve_sorter("MountainSort4"))["sorter"] is None
+    assert library_versions(resolve_sorter("MountainSort4"))["mountainsort4"] is None
+
+
+def test_an_image_digest_comes_from_the_reference_when_it_has_one():
+    digest = "sha256:" + "ab" * 32
+    assert image_digest(f"spikeinterface/mountainsort5-base@{digest}", "docker") == digest
+    assert image_digest(None, "docker") is None
+    assert image_digest("/images/ms5.sif", "singularity") is None

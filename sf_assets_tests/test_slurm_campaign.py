@@ -1,0 +1,392 @@
+"""The campaign's Slurm allocations, against the real single-node cluster (``slurm_cluster``).
+
+Covers sf_assets.engines.slurm_pool, slurm_holder and slurm_campaign: M
+allocations of N slots requested as sorts arrive (``sacct`` shows exactly M
+allocations and one step per sort), an allocation cancelled under running
+sorts (they are sorted again in another one, every label once), every
+allocation option as Slurm reports it, and a launcher killed with
+``kill -9`` (its allocations end within the idle time).  Sorts are real
+``Simple`` sorts of 3 s recordings.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from sf_assets.core.errors import EnvironmentSortFailure, SfAssetsError
+from sf_assets.core.manifest import parse_manifest
+from sf_assets.engines.engine import EngineSettings, SlurmSettings, run_sort
+from sf_assets.engines.job import CanaryReport, SortJob, SortReport
+from sf_assets.engines.slurm import srun_environment
+from sf_assets.engines.slurm_allocations import step_placement
+from sf_assets.engines.slurm_config import SLURM_ENV, slurm_resource_config
+from sf_assets.engines.slurm_pool import (
+    JOB_NAME_PREFIX,
+    POOL_FOLDER,
+    Pool,
+    acquire_slot,
+    allocation_time_min,
+    parse_time_left,
+    release_idle,
+)
+from sf_assets.engines.slurm_step import STEP_FILE
+from sf_assets.partitions import recording_key, sorter_key
+from sf_assets.resources import SortingEngineResource
+from sf_assets.sensors import STUDYSET_SENSOR
+from sf_assets.stores.kachery import KacheryStore
+from sf_assets.synthetic import generate_studyset
+from sf_assets_tests.automation_harness import deployment, write_manifest
+from sf_assets_tests.graph_harness import write_spec
+from sf_assets_tests.slurm_cluster import OTHER_PARTITION
+from sf_assets_tests.test_slurm import _sort_job, _wait_for
+
+SORTER = "Simple"
+IDLE_S = 2.0
+
+
+# ---------------------------------------------------------------- no cluster
+
+
+def test_sbatch_command_carries_every_allocation_option(tmp_path):
+    slurm = SlurmSettings(partition="gpu", jobs_per_allocation=4, gpus_per_node=2, idle_release_s=30)
+    pool = Pool.for_settings(tmp_path, slurm, timeout_min=5, env={})
+    command = pool.sbatch_command()
+    wrap = command[command.index("--wrap") + 1]
+    options = command[: command.index("--wrap")]
+    for wanted in ("--nodes=1", "--ntasks=4", "--partition=gpu", "--exclusive", "--gpus-per-node=2", "--time=15"):
+        assert wanted in options
+    assert f"--job-name=sf-assets-allocation-{pool.key}" in options and "--no-requeue" in options
+    assert wrap.endswith(f"-m sf_assets.engines.slurm_holder {pool.root} 30")
+    shared = Pool.for_settings(tmp_path, SlurmSettings(accept_shared_nodes=True), timeout_min=0, env={})
+    assert shared.key != pool.key
+    assert not [c for c in shared.sbatch_command() if c.startswith(("--exclusive", "--partition", "--gpus", "--time"))]
+
+
+def test_allocation_walltime_is_the_setting_else_the_timeout_plus_a_margin():
+    assert allocation_time_min(SlurmSettings(allocation_time_min=90), timeout_min=5) == 90
+    assert allocation_time_min(SlurmSettings(), timeout_min=2.5) == 13
+    assert allocation_time_min(SlurmSettings(), timeout_min=0) is None
+
+
+def test_squeue_time_left_in_seconds():
+    assert parse_time_left("4:59") == 299 and parse_time_left("1:00:00") == 3600
+    assert parse_time_left("2-01:00:00") == 2 * 86400 + 3600
+    assert parse_time_left("UNLIMITED") is None and parse_time_left("NOT_SET") is None
+
+
+def test_daemon_runs_take_their_slurm_settings_from_one_variable():
+    assert slurm_resource_config({}) == {} and slurm_resource_config({SLURM_ENV: "off"}) == {}
+    assert slurm_resource_config({SLURM_ENV: "on"}) == {"use_slurm": True}
+    text = "partition=gpu, jobs_per_allocation=4,accept_shared_nodes=yes,gpus_per_node=1,idle_release_s=2.5"
+    config = slurm_resource_config({SLURM_ENV: text})
+    assert config == {
+        "use_slurm": True,
+        "slurm_partition": "gpu",
+        "slurm_jobs_per_allocation": 4,
+        "slurm_accept_shared_nodes": True,
+        "slurm_gpus_per_node": 1,
+        "slurm_idle_release_s": 2.5,
+    }
+    settings = SortingEngineResource(work_root="/w", **config).settings().slurm
+    assert (settings.partition, settings.jobs_per_allocation, settings.idle_release_s) == ("gpu", 4, 2.5)
+    for bad, expected in (
+        ("nodes=2", r"'nodes=2' is not KEY=VALUE with KEY one of partition"),
+        ("jobs_per_allocation=0", r"jobs_per_allocation='0', expected int >= 1"),
+        ("accept_shared_nodes=maybe", r"expected one of 1, true"),
+    ):
+        with pytest.raises(SfAssetsError, match=rf"SF_ASSETS_SLURM=.*{expected}"):
+            slurm_resource_config({SLURM_ENV: bad})
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def studyset(tmp_path_factory):
+    """Eight 3 s recordings: a store the sorts write into, their manifest entries, the manifest."""
+    root = tmp_path_factory.mktemp("slurm-campaign")
+    store = KacheryStore(root / "kachery")
+    generated = generate_studyset(
+        store,
+        root / "studyset",
+        seed=1,
+        num_study_sets=1,
+        studies_per_set=1,
+        recordings_per_study=8,
+        num_channels=(4,),
+        duration_s=3.0,
+    )
+    recordings = parse_manifest(generated.manifest_path.read_bytes(), str(generated.manifest_path)).recordings()
+    return store, recordings, generated.manifest_path
+
+
+def _job(store: KacheryStore, recording, work_dir: Path) -> SortJob:
+    return _sort_job(store, recording, work_dir, canary_first_n_s=None, sorter=SORTER)
+
+
+def _sort_all(jobs: list[SortJob], settings: EngineSettings, during=None) -> dict[str, list]:
+    """Run every job at once (one thread each, as run slots would); returns each label's events."""
+    events: dict[str, list] = {job.label: [] for job in jobs}
+    errors: list[BaseException] = []
+
+    def sort(job):
+        try:
+            events[job.label].extend(run_sort(job, settings))
+        except BaseException as exc:  # reported in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sort, args=(job,)) for job in jobs]
+    for thread in threads:
+        thread.start()
+    if during is not None:
+        during()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    return events
+
+
+def _final(events: list) -> SortReport:
+    reports = [e for e in events if isinstance(e, SortReport)]
+    assert len(reports) == 1 and len([e for e in events if isinstance(e, CanaryReport)]) <= 1
+    assert not reports[0].errored, (reports[0].error_message, Path(reports[0].console_path).read_text()[-2000:])
+    return reports[0]
+
+
+def _completed_jobs(cluster, job_name: str) -> list[dict[str, str]]:
+    """What ``sacct`` (from the job completion log) reports for jobs named ``job_name``."""
+    fields = ["JobID", "JobName", "Partition", "State", "AllocCPUS"]
+    text = cluster.run("sacct", "--completion", "--parsable2", "--noheader", f"--format={','.join(fields)}")
+    rows = [dict(zip(fields, line.split("|"))) for line in text.splitlines()]
+    return [row for row in rows if row["JobName"] == job_name]
+
+
+def _scontrol(cluster, job_id: str) -> dict[str, str]:
+    text = cluster.run("scontrol", "--oneliner", "show", "job", job_id)
+    return dict(item.split("=", 1) for item in text.split() if "=" in item)
+
+
+def _step(work_dir) -> dict:
+    path = Path(work_dir) / STEP_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+# ---------------------------------------------------------------- on the cluster
+
+
+def test_eight_sorts_on_two_allocations_of_two_slots(slurm_cluster, studyset, tmp_path):
+    store, recordings, _ = studyset
+    slurm = SlurmSettings(
+        accept_shared_nodes=True, jobs_per_allocation=2, max_simultaneous_allocations=2, idle_release_s=IDLE_S
+    )
+    settings = EngineSettings(work_root=str(tmp_path), timeout_min=5.0, slurm=slurm)
+    pool = Pool.for_settings(tmp_path, slurm, settings.timeout_min, srun_environment(os.environ))
+    jobs = [_job(store, recording, tmp_path / f"sort{i}") for i, recording in enumerate(recordings)]
+    assert len(jobs) == 8
+    seen_allocations: set[str] = set()
+    busiest: list[int] = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            listed = slurm_cluster.run("squeue", "--noheader", "--format=%i", f"--name={pool.job_name}").split()
+            steps = slurm_cluster.run("squeue", "--steps", "--noheader", "--format=%i").split()
+            seen_allocations.update(listed)
+            busiest.append(len(listed))
+            for job_id in listed:
+                busiest.append(len([s for s in steps if s.split(".")[0] == job_id and s.split(".")[1].isdigit()]))
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        events = _sort_all(jobs, settings)
+    finally:
+        stop.set()
+        watcher.join()
+
+    for job in jobs:
+        report = _final(events[job.label])
+        assert report.num_units is not None and report.cpu_time_s > 0
+    steps = [_step(job.work_dir) for job in jobs]
+    allocations = {step["job_id"] for step in steps}
+    assert len(allocations) == 2 and allocations == seen_allocations
+    assert len({(step["job_id"], step["step_id"]) for step in steps}) == 8
+    # Each step knows its slot: two per allocation.
+    assert {step["slot"] for step in steps} <= {f"{job_id}-{index}" for job_id in allocations for index in (0, 1)}
+    assert all(step["slot"].startswith(step["job_id"] + "-") for step in steps)
+    assert max(busiest) == 2  # never a third allocation, never a third step in one
+    # The holders end the allocations once idle; Slurm's own record then shows exactly two.
+    assert slurm_cluster.wait_until_no_jobs(timeout_s=IDLE_S + 15) == []
+    completed = _completed_jobs(slurm_cluster, pool.job_name)
+    assert sorted(row["JobID"] for row in completed) == sorted(allocations)
+    assert {row["State"] for row in completed} == {"COMPLETED"}
+
+
+def test_a_cancelled_allocation_fails_only_its_sorts_which_run_again_elsewhere(slurm_cluster, studyset, tmp_path):
+    store, recordings, _ = studyset
+    slurm = SlurmSettings(
+        accept_shared_nodes=True, jobs_per_allocation=2, max_simultaneous_allocations=2, idle_release_s=IDLE_S
+    )
+    settings = EngineSettings(work_root=str(tmp_path), timeout_min=5.0, slurm=slurm)
+    jobs = [_job(store, recording, tmp_path / f"sort{i}") for i, recording in enumerate(recordings[:4])]
+    cancelled: list[str] = []
+
+    def cancel_one_allocation_mid_sort():
+        step = _wait_for(lambda: next((s for s in map(_step, (j.work_dir for j in jobs)) if s), None), 60, "a step")
+        slurm_cluster.run("scancel", step["job_id"])
+        cancelled.append(step["job_id"])
+
+    events = _sort_all(jobs, settings, during=cancel_one_allocation_mid_sort)
+
+    reports = {job.label: _final(events[job.label]) for job in jobs}
+    assert sorted(reports) == sorted(job.label for job in jobs)  # every label once, every one sorted
+    retried = [label for label, report in reports.items() if report.details.get("slurm_allocations_lost")]
+    assert 1 <= len(retried) <= 2
+    for job in jobs:
+        lost = reports[job.label].details.get("slurm_allocations_lost", [])
+        assert all(entry.startswith(cancelled[0]) for entry in lost)
+        assert _step(job.work_dir)["job_id"] != cancelled[0]  # the result is the retry's, nothing of the lost one
+        assert _step(job.work_dir)["exit_code"] == 0
+    assert slurm_cluster.wait_until_no_jobs(timeout_s=IDLE_S + 15) == []
+
+
+def test_each_allocation_option_shows_in_what_slurm_reports(slurm_cluster, tmp_path):
+    env = srun_environment(os.environ)
+    exclusive = SlurmSettings(
+        partition=OTHER_PARTITION, jobs_per_allocation=3, allocation_time_min=7, idle_release_s=30
+    )
+    shared = SlurmSettings(accept_shared_nodes=True, jobs_per_allocation=2, idle_release_s=30)
+    shown = {}
+    for name, slurm, timeout_min in (("exclusive", exclusive, 0), ("shared", shared, 2)):
+        pool = Pool.for_settings(tmp_path / name, slurm, timeout_min, env)
+        slot = acquire_slot(pool, "flags/test")
+        try:
+            shown[name] = (_scontrol(slurm_cluster, slot.job_id), step_placement(slot.job_id, pool.slots, env))
+        finally:
+            slot.release()
+            assert release_idle(pool) == [slot.job_id]
+    (ex_job, ex_step), (sh_job, sh_step) = shown["exclusive"], shown["shared"]
+    assert (ex_job["Partition"], sh_job["Partition"]) == (OTHER_PARTITION, slurm_cluster.partition)
+    assert (ex_job["OverSubscribe"], sh_job["OverSubscribe"]) == ("NO", "OK")
+    assert (ex_job["TimeLimit"], sh_job["TimeLimit"]) == ("00:07:00", "00:12:00")  # the setting; -T 2 + 10
+    assert (ex_job["NumTasks"], sh_job["NumTasks"]) == ("3", "2")
+    # An exclusive allocation has the whole node; each of its N steps a third of it.
+    assert int(ex_job["NumCPUs"]) == slurm_cluster.cpus and ex_step.cpus_per_step == slurm_cluster.cpus // 3
+    assert int(sh_job["NumCPUs"]) == 2 and sh_step.cpus_per_step == 1
+    assert ex_job["JobName"] != sh_job["JobName"]
+    # GPUs: this node has none, so Slurm refuses the request, which names them.
+    gpus = Pool.for_settings(tmp_path / "gpus", SlurmSettings(gpus_per_node=1, idle_release_s=30), 0, env)
+    with pytest.raises(EnvironmentSortFailure, match=r"sbatch .*--gpus-per-node=1.*refused by Slurm.*gres"):
+        acquire_slot(gpus, "flags/gpu")
+    assert slurm_cluster.wait_until_no_jobs(timeout_s=10.0) == []
+
+
+# A launch in miniature: the launcher wraps its campaign as launch_campaign does, and a run
+# process it starts (as the launch's slots are) places one sort that only sleeps.
+KILLED_LAUNCHER = """
+import subprocess, sys
+from sf_assets.engines.engine import EngineSettings, SlurmSettings
+from sf_assets.engines.slurm_campaign import campaign_allocations
+
+work_root, idle_s, run_process = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+slurm = SlurmSettings(accept_shared_nodes=True, jobs_per_allocation=1, idle_release_s=idle_s)
+with campaign_allocations(EngineSettings(work_root=work_root, slurm=slurm)):
+    subprocess.run([sys.executable, "-c", run_process, work_root, str(idle_s)])
+"""
+
+RUN_PROCESS = """
+import sys
+from sf_assets.engines.engine import EngineSettings, SlurmSettings
+from sf_assets.engines.job import SortJob
+from sf_assets.engines.slurm_campaign import run_slurm_sort
+from sf_assets.engines.supervisor import prepare_work_dir
+
+work_root, idle_s = sys.argv[1], float(sys.argv[2])
+slurm = SlurmSettings(accept_shared_nodes=True, jobs_per_allocation=1, idle_release_s=idle_s)
+job = SortJob(
+    sorter_name="sleep", si_sorter_name="sleep", params={}, recording_uri="sha1://" + "0" * 40 + "/r.json",
+    label="sleep/killed/launcher", kachery_dir=work_root, work_dir=work_root + "/sort",
+)
+prepare_work_dir(job)
+worker = [sys.executable, "-c", "import time; time.sleep(300)"]
+for report in run_slurm_sort(job, EngineSettings(work_root=work_root, slurm=slurm), worker):
+    print(report, flush=True)
+"""
+
+
+def test_allocations_end_within_the_idle_time_after_kill_9_of_the_launcher(slurm_cluster, tmp_path):
+    idle_s = 4.0
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", KILLED_LAUNCHER, str(tmp_path), str(idle_s), RUN_PROCESS],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        step = _wait_for(lambda: _step(tmp_path / "sort"), 60.0, "the sleeping step to start")
+        assert step["job_id"] in slurm_cluster.job_ids()
+        launcher.kill()  # kill -9 of the launcher alone: its run process goes on, and so does srun
+        launcher.wait()
+        killed_at = time.monotonic()
+        left = slurm_cluster.wait_until_no_jobs(timeout_s=idle_s + 15.0)
+        gone_after_s = time.monotonic() - killed_at
+        # The run process left behind sees its sort end with the allocation and asks for no other.
+        output: list[str] = []
+        reader = threading.Thread(target=lambda: output.append(launcher.stdout.read()), daemon=True)
+        reader.start()
+        reader.join(timeout=20.0)
+        report = "".join(output)
+    finally:
+        os.killpg(launcher.pid, signal.SIGKILL)
+    assert left == []
+    # Idle time, plus the heartbeat interval and Slurm's own teardown of the job.
+    assert gone_after_s < idle_s + 6.0, gone_after_s
+    assert "errored=True" in report
+    pool_name = JOB_NAME_PREFIX + next((tmp_path / POOL_FOLDER).iterdir()).name
+    assert [row["JobID"] for row in _completed_jobs(slurm_cluster, pool_name)] == [step["job_id"]]
+    print(f"allocation gone {gone_after_s:.1f} s after kill -9 (idle time {idle_s:g} s)")
+
+
+def test_a_daemon_launched_backfill_sorts_on_the_allocations(slurm_cluster, studyset, tmp_path, monkeypatch):
+    """``SF_ASSETS_SLURM``: the sensor's backfill, run by the daemon, sorts in a pool allocation.
+
+    No launcher wraps these runs: the allocation ends by itself, once idle.
+    """
+    store, recordings, manifest_path = studyset
+    recording = recordings[0]
+    manifest = write_manifest(manifest_path, tmp_path / "studysets.json", [(recording.study_name, recording.name)])
+    spec = write_spec(tmp_path / "spec.yaml", manifest, {SORTER: {"studysets": [recording.study_set_name]}})
+    for name, value in {
+        "SF_ASSETS_HOME": str(tmp_path / "home"),
+        "SF_ASSETS_KACHERY_DIR": str(store.root_dir),
+        "SF_ASSETS_SPEC": str(spec),
+        "SF_ASSETS_STUDYSETS": str(manifest),
+        SLURM_ENV: f"accept_shared_nodes=1,jobs_per_allocation=2,idle_release_s={IDLE_S:g}",
+    }.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "dagster").mkdir()
+    with dg.instance_for_test(
+        temp_dir=str(tmp_path / "dagster"), synchronous_run_launcher=True, synchronous_run_coordinator=True
+    ) as instance:
+        with deployment(tmp_path, instance) as location:
+            location.tick_sensors()
+            (backfill,) = location.run_backfills()
+        key = f"{recording_key(recording)}|{SORTER}"
+        assert instance.get_materialized_partitions(dg.AssetKey("sorting")) == {key}
+    assert backfill.tags["dagster/sensor_name"] == STUDYSET_SENSOR
+    step = _step(tmp_path / "home" / "sorts" / sorter_key(SORTER) / recording_key(recording))
+    assert step["exit_code"] == 0
+    (pool_dir,) = (tmp_path / "home" / "sorts" / POOL_FOLDER).iterdir()
+    assert slurm_cluster.wait_until_no_jobs(timeout_s=IDLE_S + 15) == []
+    (allocation,) = _completed_jobs(slurm_cluster, JOB_NAME_PREFIX + pool_dir.name)
+    assert allocation["JobID"] == step["job_id"] and allocation["State"] == "COMPLETED"  # ended by its holder
