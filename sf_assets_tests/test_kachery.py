@@ -174,3 +174,16 @@ def test_every_part_of_a_uri_label_fits_a_file_name():
     parts = label.split("/")
     assert parts[:2] == ["MountainSort5", study]
     assert len(parts[2].encode()) <= 255 and parts[2].startswith("r" * 128)
+
+
+def test_storing_content_again_repairs_a_corrupted_stored_copy(kachery_store):
+    # kachery-cloud skips the copy when a file of that hash exists: a sort repeated because its
+    # stored sorting did not verify (same seed, same firings) must not leave the store corrupt.
+    uri = kachery_store.store_bytes(b"firings" * 1000, "firings.mda")
+    stored = kachery_store.load_file(uri)
+    stored.chmod(0o644)
+    stored.write_bytes(b"garbage" * 1000)
+    with pytest.raises(UriError, match="corrupt"):
+        kachery_store.load_file(uri)
+    assert kachery_store.store_bytes(b"firings" * 1000, "firings.mda") == uri
+    assert kachery_store.load_bytes(uri) == b"firings" * 1000

@@ -157,6 +157,7 @@ def test_a_corrupted_ground_truth_marks_the_record_errored_and_drops_the_old_com
     assert [(r["recordingName"], r["errored"], r["sortingOutput"]) for r in records] == [(rec.name, True, None)]
     [comparison_event] = env.latest("sorting_comparison", observations=True).values()
     assert comparison_event["errored"] is True
+    assert all(o.success for o in again.results), [o.error for o in again.results]
     summary = env.latest_unpartitioned("sorter_summary")
     assert summary["num_comparisons"] == 0, "the comparison of the previous sorting is not kept"
     assert list(summary["left_out"]) == [key]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -243,13 +242,11 @@ def test_a_huge_param_value_is_refused_before_anything_stores_it():
     from sf_assets.core.sorter_catalog import MAX_PARAM_VALUE_BYTES
 
     huge = "x" * (10 * 1024 * 1024)  # the 10 MB string that had grown into 0.5 GB of Dagster storage
-    started = time.perf_counter()
     message = _invalid(SPEC.replace("params: {}", f"params: {{scheme: {huge}}}"))
     assert message == (
         f"s.yaml: spike-sorters[0].params.scheme: a value of {len(huge) + 2} bytes as JSON; "
         f"expected at most {MAX_PARAM_VALUE_BYTES}"
     )
-    assert time.perf_counter() - started < 5.0
 
 
 def test_params_of_one_sorter_are_capped_as_a_whole():

@@ -133,8 +133,11 @@ def summary_frame(comparisons: list[dict], errored: list[dict] = ()):
                 "num_errored": 0,
             }
         )
-    for cell in errored:
-        rows.append({**cell, "recordings": 0, "num_well_detected": 0, "num_true_units": 0, "num_errored": 1})
+    no_scores = {"mean_accuracy": float("nan"), "mean_precision": float("nan"), "mean_recall": float("nan")}
+    for cell in errored:  # the score columns exist even when no comparison does
+        rows.append(
+            {**cell, **no_scores, "recordings": 0, "num_well_detected": 0, "num_true_units": 0, "num_errored": 1}
+        )
     if not rows:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
     df = pd.DataFrame(rows)

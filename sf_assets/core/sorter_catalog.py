@@ -478,7 +478,7 @@ def check_param_values(entry: SorterEntry, params: dict, where: str) -> None:
     the same way (other keys pass: a different ``method`` takes other
     ``method_kwargs``).  Where the default is None, any JSON value passes, as
     does a parameter whose default cannot be read here (kilosort4 without its
-    package).  Every value is at most :data:`MAX_PARAM_VALUE_BYTES` as JSON,
+    package, a sorter without a wrapper).  Every value is at most :data:`MAX_PARAM_VALUE_BYTES` as JSON,
     the whole mapping at most :data:`MAX_PARAMS_BYTES`.
 
     Parameters:
@@ -498,7 +498,8 @@ def check_param_values(entry: SorterEntry, params: dict, where: str) -> None:
     total = _json_size(params)
     if total > MAX_PARAMS_BYTES:
         raise SpecError(f"{where}: {total} bytes as JSON; expected at most {MAX_PARAMS_BYTES} for one sorter's params")
-    defaults = default_params(entry) if params else {}
+    # A sorter without a wrapper has no defaults (its pairs end as errored records): sizes only.
+    defaults = default_params(entry) if params and entry.has_wrapper else {}
     for name, value in params.items():
         if name in defaults:
             _check_value(value, defaults[name], f"{where}.{name}")

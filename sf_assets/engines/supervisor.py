@@ -19,6 +19,7 @@ before the full sort has finished, then the final :class:`SortReport`.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -36,6 +37,7 @@ from sf_assets.engines.job import (
     SortReport,
     read_json_if_present,
 )
+from sf_assets.engines.work_dirs import IN_USE_FILE
 
 # How often a waiting step looks at its job's folder: a sort's end is noticed at most this late.
 POLL_INTERVAL_S = 0.05
@@ -47,15 +49,22 @@ class SortCancelled(Exception):
 
 
 def prepare_work_dir(job: SortJob) -> Path:
-    """Create the attempt's own folder if missing and write the job description.
+    """Empty the attempt's own folder (keeping its claim), creating it if missing; write the job.
 
-    A folder serves one job only (see :mod:`sf_assets.engines.work_dirs`): one
-    that already holds a job is refused (``FileExistsError``), never wiped.
+    The folder belongs to one sort attempt (see :mod:`sf_assets.engines.work_dirs`);
+    emptying it only clears what an earlier try of the same attempt left
+    (a Slurm step whose allocation was lost), never another attempt's files.
     """
     work_dir = Path(job.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    with open(work_dir / JOB_FILE, "x") as f:
-        f.write(job.to_json())
+    for entry in work_dir.iterdir():
+        if entry.name == IN_USE_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    (work_dir / JOB_FILE).write_text(job.to_json())
     return work_dir
 
 
