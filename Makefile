@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export SF_ASSETS_HOME ?= $(CURDIR)/.data
 export SF_ASSETS_DAGSTER_DIR ?= $(SF_ASSETS_HOME)/dagster
 export DAGSTER_HOME := $(CURDIR)
-WORKERS ?= 2
+WORKERS ?= 4
 
 .PHONY: demo test ui install system-deps bench bench-scale bench-slurm clean
 

@@ -105,7 +105,9 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
             "for it on the configured Dagster instance (one run per partition), and print the sorter summary."
         ),
     )
-    parser.add_argument("-w", "--workercount", type=int, default=2, help="runs at a time (default 2)")
+    parser.add_argument(
+        "-w", "--workercount", type=int, default=4, help="the demo's runs queued or running at once (default 4)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic studyset (default 0)")
     parser.set_defaults(run=run_demo)
 

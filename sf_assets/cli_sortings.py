@@ -148,7 +148,8 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
         type=_count(1),
         default=DEFAULT_WORKERS,
         metavar="N",
-        help=f"runs at a time (default {DEFAULT_WORKERS})",
+        help=f"this launch's runs queued or running at once (default {DEFAULT_WORKERS}); the instance's run "
+        "queue (dagster.yaml) and the host's sort service slots bound what runs host-wide",
     )
     slurm = parser.add_argument_group("slurm")
     slurm.add_argument(
@@ -389,22 +390,21 @@ def _launch(
     """Sort ``pairs`` on the Dagster instance; ``on_record`` gets records as they land (cached first)."""
     import dagster as dg
 
-    from sf_assets.launch import cached_pairs, launch_campaign
-    from sf_assets.partitions import pair_key
+    from sf_assets.launch import launch_campaign
 
     ensure_dagster_home()
     started = time.monotonic()
     with dg.DagsterInstance.get() as instance:
-        keys = [str(pair_key(s.name, r)) for s, r in pairs]
-        hits = cached_pairs(instance, campaign, options, pairs)
-        cached = [latest_record(instance, key) for key in keys if key in hits]
-        if cached:
-            on_record([r for r in cached if r is not None])
         if args.verbose:
             _say(
                 f"Dagster instance: {os.environ['DAGSTER_HOME']}; {len(pairs)} sorting(s) to do, "
-                f"{args.workercount} at a time"
+                f"at most {args.workercount} of this launch's runs at a time"
             )
+
+        def planned(plan) -> None:
+            cached = [latest_record(instance, key) for key in plan.cached]
+            if cached:
+                on_record([r for r in cached if r is not None])
 
         def landed(outcome) -> None:
             if args.verbose:
@@ -420,6 +420,7 @@ def _launch(
             workers=args.workercount,
             pairs=pairs,
             progress=_progress(args.verbose),
+            on_plan=planned,
             on_sorting_done=landed,
             tags=run_tags(args),
         )

@@ -1,41 +1,48 @@
-"""Run the asset graph for a campaign on a Dagster instance, one run per partition.
+"""The command line's launches: runs submitted to the instance's queue, like every other launcher.
 
 This is what ``sf-assets demo``, ``run-sortings`` and ``sort-sf-recordings``
-do: register partitions, materialize the recordings, sort every assigned
-(sorter, recording) pair that the job cache does not already hold, then
-materialize the fan-in results.  Each partition is its own Dagster run on the
-configured instance, so every run, its logs and its canary check show in the
-UI, and a failed sort fails only its own run.  Runs execute on ``workers``
-processes (slots), forked from one server that imported Dagster, the code
-location and spikeinterface once.  The sorts themselves run on the host's sort
-service (:mod:`sf_assets.engines.sort_service`), as every other run's do.
+do: register partitions, ask the planner (:mod:`sf_assets.planning`) what to
+sort, then submit one run per partition to the configured Dagster instance
+through the webserver's own GraphQL ``launchRun`` mutation (executed in this
+process against the code location): the recordings first, each pair's sorting
+run (sort and comparison) as soon as its recording is current, the fan-in
+results last.  From there the runs take the path every run takes: the run
+queue (its concurrency limits, one run per partition at a time), the
+project's run launcher, a process forked in the host's sort service, warm sort
+workers.  So a command-line run shows in the UI as it runs and can be
+terminated there, and a launch beside a UI backfill shares the host's sort
+slots instead of oversubscribing the cores.
+
+When no Dagster daemon serves the instance (no ``make ui``), the launch
+dequeues its runs itself with Dagster's own queue logic, so one command still
+does everything.  Its runs carry a lease (its process's identity): when the
+command line dies, the sort service ends its runs, and a queued run of a dead
+launch is refused when dequeued.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import multiprocessing
 import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-from sf_assets.assets.history import latest_partition_events, plain_metadata
 from sf_assets.core.campaign import Campaign
-from sf_assets.core.dispatch import AffinityQueue, Task
 from sf_assets.core.labels import sorting_label
+from sf_assets.core.launcher_identity import this_process
 from sf_assets.core.manifest import Recording
-from sf_assets.core.sorter_catalog import resolve_sorter
 from sf_assets.core.spec import SorterSpec
-from sf_assets.engines.engine import EngineSettings, cache_key, container_image_for
-from sf_assets.engines.job_cache import job_cache_verdict
-from sf_assets.stores.kachery import KacheryStore
-from sf_assets.orphaned_runs import fail_orphaned_runs, launcher_tags
+from sf_assets.engines.engine import EngineSettings
 from sf_assets.partitions import pair_key, recording_key
+
+if TYPE_CHECKING:
+    from sf_assets.planning import Plan
 
 
 _NOT_ENGINE_FIELDS = {
@@ -155,228 +162,175 @@ class CampaignOutcome:
         return [o for o in self.sortings if not o.success]
 
 
-def execute_partition_run(
-    instance_ref: Any,
-    job_name: str,
-    partition_key: str | None,
-    run_config: dict,
-    tags: dict[str, str] | None = None,
-) -> RunOutcome:
-    """Execute one run of ``job_name`` (in this process) on the instance."""
-    from sf_assets.definitions import defs
+LOCATION_NAME = "sf_assets.definitions"
+"""The code location's name in ``workspace.yaml`` (a ``python_module`` entry is named after its module)."""
+REPOSITORY_NAME = "__repository__"
+DAEMON_HEARTBEAT_FRESH_S = 90.0
+"""A queue daemon whose last heartbeat is older than this is taken to be gone (it beats every 30 s)."""
+POLL_S = 0.2
 
-    started = time.monotonic()
-    instance = dg.DagsterInstance.from_ref(instance_ref) if instance_ref else dg.DagsterInstance.get()
-    job = defs.resolve_job_def(job_name)
-    key = None
-    if partition_key is not None and "|" in partition_key:
-        key = job.partitions_def.get_partition_key_from_str(partition_key)
-    result = job.execute_in_process(
-        instance=instance,
-        partition_key=key or partition_key,
-        run_config=run_config,
-        raise_on_error=False,
-        tags={**(tags or {}), **launcher_tags()},
+LAUNCH_RUN = """
+mutation LaunchRun($executionParams: ExecutionParams!) {
+  launchRun(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on InvalidSubsetError { message }
+    ... on UnauthorizedError { message }
+  }
+}
+"""
+
+
+class LaunchError(RuntimeError):
+    """The instance refused a run (invalid config, the code location failed to load)."""
+
+
+@contextlib.contextmanager
+def code_location(instance: dg.DagsterInstance):
+    """The project's code location loaded in this process, as the webserver and daemon load it."""
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+
+    origin = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(executable_path=sys.executable, module_name=LOCATION_NAME, working_directory=os.getcwd()),
+        location_name=LOCATION_NAME,
     )
-    error = None
-    if not result.success:
-        failures = [e for e in result.all_events if e.is_step_failure]
-        if failures:
-            info = failures[0].step_failure_data.error
-            error = _user_error_message(info) if info else "step failed"
-        else:
-            error = "run failed"
-    return RunOutcome(job_name, partition_key, result.success, result.run_id, time.monotonic() - started, error)
+    # No public API loads a code location for launching runs outside the webserver and daemons.
+    with WorkspaceProcessContext(instance, InProcessWorkspaceLoadTarget(origin)) as context:
+        yield context
+
+
+def queue_daemon_is_running(instance: dg.DagsterInstance) -> bool:
+    """Does a Dagster daemon (``make ui``, ``dagster-daemon run``) dequeue this instance's runs?"""
+    heartbeat = instance.get_daemon_heartbeats().get("QUEUED_RUN_COORDINATOR")
+    return heartbeat is not None and time.time() - heartbeat.timestamp < DAEMON_HEARTBEAT_FRESH_S
+
+
+@contextlib.contextmanager
+def dequeuing(context, instance: dg.DagsterInstance):
+    """Dequeue the instance's runs from this process while no daemon does (Dagster's own queue logic)."""
+    if queue_daemon_is_running(instance):
+        yield
+        return
+    # Private: Dagster's queue logic exists only as its daemon; running it here keeps the
+    # coordinator's concurrency limits (max_concurrent_runs, per-partition) exactly as configured.
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+
+    stop = threading.Event()
+
+    def loop() -> None:
+        with QueuedRunCoordinatorDaemon(interval_seconds=1) as daemon:
+            while not stop.is_set():
+                list(daemon.run_iteration(context))
+                stop.wait(POLL_S)
+
+    thread = threading.Thread(target=loop, name="sf-assets-dequeue", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+@dataclass
+class Submitter:
+    """Creates and queues runs of the project's jobs, as the UI's Launch button does."""
+
+    context: Any
+    run_config: dict
+    tags: dict[str, str]
+
+    def submit(self, job_name: str, partition_key: str | None = None) -> str:
+        from dagster_graphql.cli import execute_query
+
+        tags = dict(self.tags)
+        if partition_key is not None:
+            tags["dagster/partition"] = partition_key
+            if "|" in partition_key:  # a (recording, sorter) pair: its dimensions, as Dagster tags them
+                rec_part, sorter_part = partition_key.split("|", 1)
+                tags["dagster/partition/recording"] = rec_part
+                tags["dagster/partition/sorter"] = sorter_part
+        params = {
+            "selector": {"repositoryLocationName": LOCATION_NAME, "repositoryName": REPOSITORY_NAME, "jobName": job_name},
+            "runConfigData": self.run_config,
+            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
+        }
+        answer = execute_query(self.context, LAUNCH_RUN, {"executionParams": params})
+        result = (answer.get("data") or {}).get("launchRun") or {}
+        if result.get("__typename") == "LaunchRunSuccess":
+            return result["run"]["runId"]
+        detail = result.get("message") or "; ".join(e["message"] for e in result.get("errors", [])) or answer
+        raise LaunchError(f"{job_name} {partition_key or ''}: the instance refused the run: {detail}")
+
+
+def run_error(instance: dg.DagsterInstance, run_id: str) -> str:
+    """The asset's own error for a failed run (e.g. a RecordingError naming the URI), else the run's."""
+    for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records:
+        info = record.event_log_entry.dagster_event.step_failure_data.error
+        if info is not None:
+            return _user_error_message(info)
+    for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records:
+        return record.event_log_entry.dagster_event.message or "run failed"
+    return "run failed"
 
 
 def _user_error_message(info: Any) -> str:
-    """The asset's own error (e.g. a RecordingError naming the URI), not Dagster's wrapper around it."""
+    """The asset's own error, not Dagster's wrapper around it."""
     while info.cause is not None and info.cls_name == "DagsterExecutionStepExecutionError":
         info = info.cause
     return info.message.strip()
 
 
-def _run_in_order(
-    ref: Any,
-    rec_keys: list[str],
-    plan: list[tuple[str, str]],
-    run_config: dict,
-    tags: dict[str, str] | None,
-    rec_done: Callable[[RunOutcome, int, int], None],
-    sort_done: Callable[[RunOutcome, int, int], None],
-) -> tuple[list[RunOutcome], list[RunOutcome], list[str]]:
-    """One run at a time, in this process: every recording, then the sorts of those that loaded."""
-    recordings: list[RunOutcome] = []
-    for key in rec_keys:
-        recordings.append(execute_partition_run(ref, "recordings_job", key, run_config, tags))
-        rec_done(recordings[-1], len(recordings), len(rec_keys))
-    failed = {o.partition_key for o in recordings if not o.success}
-    skipped = [key for key, rec_key in plan if rec_key in failed]
-    sort_keys = [key for key, rec_key in plan if rec_key not in failed]
-    sortings: list[RunOutcome] = []
-    for key in sort_keys:
-        sortings.append(execute_partition_run(ref, "sorting_job", key, run_config, tags))
-        sort_done(sortings[-1], len(sortings), len(sort_keys))
-    return recordings, sortings, skipped
+FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
-# What every slot imports before its first run: loaded once in the server that forks
-# the slots rather than once in each (a second or two of CPU per slot otherwise).
-SLOT_PRELOAD = (
-    "sf_assets.definitions",
-    "sf_assets.data",
-    "sf_assets.core.comparison",
-    "spikeinterface.preprocessing",
-    "spikeinterface.comparison",
-)
+@dataclass
+class _Tracked:
+    job_name: str
+    partition_key: str | None
 
 
-def _prepare_pool_process(environ: dict[str, str], cwd: str) -> None:
-    """Take the launching process's environment and folder.
+class RunTracker:
+    """This launch's runs: how many are unfinished, and which ended since the last look."""
 
-    A slot is forked from a server started by the first launch of this
-    process, so it would otherwise see that launch's environment and folder.
-    """
-    os.environ.clear()
-    os.environ.update(environ)
-    os.chdir(cwd)
-    import sf_assets.definitions  # noqa: F401  (preloaded: no cost unless the server could not)
+    def __init__(self, instance: dg.DagsterInstance):
+        self.instance = instance
+        self.runs: dict[str, _Tracked] = {}
 
+    def add(self, run_id: str, job_name: str, partition_key: str | None) -> None:
+        self.runs[run_id] = _Tracked(job_name, partition_key)
 
-def _run_pipelined(
-    ref: Any,
-    rec_keys: list[str],
-    plan: list[tuple[str, str]],
-    run_config: dict,
-    tags: dict[str, str] | None,
-    rec_done: Callable[[RunOutcome, int, int], None],
-    sort_done: Callable[[RunOutcome, int, int], None],
-    slots: list[ProcessPoolExecutor],
-) -> tuple[list[RunOutcome], list[RunOutcome], list[str]]:
-    """Recording runs first, each pair's sorting run as soon as its recording is current.
-
-    Each slot (see :func:`_started_slots`) serves both kinds of run; sorts
-    start while other recordings are still being fetched (no barrier between
-    phases).  A slot gets its next run only when it is idle,
-    chosen by :class:`~sf_assets.core.dispatch.AffinityQueue`: sorts go where
-    their sorter is already compiled, or wait for that slot when compiling it
-    elsewhere would take longer.  The sorts of a recording whose run
-    failed are skipped.
-    """
-    from sf_assets.partitions import split_pair_key
-
-    waiting: dict[str, list[Task]] = {key: [] for key in rec_keys}
-    queue = AffinityQueue()
-    for i, key in enumerate(rec_keys):
-        queue.add(Task(key, i - len(rec_keys)))
-    for i, (key, rec_key) in enumerate(plan):
-        task = Task(key, i, sorter=split_pair_key(key)[0])
-        if rec_key in waiting:
-            waiting[rec_key].append(task)
-        else:
-            queue.add(task)
-    recordings: list[RunOutcome] = []
-    sortings: list[RunOutcome] = []
-    skipped: list[str] = []
-    busy: dict[Future, int] = {}
-
-    def dispatch() -> None:
-        for slot in sorted(set(range(len(slots))) - set(busy.values())):
-            task = queue.take(slot)
-            if task is None:
+    def finished(self) -> list[RunOutcome]:
+        if not self.runs:
+            return []
+        records = self.instance.get_run_records(dg.RunsFilter(run_ids=list(self.runs)))
+        done = []
+        for record in records:
+            run = record.dagster_run
+            if run.status not in FINISHED:
                 continue
-            job_name = "recordings_job" if task.is_recording else "sorting_job"
-            busy[slots[slot].submit(execute_partition_run, ref, job_name, task.key, run_config, tags)] = slot
+            tracked = self.runs.pop(run.run_id)
+            ok = run.status == dg.DagsterRunStatus.SUCCESS
+            elapsed = (record.end_time or time.time()) - (record.start_time or record.create_timestamp.timestamp())
+            error = None if ok else ("canceled" if run.status == dg.DagsterRunStatus.CANCELED else run_error(self.instance, run.run_id))
+            done.append(RunOutcome(tracked.job_name, tracked.partition_key, ok, run.run_id, elapsed, error))
+        return done
 
-    dispatch()
-    while busy:
-        done, _ = wait(busy, return_when=FIRST_COMPLETED)
-        for future in done:
-            outcome = future.result()
-            queue.finished(busy.pop(future), outcome.elapsed_s)
-            if outcome.job_name == "recordings_job":
-                recordings.append(outcome)
-                follow = waiting.pop(outcome.partition_key)
-                if outcome.success:
-                    for task in follow:
-                        queue.add(task)
-                else:
-                    skipped.extend(task.key for task in follow)
-                rec_done(outcome, len(recordings), len(rec_keys))
+    def stop_all(self) -> None:
+        """Cancel what is still queued and terminate what runs (the launch was interrupted)."""
+        for run_id in list(self.runs):
+            run = self.instance.get_run_by_id(run_id)
+            if run is None or run.status in FINISHED:
+                continue
+            if run.status in (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED):
+                self.instance.report_run_canceled(run, message="Canceled: the command line that launched it was interrupted.")
             else:
-                sortings.append(outcome)
-                sort_done(outcome, len(sortings), len(plan) - len(skipped))
-        dispatch()
-    return recordings, sortings, skipped
-
-
-def _slot_ready() -> None:
-    """Nothing: submitted once so that a slot's process starts now."""
-
-
-@contextlib.contextmanager
-def _started_slots(count: int):
-    """``count`` run slots, their processes started now; shut down on exit.
-
-    Each slot is a process of its own (a one-process pool).  Slots are forked from
-    multiprocessing's fork server, which imports :data:`SLOT_PRELOAD` once (a
-    single-threaded process: forking it is safe, unlike forking a launch that
-    may run threads), and are started before the launch's own studysets run so
-    that starting them overlaps it.
-    """
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(SLOT_PRELOAD))
-    initargs = (dict(os.environ), os.getcwd())
-    slots = [
-        ProcessPoolExecutor(1, mp_context=context, initializer=_prepare_pool_process, initargs=initargs)
-        for _ in range(count)
-    ]
-    try:
-        for pool in slots:
-            pool.submit(_slot_ready)
-        yield slots
-    finally:
-        for pool in slots:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-def cached_pairs(
-    instance: dg.DagsterInstance, campaign: Campaign, options: RunOptions, pairs: Iterable[tuple[SorterSpec, Recording]]
-) -> set[str]:
-    """Pairs whose latest sorting succeeded with the same cache key as now and verifies in kachery."""
-    pairs = list(pairs)
-    if not options.use_job_cache or not pairs:
-        return set()
-    settings = options.engine_settings()
-    store = KacheryStore(options.kachery_dir, options.kachery_local_only)
-    latest = latest_partition_events(instance, dg.AssetKey("sorting"), include_observations=True)
-    hits = set()
-    for sorter_spec, rec in pairs:
-        key = str(pair_key(sorter_spec.name, rec))
-        if key not in latest:
-            continue
-        md = plain_metadata(latest[key][1])
-        entry = resolve_sorter(sorter_spec.name)
-        expected = cache_key(entry, dict(sorter_spec.params or {}), rec.recording_uri, container_image_for(entry, settings))
-        if job_cache_verdict(md, expected, store).hit:  # else its sorting run says why
-            hits.add(key)
-    return hits
-
-
-def _materialized_recordings(instance: dg.DagsterInstance, campaign: Campaign) -> set[str]:
-    """Recording partitions whose recording and ground truth are current."""
-    from sf_assets.core.uris import parse_uri
-
-    current = set()
-    rec_events = latest_partition_events(instance, dg.AssetKey("recording"))
-    gt_events = latest_partition_events(instance, dg.AssetKey("ground_truth"))
-    for rec in campaign.recordings():
-        key = recording_key(rec)
-        if key in rec_events and key in gt_events:
-            md = plain_metadata(rec_events[key][1])
-            if md.get("recording_uri") == rec.recording_uri:
-                current.add(key)
-    return current
+                self.instance.run_launcher.terminate(run_id)
 
 
 @contextlib.contextmanager
@@ -397,60 +351,96 @@ def launch_campaign(
     campaign: Campaign,
     options: RunOptions,
     *,
-    workers: int = 2,
+    workers: int = 4,
     pairs: list[tuple[SorterSpec, Recording]] | None = None,
     run_results: bool = True,
     progress: Callable[[str], None] | None = None,
+    on_plan: Callable[["Plan"], None] | None = None,
     on_sorting_done: Callable[[RunOutcome], None] | None = None,
     tags: dict[str, str] | None = None,
 ) -> CampaignOutcome:
-    """Materialize the campaign (or the given pairs) and its results; ``tags`` go on every run."""
+    """Sort the campaign (or the given pairs) on ``instance``; ``tags`` go on every run.
+
+    ``workers`` bounds how many of this launch's runs are queued or running at
+    once; the instance's run queue and the host's sort service bound the rest.
+    """
     from sf_assets.assets.studysets import register_partitions
+    from sf_assets.planning import plan_sorts
+    from sf_assets.stores.kachery import KacheryStore
+    from sf_assets.run_launcher import LEASE_TAG
 
     say = progress or (lambda _msg: None)
     outcome = CampaignOutcome()
-    run_config = options.run_config()
-    orphans = fail_orphaned_runs(instance)
-    if orphans:
-        say(f"{len(orphans)} run(s) left started by a launch that died marked failed: {', '.join(orphans)}")
     register_partitions(instance, campaign)
-
-    pairs = list(campaign.jobs if pairs is None else pairs)
-    hits = cached_pairs(instance, campaign, options, pairs)
-    outcome.cached_pairs = sorted(hits)
-    to_sort = [(s, r) for s, r in pairs if str(pair_key(s.name, r)) not in hits]
-    if hits:
-        say(f"job cache {options.job_cache!r}: {len(hits)} sorting(s) unchanged, not sorted again")
-
-    needed = {recording_key(r): r for _, r in to_sort}
-    current = _materialized_recordings(instance, campaign)
-    rec_keys = [k for k in needed if k not in current]
-    plan = [(str(pair_key(s.name, r)), recording_key(r)) for s, r in to_sort]
-
-    def rec_done(o: RunOutcome, i: int, n: int) -> None:
-        say(f"[recordings {i}/{n}] {o.partition_key}: {'ok' if o.success else 'FAILED: ' + (o.error or '')}")
-
-    def sort_done(o: RunOutcome, i: int, n: int) -> None:
-        from sf_assets.partitions import split_pair_key
-
-        sorter_name, label = split_pair_key(o.partition_key)
-        state = "ok" if o.success else "FAILED: " + (o.error or "")
-        say(f"[sortings {i}/{n}] {sorter_name}/{label}: {state} ({o.elapsed_s:.1f} s)")
-        if on_sorting_done:
-            on_sorting_done(o)
-
-    ref = instance.get_ref()
-    num_slots = min(workers, len(rec_keys) + len(plan)) if workers > 1 else 0
-    with slurm_allocations_for(options), _started_slots(num_slots) as slots:
-        outcome.results.append(execute_partition_run(ref, "studysets_job", None, run_config, tags))
-        if slots:
-            runs = _run_pipelined(ref, rec_keys, plan, run_config, tags, rec_done, sort_done, slots)
+    store = KacheryStore(options.kachery_dir, options.kachery_local_only)
+    plan = plan_sorts(
+        instance, campaign, options.engine_settings(), pairs, store=store, use_job_cache=options.use_job_cache
+    )
+    outcome.cached_pairs = sorted(plan.cached)
+    if on_plan:
+        on_plan(plan)
+    if plan.cached:
+        say(f"job cache {options.job_cache!r}: {len(plan.cached)} sorting(s) unchanged, not sorted again")
+    if plan.in_flight:
+        say(f"{len(plan.in_flight)} sorting(s) already queued or running elsewhere: waiting for them in the queue")
+    in_flight = {str(key) for key in plan.in_flight}
+    to_sort = list(plan.to_sort) + [
+        (s, r) for s, r in (campaign.jobs if pairs is None else pairs) if str(pair_key(s.name, r)) in in_flight
+    ]
+    waiting: dict[str, list[str]] = {key: [] for key in plan.recordings_to_run}
+    ready: list[tuple[str, str | None]] = [("recordings_job", key) for key in plan.recordings_to_run]
+    for sorter_spec, rec in to_sort:
+        key = str(pair_key(sorter_spec.name, rec))
+        if recording_key(rec) in waiting:
+            waiting[recording_key(rec)].append(key)
         else:
-            runs = _run_in_order(ref, rec_keys, plan, run_config, tags, rec_done, sort_done)
-    outcome.recordings, outcome.sortings, outcome.skipped_pairs = runs
-    if run_results:
-        outcome.results.append(execute_partition_run(ref, "results_job", None, run_config, tags))
+            ready.append(("sorting_job", key))
+    total_sorts = len(to_sort)
+    lease = {LEASE_TAG: str(this_process())}
+    with code_location(instance) as context, slurm_allocations_for(options) as options, dequeuing(context, instance):
+        submitter = Submitter(context, options.run_config(), {**(tags or {}), **lease})
+        tracker = RunTracker(instance)
+        try:
+            tracker.add(submitter.submit("studysets_job"), "studysets_job", None)
+            while ready or tracker.runs:
+                while ready and len(tracker.runs) < max(1, workers) + 1:  # +1: the studysets run
+                    job_name, key = ready.pop(0)
+                    tracker.add(submitter.submit(job_name, key), job_name, key)
+                time.sleep(POLL_S)
+                for done in tracker.finished():
+                    if done.job_name == "recordings_job":
+                        outcome.recordings.append(done)
+                        follow = waiting.pop(done.partition_key, [])
+                        if done.success:
+                            ready[:0] = [("sorting_job", key) for key in follow]
+                        else:
+                            outcome.skipped_pairs.extend(follow)
+                        state = "ok" if done.success else "FAILED: " + (done.error or "")
+                        say(f"[recordings {len(outcome.recordings)}/{len(plan.recordings_to_run)}] {done.partition_key}: {state}")
+                    elif done.job_name == "sorting_job":
+                        outcome.sortings.append(done)
+                        _report_sorting(say, done, len(outcome.sortings), total_sorts - len(outcome.skipped_pairs))
+                        if on_sorting_done:
+                            on_sorting_done(done)
+                    else:
+                        outcome.results.append(done)
+            if run_results:
+                tracker.add(submitter.submit("results_job"), "results_job", None)
+                while tracker.runs:
+                    time.sleep(POLL_S)
+                    outcome.results.extend(tracker.finished())
+        except BaseException:
+            tracker.stop_all()
+            raise
     return outcome
+
+
+def _report_sorting(say: Callable[[str], None], done: RunOutcome, i: int, n: int) -> None:
+    from sf_assets.partitions import split_pair_key
+
+    sorter_name, label = split_pair_key(done.partition_key)
+    state = "ok" if done.success else "FAILED: " + (done.error or "")
+    say(f"[sortings {i}/{n}] {sorter_name}/{label}: {state} ({done.elapsed_s:.1f} s)")
 
 
 def pair_labels(pairs: Iterable[tuple[SorterSpec, Recording]]) -> list[str]:

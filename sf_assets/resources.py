@@ -117,6 +117,7 @@ class SortingEngineResource(dg.ConfigurableResource):
             service_slots=self.service_slots,
             service_idle_exit_s=self.service_idle_exit_s,
             service_dir=self.service_dir,
+            job_cache=self.job_cache,
         )
 
 

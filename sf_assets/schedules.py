@@ -16,31 +16,22 @@ re-run really sorts again.  Each re-run is one ``sorting_job`` run of one
 partition (sorting and its comparison).
 """
 import dagster as dg
-from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 
 from sf_assets.assets.sortings import SORTING_KEY, sorting
 from sf_assets.core.campaign import Campaign
 from sf_assets.core.errors import SfAssetsError
 from sf_assets.jobs import sorting_job
 from sf_assets.partitions import pair_key
+from sf_assets.planning import partitions_in_flight
 from sf_assets.resources import KacheryResource, StudysetResource
 
 RERUN_SCHEDULE = "rerun_sortings_schedule"
 RERUN_CRON = "0 3 * * *"
 CODE_VERSION_TAG = "dagster/code_version"
-PARTITION_TAG = "dagster/partition"
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
 REASON_TAG = "sf-assets/rerun-reason"
 ERRORED = "errored"
 OLD_CODE_VERSION = "older code version"
 _MATERIALIZED, _OBSERVED, _FAILED = "materialized", "observed", "failed"
-UNFINISHED_RUN_STATUSES = [
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
 
 
 def _latest_ids(instance: dg.DagsterInstance, event_type: dg.DagsterEventType, partitions: set[str]) -> dict[str, int]:
@@ -64,26 +55,6 @@ def _is_errored(observation: dg.EventLogEntry) -> bool:
 
 def _code_version(materialization: dg.EventLogEntry) -> str | None:
     return (materialization.asset_materialization.tags or {}).get(CODE_VERSION_TAG)
-
-
-def partitions_in_progress(instance: dg.DagsterInstance) -> set[str]:
-    """Sorting partitions that a queued or running run, or an unfinished backfill, will sort.
-
-    A run names its partition in ``dagster/partition`` or, when a backfill
-    launched it, in a one-partition range (``BackfillPolicy.multi_run(1)``).
-    """
-    busy = set()
-    for record in instance.get_run_records(dg.RunsFilter(statuses=UNFINISHED_RUN_STATUSES)):
-        tags = record.dagster_run.tags
-        if PARTITION_TAG in tags:
-            busy.add(tags[PARTITION_TAG])
-        elif tags.get(RANGE_START_TAG) is not None and tags.get(RANGE_START_TAG) == tags.get(RANGE_END_TAG):
-            busy.add(tags[RANGE_START_TAG])
-    for backfill in instance.get_backfills(filters=BulkActionsFilter(statuses=[BulkActionStatus.REQUESTED])):
-        data = backfill.asset_backfill_data
-        if data is not None and SORTING_KEY in data.target_subset.asset_keys:
-            busy.update(data.target_subset.get_partitions_subset(SORTING_KEY).get_partition_keys())
-    return busy
 
 
 def sortings_to_rerun(instance: dg.DagsterInstance, campaign: Campaign, code_version: str) -> dict[str, str]:
@@ -120,7 +91,7 @@ def sortings_to_rerun(instance: dg.DagsterInstance, campaign: Campaign, code_ver
     materializations = _events(
         instance.fetch_materializations, [i for i, kind in latest.values() if kind == _MATERIALIZED]
     )
-    busy = partitions_in_progress(instance)
+    busy = partitions_in_flight(instance)
     reruns = {}
     for partition in assigned:
         if partition not in latest or partition in busy:

@@ -39,7 +39,8 @@ from sf_assets.core.spec import SorterSpec, parse_spec, validate_spec
 from sf_assets.core.studyset_cursor import StudysetCursor, sources_digest
 from sf_assets.inputs import manifest_source_of, read_source
 from sf_assets.partitions import pair_key, recording_key, sorter_key
-from sf_assets.resources import KacheryResource, StudysetResource
+from sf_assets.planning import Plan, plan_sorts
+from sf_assets.resources import KacheryResource, SortingEngineResource, StudysetResource
 from sf_assets.stores.kachery import KacheryStore
 
 STUDYSET_SENSOR = "studyset_sensor"
@@ -76,32 +77,33 @@ def _pair(sorter_spec: SorterSpec, rec: Recording) -> tuple[str, str]:
     return sorter_key(sorter_spec.name), recording_key(rec)
 
 
-def backfill_subset(
-    instance: dg.DagsterInstance, jobs: list[tuple[SorterSpec, Recording]], asset_graph
-) -> AssetGraphSubset:
-    """The studysets root, the pairs' sortings and comparisons, and their unmaterialized recordings."""
-    materialized_recordings = instance.get_materialized_partitions(recording.key)
+def backfill_subset(plan: Plan, asset_graph) -> AssetGraphSubset:
+    """The studysets root, the planned pairs' sortings and comparisons, and the recordings they need first."""
     wanted = {AssetKeyPartitionKey(studysets.key, None)}
-    for sorter_spec, rec in jobs:
+    for sorter_spec, rec in plan.to_sort:
         key = pair_key(sorter_spec.name, rec)
         wanted |= {AssetKeyPartitionKey(SORTING_KEY, key), AssetKeyPartitionKey(sorting_comparison.key, key)}
-        if recording_key(rec) not in materialized_recordings:
-            wanted |= {
-                AssetKeyPartitionKey(recording.key, recording_key(rec)),
-                AssetKeyPartitionKey(ground_truth.key, recording_key(rec)),
-            }
+    for rec_key in plan.recordings_to_run:
+        wanted |= {AssetKeyPartitionKey(recording.key, rec_key), AssetKeyPartitionKey(ground_truth.key, rec_key)}
     return AssetGraphSubset.from_asset_partition_set(wanted, asset_graph)
 
 
 @dg.sensor(
     name=STUDYSET_SENSOR,
     asset_selection=BACKFILLED_ASSETS,
-    minimum_interval_seconds=60,
+    # The first sort of a changed spec should start within a minute: this interval, then the
+    # backfill daemon's passes (every 30 s, fixed in Dagster) before the recordings and the sorts.
+    minimum_interval_seconds=10,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Watches the configured manifest and spec; registers new recording and sorter partitions "
     "and backfills exactly the (sorter, recording) pairs the spec newly assigns.",
 )
-def studyset_sensor(context: dg.SensorEvaluationContext, studyset: StudysetResource, kachery: KacheryResource):
+def studyset_sensor(
+    context: dg.SensorEvaluationContext,
+    studyset: StudysetResource,
+    kachery: KacheryResource,
+    sorting_engine: SortingEngineResource,
+):
     try:
         cursor = StudysetCursor.decode(context.cursor)
     except ValueError as exc:
@@ -115,13 +117,9 @@ def studyset_sensor(context: dg.SensorEvaluationContext, studyset: StudysetResou
     except SfAssetsError as exc:
         return dg.SkipReason(" ".join(str(exc).splitlines()))
 
-    # New: neither requested by an earlier tick nor sorted already (by the command line, say).
-    sorted_pairs = context.instance.get_materialized_partitions(SORTING_KEY)
-    new_jobs = [
-        (s, r)
-        for s, r in campaign.jobs
-        if _pair(s, r) not in cursor.requested and str(pair_key(s.name, r)) not in sorted_pairs
-    ]
+    # New: not requested by an earlier tick; of those, the planner leaves out what the job
+    # cache holds and what another run or backfill is sorting already (the command line's, say).
+    new_jobs = [(s, r) for s, r in campaign.jobs if _pair(s, r) not in cursor.requested]
     # Registered here, in bulk, rather than returned as partition requests: the daemon
     # checks a request's keys one query at a time (about 2 s for SpikeForest's 888
     # recordings). Adding partitions is idempotent, so a tick that fails after this
@@ -133,13 +131,25 @@ def studyset_sensor(context: dg.SensorEvaluationContext, studyset: StudysetResou
             f"{len(new_sorters)} sorter partition(s) {_sample(new_sorters)}"
         )
     next_cursor = cursor.after_tick(digest, [_pair(s, r) for s, r in new_jobs]).encode()
-    if not new_jobs:
+    plan = plan_sorts(
+        context.instance,
+        campaign,
+        sorting_engine.settings(),
+        new_jobs,
+        store=kachery.store(),
+        use_job_cache=sorting_engine.use_job_cache,
+    )
+    if not plan.to_sort:
         return dg.SensorResult(
             cursor=next_cursor,
-            skip_reason=f"no new (sorter, recording) pairs among {len(campaign.jobs)} assigned",
+            skip_reason=f"no new (sorter, recording) pairs to sort among {len(campaign.jobs)} assigned "
+            f"({len(plan.cached)} in the job cache, {len(plan.in_flight)} already queued or running)",
         )
-    subset = backfill_subset(context.instance, new_jobs, context.repository_def.asset_graph)
-    context.log.info(f"backfilling {len(new_jobs)} new (sorter, recording) pair(s) of {len(campaign.jobs)} assigned")
+    subset = backfill_subset(plan, context.repository_def.asset_graph)
+    context.log.info(
+        f"backfilling {len(plan.to_sort)} new (sorter, recording) pair(s) of {len(campaign.jobs)} assigned "
+        f"({len(plan.cached)} in the job cache, {len(plan.in_flight)} already queued or running)"
+    )
     return dg.SensorResult(
         run_requests=[dg.RunRequest.for_asset_graph_subset(subset, tags=BACKFILL_TAGS)],
         cursor=next_cursor,

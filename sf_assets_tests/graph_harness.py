@@ -2,8 +2,10 @@
 
 A :class:`GraphEnv` is one throwaway deployment: its own kachery store, work
 folders, workspace database, outputs folder and Dagster instance, with a spec
-written for the test.  Runs go through :mod:`sf_assets.launch`, the same path
-the command line uses.
+written for the test.  Launches go through :mod:`sf_assets.launch`, the same path
+the command line uses (the run queue, the run launcher, the sort service);
+:func:`execute_partition_run` executes one run in this process, for tests that
+need a materialization to land at a chosen moment.
 """
 from __future__ import annotations
 
@@ -17,8 +19,26 @@ import yaml
 from sf_assets.assets.history import latest_partition_events, plain_metadata
 from sf_assets.core.campaign import Campaign
 from sf_assets.inputs import load_config
-from sf_assets.launch import RunOptions, execute_partition_run, launch_campaign
+from sf_assets.launch import RunOptions, RunOutcome, launch_campaign
 from sf_assets.stores.kachery import KacheryStore
+
+
+def execute_partition_run(instance_ref, job_name: str, partition_key: str | None, run_config: dict) -> RunOutcome:
+    """Execute one run of ``job_name`` in this process (its sorts still go to the sort service)."""
+    import time
+
+    from sf_assets.definitions import defs
+    from sf_assets.launch import run_error
+
+    started = time.monotonic()
+    instance = dg.DagsterInstance.from_ref(instance_ref)
+    job = defs.resolve_job_def(job_name)
+    key = partition_key
+    if partition_key is not None and "|" in partition_key:
+        key = job.partitions_def.get_partition_key_from_str(partition_key)
+    result = job.execute_in_process(instance=instance, partition_key=key, run_config=run_config, raise_on_error=False)
+    error = None if result.success else run_error(instance, result.run_id)
+    return RunOutcome(job_name, partition_key, result.success, result.run_id, time.monotonic() - started, error)
 
 
 def write_spec(path: Path, manifest_path: Path, sorters: dict[str, dict]) -> Path:

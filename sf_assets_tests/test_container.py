@@ -42,6 +42,7 @@ from sf_assets.engines.worker import EXIT_SORT_FAILED, run_sorter_kwargs, sort
 from sf_assets.launch import RunOptions
 from sf_assets_tests.graph_harness import make_env, write_spec
 from sf_assets_tests.postgres_server import running_postgres
+from sf_assets_tests.instances import project_instance
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER_DIR = REPO / "deployments" / "docker"
@@ -245,7 +246,7 @@ def test_singularity_found_on_path_is_accepted(monkeypatch, tmp_path):
 @pytest.fixture
 def instance(tmp_path):
     (tmp_path / "dagster").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as inst:
+    with project_instance(temp_dir=str(tmp_path / "dagster")) as inst:
         yield inst
 
 

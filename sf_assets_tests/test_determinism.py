@@ -13,6 +13,7 @@ import dagster as dg
 
 from sf_assets.core.sorter_catalog import resolve_sorter
 from sf_assets_tests.graph_harness import campaign_resources, make_env, materialize_campaign, write_spec
+from sf_assets_tests.instances import project_instance
 
 SORTER = "MountainSort5"
 
@@ -41,7 +42,7 @@ def test_two_instances_two_launch_paths_give_identical_sortings_scores_and_summa
 
     first = tmp_path / "first"
     (first / "dagster").mkdir(parents=True)
-    with dg.instance_for_test(temp_dir=str(first / "dagster")) as instance:
+    with project_instance(temp_dir=str(first / "dagster")) as instance:
         resources = campaign_resources(
             first, store, spec, synthetic_studyset.manifest_path, canary_first_n_s=0.0, reuse_workers=False
         )
@@ -50,7 +51,7 @@ def test_two_instances_two_launch_paths_give_identical_sortings_scores_and_summa
 
     second = tmp_path / "second"
     (second / "dagster").mkdir(parents=True)
-    with dg.instance_for_test(temp_dir=str(second / "dagster")) as instance:
+    with project_instance(temp_dir=str(second / "dagster")) as instance:
         env = make_env(second, store, instance, synthetic_studyset.manifest_path, spec, canary_first_n_s=0.0)
         outcome = env.launch(workers=2)
         assert [o.error for o in outcome.sortings if not o.success] == []

@@ -47,6 +47,7 @@ from sf_assets.core.campaign import Campaign
 from sf_assets.inputs import load_config
 from sf_assets.launch import RunOptions, launch_campaign
 from sf_assets.stores.kachery import KacheryStore
+from sf_assets_tests.instances import project_instance
 
 options = RunOptions(**json.loads(sys.argv[2]))
 instance = dg.DagsterInstance.from_config(sys.argv[1])
@@ -62,7 +63,7 @@ def dagster_home(tmp_path):
     """A temporary instance that another process can open too (its dagster.yaml is on disk)."""
     home = tmp_path / "dagster"
     home.mkdir()
-    with dg.instance_for_test(temp_dir=str(home)) as instance:
+    with project_instance(temp_dir=str(home)) as instance:
         yield home, instance
 
 

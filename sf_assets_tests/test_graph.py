@@ -14,10 +14,10 @@ import numpy
 import pytest
 import spikeinterface
 
-from sf_assets.engines.threads import share_of_cores
 from sf_assets.partitions import pair_key
 from sf_assets.stores.workspace import WorkspaceStore
 from sf_assets_tests.graph_harness import make_env, write_spec
+from sf_assets_tests.instances import project_instance
 
 RECORD_KEYS = {
     "recordingName", "studyName", "sorterName", "sortingParameters", "consoleOutUri", "cpuTimeSec",
@@ -37,7 +37,7 @@ def graph(synthetic_studyset, tmp_path_factory):
         {FAST: {"studysets": ["SYNTH_SET_A", "SYNTH_SET_B"]}, SECOND: {"studysets": ["SYNTH_SET_A"]}},
     )
     (root / "dagster").mkdir()
-    with dg.instance_for_test(temp_dir=str(root / "dagster")) as instance:
+    with project_instance(temp_dir=str(root / "dagster")) as instance:
         env = make_env(root, synthetic_studyset.store, instance, synthetic_studyset.manifest_path, spec, canary_first_n_s=3.0)
         outcome = env.launch(workers=2)
         yield env, outcome
@@ -92,7 +92,7 @@ def test_records_have_the_twelve_keys_and_point_to_kachery(graph):
         provenance = record["provenance"]
         seed = {FAST: {"whitening_seed": 0}, SECOND: {"seed": 0}}[record["sorterName"]]
         assert provenance["seeds"] == seed and record["sortingParameters"] == seed
-        threads = share_of_cores(2)
+        threads = 1  # threads_per_sort, whatever the number of sorts beside it
         assert (provenance["threads"]["applied"], provenance["threads"]["numba"]) == (threads, threads)
         assert {p["num_threads"] for p in provenance["threads"]["threadpools"]} == {threads}
         assert provenance["versions"]["spikeinterface"] == spikeinterface.__version__

@@ -12,17 +12,18 @@ import pytest
 
 from sf_assets.definitions import defs
 from sf_assets.engines.job import SORT_ENGINE_VERSION
+from sf_assets.planning import PARTITION_TAG
 from sf_assets.resources import KacheryResource, StudysetResource
 from sf_assets.schedules import (
     ERRORED,
     OLD_CODE_VERSION,
-    PARTITION_TAG,
     REASON_TAG,
     rerun_sortings_schedule,
     sortings_to_rerun,
 )
 from sf_assets_tests.automation_harness import submit_backfill, write_manifest
 from sf_assets_tests.graph_harness import make_env, write_spec
+from sf_assets_tests.instances import project_instance
 
 SORTER = "MountainSort5"
 STUDY_A = "synth_a1_K6_C4"
@@ -44,7 +45,7 @@ def history(synthetic_studyset, tmp_path_factory):
     impossible = {SORTER: {"studysets": ["SYNTH_SET_A"], "params": {"scheme": "9"}}}
     broken = write_spec(root / "broken.yaml", manifest, impossible)
     (root / "dagster").mkdir()
-    with dg.instance_for_test(temp_dir=str(root / "dagster")) as instance:
+    with project_instance(temp_dir=str(root / "dagster")) as instance:
         env = make_env(root, synthetic_studyset.store, instance, manifest, spec, canary_first_n_s=0.0)
         env.launch(pairs=[env.campaign.jobs[0]], run_results=False)
         env.with_options(spec_source=str(broken)).launch(pairs=[env.campaign.jobs[1]], run_results=False)

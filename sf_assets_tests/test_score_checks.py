@@ -17,6 +17,7 @@ from sf_assets.partitions import pair_key
 from sf_assets.resources import KacheryResource, OutputsResource, StudysetResource
 from sf_assets.stores.kachery import KacheryStore
 from sf_assets_tests.graph_harness import write_spec
+from sf_assets_tests.instances import project_instance
 
 SORTER = "MountainSort5"
 
@@ -63,7 +64,7 @@ def test_a_score_that_moves_with_nothing_changed_warns_and_a_new_version_reports
         "outputs": OutputsResource(folder=str(tmp_path / "outputs")),
     }
     (tmp_path / "dagster").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+    with project_instance(temp_dir=str(tmp_path / "dagster")) as instance:
         assert dg.materialize([studysets], instance=instance, resources=resources).success
         campaign = resources["studyset"].campaign(resources["kachery"])
 

@@ -19,7 +19,7 @@ from dagster._core.scheduler.instigation import InstigatorType
 
 from sf_assets.definitions import defs
 from sf_assets.partitions import RECORDINGS, SORTERS
-from sf_assets.resources import KacheryResource, StudysetResource
+from sf_assets.resources import KacheryResource, SortingEngineResource, StudysetResource
 from sf_assets.sensors import BACKFILL_TAGS, STUDYSET_SENSOR, studyset_sensor
 from sf_assets_tests.automation_harness import deployment, submit_backfill, write_manifest
 from sf_assets_tests.graph_harness import write_spec
@@ -47,6 +47,7 @@ class Deployed:
         resources = {
             "studyset": StudysetResource(spec_source=str(spec), manifest_source=str(manifest)),
             "kachery": KacheryResource(root_dir=self.kachery_dir),
+            "sorting_engine": SortingEngineResource(work_root=str(self.root / "home" / "sorts")),
         }
         context = dg.build_sensor_context(
             instance=self.instance, cursor=cursor, repository_def=defs.get_repository_def(), resources=resources
@@ -190,7 +191,8 @@ def test_an_unreadable_cursor_skips_with_advice(deployed):
 
 
 def test_a_new_sorting_requests_the_fan_ins_and_nothing_is_sorted_again(deployed, synthetic_studyset):
-    from sf_assets.launch import RunOptions, execute_partition_run
+    from sf_assets.launch import RunOptions
+    from sf_assets_tests.graph_harness import execute_partition_run
     from sf_assets.settings import load_settings
 
     instance = deployed.instance
@@ -227,7 +229,8 @@ def test_a_result_that_lands_during_the_fan_ins_run_requests_them_again(deployed
     materialization must not count as having handled it, or the summary stays stale."""
     import threading
 
-    from sf_assets.launch import RunOptions, execute_partition_run
+    from sf_assets.launch import RunOptions
+    from sf_assets_tests.graph_harness import execute_partition_run
     from sf_assets.settings import load_settings
 
     instance = deployed.instance
@@ -251,7 +254,7 @@ def test_a_result_that_lands_during_the_fan_ins_run_requests_them_again(deployed
         script = (
             "import json, sys\n"
             "from dagster._serdes import deserialize_value\n"
-            "from sf_assets.launch import execute_partition_run\n"
+            "from sf_assets_tests.graph_harness import execute_partition_run\n"
             "ref = deserialize_value(sys.argv[1])\n"
             "assert execute_partition_run(ref, 'results_job', None, json.loads(sys.argv[2])).success\n"
         )

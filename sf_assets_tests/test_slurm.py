@@ -44,6 +44,7 @@ from sf_assets.engines.supervisor import prepare_work_dir
 from sf_assets.partitions import pair_key
 from sf_assets.stores.kachery import KacheryStore
 from sf_assets_tests.graph_harness import make_env, write_spec
+from sf_assets_tests.instances import project_instance
 
 SORTER = "MountainSort5"
 # The campaign's allocations end this long after their last sort (see slurm_pool), so that
@@ -436,7 +437,7 @@ def test_the_asset_graph_sorts_through_slurm(slurm_cluster, slurm_store, synthet
     root.mkdir()
     spec = write_spec(root / "spec.yaml", synthetic_studyset.manifest_path, {SORTER: {"studysets": ["SYNTH_SET_A"]}})
     (root / "dagster").mkdir()
-    with dg.instance_for_test(temp_dir=str(root / "dagster")) as instance:
+    with project_instance(temp_dir=str(root / "dagster")) as instance:
         env = make_env(
             root,
             slurm_store,

@@ -17,6 +17,7 @@ from sf_assets.engines.engine import work_dir_for
 from sf_assets.engines.job import CONSOLE_FILE
 from sf_assets.partitions import pair_key
 from sf_assets_tests.graph_harness import make_env, write_spec
+from sf_assets_tests.instances import project_instance
 
 SORTER = "MountainSort5"
 
@@ -63,7 +64,7 @@ def write_noise_manifest(store, path: Path) -> Path:
 @pytest.fixture
 def instance(tmp_path):
     (tmp_path / "dagster").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as inst:
+    with project_instance(temp_dir=str(tmp_path / "dagster")) as inst:
         yield inst
 
 

@@ -17,6 +17,7 @@ import pytest
 from sf_assets.assets.history import latest_partition_events, plain_metadata
 from sf_assets.cli import main
 from sf_assets_tests.graph_harness import campaign_resources, materialize_campaign
+from sf_assets_tests.instances import project_instance
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 SPEC = "unrunnable-sorters-spec.yaml"
@@ -82,7 +83,7 @@ def test_a_campaign_sorts_what_runs_and_records_the_rest_as_errored(synthetic_st
     manifest = _renamed_manifest(synthetic_studyset.manifest_path, tmp_path / "studysets.json")
     resources = campaign_resources(tmp_path, synthetic_studyset.store, RESOURCES / SPEC, manifest, canary_first_n_s=0.0)
     (tmp_path / "dagster").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+    with project_instance(temp_dir=str(tmp_path / "dagster")) as instance:
         outcomes = materialize_campaign(instance, resources)
         a, b = "synth_a1_K6_C4", "synth_b1_K6_C4"  # PAIRED_KAMPFF and SYNTH_MAGLAND here
         assert outcomes == {

@@ -24,13 +24,14 @@ from sf_assets.core.errors import RecordingError, SfAssetsError, SortFailure, Ur
 from sf_assets.core.labels import sorting_label
 from sf_assets.core.records import SortingRecord
 from sf_assets.core.sorter_catalog import require_runnable, resolve_sorter
-from sf_assets.engines.engine import cache_key, container_image_for, run_sort, work_dir_for
+from sf_assets.engines.engine import container_image_for, run_sort, work_dir_for
 from sf_assets.engines.job import SORT_ENGINE_VERSION, CanaryReport, SortJob, SortReport
 from sf_assets.engines.job_cache import job_cache_verdict
 from sf_assets.engines.refused import REFUSED, refused_report
 from sf_assets.engines.service_client import SortServiceError
 from sf_assets.engines.work_dirs import claim_attempt_dir
 from sf_assets.partitions import recording_key, sorting_partitions, split_pair_key
+from sf_assets.planning import expected_cache_key
 from sf_assets.resources import KacheryResource, SortingEngineResource, StudysetResource
 
 CANARY = "canary"
@@ -156,6 +157,8 @@ def _record_storage_fault(fault, context, studyset: StudysetResource, kachery: K
     ],
     code_version=SORT_ENGINE_VERSION,
     backfill_policy=dg.BackfillPolicy.multi_run(1),
+    # A job-cache hit materializes nothing (see the body).
+    output_required=False,
     description="One (sorter, recording) sort, run by spikeinterface in a supervised worker process "
     "(timeout, console capture); the sorting is stored in kachery.",
 )
@@ -170,7 +173,7 @@ def sorting(
     entry = resolve_sorter(sorter_spec.name)
     settings = sorting_engine.settings()
     image = container_image_for(entry, settings)
-    key = cache_key(entry, dict(sorter_spec.params or {}), rec.recording_uri, image)
+    key = expected_cache_key(sorter_spec, rec, settings)
     store = kachery.store()
 
     cache_miss = None
@@ -181,13 +184,11 @@ def sorting(
             cache_miss = verdict.reason
             context.log.info(f"job cache {sorting_engine.job_cache!r}: sorting: {verdict.reason}")
         else:
-            context.log.info(f"job cache {sorting_engine.job_cache!r}: {verdict.reason}, not sorting again")
-            yield dg.AssetCheckResult(
-                check_name=CANARY, passed=True, metadata={"status": "job cache hit"}, description="not re-run"
-            )
-            yield dg.MaterializeResult(
-                data_version=content_version(previous["sorting_object_uri"]),
-                metadata={**{k: v for k, v in previous.items() if k != "job_cache_miss"}, "job_cache_hit": True},
+            # Skipped as every launcher skips it (sf_assets.planning): no new materialization,
+            # so nothing downstream in this run runs again either.
+            context.log.info(
+                f"job cache {sorting_engine.job_cache!r}: {verdict.reason}; the latest sorting of these "
+                "inputs is current, not sorting again"
             )
             return
 

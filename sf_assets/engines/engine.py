@@ -55,6 +55,7 @@ class EngineSettings:
         ``threads_per_sort``).
     service_idle_exit_s: the sort service exits after this long unused.
     service_dir: where the service's private folder is made ("" : /tmp/sf-assets-UID).
+    job_cache: the job cache's name; sortings made under another name are not hits.
     """
 
     work_root: str
@@ -68,6 +69,7 @@ class EngineSettings:
     service_slots: int = 0
     service_idle_exit_s: float = 600.0
     service_dir: str = ""
+    job_cache: str = "default-job-cache"
 
     @property
     def timeout_s(self) -> float | None:
@@ -99,11 +101,13 @@ def container_image_for(entry: SorterEntry, settings: EngineSettings) -> str | N
     return None
 
 
-def cache_key(entry: SorterEntry, params: dict, recording_uri: str, image: str | None) -> str:
+def cache_key(entry: SorterEntry, params: dict, recording_uri: str, image: str | None, job_cache: str) -> str:
     """Identity of a sort's inputs: same key, same sort (the job cache).
 
     The recording URI is content-addressed (its sha1), so it stands for the
-    recording's data; the engine version stands for the code that sorts.
+    recording's data; the engine version stands for the code that sorts.  The
+    job cache's name is part of it, as in hither's named job caches: a sorting
+    made under one name is never a hit under another.
     """
     payload = {
         "sorter": entry.si_name,
@@ -111,6 +115,7 @@ def cache_key(entry: SorterEntry, params: dict, recording_uri: str, image: str |
         "recording": recording_uri.split("?", 1)[0],
         "engine_version": SORT_ENGINE_VERSION,
         "image": image,
+        "job_cache": job_cache,
     }
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 

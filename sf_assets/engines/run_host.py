@@ -32,6 +32,8 @@ from sf_assets.core.launcher_identity import LauncherIdentity, process_start_tic
 
 PRELOAD = (
     "dagster",
+    "sf_assets.run_preload",
+    "dagster_postgres",  # only where installed (a fork server skips what it cannot import)
     "sf_assets.definitions",
     "sf_assets.data",
     "sf_assets.core.comparison",
