@@ -24,6 +24,7 @@ from sf_assets.partitions import pair_key, recording_key
 from sf_assets.stores.kachery import KacheryStore
 from sf_assets_tests.automation_harness import write_manifest
 from sf_assets_tests.graph_harness import make_env, write_spec
+from sf_assets_tests.instances import project_instance
 
 SORTER = "MountainSort5"
 STUDY = "synth_a1_K6_C4"
@@ -32,7 +33,7 @@ SORTING = dg.AssetKey("sorting")
 RUN_SCRIPT = """\
 import json, sys
 import dagster as dg
-from sf_assets.launch import execute_partition_run
+from sf_assets_tests.graph_harness import execute_partition_run
 instance = dg.DagsterInstance.from_config(sys.argv[1])
 outcome = execute_partition_run(instance.get_ref(), "sorting_job", sys.argv[2], json.loads(sys.argv[3]))
 print(json.dumps({"success": outcome.success, "run_id": outcome.run_id, "error": outcome.error}))
@@ -53,7 +54,7 @@ def env(synthetic_studyset, store_copy, tmp_path):
     spec = write_spec(tmp_path / "spec.yaml", manifest, {SORTER: {"studysets": ["SYNTH_SET_A"]}})
     home = tmp_path / "dagster"
     home.mkdir()
-    with dg.instance_for_test(temp_dir=str(home)) as instance:
+    with project_instance(temp_dir=str(home)) as instance:
         yield make_env(tmp_path / "env", store_copy, instance, manifest, spec, canary_first_n_s=0.0)
 
 
@@ -215,7 +216,7 @@ def test_the_longest_accepted_names_sort_and_leave_their_record(synthetic_studys
     manifest.write_text(json.dumps(document))
     spec = write_spec(tmp_path / "spec.yaml", manifest, {SORTER: {"studysets": [study_set["name"]]}})
     (tmp_path / "dagster").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+    with project_instance(temp_dir=str(tmp_path / "dagster")) as instance:
         env = make_env(tmp_path / "env", store_copy, instance, manifest, spec, canary_first_n_s=0.0)
         outcome = env.launch()
 
