@@ -26,11 +26,9 @@ import spikeinterface.core as sc
 from sf_assets.assets.history import plain_metadata
 from sf_assets.core.launcher_identity import LauncherIdentity
 from sf_assets.core.labels import ground_truth_label, recording_label, sorting_label
-from sf_assets.core.folder_names import pair_folder
 from sf_assets.data import RAW_LABEL, load_sorting_object, store_ground_truth, store_recording
 from sf_assets.engines.job import CONSOLE_FILE, WORKER_FILE
-from sf_assets.partitions import pair_key, recording_key, sorting_partitions
-from sf_assets.orphaned_runs import LAUNCHER_TAG
+from sf_assets.partitions import pair_key, recording_key, sorter_key, sorting_partitions
 from sf_assets.stores.workspace import WorkspaceStore
 from sf_assets_tests.automation_harness import write_manifest
 from sf_assets_tests.graph_harness import make_env, write_spec
@@ -43,6 +41,7 @@ WAIT_LIMIT_S = 150.0
 LAUNCH_SCRIPT = """\
 import json, sys
 import dagster as dg
+from dagster._serdes import deserialize_value
 from sf_assets.core.campaign import Campaign
 from sf_assets.inputs import load_config
 from sf_assets.launch import RunOptions, launch_campaign
@@ -50,7 +49,7 @@ from sf_assets.stores.kachery import KacheryStore
 from sf_assets_tests.instances import project_instance
 
 options = RunOptions(**json.loads(sys.argv[2]))
-instance = dg.DagsterInstance.from_config(sys.argv[1])
+instance = dg.DagsterInstance.from_ref(deserialize_value(sys.argv[1]))
 campaign = Campaign(*load_config(options.manifest_source, options.spec_source, KacheryStore(options.kachery_dir)))
 launch_campaign(instance, campaign, options, workers=1, progress=print)
 """
@@ -135,14 +134,25 @@ def _in_progress(instance) -> set[str]:
     return {str(k) for k in subset.get_partition_keys()}
 
 
+def _run_processes(instance) -> dict[str, int]:
+    """The live processes executing this instance's runs (their run launcher tags them)."""
+    from sf_assets.run_launcher import RUN_WORKER_TAG
+
+    alive = {}
+    for run in instance.get_runs():
+        identity = LauncherIdentity.parse(run.tags.get(RUN_WORKER_TAG, ""))
+        if identity is not None and not identity.is_gone():
+            alive[run.run_id] = identity.pid
+    return alive
+
+
 @pytest.fixture
 def killed_launch(synthetic_studyset, tmp_path, dagster_home):
-    """A launch of three MountainSort5 sorts, SIGKILLed during the second one.
+    """A command-line launch of three MountainSort5 sorts, SIGKILLed during the second one.
 
-    The launch runs in a process group of its own, killed whole.  Its sort worker
-    runs in a session of its own (so the supervisor can stop it as a group); it
-    must notice that its supervisor died and end itself rather than sort on as
-    an orphan.
+    Only the launching process is killed, as the OOM killer does.  Its runs
+    execute in the host's sort service, not in it; they carry its lease, so
+    the service must end them, and the second sort with them, within seconds.
     """
     home, instance = dagster_home
     keep = [("synth_a1_K6_C4", "001_synth"), ("synth_a1_K6_C4", "002_synth"), ("synth_b1_K6_C4", "001_synth")]
@@ -151,16 +161,15 @@ def killed_launch(synthetic_studyset, tmp_path, dagster_home):
     env = make_env(tmp_path / "env", synthetic_studyset.store, instance, manifest, spec, canary_first_n_s=0.0)
     assert len(env.campaign.jobs) == 3
     _, second = env.campaign.jobs[1]
-    second_pair = pair_folder(env.options.work_root, SORTER, second.study_name, second.name)
+    second_key = str(pair_key(SORTER, second))
 
-    def second_sort_started() -> Path | None:
-        """The second sort's attempt folder, once its worker prints "sorting LABEL ..." (just
-        before it calls run_sorter)."""
-        for attempt in second_pair.glob("*-a*"):
-            console = attempt / CONSOLE_FILE
-            if console.exists() and f"sorting {SORTER}/" in console.read_text(errors="replace"):
-                return attempt
-        return None
+    def second_sort_started() -> bool:
+        events = instance.get_records_for_run(
+            [r.run_id for r in instance.get_runs(dg.RunsFilter(tags={"dagster/partition": second_key}))][0]
+            if instance.get_runs(dg.RunsFilter(tags={"dagster/partition": second_key}))
+            else "none"
+        ).records
+        return any("sort service slot" in (e.event_log_entry.user_message or "") for e in events)
 
     log = tmp_path / "launch.log"
     options = dataclasses.asdict(env.with_options(log_level="WARNING").options)
@@ -171,44 +180,52 @@ def killed_launch(synthetic_studyset, tmp_path, dagster_home):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    worker_pids: list[int] = []
     try:
         _wait_for("the first sorting to land", lambda: _sorting_events(instance), launcher, log)
-        _wait_for("the second sort to start", second_sort_started, launcher, log)
-        second_dir = second_sort_started()
-        worker_pids = _worker_pids(second_dir)
+        _wait_for("the second sort to start on the sort service", second_sort_started, launcher, log)
+        [second_run] = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": second_key}))
+        slot_line = next(
+            r.event_log_entry.user_message
+            for r in instance.get_records_for_run(second_run.run_id).records
+            if "sort service slot" in (r.event_log_entry.user_message or "")
+        )
+        worker_pid = int(slot_line.split("worker pid ")[1].split()[0])
+        run_pids = _run_processes(instance)
+        assert second_run.run_id in run_pids, "the second run executes in a process of its own"
     finally:
         if launcher.poll() is None:
-            _kill_group(launcher.pid)
+            os.kill(launcher.pid, signal.SIGKILL)  # the launching process only, as the OOM killer does
         launcher.wait(timeout=30)
-    assert worker_pids, f"no sort worker was running on {second_pair}"
     assert launcher.returncode == -signal.SIGKILL
-    # The orphaned worker notices its supervisor is gone and ends itself.
-    deadline = time.monotonic() + 15
-    while _worker_pids(second_dir) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    leftover = _worker_pids(second_dir)
+    killed_at = time.monotonic()
+    gone = lambda pid: not os.path.exists(f"/proc/{pid}")  # noqa: E731
+    while time.monotonic() - killed_at < 10 and not (gone(worker_pid) and all(map(gone, run_pids.values()))):
+        time.sleep(0.1)
+    leftover = [pid for pid in [worker_pid, *run_pids.values()] if not gone(pid)]
     for pid in leftover:  # do not leave a sorter running if the assertion fails
         _kill_group(pid)
-    assert not leftover, "the sort worker outlived its killed supervisor"
-    return env
+    assert not leftover, "a process of the killed launch outlived it by more than 10 s"
+    return env, second_run.run_id
 
 
 def test_a_run_killed_mid_sort_is_sorted_again_and_nothing_else_is(killed_launch):
-    env = killed_launch
+    env, killed_run_id = killed_launch
     first, second, third = (str(pair_key(s.name, r)) for s, r in env.campaign.jobs)
     assert [e.dagster_event.partition for e in _sorting_events(env.instance)] == [first]
+    # The sort service ended the dead launch's run: Dagster canceled it, so the UI does not
+    # show its partition in progress; the third pair had not been submitted yet.
+    deadline = time.monotonic() + 30
+    while env.instance.get_run_by_id(killed_run_id).status not in (
+        dg.DagsterRunStatus.CANCELED,
+        dg.DagsterRunStatus.FAILURE,
+    ) and time.monotonic() < deadline:
+        time.sleep(0.2)
     runs = env.instance.get_runs(dg.RunsFilter(job_name="sorting_job"))
-    assert {r.tags["dagster/partition"]: r.status for r in runs} == {
-        first: dg.DagsterRunStatus.SUCCESS,
-        second: dg.DagsterRunStatus.STARTED,
-    }
-    # Dagster never hears of a SIGKILL: the run stays STARTED and the UI shows the
-    # partition in progress, until the next launch finds its process gone.
-    [stale] = [r for r in runs if r.status == dg.DagsterRunStatus.STARTED]
-    assert _in_progress(env.instance) == {second}
-    identity = LauncherIdentity.parse(stale.tags[LAUNCHER_TAG])
-    assert identity is not None and identity.is_gone()
+    statuses = {r.tags["dagster/partition"]: r.status for r in runs}
+    assert statuses[first] == dg.DagsterRunStatus.SUCCESS
+    assert statuses[second] in (dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.FAILURE)
+    assert third not in statuses
+    assert _in_progress(env.instance) == set()
 
     outcome = env.launch(workers=1)
     assert outcome.cached_pairs == [first]
@@ -227,13 +244,9 @@ def test_a_run_killed_mid_sort_is_sorted_again_and_nothing_else_is(killed_launch
     assert sorted(e.dagster_event.partition for e in events) == sorted([first, second, third])
     for event in events:
         md = plain_metadata(event)
-        assert event.run_id != stale.run_id
+        assert event.run_id != killed_run_id
         sorting = load_sorting_object(md["sorting_object_uri"], env.store, 30000.0)
         assert sorting.get_num_units() == md["num_units"] > 0
-    [stale_now] = env.instance.get_runs(dg.RunsFilter(run_ids=[stale.run_id]))
-    assert stale_now.status == dg.DagsterRunStatus.FAILURE
-    [failure] = env.instance.all_logs(stale.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
-    assert f"the process that executed this run ({identity}) ended without finishing it" in failure.message
 
     # Each label once in the workspace, and a second sync adds nothing.
     expected = _labels_of(env.campaign.jobs)
