@@ -10,12 +10,12 @@ export SF_ASSETS_DAGSTER_DIR ?= $(SF_ASSETS_HOME)/dagster
 export DAGSTER_HOME := $(CURDIR)
 WORKERS ?= 4
 
-.PHONY: demo test ui install system-deps bench bench-scale bench-slurm clean
+.PHONY: demo test ui view install system-deps bench bench-scale bench-slurm clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e .
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[viewer]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +31,11 @@ demo: install
 ui: install
 	mkdir -p $(SF_ASSETS_DAGSTER_DIR)
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# One workspace label in the browser, e.g. make view LABEL=MountainSort5/synth_a1_K6_C4/001_synth (PORT optional).
+view: install
+	@test -n "$(LABEL)" || { echo "usage: make view LABEL=SORTER/STUDY/RECORDING [PORT=8080]"; exit 2; }
+	$(VENV)/bin/sf-assets view "$(LABEL)" --port $(or $(PORT),0)
 
 test: install system-deps
 	$(PY) -m pytest -q

@@ -126,11 +126,18 @@ def _add_compare_results(subparsers: argparse._SubParsersAction) -> None:
     add_compare_results(subparsers)
 
 
+def _add_view(subparsers: argparse._SubParsersAction) -> None:
+    from sf_assets.cli_view import add_view_subcommand
+
+    add_view_subcommand(subparsers)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_check_config,
     _add_demo,
     _add_sorting_commands,
     _add_compare_results,
+    _add_view,
 ]
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 
 from sf_assets.core.campaign import Campaign
+from sf_assets.core.labels import sorting_label
 from sf_assets.inputs import load_config
 from sf_assets.launch import RunOptions, launch_campaign
 from sf_assets.settings import load_settings
@@ -64,5 +65,10 @@ def run_demo(*, workers: int = 2, seed: int = 0, out=sys.stdout) -> int:
         file=out,
     )
     print(f"Records: {settings.outputs_dir / 'sorting_records.json'}", file=out)
+    print(f"Results page (no server needed): {(settings.outputs_dir / 'results.html').resolve().as_uri()}", file=out)
+    if campaign.jobs:
+        sorter_spec, rec = campaign.jobs[0]
+        label = sorting_label(sorter_spec.name, rec.study_name, rec.name)
+        print(f"Open a sorting in the browser: make view LABEL={label}", file=out)
     print("Browse runs, lineage, partitions and canary checks: `make ui`, then open http://127.0.0.1:3000", file=out)
     return 1 if failed else 0

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 from sf_assets.core.campaign import Campaign
+from sf_assets.core.errors import SfAssetsError
 from sf_assets.core.labels import sorting_label
 from sf_assets.core.launcher_identity import this_process
 from sf_assets.core.manifest import Recording
@@ -183,8 +184,8 @@ mutation LaunchRun($executionParams: ExecutionParams!) {
 """
 
 
-class LaunchError(RuntimeError):
-    """The instance refused a run (invalid config, the code location failed to load)."""
+class LaunchError(SfAssetsError):
+    """The instance cannot take the launch's runs (its run launcher, an invalid config)."""
 
 
 @contextlib.contextmanager
@@ -265,6 +266,9 @@ class Submitter:
         if result.get("__typename") == "LaunchRunSuccess":
             return result["run"]["runId"]
         detail = result.get("message") or "; ".join(e["message"] for e in result.get("errors", [])) or answer
+        load_error = self.context.create_request_context().get_code_location_error(LOCATION_NAME)
+        if load_error is not None:
+            detail = f"the code location {LOCATION_NAME} failed to load: {load_error.message}"
         raise LaunchError(f"{job_name} {partition_key or ''}: the instance refused the run: {detail}")
 
 
@@ -369,6 +373,13 @@ def launch_campaign(
     from sf_assets.stores.kachery import KacheryStore
     from sf_assets.run_launcher import LEASE_TAG
 
+    from sf_assets.run_launcher import SortServiceRunLauncher
+
+    if not isinstance(instance.run_launcher, SortServiceRunLauncher):
+        raise LaunchError(
+            f"the Dagster instance's run launcher is {type(instance.run_launcher).__name__}; sf-assets launches need "
+            "sf_assets.run_launcher.SortServiceRunLauncher (see run_launcher in the checkout's dagster.yaml)"
+        )
     say = progress or (lambda _msg: None)
     outcome = CampaignOutcome()
     register_partitions(instance, campaign)

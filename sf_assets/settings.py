@@ -24,6 +24,7 @@ class Settings:
     manifest_source: str | None
     spec_source: str
     outputs_dir: Path
+    viewers_dir: Path
 
 
 def _truthy(value: str | None) -> bool:
@@ -43,4 +44,6 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         manifest_source=env.get("SF_ASSETS_STUDYSETS") or None,
         spec_source=env.get("SF_ASSETS_SPEC") or str(home / "studyset" / "spec.yaml"),
         outputs_dir=Path(env.get("SF_ASSETS_OUTPUTS") or home / "outputs"),
+        # Running `sf-assets view` processes register their URLs here (sf_assets.viewer.links).
+        viewers_dir=home / "viewers",
     )

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import pytest
 
 from sf_assets.stores.kachery import KacheryStore
 from sf_assets.synthetic import generate_studyset
+
+if TYPE_CHECKING:
+    from sf_assets_tests.graph_harness import GraphEnv
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -95,3 +98,48 @@ def synthetic_studyset(tmp_path_factory, _private_kachery_cloud_dir) -> Syntheti
 
 
 pytest_plugins = ["sf_assets_tests.slurm_cluster"]  # the session-wide Slurm test cluster (engineer E)
+
+
+class BenchmarkDemo(NamedTuple):
+    """What ``benchmark_demo`` yields: a sorted, compared and summarized campaign on a file-backed instance."""
+
+    env: "GraphEnv"
+    dagster_home: Path
+    environment: dict
+
+
+DEMO_SORTERS = {
+    "MountainSort5": {"studysets": ["SYNTH_SET_A", "SYNTH_SET_B"]},
+    # An unknown clusterer: spikeinterface's "simple" sorter raises at once, on both recordings.
+    "Simple": {"studysets": ["SYNTH_SET_A"], "params": {"clusterer": "no_such_clusterer"}},
+}
+"""The demo's spec: 4 good sortings and 2 deliberately errored ones (one study)."""
+
+
+@pytest.fixture(scope="session")
+def benchmark_demo(synthetic_studyset, tmp_path_factory) -> BenchmarkDemo:
+    """The synthetic studyset sorted by :data:`DEMO_SORTERS` through the whole graph (results included).
+
+    The instance lives in files (``dagster_home``), so a viewer or a webserver
+    started as another process reads the same event log; ``environment`` holds
+    the variables that point such a process at this campaign's stores.
+    """
+    import dagster as dg
+
+    from sf_assets_tests.graph_harness import make_env, write_spec
+    from sf_assets_tests.webserver import settings_environment, write_instance_config
+
+    root = tmp_path_factory.mktemp("benchmark-demo")
+    home = root / "dagster-home"
+    write_instance_config(home)
+    spec = write_spec(root / "spec.yaml", synthetic_studyset.manifest_path, DEMO_SORTERS)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        env = make_env(
+            root, synthetic_studyset.store, instance, synthetic_studyset.manifest_path, spec, canary_first_n_s=0.0
+        )
+        outcome = env.launch(workers=1)
+        failed = sorted(o.partition_key for o in outcome.sortings if not o.success)
+        assert failed == ["synth_a1_K6_C4.001_synth|Simple", "synth_a1_K6_C4.002_synth|Simple"], failed
+        assert all(o.success for o in outcome.recordings + outcome.results)
+        environment = {**settings_environment(env.options), "DAGSTER_HOME": str(home)}
+        yield BenchmarkDemo(env, home, environment)

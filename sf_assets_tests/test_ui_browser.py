@@ -161,6 +161,8 @@ def test_sorting_partitions_show_the_sorter_by_recording_grid(demo, page):
     page.locator(f'[data-tooltip="{SORTER}"]').first.click()
     page.get_by_text("num_units", exact=True).wait_for()
     page.get_by_text(sorting_label(SORTER, rec.study_name, rec.name), exact=True).wait_for()
+    # The partition's metadata says how to open it in the viewer.
+    page.get_by_text(f"sf-assets view {sorting_label(SORTER, rec.study_name, rec.name)}", exact=True).wait_for()
     assert f"{recording_key(rec)}|{SORTER}" in page.inner_text("body")
     page.screenshot(path=ARTIFACTS / "sorting-partition-cell.png")
 

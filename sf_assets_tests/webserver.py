@@ -65,14 +65,21 @@ nux:
 
 
 def write_instance_config(home: Path) -> Path:
-    """Write ``home/dagster.yaml``: SQLite storage, logs and artifacts under ``home``.
+    """Write ``home/dagster.yaml``: SQLite storage, logs and artifacts under ``home``, and the
+    project's run queue and run launcher (from the repository's ``dagster.yaml``).
 
     Unlike ``dg.instance_for_test`` the instance lives entirely in files, so a
     webserver started as another process sees the same runs and events.
     """
+    import yaml
+
+    from sf_assets_tests.instances import project_instance_overrides
+
     home.mkdir(parents=True, exist_ok=True)
     path = home / "dagster.yaml"
-    path.write_text(INSTANCE_YAML.format(home=home.resolve()))
+    path.write_text(
+        INSTANCE_YAML.format(home=home.resolve()) + yaml.safe_dump(project_instance_overrides(), sort_keys=False)
+    )
     return path
 
 

@@ -8,7 +8,6 @@ reproducible (docs/sorters.md), and carries the score regression check.
 """
 
 import base64
-import io
 import json
 import os
 import time
@@ -28,10 +27,13 @@ from sf_assets.assets.score_checks import (
     summary_history,
 )
 from sf_assets.assets.sortings import SORTING_KEY, sorting, sorting_comparison
+from sf_assets.assets.results_page import RESULTS_PAGE, collect_pair_results, write_results_page
 from sf_assets.core.campaign import Campaign
 from sf_assets.core.records import SortingRecord, write_records
 from sf_assets.core.sorter_catalog import resolve_sorter
 from sf_assets.partitions import pair_key
+from sf_assets.report import results_page as page
+from sf_assets.report.plots import accuracy_vs_snr_png
 from sf_assets.resources import KacheryResource, OutputsResource, StudysetResource
 
 def _assigned_partitions(campaign: Campaign) -> dict[str, tuple]:
@@ -154,29 +156,6 @@ def summary_frame(comparisons: list[dict], errored: list[dict] = ()):
     return grouped.sort_values(["sorter", "study_set", "study"]).reset_index(drop=True)[SUMMARY_COLUMNS]
 
 
-def accuracy_vs_snr_png(units_by_sorter: dict[str, list[dict]]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for sorter_name, units in sorted(units_by_sorter.items()):
-        points = [(u["snr"], u["accuracy"]) for u in units if u["snr"] is not None]
-        ax.scatter([p[0] for p in points], [p[1] for p in points], label=sorter_name, s=14, alpha=0.7)
-    ax.set_xlabel("ground-truth unit SNR")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Accuracy vs SNR per sorter")
-    if units_by_sorter:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def _summary_table(df) -> dg.MetadataValue:
     types = {
         "sorter": "string",
@@ -197,21 +176,25 @@ def _summary_table(df) -> dg.MetadataValue:
     check_specs=[score_regression_spec],
     description="One table, sorter x study set/study: mean accuracy, precision and recall over "
     "true units with SNR above 8, well-detected counts (accuracy >= 0.8), errored sorts and whether "
-    "the sorter's scores are reproducible; plus accuracy vs SNR and each cell's score history.",
+    "the sorter's scores are reproducible; plus accuracy vs SNR, each cell's score history, and the "
+    "static results page (outputs/results.html) with failed pairs shown as such.",
 )
 @fails_clearly_on_storage_faults
 def sorter_summary(
-    context: dg.AssetExecutionContext, studyset: StudysetResource, kachery: KacheryResource, outputs: OutputsResource
+    context: dg.AssetExecutionContext,
+    studyset: StudysetResource,
+    kachery: KacheryResource,
+    outputs: OutputsResource,
 ):
     store = kachery.store()
     campaign = studyset.campaign(kachery)
     comparisons, left_out = collect_comparisons(context.instance, campaign)
     for partition, why in left_out.items():
         context.log.warning(f"summary leaves out {partition}: {why}")
+    pairs = collect_pair_results(context.instance, _assigned_partitions(campaign), store)
     units_by_sorter: dict[str, list[dict]] = {}
-    for md in comparisons:
-        units = store.load_json(md["comparison_uri"])["units"]
-        units_by_sorter.setdefault(md["sorter"], []).extend(units)
+    for pair in pairs:
+        units_by_sorter.setdefault(pair.sorter, []).extend(pair.units)
     study_sets = {r.study_name: r.study_set_name for _, r in campaign.jobs}
     errored = [
         {"sorter": r.sorter_name, "study_set": study_sets.get(r.study_name, ""), "study": r.study_name}
@@ -228,6 +211,8 @@ def sorter_summary(
     df.to_csv(csv_path, index=False)
     (folder / "accuracy_vs_snr.png").write_bytes(png)
     history_path = _write_history(folder, history + [(time.time(), cells)])
+    page_path = folder / RESULTS_PAGE
+    write_results_page(page_path, pairs)
     plot_md = f"![accuracy vs SNR](data:image/png;base64,{base64.b64encode(png).decode()})"
     yield dg.MaterializeResult(
         metadata={
@@ -239,6 +224,10 @@ def sorter_summary(
             "csv": dg.MetadataValue.path(str(csv_path)),
             "score_history": dg.MetadataValue.path(str(history_path)),
             "cells": dg.MetadataValue.json([c.to_json_dict() for c in cells]),
+            "results_page": dg.MetadataValue.url(page_path.resolve().as_uri()),
+            "pairs_by_status": dg.MetadataValue.json(
+                {page.STATUS_TEXT[s]: sum(1 for p in pairs if p.status == s) for s in page.STATUSES}
+            ),
             "text": dg.MetadataValue.md("```\n" + df.to_string(index=False) + "\n```"),
         }
     )

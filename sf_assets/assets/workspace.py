@@ -6,7 +6,8 @@ from sf_assets.assets.automation import AS_RESULTS_LAND
 from sf_assets.assets.faults import fails_clearly_on_storage_faults
 from sf_assets.assets.results import collect_records
 from sf_assets.assets.sortings import sorting
-from sf_assets.core.workspace_plan import entries_from_records
+from sf_assets.assets.view_links import labels_to_view
+from sf_assets.core.workspace_plan import GROUND_TRUTH, SORTING, entries_from_records
 from sf_assets.resources import KacheryResource, StudysetResource, WorkspaceResource
 
 DEFAULT_WORKSPACE_NAME = "default"
@@ -43,6 +44,7 @@ def workspace_sync(
         context.log.info(note)
     uri = resolve_workspace_uri(workspace)
     report = workspace.store().sync(uri, entries, dry_run=workspace.dry_run)
+    viewable = [e.label for e in workspace.store().list_entries(uri) if e.kind in (GROUND_TRUTH, SORTING)]
     return dg.MaterializeResult(
         metadata={
             "workspace_uri": uri,
@@ -51,5 +53,6 @@ def workspace_sync(
             "skipped_errored": len(notes),
             "dry_run": workspace.dry_run,
             "added_labels": dg.MetadataValue.md("\n".join(f"- `{x}`" for x in report.added[:200]) or "(none)"),
+            "labels_to_view": labels_to_view(viewable),
         }
     )

@@ -42,6 +42,10 @@ class WorkspaceError(SfAssetsError):
     """A workspace does not exist or the workspace database refuses a change."""
 
 
+class ViewerError(SfAssetsError):
+    """A label cannot be opened in the viewer: unknown, malformed, or its data cannot be read."""
+
+
 class SortFailure(SfAssetsError):
     """A sort failed for a reason the canary recognised.
 

@@ -1,0 +1,1 @@
+"""What people read: the static results page and its plots (no Dagster import)."""
