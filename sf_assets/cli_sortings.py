@@ -424,11 +424,11 @@ def _launch(
             on_sorting_done=landed,
             tags=run_tags(args),
         )
-    failed = [o for o in outcome.recordings + outcome.sortings + outcome.results if not o.success]
-    for o in outcome.results:  # recordings and sortings had their progress line
+    failed = [o for o in outcome.recordings + outcome.sortings + outcome.comparisons + outcome.results if not o.success]
+    for o in outcome.comparisons + outcome.results:  # recordings and sortings had their progress line
         if not o.success:
             _say(_one_line(f"[{o.job_name}] FAILED: {o.error}"))
-    failed_results = sum(1 for o in outcome.results if not o.success)
+    failed_results = sum(1 for o in outcome.comparisons + outcome.results if not o.success)
     _say(
         f"{len(outcome.sortings) - len(outcome.failed_sortings)} sorted, {len(outcome.cached_pairs)} from the job "
         f"cache, {len(outcome.failed_sortings)} failed, {len(outcome.skipped_pairs)} skipped (recording failed)"

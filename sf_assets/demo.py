@@ -58,7 +58,7 @@ def run_demo(*, workers: int = 2, seed: int = 0, out=sys.stdout) -> int:
         import pandas as pd
 
         print(pd.read_csv(summary).to_string(index=False, float_format=lambda v: f"{v:.3f}"), file=out)
-    failed = outcome.failed_sortings + [o for o in outcome.recordings + outcome.results if not o.success]
+    failed = outcome.failed_sortings + [o for o in outcome.recordings + outcome.comparisons + outcome.results if not o.success]
     print(
         f"\n{len(outcome.sortings)} sorted, {len(outcome.cached_pairs)} from the job cache, "
         f"{len(outcome.failed_sortings)} failed; {elapsed:.0f} s in all.",

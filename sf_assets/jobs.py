@@ -11,6 +11,7 @@ import dagster as dg
 studysets_job = dg.define_asset_job("studysets_job", selection=["studysets"])
 recordings_job = dg.define_asset_job("recordings_job", selection=["recording", "ground_truth"])
 sorting_job = dg.define_asset_job("sorting_job", selection=["sorting", "sorting_comparison"])
+comparison_job = dg.define_asset_job("comparison_job", selection=["sorting_comparison"])
 results_job = dg.define_asset_job("results_job", selection=["sorter_summary", "sorting_records", "workspace_sync"])
 
-JOBS = [studysets_job, recordings_job, sorting_job, results_job]
+JOBS = [studysets_job, recordings_job, sorting_job, comparison_job, results_job]

@@ -155,6 +155,7 @@ class CampaignOutcome:
     recordings: list[RunOutcome] = field(default_factory=list)
     sortings: list[RunOutcome] = field(default_factory=list)
     results: list[RunOutcome] = field(default_factory=list)
+    comparisons: list[RunOutcome] = field(default_factory=list)
     cached_pairs: list[str] = field(default_factory=list)
     skipped_pairs: list[str] = field(default_factory=list)
 
@@ -373,12 +374,14 @@ def launch_campaign(
     from sf_assets.stores.kachery import KacheryStore
     from sf_assets.run_launcher import LEASE_TAG
 
-    from sf_assets.run_launcher import SortServiceRunLauncher
+    from dagster._core.launcher import DefaultRunLauncher
 
-    if not isinstance(instance.run_launcher, SortServiceRunLauncher):
+    if type(instance.run_launcher) is DefaultRunLauncher:
+        # It launches only through a code server, which a command-line launch does not start.
         raise LaunchError(
-            f"the Dagster instance's run launcher is {type(instance.run_launcher).__name__}; sf-assets launches need "
-            "sf_assets.run_launcher.SortServiceRunLauncher (see run_launcher in the checkout's dagster.yaml)"
+            "the Dagster instance uses Dagster's default run launcher; sf-assets launches need the project's "
+            "(run_launcher: sf_assets.run_launcher.SortServiceRunLauncher, as in the checkout's dagster.yaml) "
+            "or another that starts runs itself (DockerRunLauncher)"
         )
     say = progress or (lambda _msg: None)
     outcome = CampaignOutcome()
@@ -392,6 +395,8 @@ def launch_campaign(
         on_plan(plan)
     if plan.cached:
         say(f"job cache {options.job_cache!r}: {len(plan.cached)} sorting(s) unchanged, not sorted again")
+    if plan.to_compare:
+        say(f"{len(plan.to_compare)} of them without a current comparison: compared again")
     if plan.in_flight:
         say(f"{len(plan.in_flight)} sorting(s) already queued or running elsewhere: waiting for them in the queue")
     in_flight = {str(key) for key in plan.in_flight}
@@ -400,6 +405,7 @@ def launch_campaign(
     ]
     waiting: dict[str, list[str]] = {key: [] for key in plan.recordings_to_run}
     ready: list[tuple[str, str | None]] = [("recordings_job", key) for key in plan.recordings_to_run]
+    ready += [("comparison_job", key) for key in plan.to_compare]
     for sorter_spec, rec in to_sort:
         key = str(pair_key(sorter_spec.name, rec))
         if recording_key(rec) in waiting:
@@ -428,6 +434,8 @@ def launch_campaign(
                             outcome.skipped_pairs.extend(follow)
                         state = "ok" if done.success else "FAILED: " + (done.error or "")
                         say(f"[recordings {len(outcome.recordings)}/{len(plan.recordings_to_run)}] {done.partition_key}: {state}")
+                    elif done.job_name == "comparison_job":
+                        outcome.comparisons.append(done)
                     elif done.job_name == "sorting_job":
                         outcome.sortings.append(done)
                         _report_sorting(say, done, len(outcome.sortings), total_sorts - len(outcome.skipped_pairs))

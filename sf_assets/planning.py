@@ -49,6 +49,8 @@ class Plan:
     Attributes
     ----------
     cached: pair keys whose current sorting the job cache holds (not sorted again).
+    to_compare: cached pair keys whose comparison is missing or older than their sorting
+        (a run stopped between the two): compared again, not sorted.
     in_flight: pair keys another run or backfill is about to sort (not launched twice).
     to_sort: the pairs to sort, in the spec's order.
     recordings_to_run: recording keys of ``to_sort`` whose recording or ground truth
@@ -56,6 +58,7 @@ class Plan:
     """
 
     cached: list[str] = field(default_factory=list)
+    to_compare: list[str] = field(default_factory=list)
     in_flight: list[str] = field(default_factory=list)
     to_sort: list[tuple[SorterSpec, Recording]] = field(default_factory=list)
     recordings_to_run: list[str] = field(default_factory=list)
@@ -149,6 +152,9 @@ def plan_sorts(
             plan.cached.append(key)
         else:
             plan.to_sort.append((sorter_spec, rec))
+    if plan.cached:
+        compared = latest_partition_events(instance, dg.AssetKey("sorting_comparison"), partitions=plan.cached)
+        plan.to_compare = [k for k in plan.cached if k not in compared or compared[k][0] < latest[k][0]]
     needed = {recording_key(r): r for _, r in plan.to_sort}
     current = current_recordings(instance, needed.values())
     plan.recordings_to_run = [k for k in needed if k not in current]
