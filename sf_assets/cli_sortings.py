@@ -432,7 +432,7 @@ def _launch(
     _say(
         f"{len(outcome.sortings) - len(outcome.failed_sortings)} sorted, {len(outcome.cached_pairs)} from the job "
         f"cache, {len(outcome.failed_sortings)} failed, {len(outcome.skipped_pairs)} skipped (recording failed)"
-        f"{f', {failed_results} results run(s) FAILED' if failed_results else ''}; {time.monotonic() - started:.0f} s"
+        f"{f', {failed_results} comparison or results run(s) FAILED' if failed_results else ''}; {time.monotonic() - started:.0f} s"
     )
     return EXIT_RUN_FAILED if failed else 0
 

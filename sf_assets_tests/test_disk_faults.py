@@ -72,7 +72,7 @@ def test_a_read_only_outputs_folder_is_a_failure_with_one_line(home):
     _no_storm(out, err)
     [line] = [line for line in out.splitlines() if line.startswith("[results_job] FAILED: ")]
     assert f"storage fault: {home['outputs']}/" in line and line.endswith(": the filesystem is read-only"), line
-    assert "1 results run(s) FAILED" in out
+    assert "1 comparison or results run(s) FAILED" in out
 
 
 def test_a_read_only_sorts_folder_leaves_an_errored_record_then_the_next_launch_sorts(home):
