@@ -90,13 +90,13 @@ def test_two_runs_of_one_pair_at_once_each_sort_in_their_own_folder(env):
     # The two sorts really overlapped: each had to keep to its own folder while the other ran.
     spans = [(md["record"]["startTime"], md["record"]["endTime"]) for md in (first, second)]
     assert max(s for s, _ in spans) < min(e for _, e in spans), spans
-    assert first["work_dir"] != second["work_dir"]
-    assert {Path(md["work_dir"]).name.rsplit("-a", 1)[0] for md in (first, second)} == {o["run_id"] for o in outcomes}
     for md in (first, second):
         console = env.store.load_json(md["console_out_uri"])["text"]
         assert console.count(f"sorting {label} with") == 1, console  # one sort per console
         assert md["cpu_time_s"] > 0
     assert first["console_out_uri"] != second["console_out_uri"]
+    assert first["work_dir"] != second["work_dir"]
+    assert {Path(md["work_dir"]).name.rsplit("-a", 1)[0] for md in (first, second)} == {o["run_id"] for o in outcomes}
 
 
 # -- item 2: a cache hit only for what verifies ---------------------------------------------
