@@ -40,7 +40,7 @@ view: install
 test: install system-deps
 	$(PY) -m pytest -q
 
-# Orchestration overhead against a plain spikeinterface script (minutes; BENCH_ARGS e.g. --recordings 8).
+# Orchestration overhead, command line and UI backfill, against a plain spikeinterface script (minutes; BENCH_ARGS e.g. --recordings 8).
 bench: install
 	$(PY) benchmarks/overhead.py $(BENCH_ARGS)
 

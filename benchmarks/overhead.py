@@ -9,7 +9,18 @@ alternately (A B, then B A, ...):
   ``--canary-s`` (for equal work), job cache on but empty (fresh instance);
 * **B, plain**: ``spikeinterface.sorters.run_sorter_jobs`` (engine ``joblib``,
   ``n_jobs=workers``) then ``compare_sorter_to_ground_truth`` per pair, on the
-  same recordings loaded from the same kachery store.
+  same recordings loaded from the same kachery store;
+* **C, daemon**: ``dagster dev`` on a fresh instance, and a backfill of the
+  grid launched the way the UI launches it (GraphQL ``launchPartitionBackfill``),
+  timed from the first sort's start to the ``sorter_summary`` materialization
+  that covers every pair (``daemon_round.py``); its fixed start, from the
+  request to the first sort, is reported apart.  Its sorts run on the sort
+  service's slots (one per core), not ``workers``.  Wall time only: its
+  processes are the deployment's, which also serve the UI.
+
+Each sf-assets round (A, C and the no-op re-run) gets a sort service of its
+own, stopped when the round ends: warm workers left by one round would
+otherwise serve the next.
 
 First ``--warmup`` untimed rounds of each side: the first rounds after the
 recordings are written were often 2-6 s slower here, for either side (the
@@ -24,10 +35,16 @@ the process and everything it started, processes it left behind included
 ``launch_campaign`` again on the last sf-assets instance, where every sort is
 a job-cache hit.
 
-Prints both times per round, the mean of the rounds' sf-assets/plain ratios,
+Prints the times per round, the mean of the rounds' sf-assets/plain ratios,
 the orchestration overhead per sorting partition, where sf-assets spends its
-time, and as its last line ``overhead_ratio=R noop_rerun_s=S`` (wall ratio;
-the no-op re-run's whole process, imports included).
+time, the daemon path's run timeline (which of Dagster's intervals it waits
+on), the new-sorter figure (with the last daemon round's deployment still
+running and its studyset sensor on, the spec gains a ``Simple`` sorter on
+every recording: seconds from the edit to a summary that includes it), and
+as its last line ``overhead_ratio_cli=R1 overhead_ratio_daemon=R2
+daemon_start_latency_s=L noop_rerun_s=S overhead_ratio=max(R1,R2)`` (wall
+ratios against the plain round beside each; the no-op re-run's whole
+process, imports included).
 
 Run: ``make bench`` or ``.venv/bin/python benchmarks/overhead.py [--recordings N ...]``.
 """
@@ -43,6 +60,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from daemon_round import daemon_round, new_sorter_latency, print_timeline
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SORTERS = "MountainSort5,SpykingCircus2"
@@ -282,6 +301,13 @@ def child_warm(state: dict) -> dict:
 # -------------------------------------------------------------------- parent
 
 
+def run_daemon(base: dict, round_dir: Path, env: dict, keep_running=None) -> dict:
+    """A daemon-path round (``daemon_round.py``) run from this process; its processes are reaped after it."""
+    report = daemon_round(base, round_dir, env, keep_running=keep_running)
+    _reap_orphans()  # the round's sort service, reparented to this subreaper
+    return report
+
+
 def become_subreaper() -> None:
     """Have this process adopt the orphans of the rounds, so their CPU time is counted too.
 
@@ -321,17 +347,27 @@ def run_child(kind: str, state: dict, env: dict) -> tuple[float, float, dict]:
     included, orphans too: :func:`become_subreaper`) hardly change when other
     work shares the machine; wall seconds do.
     """
+    from sf_assets.dagster_dev import stop_sort_services
+
     state_file = Path(state["round_dir"]) / f"{kind}.state.json"
     state_file.parent.mkdir(parents=True, exist_ok=True)
     state_file.write_text(json.dumps(state))
+    # The round's own sort service (short path: it holds a Unix socket), stopped when the round
+    # ends so that its CPU time is counted and no warm worker serves the next round.
+    service_dir = tempfile.mkdtemp(prefix="sfb-", dir="/tmp")
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.monotonic()
         proc = subprocess.Popen(
-            [sys.executable, __file__, "--child", kind, "--state", str(state_file)], env=env, stdout=out, stderr=err
+            [sys.executable, __file__, "--child", kind, "--state", str(state_file)],
+            env={**env, "SF_ASSETS_SERVICE_DIR": service_dir},
+            stdout=out,
+            stderr=err,
         )
         _, status, usage = os.wait4(proc.pid, 0)
         wall_s = time.monotonic() - started
+        stop_sort_services(Path(service_dir))
         cpu_s = usage.ru_utime + usage.ru_stime + _reap_orphans()
+        shutil.rmtree(service_dir, ignore_errors=True)
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
@@ -372,6 +408,7 @@ def generate(root: Path, args) -> dict:
         "workers": args.workers,
         "canary_s": args.canary_s,
         "num_pairs": args.recordings * len(sorters),
+        "num_recordings": args.recordings,
     }
 
 
@@ -412,19 +449,36 @@ def main(argv=None) -> int:
             env["NUMBA_CACHE_DIR"] = str(root / "numba-cache")
             warm_s, _, _ = run_child("warm", {**base, "round_dir": str(root / "warm")}, env)
             print(f"numba cache on (experiment), warmed in {warm_s:.1f} s", flush=True)
-        walls: dict[str, list[float]] = {"sf-assets": [], "plain": []}
+        kinds = ("sf-assets", "plain", "daemon")
+        walls: dict[str, list[float]] = {k: [] for k in kinds}
         cpus: dict[str, list[float]] = {"sf-assets": [], "plain": []}
-        reports: dict[str, list[dict]] = {"sf-assets": [], "plain": []}
+        reports: dict[str, list[dict]] = {k: [] for k in kinds}
         last_a_dir = None
         for i in range(args.warmup):
-            for kind in ("sf-assets", "plain"):
-                wall_s, _, _ = run_child(kind, {**base, "round_dir": str(root / f"warmup{i + 1}-{kind}")}, env)
+            for kind in kinds:
+                round_dir = root / f"warmup{i + 1}-{kind}"
+                if kind == "daemon":
+                    wall_s = run_daemon(base, round_dir, env)["sort_to_summary_s"]
+                else:
+                    wall_s, _, _ = run_child(kind, {**base, "round_dir": str(round_dir)}, env)
                 print(f"warm-up {i + 1} {kind:9s}: wall {_fmt(wall_s)} (not counted)", flush=True)
         for i in range(args.rounds):
-            # Which side goes first alternates (A B, B A, A B, ...): whatever the machine does
-            # between rounds then falls on neither side more than on the other.
-            for kind in ("sf-assets", "plain")[:: 1 if i % 2 == 0 else -1]:
+            # Which side goes first rotates (A B C, B C A, C A B, ...): whatever the machine does
+            # between rounds then falls on no side more than on the others.
+            for kind in kinds[i % 3 :] + kinds[: i % 3]:
                 round_dir = root / f"round{i + 1}-{kind}"
+                if kind == "daemon":
+                    last = i == args.rounds - 1
+                    report = run_daemon(base, round_dir, env, keep_running=new_sorter_latency if last else None)
+                    walls[kind].append(report["sort_to_summary_s"])
+                    reports[kind].append(report)
+                    print(
+                        f"round {i + 1} {kind:9s}: first sort to summary {_fmt(report['sort_to_summary_s'])} "
+                        f"(request to first sort {report['start_latency_s']:.1f} s; dagster dev ready in "
+                        f"{report['ready_s']:.1f} s, not counted)",
+                        flush=True,
+                    )
+                    continue
                 wall_s, cpu_s, report = run_child(kind, {**base, "round_dir": str(round_dir)}, env)
                 walls[kind].append(wall_s)
                 cpus[kind].append(cpu_s)
@@ -448,6 +502,8 @@ def main(argv=None) -> int:
         # Each sf-assets round is paired with the plain round next to it, so slow drifts
         # in what else the machine runs cancel out of the ratio.
         ratio = statistics.mean(a / b for a, b in zip(walls["sf-assets"], walls["plain"]))
+        daemon_ratio = statistics.mean(c / b for c, b in zip(walls["daemon"], walls["plain"]))
+        start_latency_s = statistics.mean(r["start_latency_s"] for r in reports["daemon"])
         cpu_ratio = statistics.mean(a / b for a, b in zip(cpus["sf-assets"], cpus["plain"]))
         a, b = statistics.mean(walls["sf-assets"]), statistics.mean(walls["plain"])
         per_partition_s = (a - b) / base["num_pairs"]
@@ -468,8 +524,27 @@ def main(argv=None) -> int:
             f"no-op re-run (every sort a job-cache hit): {noop_wall_s:.1f} s wall, "
             f"{noop['launch_s']:.1f} s of it in launch_campaign"
         )
+        print(
+            f"daemon path: first sort to summary {_fmt(statistics.mean(walls['daemon']))}, ratio {daemon_ratio:.2f} "
+            f"against the plain round beside it; request to first sort {start_latency_s:.1f} s, "
+            f"request to summary {statistics.mean(r['request_to_summary_s'] for r in reports['daemon']):.1f} s"
+        )
         print_profile(reports, walls["sf-assets"], args.workers)
-        print(f"overhead_ratio={ratio:.2f} noop_rerun_s={noop_wall_s:.1f}")
+        last_daemon = reports["daemon"][-1]
+        print("\nthe last daemon round, from its event log:")
+        print_timeline(last_daemon["timeline"], last_daemon["requested"], last_daemon["automation_ticks"])
+        fresh = last_daemon["extra"]
+        print(
+            f"\nnew sorter: {fresh['sorter']} added to the spec ({fresh['pairs']} pairs) with dagster dev running: "
+            f"{fresh['edit_to_summary_s']:.1f} s from the edit to a summary including it ({fresh['sensor_wait_s']:.1f} s "
+            f"of it waiting for the studyset sensor's next tick, interval {fresh['sensor_interval_s']:g} s; the edit came "
+            f"right after a tick: the longest wait)"
+        )
+        print(
+            f"overhead_ratio_cli={ratio:.2f} overhead_ratio_daemon={daemon_ratio:.2f} "
+            f"daemon_start_latency_s={start_latency_s:.1f} noop_rerun_s={noop_wall_s:.1f} "
+            f"overhead_ratio={max(ratio, daemon_ratio):.2f}"
+        )
     finally:
         if not args.work_dir:
             shutil.rmtree(root, ignore_errors=True)

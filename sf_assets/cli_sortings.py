@@ -375,9 +375,9 @@ def _one_line(message: str) -> str:
     return f"{lines[0]} ... {errors[-1] if errors else lines[-1]}"
 
 
-def _progress(verbose: int) -> Callable[[str], None]:
+def _progress(verbose: int, say: Callable[[str], None]) -> Callable[[str], None]:
     """One line per finished run; -v shows errors in full."""
-    return _say if verbose else (lambda message: _say(_one_line(message)))
+    return say if verbose else (lambda message: say(_one_line(message)))
 
 
 def _launch(
@@ -391,6 +391,7 @@ def _launch(
     import dagster as dg
 
     from sf_assets.launch import launch_campaign
+    from sf_assets.progress import LiveProgress
 
     ensure_dagster_home()
     started = time.monotonic()
@@ -413,17 +414,19 @@ def _launch(
             if record is not None:
                 on_record([record])
 
-        outcome = launch_campaign(
-            instance,
-            campaign,
-            options,
-            workers=args.workercount,
-            pairs=pairs,
-            progress=_progress(args.verbose),
-            on_plan=planned,
-            on_sorting_done=landed,
-            tags=run_tags(args),
-        )
+        with LiveProgress() as live:
+            outcome = launch_campaign(
+                instance,
+                campaign,
+                options,
+                workers=args.workercount,
+                pairs=pairs,
+                progress=_progress(args.verbose, live.say),
+                on_plan=planned,
+                on_sorting_done=landed,
+                on_counts=live.update,
+                tags=run_tags(args),
+            )
     failed = [o for o in outcome.recordings + outcome.sortings + outcome.comparisons + outcome.results if not o.success]
     for o in outcome.comparisons + outcome.results:  # recordings and sortings had their progress line
         if not o.success:

@@ -17,6 +17,7 @@ from sf_assets.core.campaign import Campaign
 from sf_assets.core.labels import sorting_label
 from sf_assets.inputs import load_config
 from sf_assets.launch import RunOptions, launch_campaign
+from sf_assets.progress import LiveProgress
 from sf_assets.settings import load_settings
 from sf_assets.stores.kachery import KacheryStore
 
@@ -48,9 +49,10 @@ def run_demo(*, workers: int = 2, seed: int = 0, out=sys.stdout) -> int:
     )
     options = RunOptions.from_settings(settings, spec_source=spec_path, manifest_source=manifest_path)
     instance = dg.DagsterInstance.get()
-    outcome = launch_campaign(
-        instance, campaign, options, workers=workers, progress=lambda msg: print(msg, file=out, flush=True)
-    )
+    with LiveProgress(out) as live:
+        outcome = launch_campaign(
+            instance, campaign, options, workers=workers, progress=live.say, on_counts=live.update
+        )
     elapsed = time.monotonic() - started
     summary = settings.outputs_dir / "sorter_summary.csv"
     print("\nSorter summary (mean over true units with SNR > 8; well detected: accuracy >= 0.8)", file=out)

@@ -41,62 +41,32 @@ from sf_assets.core.manifest import Recording
 from sf_assets.core.spec import SorterSpec
 from sf_assets.engines.engine import EngineSettings
 from sf_assets.partitions import pair_key, recording_key
+from sf_assets.progress import CampaignCounts
 
 if TYPE_CHECKING:
     from sf_assets.planning import Plan
 
 
-_NOT_ENGINE_FIELDS = {
-    "spec_source",
-    "manifest_source",
-    "kachery_dir",
-    "kachery_local_only",
-    "workspace_db_url",
-    "workspace_uri",
-    "dry_run",
-    "outputs_dir",
-    "log_level",
-}
+def _engine_fields() -> list[tuple[str, type, Any]]:
+    """The ``sorting_engine`` resource's config fields, declared once, there (``work_root`` is above)."""
+    from sf_assets.resources import SortingEngineResource
+
+    return [
+        (name, info.annotation, dataclasses.field(default=info.default))
+        for name, info in SortingEngineResource.model_fields.items()
+        if name != "work_root"
+    ]
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """Everything a run's resources are configured with (shown in each run's config)."""
+class _RunOptionsMethods:
+    """Everything a run's resources are configured with (shown in each run's config).
 
-    spec_source: str
-    kachery_dir: str
-    work_root: str
-    workspace_db_url: str
-    outputs_dir: str
-    manifest_source: str = ""
-    kachery_local_only: bool = True
-    workspace_uri: str = ""
-    dry_run: bool = False
-    timeout_min: float = 0.0
-    canary_first_n_s: float = 5.0
-    use_container: bool = False
-    container_engine: str = "docker"
-    use_job_cache: bool = True
-    job_cache: str = "default-job-cache"
-    use_slurm: bool = False
-    slurm_partition: str = ""
-    slurm_accept_shared_nodes: bool = False
-    slurm_jobs_per_allocation: int = 6
-    slurm_max_simultaneous_allocations: int = 5
-    slurm_gpus_per_node: int = 0
-    slurm_allocation_id: str = ""
-    slurm_idle_release_s: float = 60.0
-    slurm_allocation_time_min: float = 0.0
-    # Local sorts go to the host's sort service (warm workers); False: a fresh process per sort.
-    reuse_workers: bool = True
-    threads_per_sort: int = 1
-    service_slots: int = 0
-    service_idle_exit_s: float = 600.0
-    service_dir: str = ""
-    # Level of each run's console log in this process ("": Dagster's default, DEBUG); the
-    # event log, and so the UI, always keeps everything. WARNING keeps per-step DEBUG lines
-    # off the terminal.
-    log_level: str = "WARNING"
+    The stores' settings are declared here; the engine's fields are the
+    ``sorting_engine`` resource's own (:class:`sf_assets.resources.SortingEngineResource`),
+    added by :func:`dataclasses.make_dataclass`, so the two cannot drift apart.
+    ``log_level`` is the level of each run's console log ("": Dagster's default); the
+    event log, and so the UI, always keeps everything.
+    """
 
     @classmethod
     def from_settings(cls, settings, **overrides) -> "RunOptions":
@@ -114,12 +84,7 @@ class RunOptions:
 
     def run_config(self) -> dict[str, Any]:
         o = self
-        engine = {
-            f.name: getattr(o, f.name)
-            for f in dataclasses.fields(o)
-            if f.name
-            not in _NOT_ENGINE_FIELDS
-        }
+        engine = {"work_root": o.work_root, **{name: getattr(o, name) for name, _, _ in _engine_fields()}}
         loggers = {"loggers": {"console": {"config": {"log_level": o.log_level}}}} if o.log_level else {}
         return {
             **loggers,
@@ -138,6 +103,29 @@ class RunOptions:
         from sf_assets.resources import SortingEngineResource
 
         return SortingEngineResource(**self.run_config()["resources"]["sorting_engine"]["config"]).settings()
+
+
+
+RunOptions = dataclasses.make_dataclass(
+    "RunOptions",
+    [
+        ("spec_source", str),
+        ("kachery_dir", str),
+        ("work_root", str),
+        ("workspace_db_url", str),
+        ("outputs_dir", str),
+        ("manifest_source", str, dataclasses.field(default="")),
+        ("kachery_local_only", bool, dataclasses.field(default=True)),
+        ("workspace_uri", str, dataclasses.field(default="")),
+        ("dry_run", bool, dataclasses.field(default=False)),
+        *_engine_fields(),
+        ("log_level", str, dataclasses.field(default="WARNING")),
+    ],
+    bases=(_RunOptionsMethods,),
+    frozen=True,
+)
+RunOptions.__module__ = __name__
+RunOptions.__doc__ = _RunOptionsMethods.__doc__
 
 
 @dataclass
@@ -362,12 +350,15 @@ def launch_campaign(
     progress: Callable[[str], None] | None = None,
     on_plan: Callable[["Plan"], None] | None = None,
     on_sorting_done: Callable[[RunOutcome], None] | None = None,
+    on_counts: Callable[["CampaignCounts"], None] | None = None,
     tags: dict[str, str] | None = None,
 ) -> CampaignOutcome:
     """Sort the campaign (or the given pairs) on ``instance``; ``tags`` go on every run.
 
     ``workers`` bounds how many of this launch's runs are queued or running at
     once; the instance's run queue and the host's sort service bound the rest.
+    ``progress`` gets a line per finished run, ``on_counts`` the launch's counts
+    after every look at its runs (for a live display).
     """
     from sf_assets.assets.studysets import register_partitions
     from sf_assets.planning import plan_sorts
@@ -443,6 +434,17 @@ def launch_campaign(
                             on_sorting_done(done)
                     else:
                         outcome.results.append(done)
+                if on_counts:
+                    on_counts(
+                        CampaignCounts(
+                            recordings_done=len(outcome.recordings),
+                            recordings_total=len(plan.recordings_to_run),
+                            sortings_done=len(outcome.sortings),
+                            sortings_total=total_sorts - len(outcome.skipped_pairs),
+                            failed=sum(1 for o in outcome.recordings + outcome.sortings if not o.success),
+                            in_flight=len(tracker.runs) + len(ready),
+                        )
+                    )
             if run_results:
                 tracker.add(submitter.submit("results_job"), "results_job", None)
                 while tracker.runs:

@@ -13,6 +13,7 @@ import pytest
 
 from sf_assets.core.comparison import COMPARISON_SETTINGS
 from sf_assets.report import results_page as page
+from sf_assets_tests.instances import project_instance
 from sf_assets_tests.webserver import REPO_ROOT, chromium_context
 
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "results"
@@ -119,7 +120,7 @@ def test_each_pair_takes_its_status_from_what_the_event_log_recorded(synthetic_s
     spec = write_spec(tmp_path / "spec.yaml", synthetic_studyset.manifest_path,
                       {"MountainSort5": {"studysets": ["SYNTH_SET_A", "SYNTH_SET_B"]}})
     (tmp_path / "dagster").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+    with project_instance(temp_dir=str(tmp_path / "dagster")) as instance:
         env = make_env(tmp_path, synthetic_studyset.store, instance, synthetic_studyset.manifest_path, spec)
         jobs = {(r.study_name, r.name): (s, r) for s, r in env.campaign.jobs}
         console = synthetic_studyset.store.store_json({"text": "x\nTimeoutError: sort took too long\n"}, "c.json")

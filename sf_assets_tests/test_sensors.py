@@ -24,7 +24,7 @@ from sf_assets.partitions import RECORDINGS, SORTERS
 from sf_assets.resources import KacheryResource, SortingEngineResource, StudysetResource
 from sf_assets.sensors import BACKFILL_TAGS, STUDYSET_SENSOR, studyset_sensor
 from sf_assets_tests.automation_harness import deployment, submit_backfill, write_manifest
-from sf_assets_tests.graph_harness import write_spec
+from sf_assets_tests.graph_harness import execute_partition_run, write_spec
 
 SORTER = "MountainSort5"
 NEW_SORTER = "Simple"
@@ -195,7 +195,6 @@ def test_an_unreadable_cursor_skips_with_advice(deployed):
 
 def test_a_new_sorting_requests_the_fan_ins_and_nothing_is_sorted_again(deployed, synthetic_studyset):
     from sf_assets.launch import RunOptions
-    from sf_assets_tests.graph_harness import execute_partition_run
     from sf_assets.settings import load_settings
 
     instance = deployed.instance
@@ -228,75 +227,93 @@ def test_a_new_sorting_requests_the_fan_ins_and_nothing_is_sorted_again(deployed
     assert again.total_requested == 0, "requested fan-ins are not requested twice"
 
 
-def test_a_result_that_lands_during_the_fan_ins_run_requests_them_again(deployed):
-    """The race: a comparison lands while the fan-ins' run is in progress.  Their own
-    materialization must not count as having handled it, or the summary stays stale."""
-    import threading
+FAN_INS = {dg.AssetKey(k) for k in ("sorter_summary", "sorting_records", "workspace_sync")}
+SUMMARY = dg.AssetKey("sorter_summary")
 
+
+def _run_options(deployed):
     from sf_assets.launch import RunOptions
-    from sf_assets_tests.graph_harness import execute_partition_run
     from sf_assets.settings import load_settings
 
-    instance = deployed.instance
     settings = load_settings(
         {"SF_ASSETS_HOME": str(deployed.root / "home"), "SF_ASSETS_KACHERY_DIR": deployed.kachery_dir}
     )
-    options = RunOptions.from_settings(settings, spec_source=str(deployed.spec), manifest_source=str(deployed.manifest))
-    partition = f"{STUDY_A}.001_synth|{SORTER}"
-    fan_ins = {dg.AssetKey(k) for k in ("sorter_summary", "sorting_records", "workspace_sync")}
-    summary = dg.AssetKey("sorter_summary")
+    return RunOptions.from_settings(settings, spec_source=str(deployed.spec), manifest_source=str(deployed.manifest))
 
-    def land_comparison() -> None:
-        """A comparison lands (about a second: no sort)."""
-        resources = {
-            "studyset": StudysetResource(spec_source=str(deployed.spec), manifest_source=str(deployed.manifest)),
-            "kachery": KacheryResource(root_dir=deployed.kachery_dir),
-        }
-        key = dg.MultiPartitionKey({"recording": f"{STUDY_A}.001_synth", "sorter": SORTER})
-        assert dg.materialize([sorting_comparison], instance=instance, partition_key=key, resources=resources).success
 
-    def interleaved() -> bool:
-        """A results run whose start precedes a comparison that lands before the summary does."""
-        import json
-        import subprocess
-        import sys
-        import time
+def _land_a_comparison(deployed) -> None:
+    """A comparison lands (about a second: no sort)."""
+    resources = {
+        "studyset": StudysetResource(spec_source=str(deployed.spec), manifest_source=str(deployed.manifest)),
+        "kachery": KacheryResource(root_dir=deployed.kachery_dir),
+    }
+    key = dg.MultiPartitionKey({"recording": f"{STUDY_A}.001_synth", "sorter": SORTER})
+    assert dg.materialize([sorting_comparison], instance=deployed.instance, partition_key=key, resources=resources).success
 
-        from dagster._serdes import serialize_value
 
-        script = (
-            "import json, sys\n"
-            "from dagster._serdes import deserialize_value\n"
-            "from sf_assets_tests.graph_harness import execute_partition_run\n"
-            "ref = deserialize_value(sys.argv[1])\n"
-            "assert execute_partition_run(ref, 'results_job', None, json.loads(sys.argv[2])).success\n"
-        )
+def _land_a_comparison_during_the_fan_ins_run(deployed, options) -> None:
+    """A results run whose start precedes a comparison that lands before the summary does (3 tries)."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from dagster._serdes import serialize_value
+
+    instance = deployed.instance
+    script = (
+        "import json, sys\n"
+        "from dagster._serdes import deserialize_value\n"
+        "from sf_assets_tests.graph_harness import execute_partition_run\n"
+        "ref = deserialize_value(sys.argv[1])\n"
+        "assert execute_partition_run(ref, 'results_job', None, json.loads(sys.argv[2])).success\n"
+    )
+    started = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE]
+    for _attempt in range(3):
         before = {r.run_id for r in instance.get_runs(dg.RunsFilter(job_name="results_job"))}
         results = subprocess.Popen(
             [sys.executable, "-c", script, serialize_value(instance.get_ref()), json.dumps(options.run_config())]
         )
-        started = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE]
         while results.poll() is None and not [
             r for r in instance.get_runs(dg.RunsFilter(job_name="results_job", statuses=started)) if r.run_id not in before
         ]:
             time.sleep(0.05)
-        land_comparison()
+        _land_a_comparison(deployed)
         landed = instance.get_latest_materialization_event(dg.AssetKey("sorting_comparison")).timestamp
         assert results.wait(120) == 0
-        return landed < instance.get_latest_materialization_event(summary).timestamp
+        if landed < instance.get_latest_materialization_event(SUMMARY).timestamp:
+            return
+    pytest.fail("could not land a comparison while the results run was in progress")
 
+
+def test_a_result_that_lands_during_the_fan_ins_run_requests_them_again(deployed):
+    """The race: a comparison lands while the fan-ins' run is in progress.  Their own
+    materialization must not count as having handled it, or the summary stays stale."""
+    instance = deployed.instance
+    options = _run_options(deployed)
     assert execute_partition_run(instance.get_ref(), "results_job", None, options.run_config()).success
     start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
-    assert not fan_ins & {r.key for r in start.results if r.true_subset.size > 0}, "up to date to begin with"
-    for _attempt in range(3):
-        if interleaved():
-            break
-    else:
-        pytest.fail("could not land a comparison while the results run was in progress")
+    assert not FAN_INS & {r.key for r in start.results if r.true_subset.size > 0}, "up to date to begin with"
+    _land_a_comparison_during_the_fan_ins_run(deployed, options)
     after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
     again = {r.key for r in after.results if r.true_subset.size > 0}
-    assert summary in again, "the summary stayed behind a comparison that landed during its run"
+    assert SUMMARY in again, "the summary stayed behind a comparison that landed during its run"
     # Once a run started after the last comparison has finished, nothing is requested.
     assert execute_partition_run(instance.get_ref(), "results_job", None, options.run_config()).success
     settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=after.cursor)
-    assert not fan_ins & {r.key for r in settled.results if r.true_subset.size > 0}
+    assert not FAN_INS & {r.key for r in settled.results if r.true_subset.size > 0}
+
+
+def test_the_tick_after_a_request_asks_again_when_its_run_missed_a_result(deployed):
+    """The same race when the previous tick requested the fan-ins and their run finished
+    before this tick: this tick requests them again, not the one after (one tick, not two)."""
+    instance = deployed.instance
+    options = _run_options(deployed)
+    partition = f"{STUDY_A}.001_synth|{SORTER}"
+    resort = dataclasses.replace(options, use_job_cache=False).run_config()
+    assert execute_partition_run(instance.get_ref(), "sorting_job", partition, resort).success
+    requesting = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert FAN_INS <= {r.key for r in requesting.results if r.true_subset.size > 0}, "behind a new sorting"
+    _land_a_comparison_during_the_fan_ins_run(deployed, options)  # the requested run, missing one result
+    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=requesting.cursor)
+    assert SUMMARY in {r.key for r in after.results if r.true_subset.size > 0}

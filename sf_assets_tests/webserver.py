@@ -10,11 +10,7 @@ the same pieces to draw the README's picture of the asset graph.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -22,6 +18,8 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from sf_assets.dagster_dev import console_script, free_loopback_port, start_dagster_process, stop_process_group
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE_YAML = REPO_ROOT / "workspace.yaml"
@@ -98,12 +96,6 @@ def settings_environment(options) -> dict[str, str]:
     }
 
 
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class Webserver:
     """A started ``dagster-webserver``; ``url`` has no trailing slash."""
@@ -143,11 +135,6 @@ class Webserver:
             time.sleep(0.5)
 
 
-def _webserver_executable() -> str:
-    beside_python = Path(sys.executable).parent / "dagster-webserver"
-    return str(beside_python) if beside_python.exists() else "dagster-webserver"
-
-
 @contextlib.contextmanager
 def running_webserver(
     dagster_home: Path,
@@ -166,35 +153,12 @@ def running_webserver(
     overlap other work.
     """
     port = port or free_loopback_port()
-    child_env = {**os.environ, **env, "DAGSTER_HOME": str(dagster_home)}
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [_webserver_executable(), "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)],
-            cwd=str(workspace.parent),
-            env=child_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    command = [console_script("dagster-webserver"), "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)]
+    process = start_dagster_process(command, dagster_home, env, log_path, cwd=workspace.parent)
     try:
         yield Webserver(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
     finally:
-        _stop_process_group(process)
-
-
-def _stop_process_group(process: subprocess.Popen, grace_s: float = 15.0) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=grace_s)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    # The code server may outlive the webserver by a moment; make sure the group is gone.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
+        stop_process_group(process)
 
 
 @contextlib.contextmanager

@@ -48,7 +48,12 @@ class BehindItsInputs(dg.AutomationCondition):
         return dg.AutomationResult(context=context, true_subset=context.candidate_subset if behind else context.get_empty_subset())
 
 
-AS_RESULTS_LAND = (
-    BehindItsInputs() & ~dg.AutomationCondition.in_progress() & ~dg.AutomationCondition.newly_requested()
-).with_label("behind its inputs, not already requested or running")
+# A request of the previous tick whose run has already materialized the fan-in no longer
+# holds it back: a result that landed during that run is requested at this tick, not one
+# tick later (seen on dagster dev: 27 s instead of 11 s after the last comparison).
+_REQUEST_PENDING = dg.AutomationCondition.newly_requested() & ~dg.AutomationCondition.newly_updated()
+
+AS_RESULTS_LAND = (BehindItsInputs() & ~dg.AutomationCondition.in_progress() & ~_REQUEST_PENDING).with_label(
+    "behind its inputs, not already requested or running"
+)
 """Run a fan-in when it is behind its inputs and not already requested or running."""

@@ -227,14 +227,18 @@ def sorting(
         with contextlib.closing(run_sort(job, settings)) as events:
             for event in events:
                 if isinstance(event, CanaryReport):
+                    if not event.blocks_full_sort:
+                        context.log.info(f"{label}: stage: full sort (canary {event.status})")
                     yield canary_check_result(event)
                 elif isinstance(event, SortReport):
                     report = event
+                    context.log.info(f"{label}: stage: storing the {'console' if event.errored else 'sorting'}")
                 else:  # the sort service's slot took it
                     worker = event
                     context.log.info(
                         f"{label}: sort service slot {event['slot']}, worker pid {event['worker_pid']} "
-                        f"({'warm: ' + entry.si_name + ' already compiled' if event['warm'] else 'cold'})"
+                        f"({'warm: ' + entry.si_name + ' already compiled' if event['warm'] else 'cold'}); "
+                        f"stage: {'canary' if job.canary_first_n_s else 'full sort'}"
                     )
     except SortFailure as exc:  # refused before starting (no wrapper, no Docker daemon): an errored record says why
         report = refused_report(job, exc)

@@ -1,0 +1,71 @@
+"""What a campaign launched from the command line shows while it runs.
+
+On a terminal: a live display (rich, which Dagster already installs) with
+this launch's recordings and sortings done out of their total, the runs in
+flight, failures, elapsed time and an estimate of the time left, with one line
+per finished run printed above it.  Anywhere else (a pipe, a log file, CI):
+the same lines only, so logs stay plain text.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import TextIO
+
+
+@dataclass(frozen=True)
+class CampaignCounts:
+    """A launch's progress after one look at its runs."""
+
+    recordings_done: int
+    recordings_total: int
+    sortings_done: int
+    sortings_total: int
+    failed: int
+    in_flight: int
+
+
+class LiveProgress:
+    """A live campaign display on a terminal; plain lines elsewhere.  Use as a context manager."""
+
+    def __init__(self, stream: TextIO | None = None):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import TimeRemainingColumn
+
+        self.console = Console(file=stream or sys.stdout, highlight=False)
+        self.live = self.console.is_terminal
+        self.progress = Progress(
+            TextColumn("{task.description:<11}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[note]}"),
+            TimeElapsedColumn(),
+            TextColumn("left"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not self.live,
+        )
+        self._recordings = self.progress.add_task("recordings", total=None, note="")
+        self._sortings = self.progress.add_task("sortings", total=None, note="")
+
+    def __enter__(self) -> "LiveProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def say(self, message: str) -> None:
+        """One line, above the live display when there is one."""
+        if self.live:
+            self.console.print(message, markup=False)
+        else:
+            print(message, file=self.console.file, flush=True)
+
+    def update(self, counts: CampaignCounts) -> None:
+        self.progress.update(self._recordings, completed=counts.recordings_done, total=counts.recordings_total)
+        note = f"{counts.in_flight} running or queued" + (f", {counts.failed} failed" if counts.failed else "")
+        self.progress.update(
+            self._sortings, completed=counts.sortings_done, total=counts.sortings_total, note=note
+        )

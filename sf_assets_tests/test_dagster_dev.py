@@ -1,0 +1,170 @@
+"""The UI's path, for real: ``dagster dev`` running, backfills and terminations sent over GraphQL.
+
+One deployment for the module (a real webserver, daemons and code server on a
+temporary instance with the project's run queue and run launcher).  A
+backfill of MountainSort5 on the four synthetic recordings is launched with
+``launchPartitionBackfill``, as the UI's backfill dialog sends it; the
+queue's daemon hands its runs to the sort service.  Four sorts on the
+service's two slots: each slot compiles mountainsort5 once, the later sorts
+run warm.  Then a SpykingCircus2 sort (about 20 s compiling in a worker new
+to it) is started from the UI and terminated from the UI mid-sort.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import dagster as dg
+import pytest
+
+from sf_assets.assets.history import latest_partition_events, plain_metadata
+from sf_assets.dagster_dev import campaign_backfill, summary_covering
+from sf_assets.engines.service_client import service_status
+from sf_assets.partitions import pair_key
+from sf_assets.sensors import results_automation
+from sf_assets_tests.deployment_harness import Deployment, dev_deployment
+
+SORTER = "MountainSort5"
+STOPPED_SORTER = "SpykingCircus2"
+TICK_S = results_automation.minimum_interval_seconds
+TICK_EVALUATION_S = 8.0
+# From the automation tick's request to the summary's materialization: the tick's own
+# evaluation, the queue's dequeue (1 s) and the summary run, on two shared cores.
+SUMMARY_RUN_ALLOWANCE_S = 20.0
+
+
+@pytest.fixture(scope="module")
+def deployment(synthetic_studyset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("dagster-dev")
+    sorters = {
+        SORTER: {"studysets": ["SYNTH_SET_A", "SYNTH_SET_B"]},
+        STOPPED_SORTER: {"studysets": ["SYNTH_SET_A"]},
+    }
+    with dev_deployment(root, synthetic_studyset.store, synthetic_studyset.manifest_path, sorters) as deployment:
+        yield deployment
+
+
+class Backfill(dict):
+    """What the MountainSort5 backfill left: ``id``, ``pairs``, ``summary`` (its covering event), and
+    ``last_landed`` / ``last_sorting``: when its last result / last sorting was materialized (epoch s)."""
+
+
+@pytest.fixture(scope="module")
+def backfill(deployment: Deployment) -> Backfill:
+    request = campaign_backfill(deployment.campaign, {SORTER})
+    backfill_id = deployment.dev.launch_partition_backfill(request, title="test: MountainSort5 from the UI")
+    pairs = request["sorting"]
+
+    def finished():
+        status = deployment.instance.get_backfill(backfill_id).status
+        return status if status.value.startswith(("COMPLETED", "FAILED", "CANCELED")) else None
+
+    status = deployment.dev.wait_for(finished, 240, f"backfill {backfill_id} finished")
+    assert status.value == "COMPLETED_SUCCESS", _failures(deployment, backfill_id)
+    landed = {
+        asset: [
+            entry.timestamp
+            for _, entry in latest_partition_events(deployment.instance, dg.AssetKey(asset), partitions=pairs).values()
+        ]
+        for asset in ("sorting", "sorting_comparison")
+    }
+    assert [len(times) for times in landed.values()] == [len(pairs)] * 2
+    last_landed = max(landed["sorting_comparison"] + landed["sorting"])
+    summary = deployment.dev.wait_for(
+        lambda: summary_covering(deployment.instance, len(pairs), after=last_landed),
+        TICK_S + SUMMARY_RUN_ALLOWANCE_S + 60,
+        f"a sorter_summary of all {len(pairs)} comparisons after the last one landed",
+    )
+    return Backfill(
+        id=backfill_id, pairs=pairs, summary=summary, last_landed=last_landed, last_sorting=max(landed["sorting"])
+    )
+
+
+def _failures(deployment: Deployment, backfill_id: str) -> str:
+    runs = deployment.instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+    return "; ".join(f"{r.run_id[:8]} {r.status.value} {r.tags.get('dagster/partition')}" for r in runs if not r.is_success)
+
+
+def test_sorts_of_one_sorter_reuse_the_services_warm_workers(deployment, backfill):
+    sortings = latest_partition_events(deployment.instance, dg.AssetKey("sorting"), partitions=backfill["pairs"])
+    by_time = sorted((entry.timestamp, plain_metadata(entry)) for _, entry in sortings.values())
+    workers = [(md["worker_pid"], md["warm_worker"]) for _, md in by_time]
+    slots = len(service_status(deployment.service)["slots"])
+    cold = [pid for pid, warm in workers if not warm]
+    # Each worker compiles mountainsort5 once; every later sort of it in that worker is warm.
+    assert len(cold) == len(set(cold)) <= slots, workers
+    assert len(cold) < len(workers)
+    for i, (pid, warm) in enumerate(workers):
+        assert warm == any(p == pid for p, _ in workers[:i]), workers
+
+
+def test_the_summary_covers_every_pair_within_one_automation_tick(deployment, backfill):
+    summary = backfill["summary"]
+    run = deployment.instance.get_run_record_by_id(summary.run_id)
+    # The next automation tick after the last result requested this run: it starts at most TICK_S
+    # later, and creates the run once it has evaluated (seconds on two shared cores).
+    assert run.create_timestamp.timestamp() - backfill["last_landed"] <= TICK_S + TICK_EVALUATION_S
+    assert summary.timestamp - backfill["last_landed"] <= TICK_S + SUMMARY_RUN_ALLOWANCE_S
+    md = plain_metadata(summary)
+    assert md["num_comparisons"] == len(backfill["pairs"]) == 4
+    rows = {(r.data["sorter"], r.data["study"], r.data["recordings"]) for r in md["summary"].records}
+    assert rows == {(SORTER, "synth_a1_K6_C4", 2), (SORTER, "synth_b1_K6_C4", 2)}, md["text"]
+
+
+def test_the_records_file_holds_every_record_after_the_last_result(deployment, backfill):
+    def records_of_all_pairs():
+        for record in deployment.instance.fetch_materializations(dg.AssetKey("sorting_records"), limit=100).records:
+            md = plain_metadata(record.event_log_entry)
+            # Records are made from the sortings (not the comparisons): any run after the last sorting.
+            if record.timestamp > backfill["last_sorting"] and md["num_records"] == len(backfill["pairs"]):
+                return md
+        return None
+
+    md = deployment.dev.wait_for(records_of_all_pairs, TICK_S + SUMMARY_RUN_ALLOWANCE_S, "sorting_records of every pair")
+    records = json.loads(open(md["path"]).read())
+    assert sorted((r["sorterName"], r["studyName"], r["recordingName"]) for r in records) == sorted(
+        (SORTER, rec.study_name, rec.name) for rec in deployment.campaign.recordings()
+    )
+    assert not any(r["errored"] for r in records)
+
+
+def test_the_ui_terminate_button_stops_a_running_sort(deployment, backfill):
+    [rec] = [r for r in deployment.campaign.recordings() if r.study_set_name == "SYNTH_SET_A"][:1]
+    key = str(pair_key(STOPPED_SORTER, rec))
+    run_id = deployment.dev.launch_partition_run(["sorting"], key)
+
+    def sorting_worker():
+        if deployment.instance.get_run_by_id(run_id).status != dg.DagsterRunStatus.STARTED:
+            return None
+        status = service_status(deployment.service) or {"slots": []}
+        busy = [s["worker_pid"] for s in status["slots"] if s["busy"]]
+        return busy[0] if busy else None
+
+    worker_pid = deployment.dev.wait_for(sorting_worker, 90, f"{STOPPED_SORTER} sorting in a service worker", poll_s=0.2)
+    deployment.dev.terminate_run(run_id)
+    asked = time.monotonic()
+    deployment.dev.wait_for(lambda: not _alive(worker_pid), 10, f"worker {worker_pid} gone after the terminate", poll_s=0.1)
+    gone_s = time.monotonic() - asked
+    status = deployment.dev.wait_for(
+        lambda: (r := deployment.instance.get_run_by_id(run_id)).is_finished and r.status, 60, "the run finished"
+    )
+    assert status == dg.DagsterRunStatus.CANCELED
+    assert gone_s < 10
+    assert key not in deployment.instance.get_materialized_partitions(dg.AssetKey("sorting"))
+    deployment.dev.wait_for(
+        lambda: not any(s["busy"] for s in service_status(deployment.service)["slots"]), 5, "the stopped sort's slot freed"
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by the service) is gone for our purpose.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
