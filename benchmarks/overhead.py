@@ -167,12 +167,8 @@ def _profile(instance, outcome, options, started: float, marks) -> dict:
     import dagster as dg
 
     from sf_assets.assets.history import latest_partition_events, plain_metadata
-    from sf_assets.core.labels import label_to_partition_key
-    from sf_assets.engines.engine import work_dir_for
     from sf_assets.engines.job import RESULT_FILE, WORKER_FILE
-    from sf_assets.partitions import sorter_key, split_pair_key
-
-    settings = options.engine_settings()
+    from sf_assets.partitions import split_pair_key
 
     last_run = max((t for t, m in marks if m.startswith(("[recordings", "[sortings"))), default=started)
     sorting_md = {k: plain_metadata(v[1]) for k, v in latest_partition_events(instance, dg.AssetKey("sorting")).items()}
@@ -186,8 +182,8 @@ def _profile(instance, outcome, options, started: float, marks) -> dict:
         comparison_s += steps.get("sorting_comparison", 0.0)
         md = sorting_md[o.partition_key]
         supervised_s += md["elapsed_s"]
-        sorter_name, label = split_pair_key(o.partition_key)
-        work_dir = work_dir_for(settings, sorter_key(sorter_name), label_to_partition_key(label))
+        sorter_name, _ = split_pair_key(o.partition_key)
+        work_dir = Path(md["work_dir"])
         sort_elapsed = json.loads((work_dir / RESULT_FILE).read_text())["sort_elapsed_s"]
         worker_file = work_dir / WORKER_FILE
         if worker_file.exists():  # a warm worker's: which process ran it

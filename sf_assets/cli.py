@@ -5,7 +5,10 @@ listed in :data:`SUBCOMMANDS`; it sets ``run`` to a function taking the parsed
 arguments and returning an exit code.  :func:`main` is the only place that
 turns an :class:`~sf_assets.core.errors.SfAssetsError` into the one-line
 ``sf-assets: error: <file>: <problem>`` message and exit code 2, so every
-subcommand reports bad input the same way, without a traceback.
+subcommand reports bad input the same way, without a traceback; and a storage
+fault (disk full, read-only folder, database I/O error) anywhere in an
+exception's chain into ``sf-assets: error: storage fault: <path>: <cause>``
+and exit code 3.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import sys
 from typing import Callable, Sequence
 
 from sf_assets.core.config_summary import config_summary
-from sf_assets.core.errors import SfAssetsError
+from sf_assets.core.errors import EXIT_STORAGE_FAULT, SfAssetsError
+from sf_assets.core.storage_faults import storage_fault
 from sf_assets.inputs import load_config
 
 PROG = "sf-assets"
@@ -151,10 +155,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except SfAssetsError as exc:
-        message = " ".join(str(exc).splitlines())
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except Exception as exc:
+        fault = storage_fault(exc, storage_locations())
+        if fault is None and not isinstance(exc, SfAssetsError):
+            raise
+        message = " ".join(str(fault or exc).split())
+        print(f"{PROG}: error: {'storage fault: ' if fault else ''}{message}", file=sys.stderr)
+        return EXIT_STORAGE_FAULT if fault else EXIT_BAD_INPUT
+
+
+def storage_locations() -> list:
+    """Where the command writes, Dagster's storage first: named when a database error names no file."""
+    import os
+    from pathlib import Path
+
+    from sf_assets.settings import load_settings
+
+    settings = load_settings()
+    paths = [Path(os.environ.get("SF_ASSETS_DAGSTER_DIR") or settings.home / "dagster")]
+    if settings.workspace_db_url.startswith("sqlite:///"):
+        paths.append(Path(settings.workspace_db_url[len("sqlite:///") :]))
+    return [*paths, settings.work_root, settings.outputs_dir, settings.kachery_dir]
 
 
 if __name__ == "__main__":

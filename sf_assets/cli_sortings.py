@@ -428,10 +428,14 @@ def _launch(
                 tags=run_tags(args),
             )
     failed = [o for o in outcome.recordings + outcome.sortings + outcome.comparisons + outcome.results if not o.success]
+    for o in outcome.comparisons + outcome.results:  # recordings and sortings had their progress line
+        if not o.success:
+            _say(_one_line(f"[{o.job_name}] FAILED: {o.error}"))
+    failed_results = sum(1 for o in outcome.comparisons + outcome.results if not o.success)
     _say(
         f"{len(outcome.sortings) - len(outcome.failed_sortings)} sorted, {len(outcome.cached_pairs)} from the job "
-        f"cache, {len(outcome.failed_sortings)} failed, {len(outcome.skipped_pairs)} skipped (recording failed); "
-        f"{time.monotonic() - started:.0f} s"
+        f"cache, {len(outcome.failed_sortings)} failed, {len(outcome.skipped_pairs)} skipped (recording failed)"
+        f"{f', {failed_results} comparison or results run(s) FAILED' if failed_results else ''}; {time.monotonic() - started:.0f} s"
     )
     return EXIT_RUN_FAILED if failed else 0
 

@@ -362,6 +362,7 @@ def launch_campaign(
     """
     from sf_assets.assets.studysets import register_partitions
     from sf_assets.planning import plan_sorts
+    from sf_assets.stores.kachery import KacheryStore
     from sf_assets.run_launcher import LEASE_TAG
 
     from dagster._core.launcher import DefaultRunLauncher
@@ -376,7 +377,10 @@ def launch_campaign(
     say = progress or (lambda _msg: None)
     outcome = CampaignOutcome()
     register_partitions(instance, campaign)
-    plan = plan_sorts(instance, campaign, options.engine_settings(), pairs, use_job_cache=options.use_job_cache)
+    store = KacheryStore(options.kachery_dir, options.kachery_local_only)
+    plan = plan_sorts(
+        instance, campaign, options.engine_settings(), pairs, store=store, use_job_cache=options.use_job_cache
+    )
     outcome.cached_pairs = sorted(plan.cached)
     if on_plan:
         on_plan(plan)

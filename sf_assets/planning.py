@@ -7,9 +7,9 @@ or in progress the same way whoever looks:
 * assigned: the spec assigns the pair (the campaign's jobs);
 * recording current: the recording and ground truth partitions are
   materialized from the manifest's current recording URI;
-* job cache: the pair's latest sorting was made from the same inputs (the
-  cache key: recording content, sorter, params, image, engine version) and its
-  stored sorting object is still there;
+* job cache: the pair's latest sorting attempt succeeded from the same inputs
+  (the cache key: recording content, sorter, params, image, engine version)
+  and its stored sorting object and firings verify in kachery (sha1);
 * in flight: a queued or running run, or an unfinished backfill, will sort it.
 """
 from __future__ import annotations
@@ -26,7 +26,9 @@ from sf_assets.core.manifest import Recording
 from sf_assets.core.sorter_catalog import resolve_sorter
 from sf_assets.core.spec import SorterSpec
 from sf_assets.engines.engine import EngineSettings, cache_key, container_image_for
+from sf_assets.engines.job_cache import job_cache_verdict
 from sf_assets.partitions import pair_key, recording_key
+from sf_assets.stores.kachery import KacheryStore
 
 SORTING_KEY = dg.AssetKey("sorting")
 PARTITION_TAG = "dagster/partition"
@@ -69,9 +71,14 @@ def expected_cache_key(sorter_spec: SorterSpec, rec: Recording, settings: Engine
     return cache_key(entry, dict(sorter_spec.params or {}), rec.recording_uri, image, settings.job_cache)
 
 
-def is_cache_hit(metadata: dict | None, expected_key: str) -> bool:
-    """Does a sorting's metadata vouch for a current sorting of these inputs?"""
-    return bool(metadata and metadata.get("cache_key") == expected_key and metadata.get("sorting_object_uri"))
+def is_cache_hit(metadata: dict | None, expected_key: str, store: KacheryStore) -> bool:
+    """Does the pair's latest sorting event vouch for a current sorting of these inputs?
+
+    See :func:`~sf_assets.engines.job_cache.job_cache_verdict`: the latest
+    attempt succeeded with ``expected_key``, and its sorting object and firings
+    verify in ``store``.
+    """
+    return job_cache_verdict(metadata, expected_key, store).hit
 
 
 def partitions_in_flight(instance: dg.DagsterInstance) -> set[str]:
@@ -117,21 +124,30 @@ def plan_sorts(
     settings: EngineSettings,
     pairs: Iterable[tuple[SorterSpec, Recording]] | None = None,
     *,
+    store: KacheryStore,
     use_job_cache: bool = True,
 ) -> Plan:
-    """Decide, for ``pairs`` (default: every pair the spec assigns), what to sort and what first."""
+    """Decide, for ``pairs`` (default: every pair the spec assigns), what to sort and what first.
+
+    ``store`` is where cached sortings must verify (see :func:`is_cache_hit`).
+    """
     pairs = list(campaign.jobs if pairs is None else pairs)
     plan = Plan()
     if not pairs:
         return plan
     keys = [str(pair_key(s.name, r)) for s, r in pairs]
-    latest = latest_partition_events(instance, SORTING_KEY, partitions=keys) if use_job_cache else {}
+    # Errored attempts (observations) too: a pair whose latest attempt errored is not cached.
+    latest = (
+        latest_partition_events(instance, SORTING_KEY, include_observations=True, partitions=keys)
+        if use_job_cache
+        else {}
+    )
     busy = partitions_in_flight(instance)
     for (sorter_spec, rec), key in zip(pairs, keys):
         if key in busy:
             plan.in_flight.append(key)
         elif key in latest and is_cache_hit(
-            plain_metadata(latest[key][1]), expected_cache_key(sorter_spec, rec, settings)
+            plain_metadata(latest[key][1]), expected_cache_key(sorter_spec, rec, settings), store
         ):
             plan.cached.append(key)
         else:

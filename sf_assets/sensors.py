@@ -131,7 +131,14 @@ def studyset_sensor(
             f"{len(new_sorters)} sorter partition(s) {_sample(new_sorters)}"
         )
     next_cursor = cursor.after_tick(digest, [_pair(s, r) for s, r in new_jobs]).encode()
-    plan = plan_sorts(context.instance, campaign, sorting_engine.settings(), new_jobs, use_job_cache=sorting_engine.use_job_cache)
+    plan = plan_sorts(
+        context.instance,
+        campaign,
+        sorting_engine.settings(),
+        new_jobs,
+        store=kachery.store(),
+        use_job_cache=sorting_engine.use_job_cache,
+    )
     if not plan.to_sort:
         return dg.SensorResult(
             cursor=next_cursor,

@@ -37,9 +37,9 @@ from sf_assets.engines.container import (
 )
 from sf_assets.engines.engine import EngineSettings, container_image_for, work_dir_for
 from sf_assets.engines.job import CONSOLE_FILE, JOB_FILE, RESULT_FILE, SortJob
+from sf_assets.engines.work_dirs import IN_USE_FILE
 from sf_assets.engines.worker import EXIT_SORT_FAILED, run_sorter_kwargs, sort
 from sf_assets.launch import RunOptions
-from sf_assets.partitions import recording_key, sorter_key
 from sf_assets_tests.graph_harness import make_env, write_spec
 from sf_assets_tests.postgres_server import running_postgres
 from sf_assets_tests.instances import project_instance
@@ -280,11 +280,12 @@ def test_a_container_sort_without_a_docker_daemon_fails_its_partition_at_once(
         # At once: no canary, no sort, no retry.
         assert sort_run.elapsed_s < 30.0, sort_run.elapsed_s
 
-        work_dir = work_dir_for(case_env.options.engine_settings(), sorter_key(sorter_spec.name), recording_key(rec))
+        settings = case_env.options.engine_settings()
+        work_dir = work_dir_for(settings, sorter_spec.name, rec.study_name, rec.name, sort_run.run_id)
         job = SortJob.from_json((work_dir / JOB_FILE).read_text())
         assert (job.container_image, job.container_engine) == (image, "docker")
         # No worker started: the only output is the console that states why the pair was not sorted.
-        assert sorted(p.name for p in work_dir.iterdir()) == sorted([CONSOLE_FILE, JOB_FILE])
+        assert sorted(p.name for p in work_dir.iterdir()) == sorted([CONSOLE_FILE, IN_USE_FILE, JOB_FILE])
         console = (work_dir / CONSOLE_FILE).read_text()
         assert console.startswith(f"[sf-assets] {label} was not sorted: environment failure: containerized sorting")
 

@@ -166,3 +166,24 @@ def test_cloud_mode_without_client_keys_fails_fast(tmp_path, monkeypatch):
     with pytest.raises(UriError, match="Client keys not found"):
         cloud.store_bytes(b"new", "new.txt")
     assert time.monotonic() - started < 10
+
+
+def test_every_part_of_a_uri_label_fits_a_file_name():
+    study, recording = "S" * 128, "r" * 128 + "_" * 200
+    label = uri_label(f"MountainSort5/{study}/{recording}.sorting.json")
+    parts = label.split("/")
+    assert parts[:2] == ["MountainSort5", study]
+    assert len(parts[2].encode()) <= 255 and parts[2].startswith("r" * 128)
+
+
+def test_storing_content_again_repairs_a_corrupted_stored_copy(kachery_store):
+    # kachery-cloud skips the copy when a file of that hash exists: a sort repeated because its
+    # stored sorting did not verify (same seed, same firings) must not leave the store corrupt.
+    uri = kachery_store.store_bytes(b"firings" * 1000, "firings.mda")
+    stored = kachery_store.load_file(uri)
+    stored.chmod(0o644)
+    stored.write_bytes(b"garbage" * 1000)
+    with pytest.raises(UriError, match="corrupt"):
+        kachery_store.load_file(uri)
+    assert kachery_store.store_bytes(b"firings" * 1000, "firings.mda") == uri
+    assert kachery_store.load_bytes(uri) == b"firings" * 1000

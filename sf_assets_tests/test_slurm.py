@@ -41,7 +41,7 @@ from sf_assets.engines.slurm_allocations import (
 )
 from sf_assets.engines.slurm_step import STEP_FILE
 from sf_assets.engines.supervisor import prepare_work_dir
-from sf_assets.partitions import pair_key, recording_key, sorter_key
+from sf_assets.partitions import pair_key
 from sf_assets.stores.kachery import KacheryStore
 from sf_assets_tests.graph_harness import make_env, write_spec
 from sf_assets_tests.instances import project_instance
@@ -461,7 +461,7 @@ def test_the_asset_graph_sorts_through_slurm(slurm_cluster, slurm_store, synthet
     (record,) = records
     assert record["errored"] is False and record["cpuTimeSec"] > 0
     assert "[sf-assets worker] sorted" in slurm_store.load_json(record["consoleOutUri"])["text"]
-    work_dir = Path(env.options.work_root) / sorter_key(sorter_spec.name) / recording_key(recording)
+    work_dir = Path(metadata["work_dir"])
     step = json.loads((work_dir / STEP_FILE).read_text())
     assert step["job_id"] and step["exit_code"] == 0 and step["cpu_time_s"] == metadata["cpu_time_s"]
     assert slurm_cluster.wait_until_no_jobs(timeout_s=10.0) == []

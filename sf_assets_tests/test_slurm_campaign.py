@@ -23,6 +23,7 @@ import dagster as dg
 import pytest
 
 from sf_assets.core.errors import EnvironmentSortFailure, SfAssetsError
+from sf_assets.core.folder_names import pair_folder
 from sf_assets.core.manifest import parse_manifest
 from sf_assets.engines.engine import EngineSettings, SlurmSettings, run_sort
 from sf_assets.engines.job import CanaryReport, SortJob, SortReport
@@ -39,7 +40,7 @@ from sf_assets.engines.slurm_pool import (
     release_idle,
 )
 from sf_assets.engines.slurm_step import STEP_FILE
-from sf_assets.partitions import recording_key, sorter_key
+from sf_assets.partitions import recording_key
 from sf_assets.resources import SortingEngineResource
 from sf_assets.sensors import STUDYSET_SENSOR
 from sf_assets.stores.kachery import KacheryStore
@@ -384,7 +385,8 @@ def test_a_daemon_launched_backfill_sorts_on_the_allocations(slurm_cluster, stud
         key = f"{recording_key(recording)}|{SORTER}"
         assert instance.get_materialized_partitions(dg.AssetKey("sorting")) == {key}
     assert backfill.tags["dagster/sensor_name"] == STUDYSET_SENSOR
-    step = _step(tmp_path / "home" / "sorts" / sorter_key(SORTER) / recording_key(recording))
+    (attempt,) = pair_folder(tmp_path / "home" / "sorts", SORTER, recording.study_name, recording.name).glob("*-a*")
+    step = _step(attempt)
     assert step["exit_code"] == 0
     (pool_dir,) = (tmp_path / "home" / "sorts" / POOL_FOLDER).iterdir()
     assert slurm_cluster.wait_until_no_jobs(timeout_s=IDLE_S + 15) == []

@@ -13,6 +13,7 @@ import pytest
 import spikeinterface.core as sc
 
 from sf_assets.data import store_ground_truth, store_recording
+from sf_assets.engines.engine import work_dir_for
 from sf_assets.engines.job import CONSOLE_FILE
 from sf_assets.partitions import pair_key
 from sf_assets_tests.graph_harness import make_env, write_spec
@@ -89,7 +90,7 @@ def test_classified_canary_failure_stops_the_full_sort(kachery_store, tmp_path, 
     assert md["window_s"].value == 4.0
 
     key, rec = _only_pair(env)
-    work_dir = Path(env.options.work_root) / key.split("|")[1] / key.split("|")[0]
+    work_dir = work_dir_for(env.options.engine_settings(), SORTER, rec.study_name, rec.name, sort_run.run_id)
     assert not (work_dir / "sorter").exists(), "the full sort must never start"
     assert not (work_dir / "_canary").exists(), "the canary folder is cleaned at exit"
     console = (work_dir / CONSOLE_FILE).read_text()

@@ -214,6 +214,54 @@ def test_known_params_pass():
     validate_spec(parse_spec(SPEC.replace("params: {}", "params: {detect_threshold: 6}"), "s.yaml"), MANIFEST)
 
 
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        # mountainsort5 0.105.3 defaults: detect_threshold 5.5, detect_sign -1, filter True, whiten True.
+        ('{detect_threshold: "5"}', 'params.detect_threshold: expected a number (the default is 5.5 (a number)), '
+         'got "5" (a string)'),
+        ("{filter: 1}", "params.filter: expected a boolean (the default is true (a boolean)), got 1 (an integer)"),
+        ("{detect_sign: true}", "params.detect_sign: expected a number (the default is -1 (an integer)), "
+         "got true (a boolean)"),
+        ("{whiten: [true]}", "params.whiten: expected a boolean (the default is true (a boolean)), got a list"),
+    ],
+)
+def test_param_values_must_have_their_defaults_type(params, expected):
+    message = _invalid(SPEC.replace("params: {}", f"params: {params}"))
+    assert message == f"s.yaml: spike-sorters[0].{expected}"
+
+
+def test_whole_numbers_and_fractions_are_both_numbers():
+    # spikeinterface writes detect_sign -1 (an int); 300 for a float default is as good as 300.0.
+    params = "{detect_sign: 1, detect_threshold: 6, scheme1_detect_channel_radius: 150.5}"
+    text = SPEC.replace("params: {}", f"params: {params}")
+    validate_spec(parse_spec(text, "s.yaml"), MANIFEST)
+
+
+def test_a_huge_param_value_is_refused_before_anything_stores_it():
+    from sf_assets.core.sorter_catalog import MAX_PARAM_VALUE_BYTES
+
+    huge = "x" * (10 * 1024 * 1024)  # the 10 MB string that had grown into 0.5 GB of Dagster storage
+    message = _invalid(SPEC.replace("params: {}", f"params: {{scheme: {huge}}}"))
+    assert message == (
+        f"s.yaml: spike-sorters[0].params.scheme: a value of {len(huge) + 2} bytes as JSON; "
+        f"expected at most {MAX_PARAM_VALUE_BYTES}"
+    )
+
+
+def test_params_of_one_sorter_are_capped_as_a_whole():
+    from sf_assets.core.sorter_catalog import MAX_PARAM_VALUE_BYTES, MAX_PARAMS_BYTES
+
+    # Five values, each just under the cap, over the whole cap together (free-form nested keys pass).
+    chunk = "y" * (MAX_PARAM_VALUE_BYTES - 100)
+    names = ("job_kwargs", "general", "clustering", "matching", "merging")
+    params = "{" + ", ".join(f"{name}: {{free: {chunk}}}" for name in names) + "}"
+    text = SPEC.replace(f"name: {LOCAL_SORTER}", "name: SpykingCircus2").replace("params: {}", f"params: {params}")
+    message = _invalid(text)
+    assert message.startswith("s.yaml: spike-sorters[0].params: ")
+    assert message.endswith(f"bytes as JSON; expected at most {MAX_PARAMS_BYTES} for one sorter's params")
+
+
 def test_real_size_manifest_with_a_spec():
     from sf_assets_tests.test_manifest import synthetic_manifest
 

@@ -64,3 +64,15 @@ def latest_metadata(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partit
     if not result.records:
         return None
     return plain_metadata(result.records[0].event_log_entry)
+
+
+def latest_attempt_metadata(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str
+) -> dict[str, Any] | None:
+    """Metadata of one partition's latest event, materialization or observation (an errored attempt), or None."""
+    latest = None
+    for fetch in (instance.fetch_materializations, instance.fetch_observations):
+        result = fetch(dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1)
+        if result.records and (latest is None or result.records[0].storage_id > latest.storage_id):
+            latest = result.records[0]
+    return None if latest is None else plain_metadata(latest.event_log_entry)

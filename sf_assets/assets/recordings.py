@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from sf_assets.assets.faults import fails_clearly_on_storage_faults
 from sf_assets.assets.metadata import table
 from sf_assets.core.labels import ground_truth_label
 from sf_assets.core.uris import parse_uri
@@ -22,6 +23,7 @@ def content_version(uri: str) -> dg.DataVersion:
     description="One ground-truth recording (SpikeForest recording object: raw MDA, params, geometry), "
     "fetched from kachery, its sha1 verified and loaded with spikeinterface.",
 )
+@fails_clearly_on_storage_faults
 def recording(context: dg.AssetExecutionContext, studyset: StudysetResource, kachery: KacheryResource):
     from sf_assets.data import load_recording  # spikeinterface + numba: import when a step runs, not at load
 
@@ -48,6 +50,7 @@ def recording(context: dg.AssetExecutionContext, studyset: StudysetResource, kac
     description="The recording's ground-truth sorting, with each true unit's SNR "
     "(median-template peak over the noise of the 300-6000 Hz filtered recording).",
 )
+@fails_clearly_on_storage_faults
 def ground_truth(context: dg.AssetExecutionContext, studyset: StudysetResource, kachery: KacheryResource):
     from sf_assets.core.comparison import true_unit_snrs
     from sf_assets.data import load_recording, load_sorting_object

@@ -15,6 +15,7 @@ import time
 import dagster as dg
 
 from sf_assets.assets.automation import AS_RESULTS_LAND
+from sf_assets.assets.faults import fails_clearly_on_storage_faults
 from sf_assets.assets.history import latest_partition_events, plain_metadata
 from sf_assets.assets.metadata import table
 from sf_assets.assets.score_checks import (
@@ -52,10 +53,39 @@ def collect_records(instance: dg.DagsterInstance, campaign: Campaign) -> list[So
     return records
 
 
-def collect_comparisons(instance: dg.DagsterInstance, campaign: Campaign) -> list[dict]:
+def collect_comparisons(instance: dg.DagsterInstance, campaign: Campaign) -> tuple[list[dict], dict[str, str]]:
+    """The current comparison of every assigned pair, and the pairs left out with the reason.
+
+    A pair's latest comparison counts only if it succeeded and is newer than
+    the pair's latest sorting event (a new sorting, or an errored attempt):
+    the summary never scores a sorting other than the current one.  Event
+    storage ids grow with every event the instance records, so they order a
+    comparison and a sorting.
+
+    Returns
+    -------
+    tuple[list[dict], dict[str, str]]
+        The metadata of each current comparison in spec order, and
+        ``{partition key: why it was left out}``.
+    """
     assigned = _assigned_partitions(campaign)
-    latest = latest_partition_events(instance, dg.AssetKey("sorting_comparison"), partitions=assigned)
-    return [plain_metadata(latest[p][1]) for p in assigned if p in latest]
+    comparisons = latest_partition_events(
+        instance, dg.AssetKey("sorting_comparison"), include_observations=True, partitions=assigned
+    )
+    sortings = latest_partition_events(instance, SORTING_KEY, include_observations=True, partitions=assigned)
+    current, left_out = [], {}
+    for partition in assigned:
+        if partition not in comparisons:
+            continue
+        storage_id, event = comparisons[partition]
+        md = plain_metadata(event)
+        if md.get("errored"):
+            left_out[partition] = md.get("error") or "the comparison failed"
+        elif partition in sortings and sortings[partition][0] > storage_id:
+            left_out[partition] = "the sorting changed after this comparison (a new sort or an errored attempt)"
+        else:
+            current.append(md)
+    return current, left_out
 
 
 SUMMARY_COLUMNS = [
@@ -105,8 +135,11 @@ def summary_frame(comparisons: list[dict], errored: list[dict] = ()):
                 "num_errored": 0,
             }
         )
-    for cell in errored:
-        rows.append({**cell, "recordings": 0, "num_well_detected": 0, "num_true_units": 0, "num_errored": 1})
+    no_scores = {"mean_accuracy": float("nan"), "mean_precision": float("nan"), "mean_recall": float("nan")}
+    for cell in errored:  # the score columns exist even when no comparison does
+        rows.append(
+            {**cell, **no_scores, "recordings": 0, "num_well_detected": 0, "num_true_units": 0, "num_errored": 1}
+        )
     if not rows:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
     df = pd.DataFrame(rows)
@@ -146,6 +179,7 @@ def _summary_table(df) -> dg.MetadataValue:
     "the sorter's scores are reproducible; plus accuracy vs SNR, each cell's score history, and the "
     "static results page (outputs/results.html) with failed pairs shown as such.",
 )
+@fails_clearly_on_storage_faults
 def sorter_summary(
     context: dg.AssetExecutionContext,
     studyset: StudysetResource,
@@ -154,7 +188,9 @@ def sorter_summary(
 ):
     store = kachery.store()
     campaign = studyset.campaign(kachery)
-    comparisons = collect_comparisons(context.instance, campaign)
+    comparisons, left_out = collect_comparisons(context.instance, campaign)
+    for partition, why in left_out.items():
+        context.log.warning(f"summary leaves out {partition}: {why}")
     pairs = collect_pair_results(context.instance, _assigned_partitions(campaign), store)
     units_by_sorter: dict[str, list[dict]] = {}
     for pair in pairs:
@@ -183,6 +219,7 @@ def sorter_summary(
             "summary": _summary_table(df),
             "accuracy_vs_snr": dg.MetadataValue.md(plot_md),
             "num_comparisons": len(comparisons),
+            "left_out": dg.MetadataValue.json(left_out),
             "num_errored": len(errored),
             "csv": dg.MetadataValue.path(str(csv_path)),
             "score_history": dg.MetadataValue.path(str(history_path)),
@@ -216,6 +253,7 @@ def _write_history(folder, history) -> str:
     description="The run_sortings.py output: one record per assigned (sorter, recording) that has run, "
     "errored ones included, written to a file and to kachery for the old tools.",
 )
+@fails_clearly_on_storage_faults
 def sorting_records(
     context: dg.AssetExecutionContext, studyset: StudysetResource, kachery: KacheryResource, outputs: OutputsResource
 ):

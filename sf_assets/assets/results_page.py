@@ -61,7 +61,8 @@ def collect_pair_results(instance: dg.DagsterInstance, assigned: dict[str, tuple
             if md.get("errored"):
                 failure = md.get("failure_class") or "unclassified"
                 status = _FAILURE_STATUS.get(failure, page.ERRORED)
-                message = f"{failure} failure: {_console_error(store, md.get('console_out_uri'))}"
+                # A failure outside the sorter (its comparison's inputs, a full disk) says why itself.
+                message = f"{failure} failure: {md.get('error') or _console_error(store, md.get('console_out_uri'))}"
             elif partition in comparisons and comparisons[partition][0] > sortings[partition][0]:
                 compared = plain_metadata(comparisons[partition][1])
                 status, summary = page.OK, compared["summary"]

@@ -9,29 +9,40 @@ sorter's import and compilation cost is paid once.
 """
 
 import contextlib
+import dataclasses
+import time
+from pathlib import Path
+from typing import NoReturn
 
 import dagster as dg
 
-from sf_assets.assets.history import latest_metadata
+from sf_assets.assets.faults import fails_clearly_on_storage_faults
+from sf_assets.assets.history import latest_attempt_metadata, latest_metadata
 from sf_assets.assets.metadata import json_safe, table
 from sf_assets.assets.recordings import content_version, recording, ground_truth
 from sf_assets.assets.view_links import view_metadata
-from sf_assets.core.errors import SfAssetsError, SortFailure
+from sf_assets.core.errors import RecordingError, SfAssetsError, SortFailure, UriError
 from sf_assets.core.labels import sorting_label
 from sf_assets.core.records import SortingRecord
 from sf_assets.core.sorter_catalog import require_runnable, resolve_sorter
 from sf_assets.engines.engine import container_image_for, run_sort, work_dir_for
 from sf_assets.engines.job import SORT_ENGINE_VERSION, CanaryReport, SortJob, SortReport
+from sf_assets.engines.job_cache import job_cache_verdict
 from sf_assets.engines.refused import REFUSED, refused_report
 from sf_assets.engines.service_client import SortServiceError
-from sf_assets.partitions import recording_key, sorting_partitions, sorter_key, split_pair_key
-from sf_assets.planning import expected_cache_key, is_cache_hit
+from sf_assets.engines.work_dirs import claim_attempt_dir
+from sf_assets.partitions import recording_key, sorting_partitions, split_pair_key
+from sf_assets.planning import expected_cache_key
 from sf_assets.resources import KacheryResource, SortingEngineResource, StudysetResource
 
 CANARY = "canary"
 SORTING_KEY = dg.AssetKey("sorting")
 SORTING_FORMAT = "mda"
 CONSOLE_TAIL_CHARS = 4000
+# failure_class of a record marked errored because its comparison could not load its inputs.
+COMPARISON_INPUT_FAILURE = "comparison_input"
+# failure_class of a sort stopped by a full or read-only disk (see assets.faults).
+STORAGE_FAILURE = "storage"
 
 by_recording = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="recording")
 
@@ -65,7 +76,7 @@ def canary_check_result(report: CanaryReport) -> dg.AssetCheckResult:
     )
 
 
-def _record(sorter_spec, rec, report: SortReport, console_uri: str) -> SortingRecord:
+def _record(sorter_spec, rec, report: SortReport, console_uri: str | None) -> SortingRecord:
     output = None
     if not report.errored:
         output = {"sorting_format": SORTING_FORMAT, "data": {"sorting_object_uri": report.sorting_object_uri}}
@@ -104,6 +115,30 @@ def _console_tail(path: str) -> str:
     return text[-CONSOLE_TAIL_CHARS:]
 
 
+def _record_storage_fault(fault, context, studyset: StudysetResource, kachery: KacheryResource, **_) -> None:
+    """A sort stopped by a storage fault (a read-only or full ``sorts/``) leaves an errored record.
+
+    Without it the pair's previous successful sorting would still show as
+    current in the records and the summary.  No console is stored: the
+    store may be the faulty disk.
+    """
+    sorter_spec, rec = _assigned_pair(context, studyset, kachery)
+    now = time.time()
+    report = SortReport(
+        errored=True, start_time=now, end_time=now, elapsed_s=0.0, cpu_time_s=None, console_path="",
+        error_message=str(fault), failure_class=STORAGE_FAILURE,
+    )
+    record = _record(sorter_spec, rec, report, None)
+    metadata = {
+        "label": sorting_label(sorter_spec.name, rec.study_name, rec.name),
+        "record": dg.MetadataValue.json(record.to_json_dict()),
+        "errored": True,
+        "failure_class": STORAGE_FAILURE,
+        "error": str(fault),
+    }
+    context.log_event(dg.AssetObservation(asset_key=SORTING_KEY, partition=context.partition_key, metadata=metadata))
+
+
 @dg.asset(
     partitions_def=sorting_partitions,
     group_name="sortings",
@@ -128,6 +163,7 @@ def _console_tail(path: str) -> str:
     description="One (sorter, recording) sort, run by spikeinterface in a supervised worker process "
     "(timeout, console capture); the sorting is stored in kachery.",
 )
+@fails_clearly_on_storage_faults(on_fault=_record_storage_fault)
 def sorting(
     context: dg.AssetExecutionContext,
     studyset: StudysetResource,
@@ -141,14 +177,19 @@ def sorting(
     key = expected_cache_key(sorter_spec, rec, settings)
     store = kachery.store()
 
+    cache_miss = None
     if sorting_engine.use_job_cache:
-        previous = latest_metadata(context.instance, SORTING_KEY, context.partition_key)
-        if is_cache_hit(previous, key):
+        previous = latest_attempt_metadata(context.instance, SORTING_KEY, context.partition_key)
+        verdict = job_cache_verdict(previous, key, store)
+        if not verdict.hit:
+            cache_miss = verdict.reason
+            context.log.info(f"job cache {sorting_engine.job_cache!r}: sorting: {verdict.reason}")
+        else:
             # Skipped as every launcher skips it (sf_assets.planning): no new materialization,
             # so nothing downstream in this run runs again either.
             context.log.info(
-                f"job cache {sorting_engine.job_cache!r}: the latest sorting of these inputs is current "
-                f"({previous['sorting_object_uri']}); not sorting again"
+                f"job cache {sorting_engine.job_cache!r}: {verdict.reason}; the latest sorting of these "
+                "inputs is current, not sorting again"
             )
             # Dagster requires the blocking check's result in every execution of this step.
             yield dg.AssetCheckResult(
@@ -164,7 +205,9 @@ def sorting(
         recording_uri=rec.recording_uri,
         label=label,
         kachery_dir=str(store.root_dir),
-        work_dir=str(work_dir_for(settings, sorter_key(sorter_spec.name), recording_key(rec))),
+        work_dir=str(
+            work_dir_for(settings, sorter_spec.name, rec.study_name, rec.name, context.run.run_id, context.retry_number)
+        ),
         canary_first_n_s=settings.canary_first_n_s,
         container_image=image,
         container_engine=settings.container_engine,
@@ -179,6 +222,7 @@ def sorting(
     # closing(): an interrupt while Dagster handles the canary result must still
     # stop the worker now, not whenever the generator is garbage-collected.
     try:
+        attempt = claim_attempt_dir(Path(job.work_dir))  # this attempt's alone; held until the step ends
         require_runnable(entry, in_container=image is not None)
         with contextlib.closing(run_sort(job, settings)) as events:
             for event in events:
@@ -206,6 +250,7 @@ def sorting(
         console_uri = store.store_json(
             {"label": label, "text": f.read().decode("utf-8", errors="replace")}, label="console_out.json"
         )
+    attempt.release()  # what this step needed from its folder is read; the next attempt may clean it up
     record = _record(sorter_spec, rec, report, console_uri)
     common = {
         "label": label,
@@ -219,6 +264,8 @@ def sorting(
         **({"worker_pid": worker["worker_pid"], "warm_worker": worker["warm"]} if worker else {}),
         "cache_key": key,
         "errored": report.errored,
+        "work_dir": str(attempt.path),
+        **({"job_cache_miss": cache_miss} if cache_miss else {}),
     }
     if record.provenance is not None:  # seeds, threads, versions, image (see core.records)
         common["provenance"] = dg.MetadataValue.json(record.provenance)
@@ -242,6 +289,43 @@ def sorting(
     )
 
 
+def _comparison_inputs(rec, sorted_md: dict, gt_md: dict, store):
+    """The sorting, the ground truth and the true units' SNRs, each loaded and sha1-verified."""
+    from sf_assets.data import load_recording, load_sorting_object
+
+    fs = rec.sample_rate_hz or load_recording(rec.recording_uri, store).get_sampling_frequency()
+    sorted_units = load_sorting_object(sorted_md["sorting_object_uri"], store, fs)
+    gt = load_sorting_object(rec.sorting_true_uri, store, fs)
+    return sorted_units, gt, store.load_json(gt_md["snrs_uri"])["snr_by_unit"]
+
+
+def _fail_as_errored(context: dg.AssetExecutionContext, sorted_md: dict, exc: Exception) -> NoReturn:
+    """A comparison whose inputs do not load: mark it and its sorting's record errored, then fail.
+
+    The sorting itself may be intact (a corrupt ground truth), but a record
+    that stays ``errored: false`` would vouch for a benchmark cell nobody can
+    score; so the pair's latest record becomes errored, naming the cause,
+    and the job cache no longer counts it as a hit (the next launch sorts and
+    compares it again).  The comparison gets an errored observation, and the
+    summary drops the pair's older comparison (see results.collect_comparisons).
+    """
+    label = sorted_md.get("label", context.partition_key)
+    error = f"comparison failed: {' '.join(str(exc).split())}"
+    record = SortingRecord.from_json_dict(sorted_md["record"], where=f"sorting[{context.partition_key}]")
+    errored = dataclasses.replace(record, errored=True, sorting_output=None)
+    common = {"label": label, "errored": True, "failure_class": COMPARISON_INPUT_FAILURE, "error": error}
+    partition = context.partition_key
+    context.log_event(dg.AssetObservation(asset_key=context.asset_key, partition=partition, metadata=common))
+    context.log_event(
+        dg.AssetObservation(
+            asset_key=SORTING_KEY,
+            partition=context.partition_key,
+            metadata={**common, "record": dg.MetadataValue.json(errored.to_json_dict())},
+        )
+    )
+    raise dg.Failure(description=f"{label}: {error}", allow_retries=False) from None
+
+
 @dg.asset(
     partitions_def=sorting_partitions,
     group_name="sortings",
@@ -252,9 +336,9 @@ def sorting(
     description="Per-true-unit accuracy, precision and recall of one sorting against its ground truth, "
     "with the matching settings recorded next to the result.",
 )
+@fails_clearly_on_storage_faults
 def sorting_comparison(context: dg.AssetExecutionContext, studyset: StudysetResource, kachery: KacheryResource):
     from sf_assets.core.comparison import compare_to_ground_truth, summarize
-    from sf_assets.data import load_recording, load_sorting_object
 
     sorter_spec, rec = _assigned_pair(context, studyset, kachery)
     store = kachery.store()
@@ -264,11 +348,11 @@ def sorting_comparison(context: dg.AssetExecutionContext, studyset: StudysetReso
     gt_md = latest_metadata(context.instance, dg.AssetKey("ground_truth"), recording_key(rec))
     if not gt_md:
         raise dg.Failure(description=f"{rec.label}: ground_truth has not been materialized")
-    fs = rec.sample_rate_hz or load_recording(rec.recording_uri, store).get_sampling_frequency()
-    sorted_units = load_sorting_object(sorted_md["sorting_object_uri"], store, fs)
-    gt = load_sorting_object(rec.sorting_true_uri, store, fs)
+    try:
+        sorted_units, gt, snrs = _comparison_inputs(rec, sorted_md, gt_md, store)
+    except (UriError, RecordingError) as exc:
+        _fail_as_errored(context, sorted_md, exc)
     result = compare_to_ground_truth(sorted_units, gt)
-    snrs = store.load_json(gt_md["snrs_uri"])["snr_by_unit"]
     per_unit = result.per_unit.copy()
     per_unit["snr"] = [snrs.get(str(u)) for u in per_unit["true_unit_id"]]
     per_unit["snr"] = per_unit["snr"].astype(float)  # a unit without an SNR: NaN here

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from sf_assets.assets.automation import AS_RESULTS_LAND
+from sf_assets.assets.faults import fails_clearly_on_storage_faults
 from sf_assets.assets.results import collect_records
 from sf_assets.assets.sortings import sorting
 from sf_assets.assets.view_links import labels_to_view
@@ -30,6 +31,7 @@ def resolve_workspace_uri(workspace: WorkspaceResource) -> str:
     "database, by label only: labels already present are left alone; errored sortings are skipped "
     "with a note. A dry run reports what would be added and writes nothing.",
 )
+@fails_clearly_on_storage_faults
 def workspace_sync(
     context: dg.AssetExecutionContext,
     studyset: StudysetResource,

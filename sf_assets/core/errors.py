@@ -92,3 +92,16 @@ CLASSIFIED_FAILURES = (
     EnvironmentSortFailure,
     ResourceSortFailure,
 )
+
+
+class StorageFault(SfAssetsError):
+    """The machine's storage refused: a full disk, a read-only folder, a database I/O error.
+
+    Not bad input, and nothing sf-assets can fix by itself: the message names
+    the path (or database) and the cause in one line; the command line exits
+    with :data:`EXIT_STORAGE_FAULT`.
+    """
+
+
+EXIT_STORAGE_FAULT = 3
+"""Exit code of a command stopped by a :class:`StorageFault` (2 is bad input, 1 a failed run)."""

@@ -46,6 +46,7 @@ from pathlib import Path
 
 from sf_assets.core.canary import classify_sort_error, error_summary
 from sf_assets.core.errors import EnvironmentSortFailure, SpecError, UnknownSorterError
+from sf_assets.core.fields import describe
 
 #: What a sorter needs from the GPU, as spikeinterface's ``gpu_capability`` says.
 GPU_NONE, GPU_OPTIONAL, GPU_REQUIRED = "none", "optional", "required"
@@ -390,6 +391,118 @@ def merge_params(entry: SorterEntry, params: dict, where: str, *, strict: bool =
             stacklevel=2,
         )
     return {**defaults, **params}
+
+
+MAX_PARAM_VALUE_BYTES = 64 * 1024
+"""Largest sorter parameter value, as JSON (the longest real one, a channel map, is a few KB)."""
+
+MAX_PARAMS_BYTES = 256 * 1024
+"""Largest params mapping of one sorter, as JSON: params are copied into every run's config,
+record and metadata, so a 10 MB value had grown into about 0.5 GB of Dagster storage."""
+
+
+def _json_size(value) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+
+
+def _expected_kind(default) -> str | None:
+    """What a value must be, judged from the default's type; None: anything goes."""
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        return "a boolean"
+    if isinstance(default, (int, float)):
+        return "a number"
+    if isinstance(default, str):
+        return "a string"
+    if isinstance(default, (list, tuple)):
+        return "a list"
+    if isinstance(default, dict):
+        return "a mapping"
+    return None
+
+
+def _is_kind(value, kind: str) -> bool:
+    if kind == "a boolean":
+        return isinstance(value, bool)
+    if kind == "a number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "a string":
+        return isinstance(value, str)
+    if kind == "a list":
+        return isinstance(value, (list, tuple))
+    return isinstance(value, dict)
+
+
+def _shown(default) -> str:
+    """A default as a message shows it: containers as (shortened) JSON, other values via describe."""
+    if isinstance(default, (list, tuple, dict)):
+        text = json.dumps(list(default) if isinstance(default, tuple) else default)
+        return text if len(text) <= 60 else text[:57] + "..."
+    return describe(default)
+
+
+def _check_value(value, default, where: str) -> None:
+    """Check one value against its default's type, then its list items or known nested keys."""
+    kind = _expected_kind(default)
+    if kind is None:
+        return
+    if not _is_kind(value, kind):
+        raise SpecError(f"{where}: expected {kind} (the default is {_shown(default)}), got {describe(value)}")
+    if kind == "a list" and default:
+        kinds = {_expected_kind(item) for item in default}
+        if len(kinds) == 1 and None not in kinds:
+            (item_kind,) = kinds
+            for index, item in enumerate(value):
+                if not _is_kind(item, item_kind):
+                    raise SpecError(
+                        f"{where}[{index}]: expected {item_kind} like the default's items "
+                        f"({_shown(default)}), got {describe(item)}"
+                    )
+    if kind == "a mapping":
+        for key, item in value.items():
+            if key in default:
+                _check_value(item, default[key], f"{where}.{key}")
+
+
+def check_param_values(entry: SorterEntry, params: dict, where: str) -> None:
+    """Bound a spec's sorter parameters by the sorter's own defaults: their types, and a size cap.
+
+    Each value must have the type of spikeinterface's default for it
+    (``get_default_sorter_params``): a boolean for a boolean; a number for
+    an int or a float (spikeinterface writes whole-number defaults for
+    parameters that take fractions, e.g. ``detect_threshold: 5``,
+    ``n_jobs: 1`` for ``0.5``); a string for a string; a list for a list or
+    tuple (with items of the default's item type when those are all of one
+    type); a mapping for a dict, whose keys that the default has are checked
+    the same way (other keys pass: a different ``method`` takes other
+    ``method_kwargs``).  Where the default is None, any JSON value passes, as
+    does a parameter whose default cannot be read here (kilosort4 without its
+    package, a sorter without a wrapper).  Every value is at most :data:`MAX_PARAM_VALUE_BYTES` as JSON,
+    the whole mapping at most :data:`MAX_PARAMS_BYTES`.
+
+    Parameters:
+        entry: the sorter.
+        params: the spec's parameters for it (already known to be JSON values).
+        where: the file and key path of ``params``, e.g. ``spec.yaml: spike-sorters[0].params``.
+
+    Raises:
+        SpecError: naming ``where``, the parameter, what was given and what was expected.
+    """
+    for name, value in params.items():
+        size = _json_size(value)
+        if size > MAX_PARAM_VALUE_BYTES:
+            raise SpecError(
+                f"{where}.{name}: a value of {size} bytes as JSON; expected at most {MAX_PARAM_VALUE_BYTES}"
+            )
+    total = _json_size(params)
+    if total > MAX_PARAMS_BYTES:
+        raise SpecError(f"{where}: {total} bytes as JSON; expected at most {MAX_PARAMS_BYTES} for one sorter's params")
+    # A sorter without a wrapper has no defaults (its pairs end as errored records): sizes only.
+    defaults = default_params(entry) if params and entry.has_wrapper else {}
+    for name, value in params.items():
+        if name in defaults:
+            _check_value(value, defaults[name], f"{where}.{name}")
 
 
 # --- runs_here: a real test sort in a child process -------------------------------------

@@ -33,7 +33,7 @@ from sf_assets.core.fields import (
     read_list,
 )
 from sf_assets.core.manifest import Manifest, Recording
-from sf_assets.core.sorter_catalog import merge_params, pinned_seeds, resolve_sorter
+from sf_assets.core.sorter_catalog import check_param_values, merge_params, pinned_seeds, resolve_sorter
 from sf_assets.core.uris import parse_uri
 
 TOP_LEVEL_KEYS = ("studysets", "studyset-names", "spike-sorters")
@@ -286,6 +286,7 @@ def validate_spec(spec: Spec, manifest: Manifest, *, strict: bool = False) -> No
             )
         resolved[entry.name] = sorter.name
         merge_params(entry, sorter.params, f"{spec.source}: {here.key('params').path}", strict=strict)
+        check_param_values(entry, sorter.params, f"{spec.source}: {here.key('params').path}")
 
 
 def sorting_jobs(spec: Spec, manifest: Manifest) -> list[tuple[SorterSpec, Recording]]:

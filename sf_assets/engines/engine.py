@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sf_assets.core.folder_names import attempt_name, pair_folder
 from sf_assets.core.sorter_catalog import SorterEntry
 from sf_assets.engines.job import SORT_ENGINE_VERSION, CanaryReport, SortJob, SortReport
 from sf_assets.engines.service_address import ServiceSettings
@@ -130,8 +131,11 @@ def canary_timeout_s(canary_first_n_s: float | None) -> float | None:
     return min(300.0, max(120.0, 4.0 * canary_first_n_s))
 
 
-def work_dir_for(settings: EngineSettings, sorter_key: str, recording_key: str) -> Path:
-    return Path(settings.work_root) / sorter_key / recording_key
+def work_dir_for(
+    settings: EngineSettings, sorter_name: str, study_name: str, recording_name: str, run_id: str, attempt: int = 0
+) -> Path:
+    """The work folder of one sort attempt: the pair's folder, then the run and retry (see folder_names)."""
+    return pair_folder(settings.work_root, sorter_name, study_name, recording_name) / attempt_name(run_id, attempt)
 
 
 def run_sort(job: SortJob, settings: EngineSettings) -> Iterator[dict | CanaryReport | SortReport]:

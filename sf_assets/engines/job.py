@@ -42,7 +42,7 @@ class SortJob:
     recording_uri: kachery URI of the SpikeForest recording object.
     label: the sorting label ``SORTER/STUDY/RECORDING`` (names stored objects).
     kachery_dir: root of the kachery store the worker reads and writes.
-    work_dir: folder owned by this sort attempt; wiped before it starts.
+    work_dir: folder owned by this sort attempt alone (see engines.work_dirs).
     canary_first_n_s: canary window in seconds (None, 0 or NaN: no canary).
     container_image: run the sorter in this image (None: in this environment).
     container_engine: ``docker`` or ``singularity`` when an image is given.

@@ -37,6 +37,7 @@ from sf_assets.engines.job import (
     SortReport,
     read_json_if_present,
 )
+from sf_assets.engines.work_dirs import IN_USE_FILE
 
 # How often a waiting step looks at its job's folder: a sort's end is noticed at most this late.
 POLL_INTERVAL_S = 0.05
@@ -48,11 +49,21 @@ class SortCancelled(Exception):
 
 
 def prepare_work_dir(job: SortJob) -> Path:
-    """Wipe and recreate the job's folder, then write the job description."""
+    """Empty the attempt's own folder (keeping its claim), creating it if missing; write the job.
+
+    The folder belongs to one sort attempt (see :mod:`sf_assets.engines.work_dirs`);
+    emptying it only clears what an earlier try of the same attempt left
+    (a Slurm step whose allocation was lost), never another attempt's files.
+    """
     work_dir = Path(job.work_dir)
-    if work_dir.exists():
-        shutil.rmtree(work_dir)
-    work_dir.mkdir(parents=True)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    for entry in work_dir.iterdir():
+        if entry.name == IN_USE_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
     (work_dir / JOB_FILE).write_text(job.to_json())
     return work_dir
 

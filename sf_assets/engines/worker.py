@@ -31,6 +31,7 @@ from sf_assets.core.canary import CanaryDecision, classify_sort_error, classify_
 from sf_assets.core.errors import SortFailure
 from sf_assets.core.sorter_catalog import resolve_sorter
 from sf_assets.engines.container import container_run_sorter_kwargs
+from sf_assets.engines.work_dirs import attempt_in_use
 from sf_assets.engines.job import (
     CANARY_FILE,
     CONSOLE_FILE,
@@ -330,7 +331,7 @@ def serve(commands) -> int:
         if not line:
             return 0
         work_dir = Path(line.strip())
-        with _ConsoleTo(work_dir / CONSOLE_FILE):
+        with attempt_in_use(work_dir), _ConsoleTo(work_dir / CONSOLE_FILE):
             before = cpu_seconds()
             write_json_atomic(work_dir / WORKER_FILE, {"pid": os.getpid(), "cpu_before_s": before, "jobs_done": jobs_done})
             code = run_job(work_dir)
@@ -357,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m sf_assets.engines.worker WORK_DIR | --serve", file=sys.stderr)
         return EXIT_BAD_JOB
-    return run_job(Path(argv[0]))
+    with attempt_in_use(Path(argv[0])):
+        return run_job(Path(argv[0]))
 
 
 if __name__ == "__main__":

@@ -37,13 +37,16 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 from sf_assets.core.errors import UriError
+from sf_assets.core.folder_names import bounded_name
 from sf_assets.core.uris import KacheryUri, parse_uri
 
 _ENV_LOCK = threading.RLock()
@@ -129,6 +132,7 @@ class KacheryStore:
         path = Path(path).resolve()
         if not path.is_file():
             raise UriError(f"cannot store {path} as {label!r}: no such file")
+        started_ns = time.time_ns()
         with _kachery_cloud_in(self.root_dir) as kc:
             try:
                 local_uri = kc.store_file_local(str(path))
@@ -138,7 +142,32 @@ class KacheryStore:
                 where = "locally" if self.local_only else "in kachery cloud"
                 raise UriError(f"cannot store {path} as {label!r} {where} under {self.root_dir}: {exc}") from exc
         sha1 = parse_uri(local_uri, "kachery-cloud store_file_local").sha1
+        self._repair_if_corrupt(sha1, path, started_ns)
         return f"sha1://{sha1}/{label}"
+
+    def _repair_if_corrupt(self, sha1: str, source: Path, started_ns: int) -> None:
+        """Replace a stored copy of ``sha1`` that was there before this store and no longer matches.
+
+        kachery-cloud skips the copy when a file of that hash exists, so a
+        corrupted copy (a bad disk, a hand edit) would stay corrupt however
+        often the same content is stored again: a sort repeated because its
+        stored sorting failed to verify would repair nothing.  A copy made by
+        this store call is trusted; an older one is checked.
+        """
+        stored = self.root_dir / "sha1" / sha1[0:2] / sha1[2:4] / sha1[4:6] / sha1
+        try:
+            if stored.stat().st_mtime_ns >= started_ns or sha1_of_file(stored) == sha1:
+                return
+        except FileNotFoundError:
+            return
+        fd, tmp_name = tempfile.mkstemp(dir=stored.parent, prefix=f".{sha1}-")
+        os.close(fd)
+        try:
+            shutil.copyfile(source, tmp_name)
+            os.replace(tmp_name, stored)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
 
     def store_bytes(self, data: bytes, label: str) -> str:
         """Store bytes; returns ``sha1://HASH/label``."""
@@ -236,9 +265,11 @@ def uri_label(label: str) -> str:
 
     The label is only a hint for people (the hash alone finds the content),
     so instead of failing a store, perhaps after hours of sorting, characters
-    other than letters, digits and ``_ . + = - /`` become ``_`` and empty
-    path parts are dropped.
+    other than letters, digits and ``_ . + = - /`` become ``_``, empty
+    path parts are dropped, and a part longer than a file name may be is
+    shortened (:func:`~sf_assets.core.folder_names.bounded_name`): tools
+    that save a download under the URI's last part can always do so.
     """
-    parts = [_LABEL_UNSAFE.sub("_", part) for part in str(label).split("/")]
-    parts = [p for p in parts if p and p not in (".", "..")]
+    parts = [bounded_name(_LABEL_UNSAFE.sub("_", part)) for part in str(label).split("/") if part]
+    parts = [p for p in parts if p not in (".", "..")]
     return "/".join(parts) or "file"

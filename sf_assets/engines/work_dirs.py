@@ -1,0 +1,187 @@
+"""Sort attempt folders: claimed while in use, cleaned up only when nobody uses them.
+
+Every sort attempt works in a folder of its own (see
+:mod:`sf_assets.core.folder_names`), so concurrent attempts at one pair never
+share files.  What makes an old attempt folder safe to delete is a lock file
+inside it, ``.in-use``: the step that owns the attempt holds a shared
+``flock`` on it from the moment the folder appears until the step ends, and
+the worker process holds one too while it sorts there (so a worker that
+outlives its step still protects its folder).  A new attempt removes its
+pair's other attempt folders whose lock it can take exclusively, that is,
+those nobody holds; whatever the kernel says is in use stays.
+
+A folder only appears under its final name with its lock already held: it is
+made under a hidden staging name, locked, then renamed, so a cleaner never
+sees an attempt folder between its creation and its first lock.  Entries
+that are not attempt folders (hidden names, the pre-attempt layout's files)
+are never touched.
+
+On a filesystem without ``flock`` support (some NFS mounts), attempts still
+get folders of their own, but nothing is cleaned up: in-use cannot be told.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sf_assets.core.folder_names import is_attempt_name
+
+IN_USE_FILE = ".in-use"
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
+
+
+class AttemptDir:
+    """A claimed attempt folder; :meth:`release` (or leaving the ``with`` block) ends the claim.
+
+    Attributes
+    ----------
+    path : Path
+        The folder.
+    locked : bool
+        False where the filesystem has no ``flock``.
+    removed : list[Path]
+        The pair's finished attempt folders removed when this one was claimed.
+    """
+
+    def __init__(self, path: Path, fd: int | None, removed: list[Path]):
+        self.path, self._fd, self.removed = path, fd, removed
+
+    @property
+    def locked(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "AttemptDir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        # The claim also ends when its holder is collected (a step's generator that failed).
+        try:
+            self.release()
+        except OSError:
+            pass
+
+
+def _lock(fd: int, operation: int) -> bool:
+    """flock ``fd``; False where the filesystem has no flock."""
+    try:
+        fcntl.flock(fd, operation)
+    except OSError as exc:
+        if exc.errno in _NO_LOCKS:
+            return False
+        raise
+    return True
+
+
+def _nobody_holds(fd: int) -> bool:
+    """Take ``fd``'s lock exclusively if nobody holds it; False if held (or no flock here)."""
+    try:
+        return _lock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+
+
+def claim_attempt_dir(work_dir: Path) -> AttemptDir:
+    """Create attempt folder ``work_dir`` with its lock held, then clean up its pair's finished attempts.
+
+    Parameters
+    ----------
+    work_dir : Path
+        ``PAIR_FOLDER/ATTEMPT`` (see :func:`~sf_assets.engines.engine.work_dir_for`);
+        the attempt's name is unique to it, the pair's folder is created if missing.
+
+    Returns
+    -------
+    AttemptDir
+        Holding a shared lock on the folder until released.
+
+    Raises
+    ------
+    FileExistsError
+        The attempt folder already exists (an attempt is claimed once).
+    OSError
+        The folder cannot be created (read-only or full filesystem).
+    """
+    pair_dir, name = work_dir.parent, work_dir.name
+    pair_dir.mkdir(parents=True, exist_ok=True)
+    final = work_dir
+    if final.exists():
+        raise FileExistsError(errno.EEXIST, "sort attempt folder already claimed", str(final))
+    staging = pair_dir / f".{name}.claim"
+    staging.mkdir()
+    fd = os.open(staging / IN_USE_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        locked = _lock(fd, fcntl.LOCK_SH)
+        os.rename(staging, final)
+    except BaseException:
+        os.close(fd)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if not locked:
+        os.close(fd)
+        return AttemptDir(final, None, [])
+    return AttemptDir(final, fd, remove_finished_attempts(pair_dir, keep=name))
+
+
+def remove_finished_attempts(pair_dir: Path, keep: str) -> list[Path]:
+    """Remove the attempt folders of ``pair_dir`` that nobody holds, except ``keep``.
+
+    Returns
+    -------
+    list[Path]
+        The folders removed.  A folder in use (its lock held by a step or a
+        worker) is left alone, and so is anything that is not an attempt folder.
+    """
+    removed = []
+    for entry in sorted(pair_dir.iterdir()):
+        if entry.name == keep or not is_attempt_name(entry.name) or not entry.is_dir():
+            continue
+        try:
+            fd = os.open(entry / IN_USE_FILE, os.O_RDONLY)
+        except FileNotFoundError:
+            fd = None  # a removal cut short: nobody can hold a lock on a file that is gone
+        try:
+            if fd is not None and not _nobody_holds(fd):
+                continue
+            shutil.rmtree(entry, ignore_errors=True)  # best effort: another cleaner may be at it too
+            if not entry.exists():
+                removed.append(entry)
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return removed
+
+
+@contextmanager
+def attempt_in_use(work_dir: Path) -> Iterator[None]:
+    """Hold a shared lock on ``work_dir``'s attempt while a worker sorts in it.
+
+    Best effort: a folder without a readable lock file (a job prepared by
+    hand, a container user who cannot read it) or a filesystem without flock
+    is used without one; the owning step's lock still protects it.
+    """
+    try:
+        fd = os.open(Path(work_dir) / IN_USE_FILE, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            _lock(fd, fcntl.LOCK_SH)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)
