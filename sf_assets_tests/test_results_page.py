@@ -109,8 +109,8 @@ def test_results_page_opens_from_file_with_every_cell_of_the_demo(benchmark_demo
 
 
 def test_each_pair_takes_its_status_from_what_the_event_log_recorded(synthetic_studyset, tmp_path):
-    """A timeout and an environment failure are told apart from other errors; a run that failed before
-    any sort was recorded (no Docker daemon for a container sort) is errored; a pair never run is not run yet."""
+    """A timeout and an environment failure are told apart from other errors; a container sort refused
+    for lack of a Docker daemon cannot run here, and says why; a pair never run is not run yet."""
     import dagster as dg
 
     from sf_assets.assets.results_page import collect_pair_results
@@ -139,10 +139,15 @@ def test_each_pair_takes_its_status_from_what_the_event_log_recorded(synthetic_s
     status = {(p.study, p.recording): p.status for p in pairs}
     assert status == {
         ("synth_a1_K6_C4", "001_synth"): page.TIMED_OUT,
-        ("synth_a1_K6_C4", "002_synth"): page.ERRORED,
+        # Refused before sorting (no Docker daemon): an errored record of the environment class.
+        ("synth_a1_K6_C4", "002_synth"): page.CANNOT_RUN,
         ("synth_b1_K6_C4", "001_synth"): page.CANNOT_RUN,
         ("synth_b1_K6_C4", "002_synth"): page.NOT_RUN,
     }
-    messages = {p.status: p.message for p in pairs}
-    assert "TimeoutError: sort took too long" in messages[page.TIMED_OUT] and console in messages[page.TIMED_OUT]
-    assert "failed before any sort was recorded" in messages[page.ERRORED]
+    messages = {(p.study, p.recording): p.message for p in pairs}
+    timed_out = messages["synth_a1_K6_C4", "001_synth"]
+    assert "TimeoutError: sort took too long" in timed_out and console in timed_out
+    refused_message = messages["synth_a1_K6_C4", "002_synth"]
+    assert "environment failure" in refused_message
+    refused_console = refused_message.split("(console output ")[1].rstrip(")")
+    assert "Docker daemon" in synthetic_studyset.store.load_json(refused_console)["text"]

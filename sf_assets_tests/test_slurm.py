@@ -271,7 +271,7 @@ def test_a_sort_failing_on_slurm_reports_the_error_like_the_local_engine(
     assert on_slurm.errored and local.errored
     assert on_slurm.error_message == local.error_message and missing in on_slurm.error_message
     assert on_slurm.exit_code == local.exit_code == 1
-    assert on_slurm.details == local.details == {"stage": "load"}
+    assert on_slurm.details == local.details == {"stage": "load", "provenance": None}  # it never loaded
     assert Path(on_slurm.console_path).read_text() == Path(local.console_path).read_text().replace(
         str(tmp_path / "local"), str(tmp_path / "slurm")
     )

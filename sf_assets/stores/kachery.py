@@ -135,7 +135,12 @@ class KacheryStore:
         started_ns = time.time_ns()
         with _kachery_cloud_in(self.root_dir) as kc:
             try:
-                local_uri = kc.store_file_local(str(path))
+                try:
+                    local_uri = kc.store_file_local(str(path))
+                except FileExistsError:
+                    # Another process stored the same content at the same moment and made the
+                    # folder kachery-cloud was about to make (it does not allow for that): again.
+                    local_uri = kc.store_file_local(str(path))
                 if not self.local_only:
                     kc.store_file(str(path))
             except Exception as exc:
