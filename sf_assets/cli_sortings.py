@@ -57,8 +57,6 @@ USE_CONTAINER_ENV = ("SF_ASSETS_USE_CONTAINER", "HITHER_USE_CONTAINER")
 """Read in this order when neither -C nor --no-container is given."""
 MAX_RUNTIME_TAG = "dagster/max_runtime"
 RUN_TIMEOUT_MARGIN_S = 120
-RECORDS_MIN_INTERVAL_S = 2.0
-"""The records file is rewritten at most this often while sortings land (and once at the end)."""
 DAGSTER_LOG_LEVELS = ("CRITICAL", "INFO", "DEBUG")
 """Dagster's console log level for -v counts 0, 1, 2+ (runs' logs are always in the UI)."""
 EXIT_RUN_FAILED = 1
@@ -310,18 +308,16 @@ class RecordsFile:
     then rename), so a reader always sees a complete JSON list.
     """
 
-    def __init__(self, path: Path, min_interval_s: float = RECORDS_MIN_INTERVAL_S) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.min_interval_s = min_interval_s
         self.records: dict[str, SortingRecord] = {}
-        self._written_at: float | None = None
 
     def add(self, records: list[SortingRecord]) -> None:
-        """Keep ``records`` (by sorting label) and rewrite the file unless it was just written."""
+        """Keep ``records`` (by sorting label) and rewrite the file now: a launch killed after
+        a sort landed still leaves that sort's record (a kill -9 skips every later flush)."""
         for record in records:
             self.records[sorting_label(record.sorter_name, record.study_name, record.recording_name)] = record
-        if self._written_at is None or time.monotonic() - self._written_at >= self.min_interval_s:
-            self.flush()
+        self.flush()
 
     def flush(self, order: list[str] | None = None) -> None:
         """Write the records now (in ``order`` of labels when given)."""
@@ -334,7 +330,6 @@ class RecordsFile:
             partial.unlink(missing_ok=True)
             write_records(partial, records)
             os.replace(partial, self.path)
-        self._written_at = time.monotonic()
 
 
 # -- reading results back -----------------------------------------------------------------

@@ -408,11 +408,11 @@ def test_the_records_file_is_rewritten_whole_as_records_land(home, sorted_once, 
     (record,) = read_records(out.read_bytes(), str(out))
     other = type(record)(**{**record.__dict__, "recording_name": "002_synth"})
     path = tmp_path / "records.json"
-    records = RecordsFile(path, min_interval_s=3600.0)
+    records = RecordsFile(path)
     records.add([record])
-    assert read_records(path.read_bytes(), str(path)) == [record]  # the first landing is written at once
+    assert read_records(path.read_bytes(), str(path)) == [record]  # each landing is written at once
     records.add([other])
-    assert read_records(path.read_bytes(), str(path)) == [record]  # then at most once per interval
+    assert read_records(path.read_bytes(), str(path)) == [record, other]
     records.flush([f"{SORTER}/{STUDY_A}/002_synth", f"{SORTER}/{STUDY_A}/001_synth"])
     assert read_records(path.read_bytes(), str(path)) == [other, record]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["records.json"]  # no partial file left
