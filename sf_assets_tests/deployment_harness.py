@@ -38,6 +38,11 @@ class Deployment:
     root: Path
     service: ServiceSettings
     """The settings the run launcher and the sorting steps reach the sort service with."""
+    env: dict[str, str]
+    """The deployment's environment (``DAGSTER_HOME`` and the ``SF_ASSETS_*`` variables), for a
+    command line run beside it."""
+    spec: Path
+    manifest: Path
 
 
 @contextlib.contextmanager
@@ -57,6 +62,6 @@ def dev_deployment(root: Path, store: KacheryStore, manifest: Path, sorters: dic
                 campaign = Campaign(*load_config(str(manifest), str(spec), store))
                 register_partitions(instance, campaign)  # what the sensor or the studysets asset does first
                 service = EngineSettings(work_root="", service_dir=str(service_dir)).service()
-                yield Deployment(dev, instance, campaign, root, service)
+                yield Deployment(dev, instance, campaign, root, service, {**env, "DAGSTER_HOME": str(home)}, spec, manifest)
     finally:
         shutil.rmtree(service_dir, ignore_errors=True)  # its service was stopped with the deployment

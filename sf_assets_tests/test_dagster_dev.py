@@ -168,3 +168,39 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_command_line_run_beside_dagster_dev_is_terminated_from_the_ui(deployment, backfill, tmp_path):
+    """`sf-assets run-sortings` while `dagster dev` runs: its runs wait in the same queue, the
+    daemon dequeues them, they sort on the same sort service, and the UI's Terminate stops one."""
+    import subprocess
+
+    from sf_assets.dagster_dev import console_script
+
+    out = tmp_path / "records.json"
+    command = [
+        console_script("sf-assets"), "run-sortings", "-s", str(deployment.manifest), "-l", str(deployment.spec),
+        "-o", str(out), "-w", "1",
+    ]
+    log = tmp_path / "run-sortings.log"
+    with open(log, "w") as stream:
+        cli = subprocess.Popen(command, env={**os.environ, **deployment.env}, stdout=stream, stderr=subprocess.STDOUT)
+    try:
+        def cli_sorting():
+            runs = deployment.instance.get_runs(
+                dg.RunsFilter(job_name="sorting_job", statuses=[dg.DagsterRunStatus.STARTED])
+            )
+            status = service_status(deployment.service) or {"slots": []}
+            busy = [s["worker_pid"] for s in status["slots"] if s["busy"] and "spykingcircus2" in s["sorters"]]
+            return (runs[0].run_id, busy[0]) if runs and busy else None
+
+        run_id, worker_pid = deployment.dev.wait_for(cli_sorting, 120, "a command-line sorting run sorting", poll_s=0.2)
+        assert "sf-assets/lease" in deployment.instance.get_run_by_id(run_id).tags, "launched by the command line"
+        deployment.dev.terminate_run(run_id)
+        deployment.dev.wait_for(lambda: not _alive(worker_pid), 10, f"worker {worker_pid} gone after the terminate", poll_s=0.1)
+        assert cli.wait(timeout=300) == 1, log.read_text()[-3000:]
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert deployment.instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.CANCELED
+    assert "canceled" in log.read_text()
