@@ -12,6 +12,7 @@ import pytest
 
 from sf_assets.cli import build_parser, main
 from sf_assets.core.sorter_catalog import default_params, resolve_sorter
+from sf_assets_tests.spec_values import changed_value
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 CONSOLE_SCRIPT = Path(sys.executable).with_name("sf-assets")
@@ -79,7 +80,7 @@ def test_long_flag_names(work, capsys):
 def test_merged_params_show_the_spec_values(work, capsys):
     entry = resolve_sorter("MountainSort4")
     name, default = next(iter(default_params(entry).items()))
-    value = not default if isinstance(default, bool) else "changed"
+    value = changed_value(default)
     spec = (work / "small-spec.yaml").read_text()
     (work / "small-spec.yaml").write_text(
         spec.replace("- name: MountainSort4\n  params: {}", f"- name: MountainSort4\n  params: {{{name}: {json.dumps(value)}}}")

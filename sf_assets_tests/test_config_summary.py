@@ -8,6 +8,7 @@ from sf_assets.core.config_summary import config_summary
 from sf_assets.core.manifest import parse_manifest
 from sf_assets.core.sorter_catalog import default_params, known_sorter_names, merge_params, resolve_sorter
 from sf_assets.core.spec import parse_spec, validate_spec
+from sf_assets_tests.spec_values import changed_value
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 MANIFEST = parse_manifest((RESOURCES / "studysets_tiny.json").read_bytes(), "studysets_tiny.json")
@@ -31,7 +32,7 @@ def test_sorters_show_catalog_names_and_merged_params():
     alias = next(name for name in known_sorter_names() if resolve_sorter(name).name != name)
     entry = resolve_sorter(alias)
     name, default = next(iter(default_params(entry).items()))
-    value = not default if isinstance(default, bool) else "changed"
+    value = changed_value(default)
     summary = _summary(
         "studyset-names: [PAIRED_KAMPFF, SYNTH_MAGLAND]\n"
         f"spike-sorters:\n  - name: {alias}\n    params: {{{name}: {json.dumps(value)}}}\n"

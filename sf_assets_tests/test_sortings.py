@@ -77,7 +77,9 @@ def test_two_runs_of_one_pair_at_once_each_sort_in_their_own_folder(env):
     sorter_spec, rec, key = _only_pair(env)
     label = sorting_label(sorter_spec.name, rec.study_name, rec.name)
     assert env.run("studysets_job").success and env.run("recordings_job", recording_key(rec)).success
-    run_config = json.dumps(env.with_options(use_job_cache=False).options.run_config())
+    # A fresh worker process each: on the sort service, sorter affinity may well run the second
+    # after the first on the slot that has the sorter compiled, and the two would not overlap.
+    run_config = json.dumps(env.with_options(use_job_cache=False, reuse_workers=False).options.run_config())
     home = str(Path(env.instance.root_directory))
     runs = [
         subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, home, key, run_config], stdout=subprocess.PIPE, text=True)

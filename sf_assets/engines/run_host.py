@@ -61,7 +61,12 @@ def execute_run(run_id: str, instance_ref_json: str, environ: dict[str, str], cw
     with capture_interrupts():
         with DagsterInstance.from_ref(deserialize_value(instance_ref_json, InstanceRef)) as instance:
             code = _execute_run_command_body(run_id, instance, lambda _event: None, set_exit_code_on_failure=True)
-    sys.exit(code)
+    # Exit now: an interrupted step's generators (and so its sort's connection, its lease)
+    # may only be closed at garbage collection, and a thread left behind would hold up a
+    # normal exit; the kernel closes every socket of an exited process at once.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @dataclass
