@@ -201,20 +201,42 @@ def queue_daemon_is_running(instance: dg.DagsterInstance) -> bool:
 
 
 @contextlib.contextmanager
-def dequeuing(context, instance: dg.DagsterInstance):
-    """Dequeue the instance's runs from this process while no daemon does (Dagster's own queue logic)."""
+def dequeuing(context, instance: dg.DagsterInstance, settings: EngineSettings):
+    """Dequeue the instance's runs from this process while no daemon does (Dagster's own queue logic).
+
+    Only one launch on this host dequeues an instance at a time (a lock in the host's private
+    sf-assets folder): two dequeuers would each see a pair's concurrency slot free and start two
+    runs of it.  A launch that finds the lock taken leaves its runs to the holder, and takes over
+    if the holder ends first.
+    """
     if queue_daemon_is_running(instance):
         yield
         return
     # Private: Dagster's queue logic exists only as its daemon; running it here keeps the
     # coordinator's concurrency limits (max_concurrent_runs, per-partition) exactly as configured.
-    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+    import fcntl
+    import hashlib
 
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+    from dagster._serdes import serialize_value
+
+    from sf_assets.engines.service_address import host_folder
+
+    identity = hashlib.sha1(serialize_value(instance.get_ref()).encode()).hexdigest()[:16]
+    lock_fd = os.open(host_folder(settings.service()) / f"dequeue-{identity}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     stop = threading.Event()
 
     def loop() -> None:
+        holding = False
         with QueuedRunCoordinatorDaemon(interval_seconds=1) as daemon:
             while not stop.is_set():
+                if not holding:
+                    try:
+                        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        holding = True
+                    except BlockingIOError:
+                        stop.wait(POLL_S)
+                        continue
                 list(daemon.run_iteration(context))
                 stop.wait(POLL_S)
 
@@ -225,6 +247,7 @@ def dequeuing(context, instance: dg.DagsterInstance):
     finally:
         stop.set()
         thread.join(30)
+        os.close(lock_fd)  # releases the lock
 
 
 @dataclass
@@ -405,7 +428,11 @@ def launch_campaign(
             ready.append(("sorting_job", key))
     total_sorts = len(to_sort)
     lease = {LEASE_TAG: str(this_process())}
-    with code_location(instance) as context, slurm_allocations_for(options) as options, dequeuing(context, instance):
+    with (
+        code_location(instance) as context,
+        slurm_allocations_for(options) as options,
+        dequeuing(context, instance, options.engine_settings()),
+    ):
         submitter = Submitter(context, options.run_config(), {**(tags or {}), **lease})
         tracker = RunTracker(instance)
         try:

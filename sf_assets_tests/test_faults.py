@@ -287,6 +287,48 @@ def test_a_run_killed_mid_sort_is_sorted_again_and_nothing_else_is(killed_launch
     assert sorted(_workspace_labels(env)) == sorted(labels)
 
 
+# ------------------------------------------------- two launches at once
+
+
+def test_two_launches_of_one_campaign_at_once_sort_each_pair_once(synthetic_studyset, tmp_path, dagster_home):
+    """Two command lines launch the same campaign against one instance and one workspace at the
+    same time: the run queue lets one run per pair go at a time, and the later run finds the
+    pair in the job cache, so every pair is sorted once and every label lands once."""
+    home, instance = dagster_home
+    keep = [("synth_a1_K6_C4", "001_synth"), ("synth_a1_K6_C4", "002_synth")]
+    manifest = write_manifest(synthetic_studyset.manifest_path, tmp_path / "studysets.json", keep)
+    spec = write_spec(tmp_path / "spec.yaml", manifest, {SORTER: {"studysets": ["SYNTH_SET_A"]}})
+    env = make_env(tmp_path / "env", synthetic_studyset.store, instance, manifest, spec, canary_first_n_s=0.0)
+    options = json.dumps(dataclasses.asdict(env.with_options(log_level="WARNING").options))
+    logs = [tmp_path / f"launch-{i}.log" for i in (1, 2)]
+    launches = []
+    for log in logs:
+        with open(log, "w") as out:
+            launches.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", LAUNCH_SCRIPT, serialize_value(instance.get_ref()), options],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    try:
+        codes = [launch.wait(timeout=600) for launch in launches]
+    finally:
+        for launch in launches:
+            if launch.poll() is None:
+                launch.kill()
+    assert codes == [0, 0], [log.read_text()[-2000:] for log in logs]
+    pairs = [str(pair_key(s.name, r)) for s, r in env.campaign.jobs]
+    sorted_partitions = [e.dagster_event.partition for e in _sorting_events(instance)]
+    assert sorted(sorted_partitions) == sorted(pairs), "each pair sorted exactly once"
+    runs = instance.get_runs(dg.RunsFilter(job_name="sorting_job"))
+    assert len(runs) == 4 and {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}  # two runs per pair
+    consoles = [plain_metadata(e)["console_out_uri"] for e in _sorting_events(instance)]
+    assert len(set(consoles)) == len(consoles)
+    labels = _workspace_labels(env)
+    assert len(labels) == len(set(labels)) == len(_labels_of(env.campaign.jobs))
+
+
 # ----------------------------------------------------- corrupted recordings
 
 

@@ -73,16 +73,23 @@ def code_fingerprint() -> str:
     return h.hexdigest()
 
 
+def host_folder(settings: ServiceSettings) -> Path:
+    """The private folder this user's host-wide sf-assets state lives in (created 0700)."""
+    base = Path(settings.base_dir or os.environ.get("SF_ASSETS_SERVICE_DIR") or f"/tmp/sf-assets-{os.getuid()}")
+    base.mkdir(mode=0o700, exist_ok=True)
+    _require_private(base)
+    return base
+
+
 def service_folder(settings: ServiceSettings) -> Path:
     """This code's and these settings' service folder (created private to this user)."""
-    base = Path(settings.base_dir or os.environ.get("SF_ASSETS_SERVICE_DIR") or f"/tmp/sf-assets-{os.getuid()}")
+    base = host_folder(settings)
     key = hashlib.sha1(
         f"{code_fingerprint()}:{settings.slots}:{settings.threads_per_sort}:{settings.idle_exit_s}".encode()
     ).hexdigest()[:12]
     folder = base / key
-    for path in (base, folder):
-        path.mkdir(mode=0o700, exist_ok=True)
-        _require_private(path)
+    folder.mkdir(mode=0o700, exist_ok=True)
+    _require_private(folder)
     return folder
 
 
