@@ -29,6 +29,7 @@ from sf_assets.assets.score_checks import (
 from sf_assets.assets.sortings import SORTING_KEY, sorting, sorting_comparison
 from sf_assets.assets.results_page import RESULTS_PAGE, collect_pair_results, write_results_page
 from sf_assets.core.campaign import Campaign
+from sf_assets.core.score_diff import SUMMARY_COLUMNS as SCORE_COLUMNS
 from sf_assets.core.records import SortingRecord, write_records
 from sf_assets.core.sorter_catalog import resolve_sorter
 from sf_assets.partitions import pair_key
@@ -88,19 +89,8 @@ def collect_comparisons(instance: dg.DagsterInstance, campaign: Campaign) -> tup
     return current, left_out
 
 
-SUMMARY_COLUMNS = [
-    "sorter",
-    "study_set",
-    "study",
-    "recordings",
-    "mean_accuracy",
-    "mean_precision",
-    "mean_recall",
-    "num_well_detected",
-    "num_true_units",
-    "num_errored",
-    "reproducible",
-]
+SUMMARY_COLUMNS = ["sorter", "study_set", "study", "recordings", *SCORE_COLUMNS, "reproducible"]
+"""The summary table's columns: a cell's identity, its scores (compared cell by cell), reproducibility."""
 
 
 def _reproducible(sorter_name: str) -> str:
