@@ -133,16 +133,10 @@ class RunHost:
         return {"known": True, "alive": alive, "exitcode": None if alive else hosted.process.exitcode}
 
     def active(self) -> bool:
-        """Is any run still executing here?  Forgets the runs that ended long enough ago."""
+        """Is any run still executing here?  (Ended runs are kept: run monitoring asks about them.)"""
         with self._lock:
-            runs = list(self._runs.items())
-        alive = False
-        for run_id, hosted in runs:
-            if hosted.process.is_alive():
-                alive = True
-            elif hosted.process.exitcode is not None:
-                hosted.process.join(0)
-        return alive
+            runs = list(self._runs.values())
+        return any(hosted.process.is_alive() for hosted in runs)
 
     def end_runs_whose_lease_ended(self) -> list[str]:
         """Terminate the runs whose launching command line is gone."""
