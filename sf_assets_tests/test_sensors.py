@@ -18,12 +18,12 @@ import pytest
 from dagster._core.execution.backfill import BulkActionStatus
 from dagster._core.scheduler.instigation import InstigatorType
 
-from sf_assets.assets.sortings import sorting_comparison
+from sf_assets.orchestration.assets.sortings import sorting_comparison
 from sf_assets.definitions import defs
-from sf_assets.partitions import RECORDINGS, SORTERS
-from sf_assets.resources import KacheryResource, SortingEngineResource, StudysetResource
-from sf_assets.sensors import BACKFILL_TAGS, STUDYSET_SENSOR, studyset_sensor
-from sf_assets_tests.automation_harness import deployment, submit_backfill, write_manifest
+from sf_assets.orchestration.partitions import RECORDINGS, SORTERS
+from sf_assets.orchestration.resources import KacheryResource, SortingEngineResource, StudysetResource
+from sf_assets.orchestration.sensors import BACKFILL_TAGS, STUDYSET_SENSOR, studyset_sensor
+from harness.automation import deployment, submit_backfill, write_manifest
 from sf_assets_tests.graph_harness import execute_partition_run, write_spec
 
 SORTER = "MountainSort5"
@@ -194,8 +194,8 @@ def test_an_unreadable_cursor_skips_with_advice(deployed):
 
 
 def test_a_new_sorting_requests_the_fan_ins_and_nothing_is_sorted_again(deployed, synthetic_studyset):
-    from sf_assets.launch import RunOptions
-    from sf_assets.settings import load_settings
+    from sf_assets.cli.launch import RunOptions
+    from sf_assets.core.settings import load_settings
 
     instance = deployed.instance
     settings = load_settings(
@@ -232,8 +232,8 @@ SUMMARY = dg.AssetKey("sorter_summary")
 
 
 def _run_options(deployed):
-    from sf_assets.launch import RunOptions
-    from sf_assets.settings import load_settings
+    from sf_assets.cli.launch import RunOptions
+    from sf_assets.core.settings import load_settings
 
     settings = load_settings(
         {"SF_ASSETS_HOME": str(deployed.root / "home"), "SF_ASSETS_KACHERY_DIR": deployed.kachery_dir}
