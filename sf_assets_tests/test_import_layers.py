@@ -173,6 +173,31 @@ def forbidden_imports(tree: Path, forbidden: tuple[str, ...]) -> list[str]:
     return sorted(f"{where} imports {imported}" for where, imported in problems.items())
 
 
+def unexplained_private_dagster_imports(tree: Path) -> list[str]:
+    """Imports of ``dagster._...`` without a comment saying that no public API does the job.
+
+    The comment stands on the import's line or above it, among the import
+    statements and comments that lead up to it.
+    """
+    problems: dict[str, str] = {}
+    for path in sorted(tree.rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for line, imported in imported_names(path, module_name(path, tree)):
+            if not imported.startswith("dagster._"):
+                continue
+            i = line - 1
+            explained = "no public" in lines[i].lower()
+            while not explained and i > 0:
+                i -= 1
+                text = lines[i].strip()
+                if not (text.startswith(("#", "import ", "from ")) or text == ""):
+                    break
+                explained = text.startswith("#") and "no public" in text.lower()
+            if not explained:
+                problems.setdefault(f"{path.relative_to(tree.parent)}:{line}", imported)
+    return sorted(f"{where} imports {imported}" for where, imported in problems.items())
+
+
 def test_the_package_has_no_import_cycle():
     graph = module_graph(PACKAGE)
     assert {"sf_assets.core.labels", "sf_assets.orchestration.assets.sortings", "sf_assets.cli.entry"} <= set(graph)
@@ -245,3 +270,21 @@ def test_the_import_rule_sees_lazy_imports_of_the_tests(tmp_path):
     (pkg / "__init__.py").write_text("")
     (pkg / "tool.py").write_text(f"def main():\n    from {TEST_PACKAGE}.webserver import serve\n")
     assert forbidden_imports(pkg, (TEST_PACKAGE,)) == [f"pkg/tool.py:2 imports {TEST_PACKAGE}.webserver"]
+
+
+def test_each_private_dagster_import_names_the_missing_public_api(tmp_path):
+    assert unexplained_private_dagster_imports(PACKAGE) == []
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "a.py").write_text(
+        "import dagster as dg\n"
+        "# No public API: the backfill filter.\n"
+        "from dagster._core.execution.backfill import BulkActionsFilter\n"
+        "\n\n"
+        "def f():\n"
+        "    from dagster._core.launcher import DefaultRunLauncher  # private, as dg.DefaultRunLauncher is public\n"
+        "    x = 1\n"
+        "    from dagster._cli.api import _execute_run_command_body  # no public API runs it in-process\n"
+    )
+    assert unexplained_private_dagster_imports(pkg) == ["pkg/a.py:7 imports dagster._core.launcher"]

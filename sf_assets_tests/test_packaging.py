@@ -22,7 +22,7 @@ from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
 # Imported by the tests (or the harness/ drivers they share with the benchmarks) only.
-TEST_ONLY = {"pytest", "playwright"}
+TEST_ONLY = {"pytest", "playwright", "ruff"}
 # Runtime dependencies that sf_assets does not import, and the file that shows their use.
 USED_WITHOUT_IMPORT = {
     "dagster-webserver": ("Makefile", "dagster dev"),  # the UI (`make ui`)

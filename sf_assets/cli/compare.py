@@ -17,6 +17,23 @@ EXIT_DIFFERENT = 1
 
 
 def compare_results(args: argparse.Namespace) -> int:
+    """Print every cell that differs between two records or summary files (``compare-results A B``).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``a`` and ``b``: paths or ``sha1://`` URIs of two files of one kind.
+
+    Returns
+    -------
+    int
+        0 when identical, 1 when they differ.
+
+    Raises
+    ------
+    RecordError
+        If the two files are not of one kind (or either is malformed).
+    """
     kind_a, cells_a = read_results(*read_source(args.a, None))
     kind_b, cells_b = read_results(*read_source(args.b, None))
     if kind_a != kind_b:

@@ -36,6 +36,22 @@ def ensure_studyset(store: KacheryStore, folder: Path, *, seed: int = 0) -> tupl
 
 
 def run_demo(*, workers: int = 2, seed: int = 0, out=sys.stdout) -> int:
+    """Generate the demo studyset once and run the whole graph on it, printing the sorter summary.
+
+    Parameters
+    ----------
+    workers : int
+        The demo's runs queued or running at once.
+    seed : int
+        Seed of the synthetic studyset (the same seed gives the same recordings).
+    out : TextIO
+        Where the progress and the summary table go.
+
+    Returns
+    -------
+    int
+        0 when every run succeeded, 1 otherwise.
+    """
     settings = load_settings()
     store = KacheryStore(settings.kachery_dir, local_only=settings.kachery_local_only)
     started = time.monotonic()

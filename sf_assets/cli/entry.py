@@ -50,6 +50,18 @@ def _add_check_config(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    """Run ``sf-assets demo`` on the configured Dagster instance.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``workercount`` and ``seed``.
+
+    Returns
+    -------
+    int
+        The demo's exit code.
+    """
     from sf_assets.cli.demo import run_demo as demo
 
     ensure_dagster_home()

@@ -14,8 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sf_assets.core.errors import SfAssetsError
-from sf_assets.core.settings import Settings
+from sf_assets.core.settings import Settings, env_flag
 from sf_assets.core.uris import is_kachery_uri
 
 if TYPE_CHECKING:
@@ -30,8 +29,6 @@ RUN_TIMEOUT_MARGIN_S = 120
 DAGSTER_LOG_LEVELS = ("CRITICAL", "INFO", "DEBUG")
 """Dagster's console log level for -v counts 0, 1, 2+ (runs' logs are always in the UI)."""
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"", "0", "false", "no", "off"}
 
 
 def _count(minimum: int) -> Callable[[str], int]:
@@ -199,15 +196,9 @@ def use_container(args: argparse.Namespace, environ: Mapping[str, str]) -> bool:
     if args.no_container:
         return False
     for name in USE_CONTAINER_ENV:
-        value = environ.get(name)
-        if value is None:
-            continue
-        word = value.strip().lower()
-        if word in _TRUE | _FALSE:
-            return word in _TRUE
-        raise SfAssetsError(
-            f"environment variable {name}={value!r}: expected one of 1, true, yes, on, 0, false, no, off"
-        )
+        flag = env_flag(environ, name)
+        if flag is not None:
+            return flag
     return False
 
 
@@ -252,4 +243,16 @@ def run_tags(args: argparse.Namespace) -> dict[str, str]:
 
 
 def dagster_log_level(args: argparse.Namespace) -> str:
+    """Dagster's console log level for the number of ``-v`` given (runs' logs are always in the UI).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``verbose``: how many ``-v``.
+
+    Returns
+    -------
+    str
+        ``CRITICAL``, ``INFO`` or ``DEBUG``.
+    """
     return DAGSTER_LOG_LEVELS[min(args.verbose, len(DAGSTER_LOG_LEVELS) - 1)]

@@ -130,6 +130,8 @@ RunOptions.__doc__ = _RunOptionsMethods.__doc__
 
 @dataclass
 class RunOutcome:
+    """How one run of the launch ended, for its progress line and the exit code."""
+
     job_name: str
     partition_key: str | None
     success: bool
@@ -140,6 +142,8 @@ class RunOutcome:
 
 @dataclass
 class CampaignOutcome:
+    """Every run a launch made, by kind, and the pairs it did not need to sort."""
+
     recordings: list[RunOutcome] = field(default_factory=list)
     sortings: list[RunOutcome] = field(default_factory=list)
     results: list[RunOutcome] = field(default_factory=list)
@@ -149,6 +153,7 @@ class CampaignOutcome:
 
     @property
     def failed_sortings(self) -> list[RunOutcome]:
+        """The sorting runs that failed: each makes the command exit 1."""
         return [o for o in self.sortings if not o.success]
 
 
@@ -180,6 +185,7 @@ class LaunchError(SfAssetsError):
 @contextlib.contextmanager
 def code_location(instance: dg.DagsterInstance):
     """The project's code location loaded in this process, as the webserver and daemon load it."""
+    # No public API loads a code location in-process (the daemon's own workspace context).
     from dagster._core.remote_origin import InProcessCodeLocationOrigin
     from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
     from dagster._core.workspace.context import WorkspaceProcessContext
@@ -212,13 +218,13 @@ def dequeuing(context, instance: dg.DagsterInstance, settings: EngineSettings):
     if queue_daemon_is_running(instance):
         yield
         return
-    # Private: Dagster's queue logic exists only as its daemon; running it here keeps the
+    # No public API: Dagster's queue logic exists only as its daemon; running it here keeps the
     # coordinator's concurrency limits (max_concurrent_runs, per-partition) exactly as configured.
     import fcntl
     import hashlib
 
+    from dagster import serialize_value
     from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
-    from dagster._serdes import serialize_value
 
     from sf_assets.engines.service_address import host_folder
 
@@ -259,6 +265,20 @@ class Submitter:
     tags: dict[str, str]
 
     def submit(self, job_name: str, partition_key: str | None = None) -> str:
+        """Submit one run through the GraphQL ``launchRun`` mutation, as the UI's Launch button does.
+
+        Parameters
+        ----------
+        job_name : str
+            The job to run.
+        partition_key : str or None
+            Its partition (a pair key ``recording|sorter`` is tagged with both dimensions).
+
+        Returns
+        -------
+        str
+            The run id.
+        """
         from dagster_graphql.cli import execute_query
 
         tags = dict(self.tags)
@@ -319,9 +339,27 @@ class RunTracker:
         self.runs: dict[str, _Tracked] = {}
 
     def add(self, run_id: str, job_name: str, partition_key: str | None) -> None:
+        """Follow a submitted run until it finishes.
+
+        Parameters
+        ----------
+        run_id : str
+            The run.
+        job_name : str
+            Its job, for its outcome.
+        partition_key : str or None
+            Its partition, for its outcome.
+        """
         self.runs[run_id] = _Tracked(job_name, partition_key)
 
     def finished(self) -> list[RunOutcome]:
+        """The followed runs that finished since the last look (each reported once).
+
+        Returns
+        -------
+        list[RunOutcome]
+            Their outcomes, with the error of each failed one.
+        """
         if not self.runs:
             return []
         records = self.instance.get_run_records(dg.RunsFilter(run_ids=list(self.runs)))
@@ -388,9 +426,7 @@ def launch_campaign(
     from sf_assets.stores.kachery import KacheryStore
     from sf_assets.orchestration.run_launcher import LEASE_TAG
 
-    from dagster._core.launcher import DefaultRunLauncher
-
-    if type(instance.run_launcher) is DefaultRunLauncher:
+    if type(instance.run_launcher) is dg.DefaultRunLauncher:
         # It launches only through a code server, which a command-line launch does not start.
         raise LaunchError(
             "the Dagster instance uses Dagster's default run launcher; sf-assets launches need the project's "
@@ -492,4 +528,16 @@ def _report_sorting(say: Callable[[str], None], done: RunOutcome, i: int, n: int
 
 
 def pair_labels(pairs: Iterable[tuple[SorterSpec, Recording]]) -> list[str]:
+    """The sorting labels of ``pairs``, for messages and the records file's order.
+
+    Parameters
+    ----------
+    pairs : Iterable[tuple[SorterSpec, Recording]]
+        (sorter, recording) pairs.
+
+    Returns
+    -------
+    list[str]
+        ``SORTER/STUDY/RECORDING`` labels, in the pairs' order.
+    """
     return [sorting_label(s.name, r.study_name, r.name) for s, r in pairs]

@@ -66,6 +66,13 @@ class LiveProgress:
             print(message, file=self.console.file, flush=True)
 
     def update(self, counts: CampaignCounts) -> None:
+        """Show the launch's counts after a look at its runs.
+
+        Parameters
+        ----------
+        counts : CampaignCounts
+            Recordings and sortings done, runs in flight, failures.
+        """
         self.progress.update(self._recordings, completed=counts.recordings_done, total=counts.recordings_total)
         note = f"{counts.in_flight} running or queued" + (f", {counts.failed} failed" if counts.failed else "")
         self.progress.update(
@@ -74,6 +81,13 @@ class LiveProgress:
 
 
 def print_line(message: str) -> None:
+    """Print one progress line at once (flushed: a pipe or a log file sees it as it happens).
+
+    Parameters
+    ----------
+    message : str
+        The line.
+    """
     print(message, flush=True)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sf_assets.core.atomic import replace_atomically
 from sf_assets.core.errors import RecordError
 from sf_assets.core.labels import sorting_label
 from sf_assets.core.records import SortingRecord, write_records
@@ -33,8 +34,16 @@ class RecordsFile:
         self.records: dict[str, SortingRecord] = {}
 
     def add(self, records: list[SortingRecord]) -> None:
-        """Keep ``records`` (by sorting label) and rewrite the file now: a launch killed after
-        a sort landed still leaves that sort's record (a kill -9 skips every later flush)."""
+        """Keep ``records`` (by sorting label) and rewrite the file now.
+
+        A launch killed after a sort landed still leaves that sort's record (a
+        kill -9 skips every later flush).
+
+        Parameters
+        ----------
+        records : list[SortingRecord]
+            Records that just landed; a later record of the same label replaces an earlier one.
+        """
         for record in records:
             self.records[sorting_label(record.sorter_name, record.study_name, record.recording_name)] = record
         self.flush()
@@ -46,7 +55,4 @@ class RecordsFile:
         if self.path == Path(os.devnull):
             write_records(self.path, records)
         else:
-            partial = self.path.with_name(f".{self.path.name}.partial")
-            partial.unlink(missing_ok=True)
-            write_records(partial, records)
-            os.replace(partial, self.path)
+            replace_atomically(self.path, lambda tmp: write_records(tmp, records))

@@ -93,25 +93,6 @@ def _load_campaign(args: argparse.Namespace, settings: Settings) -> Campaign:
 # -- reading results back -----------------------------------------------------------------
 
 
-def latest_record(instance, partition: str) -> SortingRecord | None:
-    """The record of a sorting partition's latest materialization or errored observation."""
-    import dagster as dg
-
-    from sf_assets.orchestration.assets.history import plain_metadata
-    from sf_assets.orchestration.assets.sortings import SORTING_KEY
-
-    records_filter = dg.AssetRecordsFilter(asset_key=SORTING_KEY, asset_partitions=[partition])
-    candidates = [
-        *instance.fetch_materializations(records_filter, limit=1).records,
-        *instance.fetch_observations(records_filter, limit=1).records,
-    ]
-    for candidate in sorted(candidates, key=lambda r: r.storage_id, reverse=True):
-        metadata = plain_metadata(candidate.event_log_entry)
-        if "record" in metadata:
-            return SortingRecord.from_json_dict(metadata["record"], where=f"sorting[{partition}]")
-    return None
-
-
 # -- running --------------------------------------------------------------------------------
 
 
@@ -127,6 +108,7 @@ def _launch(
 
     from sf_assets.cli.launch import launch_campaign
     from sf_assets.cli.progress import LiveProgress
+    from sf_assets.orchestration.assets.history import latest_sorting_record
 
     ensure_dagster_home()
     started = time.monotonic()
@@ -138,14 +120,14 @@ def _launch(
             )
 
         def planned(plan) -> None:
-            cached = [latest_record(instance, key) for key in plan.cached]
+            cached = [latest_sorting_record(instance, key) for key in plan.cached]
             if cached:
                 on_record([r for r in cached if r is not None])
 
         def landed(outcome) -> None:
             if args.verbose:
                 print_line(f"    run {outcome.run_id}")
-            record = latest_record(instance, outcome.partition_key)
+            record = latest_sorting_record(instance, outcome.partition_key)
             if record is not None:
                 on_record([record])
 
@@ -176,6 +158,18 @@ def _launch(
 
 
 def run_sortings(args: argparse.Namespace) -> int:
+    """``run-sortings``: sort every pair the spec assigns and write the records to ``-o`` as they land.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed flags.
+
+    Returns
+    -------
+    int
+        0 when every run succeeded, 1 when one failed.
+    """
     settings = load_settings()
     outfile = check_outfile(args.outfile)
     campaign = _load_campaign(args, settings)
@@ -224,6 +218,18 @@ def _report_sync(report: SyncReport, notes: list[str], verbose: int) -> None:
 
 
 def prepare_workspace(args: argparse.Namespace) -> int:
+    """``prepare-workspace``: add a records file's recordings, ground truths and sortings to a workspace.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed flags.
+
+    Returns
+    -------
+    int
+        0.
+    """
     settings = load_settings()
     source, records = _read_sortings(args, settings)
     entries, notes = entries_from_records(records)
@@ -284,6 +290,18 @@ def _observe_sync(source: str, uri: str, report: SyncReport, skipped: int) -> No
 
 
 def sort_sf_recordings(args: argparse.Namespace) -> int:
+    """``sort-sf-recordings``: sort the pairs the workspace lacks and add each result as it lands.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed flags.
+
+    Returns
+    -------
+    int
+        0 when every run succeeded, 1 when one failed.
+    """
     settings = load_settings()
     outfile = check_outfile(args.outfile) if args.outfile else None
     campaign = _load_campaign(args, settings)

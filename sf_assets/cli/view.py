@@ -13,6 +13,21 @@ import time
 
 
 def run_view(args: argparse.Namespace) -> int:
+    """``sf-assets view``: resolve, load and check a label, then serve it until interrupted.
+
+    Everything that can fail on bad input happens before the server starts, so
+    a bad label is one line and exit code 2, with nothing served.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``label``, ``port`` and ``workspace_uri``.
+
+    Returns
+    -------
+    int
+        0 once the server stops.
+    """
     import dagster as dg
 
     from sf_assets.cli.environment import ensure_dagster_home
@@ -46,6 +61,13 @@ def run_view(args: argparse.Namespace) -> int:
 
 
 def add_view_subcommand(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``view`` subcommand.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The command line's subcommands.
+    """
     parser = subparsers.add_parser(
         "view",
         help="open a sorting or a ground truth of the workspace in the browser",

@@ -1,0 +1,1 @@
+"""Pure logic at the bottom of the package: no Dagster, nothing from the layers above."""

@@ -1,20 +1,118 @@
-"""Files replaced whole: a reader sees the old content or the new, never half of either."""
+"""Files replaced whole: a reader sees the old content or the new, never half of either.
+
+Every file sf-assets rewrites in place (records, the results page, a worker's
+report, the sort service's key, a cached listing) goes through
+:func:`replace_atomically`: the content is written to a temporary file in the
+same folder, then renamed over the target, which is atomic on POSIX file
+systems.  The temporary name carries the process and thread ids, so two
+writers (two runs, two threads of one service) never share one, and it is
+removed whatever happens.
+"""
 from __future__ import annotations
 
+import json
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder, then rename it.
+def temporary_path(path: Path) -> Path:
+    """The temporary file beside ``path`` that this process and thread write before the rename.
 
-    The temporary name carries the process id, so two writers cannot
-    collide; the rename is atomic on POSIX file systems.
+    Parameters
+    ----------
+    path : Path
+        The file to be replaced.
+
+    Returns
+    -------
+    Path
+        A hidden name in the same folder (a rename across file systems is not atomic).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
+
+
+def replace_atomically(path: Path, write: Callable[[Path], None], *, durable: bool = False) -> None:
+    """Let ``write`` make the new file under a temporary name, then rename it over ``path``.
+
+    For writers that take a path themselves (pandas, :func:`~sf_assets.core.records.write_records`).
+
+    Parameters
+    ----------
+    path : Path
+        The file to replace (or create).
+    write : callable
+        Called with a temporary path that does not exist yet; it must create the file there.
+    durable : bool
+        Also flush the new file to disk before the rename, so that a power loss
+        leaves the old content or the whole new one (for files that are
+        written once and read for a long time).
+    """
+    path = Path(path)
+    tmp = temporary_path(path)
+    tmp.unlink(missing_ok=True)  # left by a killed writer of the same pid and thread id
     try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        write(tmp)
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: Path, data: bytes, *, mode: int = 0o666, durable: bool = False) -> None:
+    """Replace ``path`` with ``data`` whole (see :func:`replace_atomically`).
+
+    Parameters
+    ----------
+    path : Path
+        The file to replace (or create).
+    data : bytes
+        Its new content.
+    mode : int
+        Permission bits of the new file, before the umask (``0o600`` for a secret).
+    durable : bool
+        Flush to disk before the rename.
+    """
+
+    def write(tmp: Path) -> None:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+
+    replace_atomically(path, write, durable=durable)
+
+
+def write_text_atomic(path: Path, text: str, *, durable: bool = False) -> None:
+    """Replace ``path`` with ``text`` in UTF-8, whole.
+
+    Parameters
+    ----------
+    path : Path
+        The file to replace (or create).
+    text : str
+        Its new content.
+    durable : bool
+        Flush to disk before the rename.
+    """
+    write_bytes_atomic(path, text.encode("utf-8"), durable=durable)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Replace ``path`` with ``obj`` as JSON (keys sorted; dates and paths as strings), whole.
+
+    Workers, steps and services exchange their state through such files, and
+    a reader polling one must never parse half of it.
+
+    Parameters
+    ----------
+    path : Path
+        The file to replace (or create).
+    obj : Any
+        What to write; values JSON cannot hold are written as their ``str``.
+    """
+    write_text_atomic(path, json.dumps(obj, sort_keys=True, default=str))

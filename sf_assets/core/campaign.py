@@ -16,6 +16,12 @@ from sf_assets.core.spec import SorterSpec, Spec, sorting_jobs
 
 @dataclass(frozen=True)
 class Campaign:
+    """A manifest and a spec validated against each other, with the (sorter, recording) jobs they give.
+
+    Every launcher (command line, sensor, schedule, assets) asks the same object
+    which pairs exist, so a pair outside the spec is refused the same way everywhere.
+    """
+
     manifest: Manifest
     spec: Spec
     jobs: tuple[tuple[SorterSpec, Recording], ...] = field(init=False)
@@ -27,12 +33,46 @@ class Campaign:
         object.__setattr__(self, "_pairs", {(s.name, r.label) for s, r in self.jobs})
 
     def recording(self, label: str) -> Recording:
+        """The manifest's recording with this label.
+
+        Parameters
+        ----------
+        label : str
+            ``STUDY/RECORDING``.
+
+        Returns
+        -------
+        Recording
+            The recording.
+
+        Raises
+        ------
+        SpecError
+            If the manifest has no such recording.
+        """
         try:
             return self._recordings[label]
         except KeyError:
             raise SpecError(f"{self.manifest.source}: no recording labelled {label!r} in the manifest") from None
 
     def sorter(self, name: str) -> SorterSpec:
+        """The spec's sorter of this name.
+
+        Parameters
+        ----------
+        name : str
+            The sorter's name as the spec writes it.
+
+        Returns
+        -------
+        SorterSpec
+            Its spec entry.
+
+        Raises
+        ------
+        SpecError
+            If the spec does not list it (naming those it lists).
+        """
         try:
             return self._sorters[name]
         except KeyError:
@@ -41,6 +81,20 @@ class Campaign:
             ) from None
 
     def is_assigned(self, sorter_name: str, label: str) -> bool:
+        """Does the spec assign this recording to this sorter?
+
+        Parameters
+        ----------
+        sorter_name : str
+            The sorter.
+        label : str
+            The recording's ``STUDY/RECORDING`` label.
+
+        Returns
+        -------
+        bool
+            True when the pair is one of :attr:`jobs`.
+        """
         return (sorter_name, label) in self._pairs
 
     def require_assigned(self, sorter_name: str, label: str) -> tuple[SorterSpec, Recording]:
@@ -56,4 +110,5 @@ class Campaign:
         return sorter, recording
 
     def recordings(self) -> list[Recording]:
+        """Every recording of the manifest, in its order."""
         return list(self._recordings.values())

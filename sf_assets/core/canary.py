@@ -50,10 +50,14 @@ class CanaryDecision(str, enum.Enum):
 class CanaryPlan:
     """What the canary does for one recording.
 
-    Attributes:
-        decision: off, skipped or run.
-        window_s: seconds to sort from the start of the recording; None unless run.
-        reason: one sentence for logs and check metadata.
+    Attributes
+    ----------
+    decision : CanaryDecision
+        off, skipped or run.
+    window_s : float | None
+        seconds to sort from the start of the recording; None unless run.
+    reason : str
+        one sentence for logs and check metadata.
     """
 
     decision: CanaryDecision
@@ -68,8 +72,10 @@ def plan_canary(recording_duration_s: float, canary_first_n_s: float | None) -> 
     longer than the window is skipped: its canary would sort the whole
     recording, which is the full sort itself.
 
-    Raises:
-        ValueError: a negative window, or a duration that is not a positive finite number.
+    Raises
+    ------
+    ValueError
+        a negative window, or a duration that is not a positive finite number.
     """
     if canary_first_n_s is None or math.isnan(canary_first_n_s) or canary_first_n_s == 0:
         return CanaryPlan(CanaryDecision.OFF, None, "canary off (canary_first_n_s is None, 0 or NaN)")
@@ -110,13 +116,19 @@ _SI_INTERNAL = ("simple", "spykingcircus2", "tridesclous2", "lupin")
 class ErrorSignature:
     """One row of the error table.
 
-    Attributes:
-        sorters: spikeinterface sorter names it applies to, or ``("*",)`` for any.
-        pattern: searched anywhere in the error text (tracebacks, or the
-            ``error_trace`` of ``spikeinterface_log.json``, joined or not).
-        failure: the SortFailure subclass it means.
-        meaning: what happened, in words a user can act on.
-        seen: where it was observed: sorter, input, versions.
+    Attributes
+    ----------
+    sorters : tuple[str, ...]
+        spikeinterface sorter names it applies to, or ``("*",)`` for any.
+    pattern : re.Pattern[str]
+        searched anywhere in the error text (tracebacks, or the ``error_trace`` of
+        ``spikeinterface_log.json``, joined or not).
+    failure : type[SortFailure]
+        the SortFailure subclass it means.
+    meaning : str
+        what happened, in words a user can act on.
+    seen : str
+        where it was observed: sorter, input, versions.
     """
 
     sorters: tuple[str, ...]
@@ -126,6 +138,18 @@ class ErrorSignature:
     seen: str
 
     def applies_to(self, sorter_si_name: str) -> bool:
+        """Does this row apply to the sorter?
+
+        Parameters
+        ----------
+        sorter_si_name : str
+            The spikeinterface sorter name.
+
+        Returns
+        -------
+        bool
+            True for its own rows and the rows of any sorter.
+        """
         return ANY_SORTER in self.sorters or sorter_si_name in self.sorters
 
 
@@ -313,22 +337,30 @@ def _matched_line(error_text: str, match: re.Match[str]) -> str:
 def classify_sort_error(sorter_si_name: str, error_text: str) -> SortFailure | None:
     """The recognised failure behind a sort's error text, or None when unexpected.
 
-    Parameters:
-        sorter_si_name: the spikeinterface sorter name (``"mountainsort5"``),
-            which selects the sorter-specific rows of :data:`ERROR_SIGNATURES`.
-        error_text: everything known about the error: the exception as
-            ``traceback.format_exception`` prints it and/or the ``error_trace``
-            of ``<folder>/spikeinterface_log.json``.  ``str(SpikeSortingError)``
-            alone also works: it embeds the sorter's traceback.
+    Parameters
+    ----------
+    sorter_si_name : str
+        the spikeinterface sorter name (``"mountainsort5"``), which selects the sorter-specific rows of
+        :data:`ERROR_SIGNATURES`.
+    error_text : str
+        everything known about the error: the exception as ``traceback.format_exception`` prints it and/or the
+        ``error_trace`` of ``<folder>/spikeinterface_log.json``.  ``str(SpikeSortingError)`` alone also works:
+        it embeds the sorter's traceback.
 
-    Returns:
+    Returns
+    -------
+    SortFailure | None
         A SortFailure subclass instance whose message names the sorter, what
+    SortFailure | None
         happened and the matched line, with the matching row as its
+    SortFailure | None
         ``signature`` attribute; or None (the full sort proceeds).
 
-    Raises:
-        TypeError: ``error_text`` is not a string (an exception object is not
-            classified: KeyboardInterrupt and SystemExit must be re-raised).
+    Raises
+    ------
+    TypeError
+        ``error_text`` is not a string (an exception object is not classified: KeyboardInterrupt and
+        SystemExit must be re-raised).
     """
     if not isinstance(error_text, str):
         raise TypeError(f"error_text: expected the error's text (str), got {type(error_text).__name__}")

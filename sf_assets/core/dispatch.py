@@ -45,6 +45,7 @@ class Task:
 
     @property
     def is_recording(self) -> bool:
+        """A recording's task (no sorter): it goes to any idle slot."""
         return self.sorter is None
 
 
@@ -73,6 +74,13 @@ class AffinityQueue:
     times: dict[str, SorterTimes] = field(default_factory=dict)
 
     def add(self, task: Task) -> None:
+        """Queue a task; :meth:`take` decides which slot runs it.
+
+        Parameters
+        ----------
+        task : Task
+            The task.
+        """
         self.ready.append(task)
 
     def __len__(self) -> int:

@@ -19,6 +19,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class LauncherIdentity:
+    """One process, told apart from a later process that reuses its pid: host, pid and start time.
+
+    A command line's runs carry it as their lease; the sort service ends them
+    when this process is gone.
+    """
+
     host: str
     pid: int
     start_ticks: int
@@ -53,5 +59,12 @@ def process_start_ticks(pid: int) -> int | None:
 
 
 def this_process() -> LauncherIdentity:
+    """The identity of the calling process.
+
+    Returns
+    -------
+    LauncherIdentity
+        This host, pid and the kernel's start time of the process (0 where unknown).
+    """
     pid = os.getpid()
     return LauncherIdentity(socket.gethostname(), pid, process_start_ticks(pid) or 0)

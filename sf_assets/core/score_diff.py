@@ -73,9 +73,17 @@ class CellScore:
 
     @property
     def key(self) -> tuple[str, str, str]:
+        """The cell's place in the table: (sorter, study set, study)."""
         return (self.sorter, self.study_set, self.study)
 
     def to_json_dict(self) -> dict[str, Any]:
+        """The cell as stored in the summary's metadata.
+
+        Returns
+        -------
+        dict
+            Plain JSON values; :meth:`from_json_dict` reads it back.
+        """
         return {
             "sorter": self.sorter,
             "study_set": self.study_set,
@@ -87,6 +95,18 @@ class CellScore:
 
     @classmethod
     def from_json_dict(cls, d: dict[str, Any]) -> CellScore:
+        """A cell stored by :meth:`to_json_dict`.
+
+        Parameters
+        ----------
+        d : dict
+            The stored cell.
+
+        Returns
+        -------
+        CellScore
+            The cell.
+        """
         return cls(d["sorter"], d["study_set"], d["study"], d.get("mean_accuracy"), d["inputs"], d["versions"])
 
 
@@ -169,6 +189,13 @@ class FileDifference:
     b: Any
 
     def describe(self) -> str:
+        """The difference in one line, as ``compare-results`` prints it.
+
+        Returns
+        -------
+        str
+            ``CELL: FIELD A -> B`` (with the change for numbers), or ``CELL: only in A``.
+        """
         if self.field == ONLY_IN:
             return f"{self.cell}: only in {self.a}"
         if isinstance(self.a, float) and isinstance(self.b, float):

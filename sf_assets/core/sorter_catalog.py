@@ -56,26 +56,37 @@ GPU_NONE, GPU_OPTIONAL, GPU_REQUIRED = "none", "optional", "required"
 class SorterEntry:
     """One sorter.
 
-    Attributes:
-        name: the canonical SpikeForest-style name; labels and partition keys use it.
-        si_name: the spikeinterface sorter name passed to ``run_sorter``.
-        aliases: other spellings accepted in specs (historical SpikeForest files).
-        runs_locally: True when pip packages alone let it sort on a CPU machine
-            (possibly after installing ``pip_extra``); False: container only.
-        container_image: the image spikeinterface 0.105.3 pulls for it
-            (``SORTER_DOCKER_MAP``), None where spikeinterface has none.
-        note: why it runs where it runs, in one or two sentences.
-        has_wrapper: False when spikeinterface can no longer run it at all.
-        pip_extra: the sf-assets optional extra that installs its packages.
-        gpu: ``"none"``, ``"optional"`` or ``"required"`` (an NVIDIA GPU).
-        seed_params: the names of its random-seed parameters in spikeinterface
-            0.105.3's defaults (``get_default_sorter_params``); each is pinned to
-            :data:`PROJECT_SEED` unless the spec sets it.
-        package: the Python distribution that holds the sorter's code, whose
-            version each record carries (None: a compiled MATLAB sorter in its image).
-        deterministic: measured (docs/sorters.md): True when two sorts of the
-            same recording with the pinned seeds and one thread give identical
-            spike trains, False when they do not, None when not measured here.
+    Attributes
+    ----------
+    name : str
+        the canonical SpikeForest-style name; labels and partition keys use it.
+    si_name : str
+        the spikeinterface sorter name passed to ``run_sorter``.
+    aliases : tuple[str, ...]
+        other spellings accepted in specs (historical SpikeForest files).
+    runs_locally : bool
+        True when pip packages alone let it sort on a CPU machine (possibly after installing ``pip_extra``);
+        False: container only.
+    container_image : str | None
+        the image spikeinterface 0.105.3 pulls for it (``SORTER_DOCKER_MAP``), None where spikeinterface has
+        none.
+    note : str
+        why it runs where it runs, in one or two sentences.
+    has_wrapper : bool
+        False when spikeinterface can no longer run it at all.
+    pip_extra : str | None
+        the sf-assets optional extra that installs its packages.
+    gpu : str
+        ``"none"``, ``"optional"`` or ``"required"`` (an NVIDIA GPU).
+    seed_params : tuple[str, ...]
+        the names of its random-seed parameters in spikeinterface 0.105.3's defaults
+        (``get_default_sorter_params``); each is pinned to :data:`PROJECT_SEED` unless the spec sets it.
+    package : str | None
+        the Python distribution that holds the sorter's code, whose version each record carries (None: a
+        compiled MATLAB sorter in its image).
+    deterministic : bool | None
+        measured (docs/sorters.md): True when two sorts of the same recording with the pinned seeds and one
+        thread give identical spike trains, False when they do not, None when not measured here.
     """
 
     name: str
@@ -216,9 +227,11 @@ def known_sorter_names() -> list[str]:
 def resolve_sorter(name: str, where: str = "") -> SorterEntry:
     """The catalog entry for a sorter name or alias (case-sensitive).
 
-    Raises:
-        UnknownSorterError: the name is not in the catalog; the message lists
-            the known names and points out a name that differs only in case.
+    Raises
+    ------
+    UnknownSorterError
+        the name is not in the catalog; the message lists the known names and points out a name that differs
+        only in case.
     """
     entry = _INDEX.get(name) if isinstance(name, str) else None
     if entry is not None:
@@ -259,12 +272,13 @@ LOCAL, CONTAINER_ONLY, CANNOT_RUN = "local", "container only", "cannot run here"
 class Availability:
     """Where a sorter can run from this environment, and why.
 
-    Attributes:
-        status: :data:`LOCAL` (its packages are installed here),
-            :data:`CONTAINER_ONLY` (it runs in its spikeinterface image, given
-            a container runtime) or :data:`CANNOT_RUN` (no wrapper, or no
-            package here and no image).
-        reason: one sentence for people.
+    Attributes
+    ----------
+    status : str
+        :data:`LOCAL` (its packages are installed here), :data:`CONTAINER_ONLY` (it runs in its spikeinterface
+        image, given a container runtime) or :data:`CANNOT_RUN` (no wrapper, or no package here and no image).
+    reason : str
+        one sentence for people.
     """
 
     status: str
@@ -293,13 +307,18 @@ def availability(entry: SorterEntry) -> Availability:
 def require_runnable(entry: SorterEntry, *, in_container: bool) -> None:
     """Refuse, before any work starts, a sort that cannot run the way asked.
 
-    Parameters:
-        entry: the sorter.
-        in_container: True for a docker/singularity run, False for a local one.
+    Parameters
+    ----------
+    entry : SorterEntry
+        the sorter.
+    in_container : bool
+        True for a docker/singularity run, False for a local one.
 
-    Raises:
-        EnvironmentSortFailure: the sorter has no spikeinterface wrapper, or
-            has no image (container run), or runs only in a container (local run).
+    Raises
+    ------
+    EnvironmentSortFailure
+        the sorter has no spikeinterface wrapper, or has no image (container run), or runs only in a container
+        (local run).
     """
     if not entry.has_wrapper:
         raise EnvironmentSortFailure(_no_wrapper_message(entry))
@@ -330,8 +349,10 @@ def default_params(entry: SorterEntry) -> dict:
     from the kilosort package itself: without it spikeinterface returns only its
     job parameters (and warns).
 
-    Raises:
-        EnvironmentSortFailure: the sorter has no spikeinterface wrapper.
+    Raises
+    ------
+    EnvironmentSortFailure
+        the sorter has no spikeinterface wrapper.
     """
     if not entry.has_wrapper:
         raise EnvironmentSortFailure(_no_wrapper_message(entry))
@@ -358,15 +379,22 @@ def merge_params(entry: SorterEntry, params: dict, where: str, *, strict: bool =
     wrapper has no defaults: its params are returned as given (its pairs end as
     errored records), unless ``strict``.
 
-    Parameters:
-        entry: the sorter.
-        params: the spec's parameters for it.
-        where: the file and key path of ``params``, for error messages.
-        strict: refuse a sorter that cannot run here (:func:`availability`).
+    Parameters
+    ----------
+    entry : SorterEntry
+        the sorter.
+    params : dict
+        the spec's parameters for it.
+    where : str
+        the file and key path of ``params``, for error messages.
+    strict : bool
+        refuse a sorter that cannot run here (:func:`availability`).
 
-    Raises:
-        SpecError: ``params`` is not a mapping, names parameters the sorter does
-            not have, or (``strict``) the sorter cannot run here.
+    Raises
+    ------
+    SpecError
+        ``params`` is not a mapping, names parameters the sorter does not have, or (``strict``) the sorter
+        cannot run here.
     """
     if strict and (here := availability(entry)).status == CANNOT_RUN:
         raise SpecError(
@@ -481,13 +509,19 @@ def check_param_values(entry: SorterEntry, params: dict, where: str) -> None:
     package, a sorter without a wrapper).  Every value is at most :data:`MAX_PARAM_VALUE_BYTES` as JSON,
     the whole mapping at most :data:`MAX_PARAMS_BYTES`.
 
-    Parameters:
-        entry: the sorter.
-        params: the spec's parameters for it (already known to be JSON values).
-        where: the file and key path of ``params``, e.g. ``spec.yaml: spike-sorters[0].params``.
+    Parameters
+    ----------
+    entry : SorterEntry
+        the sorter.
+    params : dict
+        the spec's parameters for it (already known to be JSON values).
+    where : str
+        the file and key path of ``params``, e.g. ``spec.yaml: spike-sorters[0].params``.
 
-    Raises:
-        SpecError: naming ``where``, the parameter, what was given and what was expected.
+    Raises
+    ------
+    SpecError
+        naming ``where``, the parameter, what was given and what was expected.
     """
     for name, value in params.items():
         size = _json_size(value)
@@ -547,11 +581,16 @@ def runs_here(entry: SorterEntry, timeout_s: float = 300.0) -> tuple[bool, str]:
     mountainsort5, 20-50 s for spykingcircus2 and tridesclous2 (numba
     compilation in every fresh process).
 
-    Parameters:
-        entry: the sorter.
-        timeout_s: wall-clock limit for the child process, seconds.
+    Parameters
+    ----------
+    entry : SorterEntry
+        the sorter.
+    timeout_s : float
+        wall-clock limit for the child process, seconds.
 
-    Returns:
+    Returns
+    -------
+    tuple[bool, str]
         (True, what the test sort found) or (False, why not).
     """
     if not entry.has_wrapper:

@@ -1,0 +1,1 @@
+"""How a sort runs: workers, the sort service, the run host, local, container and Slurm engines."""

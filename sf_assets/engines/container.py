@@ -29,15 +29,22 @@ def _require_known_engine(engine: str) -> None:
 def container_run_sorter_kwargs(image: str | None, engine: str) -> dict[str, str]:
     """The keyword that makes spikeinterface's ``run_sorter`` sort inside ``image``.
 
-    Parameters:
-        image: the sorter's image (from the sorter catalog); None: sort here, no container.
-        engine: ``"docker"`` or ``"singularity"``.
+    Parameters
+    ----------
+    image : str | None
+        the sorter's image (from the sorter catalog); None: sort here, no container.
+    engine : str
+        ``"docker"`` or ``"singularity"``.
 
-    Returns:
+    Returns
+    -------
+    dict[str, str]
         ``{}`` without an image, else ``{"docker_image": image}`` or ``{"singularity_image": image}``.
 
-    Raises:
-        EnvironmentSortFailure: ``engine`` is neither docker nor singularity.
+    Raises
+    ------
+    EnvironmentSortFailure
+        ``engine`` is neither docker nor singularity.
     """
     if not image:
         return {}

@@ -31,16 +31,20 @@ class EngineSettings:
 
     Attributes
     ----------
-    reuse_workers: local sorts go to the host's sort service and its warm
-        workers (see :mod:`sf_assets.engines.sort_service`); False: a fresh
-        worker process per sort.
-    threads_per_sort: OpenMP/BLAS/numba threads of each local sort, fixed and
-        recorded, so a score does not depend on how many sorts ran beside it.
-    service_slots: local sorts at once on this host (0: its cores divided by
-        ``threads_per_sort``).
-    service_idle_exit_s: the sort service exits after this long unused.
-    service_dir: where the service's private folder is made ("" : /tmp/sf-assets-UID).
-    job_cache: the job cache's name; sortings made under another name are not hits.
+    reuse_workers : bool
+        local sorts go to the host's sort service and its warm workers (see
+        :mod:`sf_assets.engines.sort_service`); False: a fresh worker process per sort.
+    threads_per_sort : int
+        OpenMP/BLAS/numba threads of each local sort, fixed and recorded, so a score does not depend on how
+        many sorts ran beside it.
+    service_slots : int
+        local sorts at once on this host (0: its cores divided by ``threads_per_sort``).
+    service_idle_exit_s : float
+        the sort service exits after this long unused.
+    service_dir : str
+        where the service's private folder is made ("" : /tmp/sf-assets-UID).
+    job_cache : str
+        the job cache's name; sortings made under another name are not hits.
     """
 
     work_root: str
@@ -58,10 +62,12 @@ class EngineSettings:
 
     @property
     def timeout_s(self) -> float | None:
+        """The sort's timeout in seconds, or None for none (``timeout_min`` 0 or less)."""
         return self.timeout_min * 60.0 if self.timeout_min and self.timeout_min > 0 else None
 
     @property
     def kind(self) -> str:
+        """Where sorts run: ``local``, ``container`` or ``slurm`` (recorded with each sort)."""
         return "slurm" if self.slurm else ("container" if self.use_container else "local")
 
     @property
@@ -70,6 +76,14 @@ class EngineSettings:
         return self.reuse_workers and self.slurm is None and not self.use_container
 
     def service(self) -> ServiceSettings:
+        """The settings of the host's sort service these engine settings ask for.
+
+        Returns
+        -------
+        ServiceSettings
+            Slots (``service_slots``, or the cores divided by ``threads_per_sort``),
+            threads per sort, idle exit and folder.
+        """
         slots = self.service_slots or max(1, (os.cpu_count() or 1) // max(1, self.threads_per_sort))
         return ServiceSettings(
             slots=slots,

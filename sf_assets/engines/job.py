@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,20 +34,31 @@ class SortJob:
 
     Attributes
     ----------
-    sorter_name: catalog name as written in the spec (e.g. ``MountainSort5``).
-    si_sorter_name: spikeinterface's name (e.g. ``mountainsort5``).
-    params: sorter parameters as given in the spec (spikeinterface merges its
-        defaults; names were validated against them already).
-    recording_uri: kachery URI of the SpikeForest recording object.
-    label: the sorting label ``SORTER/STUDY/RECORDING`` (names stored objects).
-    kachery_dir: root of the kachery store the worker reads and writes.
-    work_dir: folder owned by this sort attempt alone (see engines.work_dirs).
-    canary_first_n_s: canary window in seconds (None, 0 or NaN: no canary).
-    container_image: run the sorter in this image (None: in this environment).
-    container_engine: ``docker`` or ``singularity`` when an image is given.
-    kachery_local_only: False when kachery-cloud client keys are configured.
-    threads: the thread count the sort's numerical libraries get (None: the
-        one its worker was started with, see
+    sorter_name : str
+        catalog name as written in the spec (e.g. ``MountainSort5``).
+    si_sorter_name : str
+        spikeinterface's name (e.g. ``mountainsort5``).
+    params : dict[str, Any]
+        sorter parameters as given in the spec (spikeinterface merges its defaults; names were validated
+        against them already).
+    recording_uri : str
+        kachery URI of the SpikeForest recording object.
+    label : str
+        the sorting label ``SORTER/STUDY/RECORDING`` (names stored objects).
+    kachery_dir : str
+        root of the kachery store the worker reads and writes.
+    work_dir : str
+        folder owned by this sort attempt alone (see engines.work_dirs).
+    canary_first_n_s : float | None
+        canary window in seconds (None, 0 or NaN: no canary).
+    container_image : str | None
+        run the sorter in this image (None: in this environment).
+    container_engine : str
+        ``docker`` or ``singularity`` when an image is given.
+    kachery_local_only : bool
+        False when kachery-cloud client keys are configured.
+    threads : int | None
+        the thread count the sort's numerical libraries get (None: the one its worker was started with, see
         :func:`sf_assets.engines.provenance.thread_count`).
     """
 
@@ -66,10 +76,29 @@ class SortJob:
     threads: int | None = None
 
     def to_json(self) -> str:
+        """The job as the worker reads it from its work folder.
+
+        Returns
+        -------
+        str
+            JSON with sorted keys, so one job always gives the same bytes.
+        """
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "SortJob":
+        """A job written by :meth:`to_json`.
+
+        Parameters
+        ----------
+        text : str
+            The JSON.
+
+        Returns
+        -------
+        SortJob
+            The job.
+        """
         return cls(**json.loads(text))
 
 
@@ -93,6 +122,7 @@ class CanaryReport:
 
     @property
     def blocks_full_sort(self) -> bool:
+        """Does the canary's verdict stop the full sort? Only a classified failure does."""
         return self.status == "failed"
 
 
@@ -116,14 +146,19 @@ class SortReport:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON so a reader never sees a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
 def read_json_if_present(path: Path) -> Any | None:
+    """Read a JSON file another process may not have written yet.
+
+    Parameters
+    ----------
+    path : Path
+        The file.
+
+    Returns
+    -------
+    Any or None
+        Its content, or None when it does not exist (yet).
+    """
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:

@@ -52,10 +52,12 @@ def execute_run(run_id: str, instance_ref_json: str, environ: dict[str, str], cw
     # Preloaded under the fork server's environment: load it again under the run's.
     sys.modules.pop(DEFINITIONS_MODULE, None)
 
-    from dagster import DagsterInstance
-    from dagster._cli.api import _execute_run_command_body  # no public API executes a launched run in-process
+    from dagster import DagsterInstance, deserialize_value
+
+    # No public API executes a launched run in-process, names an instance's serialized
+    # reference, or turns SIGINT into Dagster's interrupt as its run worker does.
+    from dagster._cli.api import _execute_run_command_body
     from dagster._core.instance.ref import InstanceRef
-    from dagster._serdes import deserialize_value
     from dagster._utils.interrupts import capture_interrupts
 
     with capture_interrupts():
@@ -71,6 +73,8 @@ def execute_run(run_id: str, instance_ref_json: str, environ: dict[str, str], cw
 
 @dataclass
 class HostedRun:
+    """A run executing in a forked process, with the lease that ends it when its launcher dies."""
+
     process: multiprocessing.process.BaseProcess
     lease: LauncherIdentity | None
     terminating: bool = False
@@ -125,6 +129,18 @@ class RunHost:
             hosted.process.join(5.0)
 
     def run_status(self, run_id: str) -> dict:
+        """What the run monitor needs to know about a run.
+
+        Parameters
+        ----------
+        run_id : str
+            The run.
+
+        Returns
+        -------
+        dict
+            ``known`` (this host started it), ``alive``, and the ``exitcode`` once ended.
+        """
         with self._lock:
             hosted = self._runs.get(run_id)
         if hosted is None:
@@ -133,7 +149,10 @@ class RunHost:
         return {"known": True, "alive": alive, "exitcode": None if alive else hosted.process.exitcode}
 
     def active(self) -> bool:
-        """Is any run still executing here?  (Ended runs are kept: run monitoring asks about them.)"""
+        """Is any run still executing here?
+
+        Ended runs are kept: run monitoring asks about them.
+        """
         with self._lock:
             runs = list(self._runs.values())
         return any(hosted.process.is_alive() for hosted in runs)

@@ -41,14 +41,16 @@ class ServiceSettings:
 
     Attributes
     ----------
-    slots: sorts that may run at once on this host (each in its own warm worker).
-    threads_per_sort: OpenMP/BLAS/numba threads of each sort, fixed so that a
-        sort's result does not depend on how many others run beside it.
-    idle_exit_s: the service exits after this many seconds with no sort, run
-        or client.
-    base_dir: the folder under which the service's own folder is made; "" is
-        ``$SF_ASSETS_SERVICE_DIR``, or ``/tmp/sf-assets-UID`` (short: a Unix
-        socket's path has at most 107 bytes).
+    slots : int
+        sorts that may run at once on this host (each in its own warm worker).
+    threads_per_sort : int
+        OpenMP/BLAS/numba threads of each sort, fixed so that a sort's result does not depend on how many
+        others run beside it.
+    idle_exit_s : float
+        the service exits after this many seconds with no sort, run or client.
+    base_dir : str
+        the folder under which the service's own folder is made; "" is ``$SF_ASSETS_SERVICE_DIR``, or
+        ``/tmp/sf-assets-UID`` (short: a Unix socket's path has at most 107 bytes).
     """
 
     slots: int = 2

@@ -75,6 +75,25 @@ def step_name(job: SortJob) -> str:
 
 
 def step_wrapper_command(python: str, work_dir: str | Path, worker: Sequence[str]) -> list[str]:
+    """The command a Slurm step runs: the step wrapper around the worker.
+
+    The wrapper (:mod:`sf_assets.engines.slurm_step`) records the step's node
+    and pid and reaps the worker on the node, so the submit host can stop it.
+
+    Parameters
+    ----------
+    python : str
+        The interpreter on the nodes.
+    work_dir : str or Path
+        The sort's work folder (shared with the nodes).
+    worker : Sequence[str]
+        The worker's argv.
+
+    Returns
+    -------
+    list[str]
+        The step's argv.
+    """
     return [python, "-m", "sf_assets.engines.slurm_step", str(work_dir), "--", *worker]
 
 
@@ -89,12 +108,17 @@ def srun_command(
 
     Parameters
     ----------
-    worker: the worker's argv; its first item (the Python interpreter, on
-        the shared filesystem) also runs the node-side wrapper.
-    slurm: :class:`~sf_assets.engines.engine.SlurmSettings`.
-    job: the sort (its work folder and label).
-    timeout_s: the run's timeout; becomes ``--time`` in minutes, rounded up.
-    placement: the allocation step to run in; None: a job of its own.
+    worker : Sequence[str]
+        the worker's argv; its first item (the Python interpreter, on the shared filesystem) also runs the
+        node-side wrapper.
+    slurm : SlurmSettings
+        :class:`~sf_assets.engines.engine.SlurmSettings`.
+    job : SortJob
+        the sort (its work folder and label).
+    timeout_s : float | None
+        the run's timeout; becomes ``--time`` in minutes, rounded up.
+    placement : StepPlacement | None
+        the allocation step to run in; None: a job of its own.
     """
     command = ["srun", f"--job-name={step_name(job)}", "--ntasks=1", "--nodes=1", "--quiet"]
     if placement is None:

@@ -48,10 +48,12 @@ class StepPlacement:
 
     Attributes
     ----------
-    job_id: the allocation (salloc job id) the step runs in.
-    cpus_per_step: the allocation's CPUs divided by the jobs per allocation.
-    memory_mb_per_step: the same share of its memory, or None when Slurm does
-        not track memory there.
+    job_id : str
+        the allocation (salloc job id) the step runs in.
+    cpus_per_step : int
+        the allocation's CPUs divided by the jobs per allocation.
+    memory_mb_per_step : int | None
+        the same share of its memory, or None when Slurm does not track memory there.
     """
 
     job_id: str
@@ -135,11 +137,14 @@ def slurm_allocations(
 
     Parameters
     ----------
-    slurm: :class:`~sf_assets.engines.slurm_settings.SlurmSettings` (partition,
-        shared nodes, jobs per allocation, allocation count, GPUs per node).
-    time_limit_min: the allocations' ``--time`` (the whole campaign's wall
-        time, not one sort's); None: the partition's default.
-    env: environment of the Slurm commands (None: this process's).
+    slurm : SlurmSettings
+        :class:`~sf_assets.engines.slurm_settings.SlurmSettings` (partition, shared nodes, jobs per
+        allocation, allocation count, GPUs per node).
+    time_limit_min : int | None
+        the allocations' ``--time`` (the whole campaign's wall time, not one sort's); None: the partition's
+        default.
+    env : Mapping[str, str] | None
+        environment of the Slurm commands (None: this process's).
 
     Yields
     ------

@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from sf_assets.core.errors import SfAssetsError
+from sf_assets.core.settings import EXPECTED_BOOL_WORDS, bool_word
 
 SLURM_ENV = "SF_ASSETS_SLURM"
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 # key in the variable -> (the sorting_engine resource's field, its type, the least number it takes)
 KEYS: dict[str, tuple[str, type, float]] = {
     "partition": ("slurm_partition", str, 0),
@@ -43,10 +43,11 @@ def slurm_resource_config(env: Mapping[str, str]) -> dict[str, Any]:
         key or a value of the wrong type.
     """
     text = (env.get(SLURM_ENV) or "").strip()
-    if text.lower() in _FALSE | {""}:
+    switch = bool_word(text)
+    if not text or switch is False:
         return {}
     config: dict[str, Any] = {"use_slurm": True}
-    if text.lower() in _TRUE:
+    if switch:
         return config
     for item in (part.strip() for part in text.split(",")):
         if not item:
@@ -65,13 +66,13 @@ def slurm_resource_config(env: Mapping[str, str]) -> dict[str, Any]:
 def _parsed(key: str, value: str, kind: type, least: float, text: str) -> Any:
     if kind is str:
         return value
-    if kind is bool and value.lower() in _TRUE | _FALSE:
-        return value.lower() in _TRUE
+    if kind is bool and bool_word(value) is not None:
+        return bool_word(value)
     try:
         number = kind(value)
     except ValueError:
         number = None
     if kind is not bool and number is not None and number >= least:
         return number
-    expected = "one of 1, true, yes, on, 0, false, no, off" if kind is bool else f"{kind.__name__} >= {least:g}"
+    expected = EXPECTED_BOOL_WORDS if kind is bool else f"{kind.__name__} >= {least:g}"
     raise SfAssetsError(f"environment variable {SLURM_ENV}={text!r}: {key}={value!r}, expected {expected}")

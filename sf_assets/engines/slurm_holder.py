@@ -44,11 +44,25 @@ class IdleClock:
         self._seen: dict[str, float] = {}
 
     def look(self, times: dict[str, float]) -> None:
+        """Note the claims' modification times; any change means a sort used the allocation.
+
+        Parameters
+        ----------
+        times : dict[str, float]
+            Claim file name -> modification time.
+        """
         if any(self._seen.get(name) != mtime for name, mtime in times.items()):
             self.last_busy = time.monotonic()
         self._seen = times
 
     def idle_for(self) -> float:
+        """How long no sort has used the allocation.
+
+        Returns
+        -------
+        float
+            Seconds since a claim last changed.
+        """
         return time.monotonic() - self.last_busy
 
 
@@ -71,6 +85,18 @@ def hold(pool_dir: Path, job_id: str, idle_s: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m sf_assets.engines.slurm_holder POOL_DIR IDLE_S``: the batch script of one allocation.
+
+    Parameters
+    ----------
+    argv : list[str] or None
+        The arguments (None: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 once the allocation has been idle for ``IDLE_S``; 2 for bad usage.
+    """
     argv = sys.argv[1:] if argv is None else argv
     job_id = os.environ.get("SLURM_JOB_ID")
     if len(argv) != 2 or not job_id:

@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sf_assets.core.atomic import write_text_atomic
 from sf_assets.core.errors import EnvironmentSortFailure
 from sf_assets.core.launcher_identity import LauncherIdentity, this_process
 from sf_assets.engines.slurm_allocations import cancel_jobs, node_options, require_slurm_clients
@@ -119,6 +120,24 @@ class Pool:
     def for_settings(
         cls, work_root: str | Path, slurm: SlurmSettings, timeout_min: float, env: Mapping[str, str]
     ) -> "Pool":
+        """The pool for these settings: one per allocation shape, shared by every launcher that asks for it.
+
+        Parameters
+        ----------
+        work_root : str or Path
+            The sort work folder (the pool lives under it).
+        slurm : SlurmSettings
+            The allocation shape.
+        timeout_min : float
+            The sorts' timeout, which sets the allocations' walltime when it is not given.
+        env : Mapping[str, str]
+            The Slurm clients' environment (its ``SLURM_CONF`` names the cluster).
+
+        Returns
+        -------
+        Pool
+            The pool.
+        """
         time_limit = allocation_time_min(slurm, timeout_min)
         root = Path(work_root).resolve() / POOL_FOLDER
         shape = {
@@ -142,10 +161,12 @@ class Pool:
 
     @property
     def job_name(self) -> str:
+        """The Slurm job name of this pool's allocations (``squeue --name`` finds them)."""
         return JOB_NAME_PREFIX + self.key
 
     @property
     def slots(self) -> int:
+        """Sorts at once in one allocation."""
         return max(1, int(self.slurm.jobs_per_allocation))
 
     def sbatch_command(self) -> list[str]:
@@ -203,15 +224,32 @@ class Pool:
             if len(parts) == 3:
                 listed[parts[0]] = (parts[1], parse_time_left(parts[2]))
         # Atomic, and safe for threads of one process placing sorts at once.
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(listed))
-        os.replace(tmp, cache)
+        write_text_atomic(cache, json.dumps(listed))
         return listed
 
     def is_closing(self, job_id: str) -> bool:
+        """Is this allocation ending (its holder saw it idle)? No new sort may claim it.
+
+        Parameters
+        ----------
+        job_id : str
+            The allocation.
+
+        Returns
+        -------
+        bool
+            True once marked by :meth:`mark_closing`.
+        """
         return (self.root / CLOSING / job_id).exists()
 
     def mark_closing(self, job_id: str) -> None:
+        """Mark the allocation as ending, so that no new sort claims it.
+
+        Parameters
+        ----------
+        job_id : str
+            The allocation.
+        """
         (self.root / CLOSING / job_id).write_text(str(time.time()))
 
     def claims(self) -> dict[str, list[Path]]:
@@ -264,6 +302,7 @@ class Slot:
         return f"{self.job_id}-{self.index}"
 
     def release(self) -> None:
+        """Give the slot back: stop touching its claim and remove it."""
         HEARTBEAT.stop(self.claim)
         self.claim.unlink(missing_ok=True)
 
@@ -288,14 +327,24 @@ def acquire_slot(pool: Pool, label: str, needed_s: float | None = None) -> Slot:
 
     Parameters
     ----------
-    pool: the pool of this allocation shape.
-    label: the sort's label, written into the claim (for people reading the folder).
-    needed_s: the sort's timeout; allocations with less walltime left are passed over.
+    pool : Pool
+        the pool of this allocation shape.
+    label : str
+        the sort's label, written into the claim (for people reading the folder).
+    needed_s : float | None
+        the sort's timeout; allocations with less walltime left are passed over.
 
-    Returns the slot once its allocation runs.  An allocation that goes away
-    while pending (cancelled) makes it look again; one Slurm refuses to
-    create raises :class:`EnvironmentSortFailure`, and so does a launcher
-    that is gone (a run process left behind by ``kill -9`` requests nothing).
+    Returns
+    -------
+    Slot
+        The slot, once its allocation runs.  An allocation that goes away
+        while pending (cancelled) makes it look again.
+
+    Raises
+    ------
+    EnvironmentSortFailure
+        When Slurm refuses to create an allocation, or the launcher is gone
+        (a run process left behind by ``kill -9`` requests nothing).
     """
     require_slurm_clients("sbatch", "squeue", "scancel", env=pool.env)
     while True:
@@ -386,6 +435,17 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
 
     def start(self, claim: Path, interval_s: float, owner: LauncherIdentity) -> None:
+        """Touch ``claim`` every ``interval_s`` while its owner lives.
+
+        Parameters
+        ----------
+        claim : Path
+            The claim file.
+        interval_s : float
+            Seconds between touches (well under the holder's idle time).
+        owner : LauncherIdentity
+            The launcher whose sort holds the claim; once it is gone, the claim is left to age.
+        """
         with self._lock:
             self._claims[claim] = (interval_s, owner)
             if self._thread is None or not self._thread.is_alive():
@@ -393,6 +453,13 @@ class Heartbeat:
                 self._thread.start()
 
     def stop(self, claim: Path) -> None:
+        """Stop touching ``claim``.
+
+        Parameters
+        ----------
+        claim : Path
+            The claim file.
+        """
         with self._lock:
             self._claims.pop(claim, None)
 

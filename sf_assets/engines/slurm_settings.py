@@ -11,6 +11,28 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class SlurmSettings:
+    """An allocation's shape and lifetime, from the ``--slurm-*`` flags or ``SF_ASSETS_SLURM``.
+
+    Attributes
+    ----------
+    partition : str | None
+        ``srun``/``sbatch -p`` (None: the cluster's default).
+    accept_shared_nodes : bool
+        Share nodes with other jobs (default: ``--exclusive``).
+    jobs_per_allocation : int
+        Sorts at once in one allocation.
+    max_simultaneous_allocations : int
+        Allocations at once.
+    gpus_per_node : int | None
+        GPUs requested per node.
+    allocation_id : str | None
+        Existing salloc job id(s), comma-separated; None: the campaign's own allocations, requested as sorts arrive.
+    idle_release_s : float
+        An allocation ends once no sort has used it for this long.
+    allocation_time_min : float
+        An allocation's walltime in minutes; 0: the sort timeout plus a margin.
+    """
+
     partition: str | None = None
     accept_shared_nodes: bool = False
     jobs_per_allocation: int = 6

@@ -25,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sf_assets.engines.job import write_json_atomic
+from sf_assets.core.atomic import write_json_atomic
 from sf_assets.engines.threads import slurm_step_threads, thread_limited_env
 
 STEP_FILE = "slurm_step.json"
@@ -83,6 +83,18 @@ def run_step(work_dir: Path, worker_argv: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m sf_assets.engines.slurm_step WORK_DIR -- WORKER_ARGV...``: what ``srun`` runs.
+
+    Parameters
+    ----------
+    argv : list[str] or None
+        The arguments (None: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 once the worker has been reaped; 2 for bad usage.
+    """
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) < 3 or argv[1] != "--":
         print("usage: python -m sf_assets.engines.slurm_step WORK_DIR -- WORKER_ARGV...", file=sys.stderr)

@@ -59,7 +59,8 @@ from pathlib import Path
 
 from sf_assets.core.dispatch import AffinityQueue, Task
 from sf_assets.engines.run_host import RunHost
-from sf_assets.engines.job import JOB_FILE, SortJob, SortReport, write_json_atomic
+from sf_assets.core.atomic import write_bytes_atomic, write_json_atomic
+from sf_assets.engines.job import JOB_FILE, SortJob, SortReport
 from sf_assets.engines.service_address import INFO_NAME, KEY_NAME, LOCK_NAME, SOCKET_NAME, ServiceSettings
 from sf_assets.engines.supervisor import SortCancelled, watch
 from sf_assets.engines.threads import thread_limited_env
@@ -132,6 +133,15 @@ class SortService:
     # --- one client's sort ---
 
     def handle_sort(self, conn: Connection, request: dict) -> None:
+        """Run one sort: queue it, wait for the slot dispatch gives it, and relay its progress.
+
+        Parameters
+        ----------
+        conn : Connection
+            The client, which gets the canary's verdict and the sort's outcome as they come.
+        request : dict
+            ``work_dir``: the prepared job's folder.
+        """
         work_dir = Path(request["work_dir"])
         job = SortJob.from_json((work_dir / JOB_FILE).read_text())
         task = Task(key=str(work_dir), order=next(self._order), sorter=job.si_sorter_name)
@@ -204,6 +214,13 @@ class SortService:
             self._dispatch()
 
     def status(self) -> dict:
+        """The service's state, for ``status`` requests and the tests.
+
+        Returns
+        -------
+        dict
+            Pid, settings, queued sorts, clients, and each slot's task, worker, compiled sorters and jobs done.
+        """
         with self.lock:
             return {
                 "pid": os.getpid(),
@@ -225,6 +242,13 @@ class SortService:
     # --- connections ---
 
     def handle(self, conn: Connection) -> None:
+        """Serve one client connection: a sort, a run launch, a run's status or termination, or status.
+
+        Parameters
+        ----------
+        conn : Connection
+            The client.
+        """
         with self.lock:
             self.clients += 1
         try:
@@ -249,6 +273,13 @@ class SortService:
                 self.last_active = time.monotonic()
 
     def idle_for_s(self) -> float:
+        """How long the service has had nothing to do (its idle exit counts from this).
+
+        Returns
+        -------
+        float
+            Seconds since the last client, sort or run; 0 while any is active.
+        """
         with self.lock:
             if self.clients or any(s.task is not None for s in self.slots) or len(self.queue):
                 return 0.0
@@ -258,6 +289,7 @@ class SortService:
             return time.monotonic() - self.last_active
 
     def close_workers(self) -> None:
+        """Stop every warm worker, as the service exits."""
         for slot in self.slots:
             if slot.worker is not None:
                 slot.worker.close()
@@ -294,11 +326,7 @@ def serve(folder: Path, settings: ServiceSettings) -> int:
         print("another sort service already serves this folder", flush=True)
         return 0
     key = secrets.token_bytes(32)
-    key_tmp = folder / f".{KEY_NAME}.{os.getpid()}"
-    fd = os.open(key_tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
-    os.replace(key_tmp, folder / KEY_NAME)
+    write_bytes_atomic(folder / KEY_NAME, key, mode=0o600)
     socket_path = folder / SOCKET_NAME
     socket_path.unlink(missing_ok=True)
     listener = Listener(str(socket_path), family="AF_UNIX", authkey=key)
@@ -323,6 +351,18 @@ def serve(folder: Path, settings: ServiceSettings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m sf_assets.engines.sort_service``: serve sorts and runs from a private folder until idle.
+
+    Parameters
+    ----------
+    argv : list[str] or None
+        ``--folder``, ``--slots``, ``--threads-per-sort``, ``--idle-exit-s`` (None: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 when it exits idle, or at once when another service already serves the folder.
+    """
     parser = argparse.ArgumentParser(prog="python -m sf_assets.engines.sort_service")
     parser.add_argument("--folder", required=True)
     parser.add_argument("--slots", type=int, required=True)

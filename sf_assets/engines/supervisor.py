@@ -69,6 +69,20 @@ def prepare_work_dir(job: SortJob) -> Path:
 
 
 def worker_command(python: str, work_dir: Path) -> list[str]:
+    """The command that runs one job in a fresh worker process.
+
+    Parameters
+    ----------
+    python : str
+        The interpreter.
+    work_dir : Path
+        The prepared job's folder.
+
+    Returns
+    -------
+    list[str]
+        The argv.
+    """
     return [python, "-m", "sf_assets.engines.worker", str(work_dir)]
 
 
@@ -133,15 +147,31 @@ class ProcessRun:
         self.proc, self._stop, self._worker_outcome = proc, stop, worker_outcome
 
     def finished(self) -> bool:
+        """Has the process exited? It is not reaped here: :meth:`outcome` reads its CPU time."""
         return poll_without_reaping(self.proc) is not None
 
     def stop(self, grace_s: float) -> None:
+        """End the job early (timeout, hung canary); its worker does not survive it.
+
+        Parameters
+        ----------
+        grace_s : float
+            Seconds between SIGTERM and SIGKILL.
+        """
         self._stop(self.proc, grace_s)
 
     def outcome(self) -> tuple[int | None, float | None]:
+        """The job's result for the supervisor, once it has ended or been stopped.
+
+        Returns
+        -------
+        tuple[int | None, float | None]
+            (exit code, CPU seconds); None where unknown.
+        """
         return self._worker_outcome(*reap(self.proc))
 
     def abandon(self) -> None:
+        """Stop the process quickly and reap it: the supervising step was interrupted."""
         abandon_process(self.proc, self._stop)
 
 
@@ -159,16 +189,20 @@ def supervise(
 
     Parameters
     ----------
-    job: the sort; its ``work_dir`` must have been prepared with
-        :func:`prepare_work_dir`.
-    command: argv that starts ``sf_assets.engines.worker`` on the work folder.
-    timeout_s, canary_timeout_s: see :func:`watch`.
-    env: the command's environment (None: this process's).
-    stop: ends the command early (timeout, interrupt) within about
-        ``grace_s``; an engine whose worker runs elsewhere (Slurm) supplies
-        one that also ends the remote work.
-    worker_outcome: maps the command's (exit code, CPU seconds) to the
-        worker's, for an engine whose command only relays the worker.
+    job : SortJob
+        the sort; its ``work_dir`` must have been prepared with :func:`prepare_work_dir`.
+    command : Sequence[str]
+        argv that starts ``sf_assets.engines.worker`` on the work folder.
+    timeout_s, canary_timeout_s : float | None
+        see :func:`watch`.
+    env : dict[str, str] | None
+        the command's environment (None: this process's).
+    stop : Callable[[subprocess.Popen, float], None]
+        ends the command early (timeout, interrupt) within about ``grace_s``; an engine whose worker runs
+        elsewhere (Slurm) supplies one that also ends the remote work.
+    worker_outcome : Callable[[int | None, float | None], tuple[int | None, float | None]]
+        maps the command's (exit code, CPU seconds) to the worker's, for an engine whose command only relays
+        the worker.
 
     Yields
     ------

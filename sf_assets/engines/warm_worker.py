@@ -54,9 +54,17 @@ class WarmWorker:
 
     @property
     def pid(self) -> int:
+        """The worker's process id."""
         return self.proc.pid
 
     def alive(self) -> bool:
+        """Is the worker process still running (and so able to take a job)?
+
+        Returns
+        -------
+        bool
+            True until it exits.
+        """
         return poll_without_reaping(self.proc) is None
 
     def submit(self, work_dir: Path, on_idle: Callable[["WarmWorker"], None] | None = None) -> "WarmJob":
@@ -100,12 +108,27 @@ class WarmJob:
         return read_json_if_present(self.work_dir / EXIT_FILE)
 
     def finished(self) -> bool:
+        """Has the job ended: the worker wrote its exit file, or died?"""
         return (self.work_dir / EXIT_FILE).exists() or not self.worker.alive()
 
     def stop(self, grace_s: float) -> None:
+        """End the job early (timeout, hung canary); its worker does not survive it.
+
+        Parameters
+        ----------
+        grace_s : float
+            Seconds between SIGTERM and SIGKILL.
+        """
         stop_process_group(self.worker.proc, grace_s)
 
     def outcome(self) -> tuple[int | None, float | None]:
+        """The job's result for the supervisor, once it has ended or been stopped.
+
+        Returns
+        -------
+        tuple[int | None, float | None]
+            (exit code, CPU seconds); None where unknown.
+        """
         answer = self._answer()
         if answer is not None and self.worker.alive():
             self.worker.jobs_done += 1
@@ -121,4 +144,5 @@ class WarmJob:
         return exit_code, total_cpu_s
 
     def abandon(self) -> None:
+        """Stop the worker quickly: the supervising step was interrupted, and a stopped worker is not reused."""
         abandon_process(self.worker.proc)

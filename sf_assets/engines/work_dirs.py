@@ -53,9 +53,11 @@ class AttemptDir:
 
     @property
     def locked(self) -> bool:
+        """Does this process hold the folder's lock (False where the filesystem has no ``flock``)?"""
         return self._fd is not None
 
     def release(self) -> None:
+        """Let go of the folder's lock, so that a later attempt may remove the folder."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -27,6 +27,7 @@ import time
 import traceback
 from pathlib import Path
 
+from sf_assets.core.atomic import write_json_atomic
 from sf_assets.core.canary import CanaryDecision, classify_sort_error, classify_sort_output, plan_canary
 from sf_assets.core.errors import SortFailure
 from sf_assets.core.sorter_catalog import resolve_sorter
@@ -41,7 +42,6 @@ from sf_assets.engines.job import (
     WORKER_FILE,
     CanaryReport,
     SortJob,
-    write_json_atomic,
 )
 from sf_assets.engines.provenance import applied_threads, sort_provenance, thread_count
 
@@ -282,8 +282,11 @@ def cpu_seconds() -> float:
 
 
 class _ConsoleTo:
-    """Point this process's stdout and stderr (the file descriptors, so C code and
-    child processes follow) at ``path`` for the duration of a job."""
+    """Point this process's stdout and stderr at ``path`` for the duration of a job.
+
+    The file descriptors themselves are redirected, so C code and child
+    processes follow.
+    """
 
     def __init__(self, path: Path):
         self.path = path
@@ -350,6 +353,18 @@ def _commands_from_stdin():
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m sf_assets.engines.worker WORK_DIR`` (one job) or ``--serve`` (jobs from stdin, warm).
+
+    Parameters
+    ----------
+    argv : list[str] or None
+        The arguments (None: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The job's exit code, or the serving loop's with ``--serve``; ``EXIT_BAD_JOB`` for bad usage.
+    """
     argv = sys.argv[1:] if argv is None else argv
     _die_with_parent()
     if argv == ["--serve"]:

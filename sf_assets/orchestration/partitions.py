@@ -28,14 +28,52 @@ sorting_partitions = dg.MultiPartitionsDefinition({"recording": recordings_parti
 
 
 def recording_key(recording: Recording) -> str:
+    """A recording's partition key, from its label by the one two-way mapping.
+
+    Parameters
+    ----------
+    recording : Recording
+        The recording.
+
+    Returns
+    -------
+    str
+        The label with ``/`` as ``.`` and any other character outside ``[A-Za-z0-9_]`` escaped (:mod:`sf_assets.core.labels`).
+    """
     return label_to_partition_key(recording_label(recording.study_name, recording.name))
 
 
 def sorter_key(sorter_name: str) -> str:
+    """A sorter's partition key.
+
+    Parameters
+    ----------
+    sorter_name : str
+        The sorter's name as the spec writes it.
+
+    Returns
+    -------
+    str
+        The name, escaped as labels are.
+    """
     return label_to_partition_key(sorter_name)
 
 
 def pair_key(sorter_name: str, recording: Recording) -> dg.MultiPartitionKey:
+    """A (sorter, recording) pair's partition key in the sorting assets' two-dimensional space.
+
+    Parameters
+    ----------
+    sorter_name : str
+        The sorter.
+    recording : Recording
+        The recording.
+
+    Returns
+    -------
+    MultiPartitionKey
+        Its ``recording`` and ``sorter`` dimensions.
+    """
     return dg.MultiPartitionKey({"recording": recording_key(recording), "sorter": sorter_key(sorter_name)})
 
 
@@ -48,4 +86,16 @@ def split_pair_key(key: str | dg.MultiPartitionKey) -> tuple[str, str]:
 
 
 def recording_label_of_key(key: str) -> str:
+    """The recording label a recording partition key stands for.
+
+    Parameters
+    ----------
+    key : str
+        A recording partition key.
+
+    Returns
+    -------
+    str
+        ``STUDY/RECORDING``.
+    """
     return partition_key_to_label(key)

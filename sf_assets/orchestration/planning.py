@@ -18,9 +18,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import dagster as dg
+# No public API: the filter DagsterInstance.get_backfills takes, and backfill statuses.
 from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 
 from sf_assets.orchestration.assets.history import latest_partition_events, plain_metadata
+from sf_assets.orchestration.assets.keys import SORTING_KEY
 from sf_assets.core.campaign import Campaign
 from sf_assets.core.manifest import Recording
 from sf_assets.core.sorter_catalog import resolve_sorter
@@ -30,7 +32,6 @@ from sf_assets.engines.job_cache import job_cache_verdict
 from sf_assets.orchestration.partitions import pair_key, recording_key
 from sf_assets.stores.kachery import KacheryStore
 
-SORTING_KEY = dg.AssetKey("sorting")
 PARTITION_TAG = "dagster/partition"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -48,13 +49,17 @@ class Plan:
 
     Attributes
     ----------
-    cached: pair keys whose current sorting the job cache holds (not sorted again).
-    to_compare: cached pair keys whose comparison is missing or older than their sorting
-        (a run stopped between the two): compared again, not sorted.
-    in_flight: pair keys another run or backfill is about to sort (not launched twice).
-    to_sort: the pairs to sort, in the spec's order.
-    recordings_to_run: recording keys of ``to_sort`` whose recording or ground truth
-        is not current: their runs go first.
+    cached : list[str]
+        pair keys whose current sorting the job cache holds (not sorted again).
+    to_compare : list[str]
+        cached pair keys whose comparison is missing or older than their sorting (a run stopped between the
+        two): compared again, not sorted.
+    in_flight : list[str]
+        pair keys another run or backfill is about to sort (not launched twice).
+    to_sort : list[tuple[SorterSpec, Recording]]
+        the pairs to sort, in the spec's order.
+    recordings_to_run : list[str]
+        recording keys of ``to_sort`` whose recording or ground truth is not current: their runs go first.
     """
 
     cached: list[str] = field(default_factory=list)

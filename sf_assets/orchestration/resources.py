@@ -3,6 +3,14 @@
 Each resource only holds configuration and hands out the plain object that
 does the work (a :class:`KacheryStore`, a :class:`Campaign`, an engine), so
 the same objects serve the command line and tests without Dagster.
+
+The embedded default's values come from :func:`sf_assets.core.settings.load_settings`,
+the one reader of the environment, when the code location loads (and again
+in each run the sort service forks, under that run's environment).  They are
+not ``dg.EnvVar`` fields: every one of them has a default computed from
+another variable (``SF_ASSETS_HOME``), and ``SF_ASSETS_SLURM`` fills seven
+fields at once, neither of which an ``EnvVar`` can say; a deployment that
+wants ``EnvVar`` sets the fields itself.
 """
 from __future__ import annotations
 
@@ -28,6 +36,13 @@ class KacheryResource(dg.ConfigurableResource):
     local_only: bool = True
 
     def store(self) -> KacheryStore:
+        """The store this resource names.
+
+        Returns
+        -------
+        KacheryStore
+            A store on ``root_dir``.
+        """
         return KacheryStore(self.root_dir, local_only=self.local_only)
 
 
@@ -54,6 +69,23 @@ class StudysetResource(dg.ConfigurableResource):
     manifest_source: str = ""
 
     def campaign(self, kachery: KacheryResource) -> Campaign:
+        """The campaign of the configured sources, read again only when a source file changes.
+
+        Parameters
+        ----------
+        kachery : KacheryResource
+            Where ``sha1://`` sources are read.
+
+        Returns
+        -------
+        Campaign
+            The validated manifest and spec.
+
+        Raises
+        ------
+        SfAssetsError
+            Naming the bad source, key and what was expected.
+        """
         manifest_source = self.manifest_source or None
         return _campaign(
             manifest_source,
@@ -94,6 +126,13 @@ class SortingEngineResource(dg.ConfigurableResource):
     service_dir: str = ""
 
     def settings(self) -> EngineSettings:
+        """The engine settings these fields give, for :func:`sf_assets.engines.engine.run_sort`.
+
+        Returns
+        -------
+        EngineSettings
+            With Slurm settings when ``use_slurm``.
+        """
         slurm = None
         if self.use_slurm:
             slurm = SlurmSettings(
@@ -130,6 +169,13 @@ class WorkspaceResource(dg.ConfigurableResource):
     dry_run: bool = False
 
     def store(self) -> WorkspaceStore:
+        """The workspace database this resource names (one engine per URL per process).
+
+        Returns
+        -------
+        WorkspaceStore
+            The store.
+        """
         return _workspace_store(self.db_url)
 
 
@@ -139,6 +185,13 @@ class OutputsResource(dg.ConfigurableResource):
     folder: str
 
     def path(self):
+        """The outputs folder, created if missing.
+
+        Returns
+        -------
+        Path
+            The folder.
+        """
         from pathlib import Path
 
         folder = Path(self.folder)

@@ -18,9 +18,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from dagster import Field, Int, Float, String
+from dagster import Field, Float, Int, String, serialize_value
+
+# No public API: a run launcher's base class, its health-check types and the
+# ConfigurableClass protocol that dagster.yaml's module/class loading expects
+# exist only under dagster._core and dagster._serdes in Dagster 1.13.
 from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
-from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
+from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 from sf_assets.core.launcher_identity import LauncherIdentity
 from sf_assets.engines.engine import EngineSettings
@@ -47,10 +51,18 @@ class SortServiceRunLauncher(RunLauncher, ConfigurableClass):
 
     @property
     def inst_data(self) -> ConfigurableClassData | None:
+        """How the instance built this launcher from ``dagster.yaml`` (Dagster's ConfigurableClass protocol)."""
         return self._inst_data
 
     @classmethod
     def config_type(cls) -> dict:
+        """The launcher's fields in ``dagster.yaml``: the sort service's settings.
+
+        Returns
+        -------
+        dict
+            Field name -> Dagster config field (all optional).
+        """
         return {
             "threads_per_sort": Field(Int, is_required=False),
             "service_slots": Field(Int, is_required=False),
@@ -60,9 +72,30 @@ class SortServiceRunLauncher(RunLauncher, ConfigurableClass):
 
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData, config_value: dict) -> "SortServiceRunLauncher":
+        """The launcher ``dagster.yaml`` describes.
+
+        Parameters
+        ----------
+        inst_data : ConfigurableClassData
+            Where it was configured.
+        config_value : dict
+            Its fields.
+
+        Returns
+        -------
+        SortServiceRunLauncher
+            The launcher.
+        """
         return cls(inst_data=inst_data, **config_value)
 
     def launch_run(self, context: LaunchRunContext) -> None:
+        """Hand the run to the host's sort service, which forks it from a process with everything loaded.
+
+        Parameters
+        ----------
+        context : LaunchRunContext
+            The run to launch.
+        """
         import os
 
         run = context.dagster_run
@@ -87,6 +120,18 @@ class SortServiceRunLauncher(RunLauncher, ConfigurableClass):
         )
 
     def terminate(self, run_id: str) -> bool:
+        """Stop a run (the UI's Terminate button): the sort service interrupts its process, which stops its sort.
+
+        Parameters
+        ----------
+        run_id : str
+            The run.
+
+        Returns
+        -------
+        bool
+            True when the service knew the run and stopped it.
+        """
         run = self._instance.get_run_by_id(run_id)
         if not run or run.is_finished:
             return False
@@ -102,9 +147,22 @@ class SortServiceRunLauncher(RunLauncher, ConfigurableClass):
 
     @property
     def supports_check_run_worker_health(self) -> bool:
+        """Yes: run monitoring may ask :meth:`check_run_worker_health` about started runs."""
         return True
 
     def check_run_worker_health(self, run) -> CheckRunHealthResult:
+        """Is the run's process still alive? A run whose process is gone unfinished is marked failed.
+
+        Parameters
+        ----------
+        run : DagsterRun
+            A started run.
+
+        Returns
+        -------
+        CheckRunHealthResult
+            Running, succeeded, failed or unknown.
+        """
         try:
             status = call_service(self._service, "run_status", start=False, run_id=run.run_id)
         except (SortServiceError, OSError):

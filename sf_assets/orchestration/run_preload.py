@@ -10,7 +10,7 @@ import shutil
 import tempfile
 
 import dagster as dg
-import dagster._cli.api  # noqa: F401  (the run execution entry point)
+import dagster._cli.api  # noqa: F401  (the run execution entry point; no public API names it)
 
 import sf_assets.orchestration.run_launcher  # noqa: F401
 

@@ -115,6 +115,7 @@ def sortings_to_rerun(instance: dg.DagsterInstance, campaign: Campaign, code_ver
 def rerun_sortings_schedule(
     context: dg.ScheduleEvaluationContext, studyset: StudysetResource, kachery: KacheryResource
 ):
+    """Request again the assigned sortings whose latest attempt errored or ran an older code version."""
     try:
         campaign = studyset.campaign(kachery)
     except SfAssetsError as exc:

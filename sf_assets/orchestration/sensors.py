@@ -24,6 +24,8 @@ targets, and its failed partitions can be retried from there.
 comparisons, records, summary and workspace follow the sortings as they land.
 """
 import dagster as dg
+# No public API builds the AssetGraphSubset that the public RunRequest.for_asset_graph_subset
+# takes (the one way a sensor requests a multi-asset, multi-partition backfill in Dagster 1.13).
 from dagster._core.definitions.events import AssetKeyPartitionKey
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 
@@ -104,6 +106,7 @@ def studyset_sensor(
     kachery: KacheryResource,
     sorting_engine: SortingEngineResource,
 ):
+    """Register new partitions and backfill the pairs a changed manifest or spec newly assigns."""
     try:
         cursor = StudysetCursor.decode(context.cursor)
     except ValueError as exc:

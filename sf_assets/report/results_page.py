@@ -116,6 +116,7 @@ class Cell:
 
     @property
     def label(self) -> str:
+        """The cell's status in words, as the page shows it."""
         return STATUS_TEXT[self.status]
 
 

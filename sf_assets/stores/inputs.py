@@ -25,8 +25,13 @@ MAX_SOURCE_BYTES = 64 * 1024 * 1024
 
 
 def default_store_dir() -> Path:
-    """The project's kachery folder (:mod:`sf_assets.core.settings`: ``$SF_ASSETS_KACHERY_DIR``,
-    else ``$SF_ASSETS_HOME/kachery``)."""
+    """The project's kachery folder, where ``sha1://`` sources are looked up.
+
+    Returns
+    -------
+    Path
+        ``$SF_ASSETS_KACHERY_DIR``, else ``$SF_ASSETS_HOME/kachery`` (:mod:`sf_assets.core.settings`).
+    """
     return load_settings().kachery_dir
 
 

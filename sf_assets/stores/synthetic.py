@@ -12,8 +12,6 @@ produce byte-identical files and the same URIs.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import yaml
 
+from sf_assets.core.atomic import write_bytes_atomic
 from sf_assets.stores.data import store_ground_truth, store_recording
 from sf_assets.stores.kachery import KacheryStore
 
@@ -175,8 +174,8 @@ def generate_studyset(
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / MANIFEST_FILE
     spec_path = out_dir / SPEC_FILE
-    _write_atomic(manifest_path, manifest_bytes)
-    _write_atomic(spec_path, spec_bytes)
+    write_bytes_atomic(manifest_path, manifest_bytes, durable=True)
+    write_bytes_atomic(spec_path, spec_bytes, durable=True)
     return GeneratedStudyset(manifest_path=manifest_path, spec_path=spec_path, manifest_uri=manifest_uri)
 
 
@@ -247,19 +246,6 @@ def _description(set_name: str, seed: int, duration_s: float, fs: float, noise_l
     )
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and a rename: never half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _check_positive(**values: float) -> None:

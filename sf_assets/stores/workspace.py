@@ -98,6 +98,10 @@ def is_workspace_uri(text: str) -> bool:
 class WorkspaceStore:
     """Workspaces and their entries in one SQL database.
 
+    The engine (and its connection pool) is created once per store; call
+    :meth:`dispose` when done.  Tables are created by the first write; reads
+    on a database without them see no workspaces, so a dry run never writes.
+
     Parameters
     ----------
     db_url : str
@@ -106,10 +110,6 @@ class WorkspaceStore:
     busy_timeout_s : float
         SQLite only: how long a writer waits for another process's write lock
         before giving up.
-
-    The engine (and its connection pool) is created once per store; call
-    :meth:`dispose` when done.  Tables are created by the first write; reads
-    on a database without them see no workspaces, so a dry run never writes.
     """
 
     def __init__(self, db_url: str, busy_timeout_s: float = 30.0) -> None:

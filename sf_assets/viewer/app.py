@@ -196,6 +196,13 @@ def _page(view: LoadedView):
 
 
 def free_port() -> int:
+    """A free TCP port on the loopback interface, for a viewer started with ``--port 0``.
+
+    Returns
+    -------
+    int
+        The port.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

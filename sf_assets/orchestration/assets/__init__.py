@@ -1,0 +1,1 @@
+"""The asset graph: studysets, recordings, sortings and their checks, comparisons, results, workspace."""

@@ -37,9 +37,22 @@ class BehindItsInputs(dg.AutomationCondition):
 
     @property
     def name(self) -> str:
+        """The condition's name in the UI's automation view."""
         return "behind_its_inputs"
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        """True for the fan-in when an input landed after the start of the run behind its latest materialization.
+
+        Parameters
+        ----------
+        context : AutomationContext
+            Dagster's evaluation context for one asset.
+
+        Returns
+        -------
+        AutomationResult
+            All candidates when behind, none otherwise.
+        """
         instance = context.asset_graph_view.instance
         read_from = _read_from_timestamp(instance, context.key)
         parents = context.asset_graph.get(context.key).parent_keys

@@ -25,6 +25,7 @@ def content_version(uri: str) -> dg.DataVersion:
 )
 @fails_clearly_on_storage_faults
 def recording(context: dg.AssetExecutionContext, studyset: StudysetResource, kachery: KacheryResource):
+    """Fetch a recording from kachery and check it (the sha1 of its object is its data version)."""
     from sf_assets.stores.data import load_recording  # spikeinterface + numba: import when a step runs, not at load
 
     rec = studyset.campaign(kachery).recording(recording_label_of_key(context.partition_key))
@@ -52,6 +53,7 @@ def recording(context: dg.AssetExecutionContext, studyset: StudysetResource, kac
 )
 @fails_clearly_on_storage_faults
 def ground_truth(context: dg.AssetExecutionContext, studyset: StudysetResource, kachery: KacheryResource):
+    """Load a recording's ground truth and compute each true unit's SNR for the comparisons."""
     from sf_assets.core.comparison import true_unit_snrs
     from sf_assets.stores.data import load_recording, load_sorting_object
 

@@ -9,7 +9,6 @@ reproducible (docs/sorters.md), and carries the score regression check.
 
 import base64
 import json
-import os
 import time
 
 import dagster as dg
@@ -26,8 +25,10 @@ from sf_assets.orchestration.assets.score_checks import (
     summary_cells,
     summary_history,
 )
-from sf_assets.orchestration.assets.sortings import SORTING_KEY, sorting, sorting_comparison
+from sf_assets.orchestration.assets.keys import SORTING_KEY
+from sf_assets.orchestration.assets.sortings import sorting, sorting_comparison
 from sf_assets.orchestration.assets.results_page import RESULTS_PAGE, collect_pair_results, write_results_page
+from sf_assets.core.atomic import replace_atomically
 from sf_assets.core.campaign import Campaign
 from sf_assets.core.score_diff import SUMMARY_COLUMNS as SCORE_COLUMNS
 from sf_assets.core.records import SortingRecord, write_records
@@ -176,6 +177,7 @@ def sorter_summary(
     kachery: KacheryResource,
     outputs: OutputsResource,
 ):
+    """Summarize the assigned pairs' comparisons per sorter and study; write the CSV, plot and results page."""
     store = kachery.store()
     campaign = studyset.campaign(kachery)
     comparisons, left_out = collect_comparisons(context.instance, campaign)
@@ -229,9 +231,8 @@ def _write_history(folder, history) -> str:
     import pandas as pd
 
     path = folder / "score_history.csv"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
-    pd.DataFrame(history_rows(history), columns=HISTORY_COLUMNS).to_csv(tmp, index=False)
-    tmp.replace(path)
+    frame = pd.DataFrame(history_rows(history), columns=HISTORY_COLUMNS)
+    replace_atomically(path, lambda tmp: frame.to_csv(tmp, index=False))
     return str(path)
 
 
@@ -247,18 +248,16 @@ def _write_history(folder, history) -> str:
 def sorting_records(
     context: dg.AssetExecutionContext, studyset: StudysetResource, kachery: KacheryResource, outputs: OutputsResource
 ):
+    """Write the ``run_sortings.py`` records of every assigned pair that has run, to a file and to kachery."""
     campaign = studyset.campaign(kachery)
     records = collect_records(context.instance, campaign)
     store = kachery.store()
     payload = [r.to_json_dict() for r in records]
     uri = store.store_json(payload, label="sorting_records.json")
     path = outputs.path() / "sorting_records.json"
-    # This file is the asset's own: it is replaced whole, never appended; the
-    # temporary name is per process so two overlapping runs cannot collide.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
-    tmp.unlink(missing_ok=True)
-    write_records(tmp, records)
-    tmp.replace(path)
+    # This file is the asset's own: it is replaced whole, never appended, and two
+    # overlapping runs write under different temporary names.
+    replace_atomically(path, lambda tmp: write_records(tmp, records))
     return dg.MaterializeResult(
         metadata={
             "num_records": len(records),

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 import dagster as dg
 
 from sf_assets.orchestration.assets.history import latest_partition_events, plain_metadata
-from sf_assets.orchestration.assets.sortings import SORTING_KEY
+from sf_assets.orchestration.assets.keys import SORTING_KEY
 from sf_assets.core.atomic import write_text_atomic
 from sf_assets.core.comparison import COMPARISON_SETTINGS
 from sf_assets.core.labels import sorting_label

@@ -17,7 +17,8 @@ from typing import NoReturn
 import dagster as dg
 
 from sf_assets.orchestration.assets.faults import fails_clearly_on_storage_faults
-from sf_assets.orchestration.assets.history import latest_attempt_metadata, latest_metadata
+from sf_assets.orchestration.assets.history import latest_metadata
+from sf_assets.orchestration.assets.keys import SORTING_KEY
 from sf_assets.orchestration.assets.metadata import json_safe, table
 from sf_assets.orchestration.assets.recordings import content_version, recording, ground_truth
 from sf_assets.orchestration.assets.view_links import view_metadata
@@ -36,7 +37,6 @@ from sf_assets.orchestration.planning import expected_cache_key
 from sf_assets.orchestration.resources import KacheryResource, SortingEngineResource, StudysetResource
 
 CANARY = "canary"
-SORTING_KEY = dg.AssetKey("sorting")
 SORTING_FORMAT = "mda"
 CONSOLE_TAIL_CHARS = 4000
 # failure_class of a record marked errored because its comparison could not load its inputs.
@@ -57,6 +57,18 @@ def _assigned_pair(context, studyset: StudysetResource, kachery: KacheryResource
 
 
 def canary_check_result(report: CanaryReport) -> dg.AssetCheckResult:
+    """The canary's verdict as the blocking check's result: a classified failure fails the check.
+
+    Parameters
+    ----------
+    report : CanaryReport
+        The canary's outcome.
+
+    Returns
+    -------
+    AssetCheckResult
+        Passed unless the canary failed; its metadata says window, units found, elapsed and class.
+    """
     metadata = {
         "status": report.status,
         "window_s": report.window_s if report.window_s is not None else 0.0,
@@ -170,6 +182,7 @@ def sorting(
     kachery: KacheryResource,
     sorting_engine: SortingEngineResource,
 ):
+    """Sort one (sorter, recording) pair through the sort service, its canary first; or take it from the job cache."""
     sorter_spec, rec = _assigned_pair(context, studyset, kachery)
     entry = resolve_sorter(sorter_spec.name)
     settings = sorting_engine.settings()
@@ -179,7 +192,7 @@ def sorting(
 
     cache_miss = None
     if sorting_engine.use_job_cache:
-        previous = latest_attempt_metadata(context.instance, SORTING_KEY, context.partition_key)
+        previous = latest_metadata(context.instance, SORTING_KEY, context.partition_key, include_observations=True)
         verdict = job_cache_verdict(previous, key, store)
         if not verdict.hit:
             cache_miss = verdict.reason
@@ -338,6 +351,7 @@ def _fail_as_errored(context: dg.AssetExecutionContext, sorted_md: dict, exc: Ex
 )
 @fails_clearly_on_storage_faults
 def sorting_comparison(context: dg.AssetExecutionContext, studyset: StudysetResource, kachery: KacheryResource):
+    """Compare one pair's sorting with its recording's ground truth (accuracy, precision, recall per true unit)."""
     from sf_assets.core.comparison import compare_to_ground_truth, summarize
 
     sorter_spec, rec = _assigned_pair(context, studyset, kachery)

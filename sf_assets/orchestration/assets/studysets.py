@@ -29,6 +29,18 @@ def register_partitions(instance: dg.DagsterInstance, campaign: Campaign) -> tup
 
 
 def campaign_table(campaign: Campaign) -> dg.MetadataValue:
+    """The spec's sorters as a table for the studysets asset's metadata.
+
+    Parameters
+    ----------
+    campaign : Campaign
+        The validated manifest and spec.
+
+    Returns
+    -------
+    MetadataValue
+        One row per sorter: its study sets, params and number of sorting jobs.
+    """
     rows = [
         {
             "sorter": s.name,
@@ -48,6 +60,7 @@ def campaign_table(campaign: Campaign) -> dg.MetadataValue:
     "Materializing it registers their recording and sorter partitions.",
 )
 def studysets(context: dg.AssetExecutionContext, studyset: StudysetResource, kachery: KacheryResource):
+    """Validate the manifest and spec together and register their recording and sorter partitions."""
     campaign = studyset.campaign(kachery)
     new_recordings, new_sorters = register_partitions(context.instance, campaign)
     return dg.MaterializeResult(

@@ -38,6 +38,7 @@ def workspace_sync(
     kachery: KacheryResource,
     workspace: WorkspaceResource,
 ):
+    """Add the labels the workspace lacks (recordings, ground truths, sortings); never remove or rewrite one."""
     records = collect_records(context.instance, studyset.campaign(kachery))
     entries, notes = entries_from_records(records)
     for note in notes:
