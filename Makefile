@@ -10,7 +10,7 @@ export SF_ASSETS_DAGSTER_DIR ?= $(SF_ASSETS_HOME)/dagster
 export DAGSTER_HOME := $(CURDIR)
 WORKERS ?= 4
 
-.PHONY: demo test ui view install system-deps bench bench-scale bench-slurm clean
+.PHONY: demo test ui view install system-deps bench bench-demo bench-scale bench-slurm clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ test: install system-deps
 # Orchestration overhead, command line and UI backfill, against a plain spikeinterface script (minutes; BENCH_ARGS e.g. --recordings 8).
 bench: install
 	$(PY) benchmarks/overhead.py $(BENCH_ARGS)
+
+# The demo campaign through `sf-assets demo` and through the studyset sensor under `dagster dev`, alternated (minutes).
+bench-demo: install
+	$(PY) benchmarks/demo_paths.py $(BENCH_ARGS)
 
 # SpikeForest's size (888 recordings x 10 sorters): load, sensor tick, check-config, workspace diff.
 bench-scale: install
