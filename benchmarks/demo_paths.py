@@ -70,7 +70,7 @@ def studyset_folder(home: Path, source: Path) -> None:
 def cli_round(root: Path, kachery: Path, studyset: Path, workers: int) -> dict:
     import dagster as dg
 
-    from sf_assets.dagster_dev import write_instance_yaml
+    from harness.dagster_dev import write_instance_yaml
 
     home = root / "home"
     studyset_folder(home, studyset)
@@ -96,7 +96,7 @@ def cli_round(root: Path, kachery: Path, studyset: Path, workers: int) -> dict:
         with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
             times = campaign_times(instance, started)
     finally:
-        from sf_assets.dagster_dev import stop_sort_services
+        from harness.dagster_dev import stop_sort_services
 
         stop_sort_services(service_dir)
         shutil.rmtree(service_dir, ignore_errors=True)
@@ -106,8 +106,8 @@ def cli_round(root: Path, kachery: Path, studyset: Path, workers: int) -> dict:
 def sensor_round(root: Path, kachery: Path, studyset: Path) -> dict:
     import dagster as dg
 
-    from sf_assets.dagster_dev import deployment_environment, running_dagster_dev, summary_covering, write_instance_yaml
-    from sf_assets.sensors import STUDYSET_SENSOR
+    from harness.dagster_dev import deployment_environment, running_dagster_dev, summary_covering, write_instance_yaml
+    from sf_assets.orchestration.sensors import STUDYSET_SENSOR
 
     dagster_home = root / "dagster-home"
     write_instance_yaml(dagster_home)
@@ -128,7 +128,7 @@ def sensor_round(root: Path, kachery: Path, studyset: Path) -> dict:
 
             document = yaml.safe_load((studyset / "spec.yaml").read_text())
             from sf_assets.core.campaign import Campaign
-            from sf_assets.inputs import load_config
+            from sf_assets.stores.inputs import load_config
 
             num_pairs = len(Campaign(*load_config(str(studyset / "studysets.json"), str(studyset / "spec.yaml"), None)).jobs)
             tmp = spec.with_name("spec.yaml.new")
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=4, help="the command line's --workercount (default 4, as make demo)")
     args = p.parse_args(argv)
 
-    from sf_assets.demo import ensure_studyset
+    from sf_assets.cli.demo import ensure_studyset
     from sf_assets.stores.kachery import KacheryStore
 
     root = Path(tempfile.mkdtemp(prefix="sf-assets-demo-paths-"))

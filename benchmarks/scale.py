@@ -176,7 +176,7 @@ def _cursor(instance):
     from dagster._core.scheduler.instigation import InstigatorType
 
     from sf_assets.core.studyset_cursor import StudysetCursor
-    from sf_assets.sensors import STUDYSET_SENSOR
+    from sf_assets.orchestration.sensors import STUDYSET_SENSOR
 
     states = instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
     return StudysetCursor.decode(next(s.instigator_data.cursor for s in states if s.name == STUDYSET_SENSOR))
@@ -186,10 +186,10 @@ def child_tick(state: dict) -> dict:
     import dagster as dg
 
     from sf_assets.definitions import defs
-    from sf_assets.partitions import RECORDINGS, SORTERS as SORTER_PARTITIONS
-    from sf_assets.resources import KacheryResource, SortingEngineResource, StudysetResource
-    from sf_assets.sensors import SENSOR_INTERVAL_S, studyset_sensor
-    from sf_assets_tests.automation_harness import deployment
+    from sf_assets.orchestration.partitions import RECORDINGS, SORTERS as SORTER_PARTITIONS
+    from sf_assets.orchestration.resources import KacheryResource, SortingEngineResource, StudysetResource
+    from sf_assets.orchestration.sensors import SENSOR_INTERVAL_S, studyset_sensor
+    from harness.automation import deployment
 
     root = Path(state["root"]) / "tick"
     os.environ.update(
@@ -273,7 +273,7 @@ def _records(campaign, errored_every: int = 10) -> list:
 
 def _campaign(state: dict):
     from sf_assets.core.campaign import Campaign
-    from sf_assets.inputs import load_config
+    from sf_assets.stores.inputs import load_config
 
     return Campaign(*load_config(state["manifest"], state["spec"], None))
 
@@ -310,9 +310,9 @@ def child_event_log(state: dict) -> dict:
     """~8,900 sorting records in the event log, read back as the fan-in assets read them."""
     import dagster as dg
 
-    from sf_assets.assets.results import collect_records
-    from sf_assets.assets.studysets import register_partitions
-    from sf_assets.partitions import pair_key, sorting_partitions
+    from sf_assets.orchestration.assets.results import collect_records
+    from sf_assets.orchestration.assets.studysets import register_partitions
+    from sf_assets.orchestration.partitions import pair_key, sorting_partitions
 
     campaign = _campaign(state)
     records = _records(campaign)

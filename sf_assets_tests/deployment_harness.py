@@ -20,13 +20,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from sf_assets.assets.studysets import register_partitions
+from sf_assets.orchestration.assets.studysets import register_partitions
 from sf_assets.core.campaign import Campaign
-from sf_assets.dagster_dev import DagsterDev, deployment_environment, running_dagster_dev, write_instance_yaml
+from harness.dagster_dev import DagsterDev, deployment_environment, running_dagster_dev, write_instance_yaml
 from sf_assets.engines.engine import EngineSettings
 from sf_assets.engines.service_address import ServiceSettings
-from sf_assets.inputs import load_config
-from sf_assets.sensors import STUDYSET_SENSOR
+from sf_assets.stores.inputs import load_config
+from sf_assets.orchestration.sensors import STUDYSET_SENSOR
 from sf_assets.stores.kachery import KacheryStore
 from sf_assets_tests.graph_harness import write_spec
 

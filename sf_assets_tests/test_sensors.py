@@ -18,12 +18,12 @@ import dagster as dg
 import pytest
 from dagster._core.scheduler.instigation import InstigatorType
 
-from sf_assets.assets.sortings import sorting_comparison
+from sf_assets.orchestration.assets.sortings import sorting_comparison
 from sf_assets.definitions import defs
-from sf_assets.partitions import RECORDINGS, SORTERS
-from sf_assets.resources import KacheryResource, SortingEngineResource, StudysetResource
-from sf_assets.sensors import SENSOR_INTERVAL_S, STUDYSET_SENSOR, TRIGGER_TAG, studyset_sensor
-from sf_assets_tests.automation_harness import deployment, submit_backfill, write_manifest
+from sf_assets.orchestration.partitions import RECORDINGS, SORTERS
+from sf_assets.orchestration.resources import KacheryResource, SortingEngineResource, StudysetResource
+from sf_assets.orchestration.sensors import SENSOR_INTERVAL_S, STUDYSET_SENSOR, TRIGGER_TAG, studyset_sensor
+from harness.automation import deployment, submit_backfill, write_manifest
 from sf_assets_tests.graph_harness import execute_partition_run, write_spec
 
 SORTER = "MountainSort5"
@@ -177,7 +177,7 @@ def test_a_new_sorter_is_sorted_at_once_and_only_its_pairs(deployed):
 
 
 def test_a_large_change_is_taken_on_a_bounded_number_of_pairs_per_tick(deployed, synthetic_studyset, monkeypatch):
-    import sf_assets.sensors as sensors
+    import sf_assets.orchestration.sensors as sensors
     from sf_assets.core.studyset_cursor import StudysetCursor
 
     monkeypatch.setattr(sensors, "MAX_NEW_PAIRS_PER_TICK", 1)
@@ -239,8 +239,8 @@ def test_an_unreadable_cursor_skips_with_advice(deployed):
 
 
 def test_a_new_sorting_requests_the_fan_ins_and_nothing_is_sorted_again(deployed, synthetic_studyset):
-    from sf_assets.launch import RunOptions
-    from sf_assets.settings import load_settings
+    from sf_assets.cli.launch import RunOptions
+    from sf_assets.core.settings import load_settings
 
     instance = deployed.instance
     settings = load_settings(
@@ -282,8 +282,8 @@ SUMMARY = dg.AssetKey("sorter_summary")
 
 
 def _run_options(deployed):
-    from sf_assets.launch import RunOptions
-    from sf_assets.settings import load_settings
+    from sf_assets.cli.launch import RunOptions
+    from sf_assets.core.settings import load_settings
 
     settings = load_settings(
         {"SF_ASSETS_HOME": str(deployed.root / "home"), "SF_ASSETS_KACHERY_DIR": deployed.kachery_dir}

@@ -43,13 +43,13 @@ from sf_assets.engines.slurm_pool import (
     release_idle,
 )
 from sf_assets.engines.slurm_step import STEP_FILE
-from sf_assets.partitions import recording_key
-from sf_assets.resources import SortingEngineResource
+from sf_assets.orchestration.partitions import recording_key
+from sf_assets.orchestration.resources import SortingEngineResource
 from sf_assets.stores.kachery import KacheryStore
-from sf_assets.synthetic import generate_studyset
-from sf_assets_tests.automation_harness import deployment, submit_backfill, write_manifest
+from sf_assets.stores.synthetic import generate_studyset
+from harness.automation import deployment, submit_backfill, write_manifest
 from sf_assets_tests.graph_harness import write_spec
-from sf_assets_tests.slurm_cluster import OTHER_PARTITION
+from harness.slurm_cluster import OTHER_PARTITION
 from sf_assets_tests.test_slurm import _sort_job, _wait_for
 
 SORTER = "Simple"
