@@ -59,14 +59,15 @@ SOURCES_TAG = "sf-assets/sources"
 """The first 12 hex digits of the sources' digest the run was requested for."""
 SENSOR_INTERVAL_S = 5
 """The sensor daemon's own loop time: a shorter interval would not tick sooner."""
-MAX_NEW_PAIRS_PER_TICK = 64
+MAX_NEW_PAIRS_PER_TICK = 16
 """New pairs taken on per tick; the rest wait for the next ticks (the sources count as changed until then).
 
 The daemon creates each requested run before the tick ends, and on the
-embedded SQLite instance a run costs about 0.3 s (each run gets an event
+embedded SQLite instance a run costs 0.3-0.5 s (each run gets an event
 database of its own): a tick that queued SpikeForest's 888 recordings at once
-ran for minutes.  64 pairs (at most 64 recording runs and 64 sorting runs) keep
-a tick under half a minute there, and the queue fed far faster than sorts finish.
+ran for minutes, one of 64 pairs for 32 s (``make bench-scale``).  16 pairs (at
+most 16 recording runs and 16 sorting runs) keep a tick to seconds, and still
+feed the queue far faster than sorts finish (PostgreSQL creates runs faster).
 """
 
 
