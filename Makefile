@@ -13,7 +13,7 @@ export SF_ASSETS_DAGSTER_DIR ?= $(SF_ASSETS_HOME)/dagster
 export DAGSTER_HOME := $(CURDIR)
 WORKERS ?= 4
 
-.PHONY: demo test ui view install system-deps bench bench-scale bench-slurm clean
+.PHONY: demo test ui view install system-deps bench bench-demo bench-scale bench-slurm clean
 
 # The product (with the viewer's extra); `make test` adds the test extra on top.
 $(STAMP): pyproject.toml constraints.txt
@@ -51,6 +51,10 @@ test: $(TEST_STAMP) system-deps
 # Orchestration overhead, command line and UI backfill, against a plain spikeinterface script (minutes; BENCH_ARGS e.g. --recordings 8).
 bench: install
 	$(RUN_FROM_CHECKOUT) $(PY) benchmarks/overhead.py $(BENCH_ARGS)
+
+# The demo campaign through `sf-assets demo` and through the studyset sensor under `dagster dev`, alternated (minutes).
+bench-demo: install
+	$(RUN_FROM_CHECKOUT) $(PY) benchmarks/demo_paths.py $(BENCH_ARGS)
 
 # SpikeForest's size (888 recordings x 10 sorters): load, sensor tick, check-config, workspace diff.
 bench-scale: install

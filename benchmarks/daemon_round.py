@@ -182,7 +182,7 @@ def new_sorter_latency(dev, instance, state: dict, round_dir: Path, spec: Path, 
     nothing new: the grid is sorted) is let through; the spec is edited right
     after it, so the edit waits a whole sensor interval: the worst case a user
     sees.  ``sensor_wait_s`` says how much of the figure that wait was.  The
-    sensor's backfill runs with the code location's configuration: the
+    sensor's runs run with the code location's configuration: the
     canary on (5 s), as a user has it.
     """
     from harness.dagster_dev import summary_covering

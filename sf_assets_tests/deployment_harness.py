@@ -6,7 +6,7 @@ folder, a spec for the test, and starts ``dagster dev`` (webserver, daemons,
 code server) with its own sort service folder, so its warm workers are
 nobody else's.  The studyset sensor finds no spec at its first tick and is
 switched off through GraphQL before the spec is written: the tests launch
-their backfills themselves, and a sensor backfill of the same pairs would
+their backfills themselves, and the sensor's runs of the same pairs would
 race them.
 """
 from __future__ import annotations

@@ -40,7 +40,7 @@ from sf_assets.core.launcher_identity import this_process
 from sf_assets.core.manifest import Recording
 from sf_assets.core.spec import SorterSpec
 from sf_assets.engines.engine import EngineSettings
-from sf_assets.orchestration.partitions import pair_key, recording_key
+from sf_assets.orchestration.partitions import pair_key
 from sf_assets.cli.progress import CampaignCounts
 
 if TYPE_CHECKING:
@@ -422,7 +422,7 @@ def launch_campaign(
     after every look at its runs (for a live display).
     """
     from sf_assets.orchestration.assets.studysets import register_partitions
-    from sf_assets.orchestration.planning import plan_sorts
+    from sf_assets.orchestration.planning import plan_sorts, stages
     from sf_assets.stores.kachery import KacheryStore
     from sf_assets.orchestration.run_launcher import LEASE_TAG
 
@@ -450,18 +450,13 @@ def launch_campaign(
     if plan.in_flight:
         say(f"{len(plan.in_flight)} sorting(s) already queued or running elsewhere: waiting for them in the queue")
     in_flight = {str(key) for key in plan.in_flight}
-    to_sort = list(plan.to_sort) + [
-        (s, r) for s, r in (campaign.jobs if pairs is None else pairs) if str(pair_key(s.name, r)) in in_flight
-    ]
-    waiting: dict[str, list[str]] = {key: [] for key in plan.recordings_to_run}
-    ready: list[tuple[str, str | None]] = [("recordings_job", key) for key in plan.recordings_to_run]
-    ready += [("comparison_job", key) for key in plan.to_compare]
-    for sorter_spec, rec in to_sort:
-        key = str(pair_key(sorter_spec.name, rec))
-        if recording_key(rec) in waiting:
-            waiting[recording_key(rec)].append(key)
-        else:
-            ready.append(("sorting_job", key))
+    elsewhere = [(s, r) for s, r in (campaign.jobs if pairs is None else pairs) if str(pair_key(s.name, r)) in in_flight]
+    to_sort = list(plan.to_sort) + elsewhere
+    order = stages(plan, also_sort=elsewhere)
+    waiting = order.waiting
+    ready: list[tuple[str, str | None]] = [("recordings_job", key) for key in order.recordings]
+    ready += [("comparison_job", key) for key in order.comparisons]
+    ready += [("sorting_job", key) for key in order.sorts]
     total_sorts = len(to_sort)
     lease = {LEASE_TAG: str(this_process())}
     with (

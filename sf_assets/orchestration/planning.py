@@ -109,6 +109,12 @@ def partitions_in_flight(instance: dg.DagsterInstance) -> set[str]:
     return busy
 
 
+def recordings_in_flight(instance: dg.DagsterInstance) -> set[str]:
+    """Recording partitions that a queued or running ``recordings_job`` run will materialize."""
+    runs = instance.get_runs(dg.RunsFilter(job_name="recordings_job", statuses=UNFINISHED_RUN_STATUSES))
+    return {run.tags[PARTITION_TAG] for run in runs if PARTITION_TAG in run.tags}
+
+
 def current_recordings(instance: dg.DagsterInstance, recordings: Iterable[Recording]) -> set[str]:
     """Recording partitions whose recording and ground truth were materialized from the current URI."""
     recordings = list(recordings)
@@ -164,3 +170,43 @@ def plan_sorts(
     current = current_recordings(instance, needed.values())
     plan.recordings_to_run = [k for k in needed if k not in current]
     return plan
+
+
+@dataclass
+class Stages:
+    """A plan as runs: what can be submitted now, and which sorts wait for which recording.
+
+    Attributes
+    ----------
+    recordings : list[str]
+        recording keys whose ``recordings_job`` run goes first.
+    comparisons : list[str]
+        pair keys compared again (``comparison_job``): cached sortings only.
+    sorts : list[str]
+        pair keys whose ``sorting_job`` run can be submitted now (their recording is current).
+    waiting : dict[str, list[str]]
+        ``{recording key: [pair key, ...]}``: sorts to submit once that recording is current.
+    """
+
+    recordings: list[str]
+    comparisons: list[str]
+    sorts: list[str]
+    waiting: dict[str, list[str]]
+
+
+def stages(plan: Plan, also_sort: Iterable[tuple[SorterSpec, Recording]] = ()) -> Stages:
+    """Order ``plan`` (and ``also_sort``, pairs to submit anyway) as the command line and the sensor submit it.
+
+    A sort goes out as soon as its recording is current, never before: the
+    run of a pair whose recording is still to run would fail on a missing
+    input, and waiting for *all* recordings would leave cores idle.
+    """
+    waiting: dict[str, list[str]] = {key: [] for key in plan.recordings_to_run}
+    sorts = []
+    for sorter_spec, rec in [*plan.to_sort, *also_sort]:
+        key = str(pair_key(sorter_spec.name, rec))
+        if recording_key(rec) in waiting:
+            waiting[recording_key(rec)].append(key)
+        else:
+            sorts.append(key)
+    return Stages(list(plan.recordings_to_run), list(plan.to_compare), sorts, waiting)
