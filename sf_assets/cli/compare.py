@@ -51,7 +51,13 @@ def compare_results(args: argparse.Namespace) -> int:
 
 
 def add_compare_results(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``compare-results``."""
+    """Register ``compare-results``.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The command line's subcommands.
+    """
     parser = subparsers.add_parser(
         "compare-results",
         help="diff two records or summary files cell by cell",

@@ -25,7 +25,22 @@ DEMO_SORTERS = ("MountainSort5", "SpykingCircus2", "Tridesclous2")
 
 
 def ensure_studyset(store: KacheryStore, folder: Path, *, seed: int = 0) -> tuple[str, str]:
-    """The demo studyset's (manifest path, spec path), generated on first use."""
+    """The demo studyset's (manifest path, spec path), generated on first use.
+
+    Parameters
+    ----------
+    store : KacheryStore
+        Where the synthetic recordings and ground truths are stored.
+    folder : Path
+        Where the manifest and spec are written (kept: a second demo reuses them).
+    seed : int
+        Seed of the generated recordings.
+
+    Returns
+    -------
+    tuple[str, str]
+        The manifest's and the spec's paths.
+    """
     from sf_assets.stores.synthetic import generate_studyset
 
     manifest, spec = folder / "studysets.json", folder / "spec.yaml"

@@ -29,7 +29,18 @@ EXIT_BAD_INPUT = 2
 
 
 def print_config(args: argparse.Namespace) -> int:
-    """Print the resolved configuration of ``-s``/``-l`` as JSON on stdout."""
+    """Print the resolved configuration of ``-s``/``-l`` as JSON on stdout.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``study_source_file``, ``sorter_spec_file`` and ``strict``.
+
+    Returns
+    -------
+    int
+        0.
+    """
     manifest, spec = load_config(args.study_source_file, args.sorter_spec_file, store=None, strict=args.strict)
     print(json.dumps(config_summary(manifest, spec), indent=2))
     return 0
@@ -114,7 +125,13 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand of :data:`SUBCOMMANDS`."""
+    """The argument parser with every subcommand of :data:`SUBCOMMANDS`.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The ``sf-assets`` parser; each subcommand sets ``run``.
+    """
     parser = argparse.ArgumentParser(prog=PROG, description="SpikeForest-style spike-sorting benchmarks on Dagster.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_subcommand in SUBCOMMANDS:
@@ -123,7 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one subcommand; returns its exit code (2 for bad input, after one line on stderr)."""
+    """Run one subcommand; returns its exit code (2 for bad input, after one line on stderr).
+
+    Parameters
+    ----------
+    argv : Sequence[str] or None
+        The arguments (None: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 done, 1 a run failed, 2 bad input, 3 a storage fault.
+    """
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

@@ -24,7 +24,14 @@ def ensure_dagster_home() -> None:
 
 
 def storage_locations() -> list:
-    """Where the command writes, Dagster's storage first: named when a database error names no file."""
+    """Where the command writes, Dagster's storage first: named when a database error names no file.
+
+    Returns
+    -------
+    list[Path]
+        The Dagster storage folder, the workspace database file (SQLite), the sort work root, the
+        outputs folder and the kachery store.
+    """
     import os
     from pathlib import Path
 

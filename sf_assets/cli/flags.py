@@ -30,7 +30,6 @@ DAGSTER_LOG_LEVELS = ("CRITICAL", "INFO", "DEBUG")
 """Dagster's console log level for -v counts 0, 1, 2+ (runs' logs are always in the UI)."""
 
 
-
 def _count(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -63,8 +62,15 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a finite number of seconds > 0, got {text!r}")
     return value
 
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """``-s`` (manifest) and ``-l`` (spec), named as in ``run_sortings.py``, and ``--strict``."""
+    """``-s`` (manifest) and ``-l`` (spec), named as in ``run_sortings.py``, and ``--strict``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        A subcommand's parser.
+    """
     parser.add_argument(
         "-s",
         "--study-source-file",
@@ -87,7 +93,13 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_shared_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags every sorting command takes, named and defaulted as in the old scripts."""
+    """The flags every sorting command takes, named and defaulted as in the old scripts.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        A subcommand's parser.
+    """
     general = parser.add_argument_group("general")
     general.add_argument("-v", "--verbose", action="count", default=0, help="more output; repeat for more")
     general.add_argument(
@@ -176,7 +188,13 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_workspace_flags(parser: argparse.ArgumentParser) -> None:
-    """``-W/--workspace-uri`` or ``--create-new-workspace`` (exactly one), and ``--dry-run``."""
+    """``-W/--workspace-uri`` or ``--create-new-workspace`` (exactly one), and ``--dry-run``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        A subcommand's parser.
+    """
     group = parser.add_argument_group("workspace (exactly one of -W and --create-new-workspace)")
     group.add_argument("-W", "--workspace-uri", metavar="URI", help="the workspace to add to: workspace://...")
     group.add_argument("--create-new-workspace", action="store_true", help="create a new workspace and add to it")
@@ -185,6 +203,19 @@ def add_workspace_flags(parser: argparse.ArgumentParser) -> None:
 
 def use_container(args: argparse.Namespace, environ: Mapping[str, str]) -> bool:
     """-C wins; then --no-container; then the first container variable that is set.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``use_container`` (-C) and ``no_container``.
+    environ : Mapping[str, str]
+        The environment, read for :data:`USE_CONTAINER_ENV` in that order.
+
+
+    Returns
+    -------
+    bool
+        Whether sorts run in the sorters' container images.
 
     Raises
     ------
@@ -210,7 +241,22 @@ def _source(text: str | None) -> str:
 
 
 def run_options(args: argparse.Namespace, settings: Settings, **overrides: Any) -> "RunOptions":
-    """The runs' resource configuration from the flags (see :class:`sf_assets.cli.launch.RunOptions`)."""
+    """The runs' resource configuration from the flags (see :class:`sf_assets.cli.launch.RunOptions`).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed flags.
+    settings : Settings
+        The project's folders and stores.
+    **overrides : Any
+        Further ``RunOptions`` fields (the Dagster log level).
+
+    Returns
+    -------
+    RunOptions
+        What every run of the launch is configured with; source paths made absolute.
+    """
     from sf_assets.cli.launch import RunOptions
 
     return RunOptions.from_settings(
@@ -234,7 +280,19 @@ def run_options(args: argparse.Namespace, settings: Settings, **overrides: Any) 
 
 
 def run_tags(args: argparse.Namespace) -> dict[str, str]:
-    """Tags for every run: ``dagster/max_runtime`` (seconds) when -T is set."""
+    """Tags for every run: ``dagster/max_runtime`` (seconds) when -T is set.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``timeout_min`` (-T).
+
+    Returns
+    -------
+    dict[str, str]
+        The tags; the limit is the sort's timeout plus a margin, so the engine stops the sort first
+        and records it as errored.
+    """
     if args.timeout_min > 0:
         # A margin over the sort's own timeout: the engine stops the sort first
         # and records it as errored; the run limit is the backstop behind it.

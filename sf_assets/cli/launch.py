@@ -184,7 +184,18 @@ class LaunchError(SfAssetsError):
 
 @contextlib.contextmanager
 def code_location(instance: dg.DagsterInstance):
-    """The project's code location loaded in this process, as the webserver and daemon load it."""
+    """The project's code location loaded in this process, as the webserver and daemon load it.
+
+    Parameters
+    ----------
+    instance : DagsterInstance
+        The instance the location's runs are submitted to.
+
+    Yields
+    ------
+    WorkspaceProcessContext
+        The workspace context holding the location (closed on exit).
+    """
     # No public API loads a code location in-process (the daemon's own workspace context).
     from dagster._core.remote_origin import InProcessCodeLocationOrigin
     from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
@@ -201,7 +212,18 @@ def code_location(instance: dg.DagsterInstance):
 
 
 def queue_daemon_is_running(instance: dg.DagsterInstance) -> bool:
-    """Does a Dagster daemon (``make ui``, ``dagster-daemon run``) dequeue this instance's runs?"""
+    """Does a Dagster daemon (``make ui``, ``dagster-daemon run``) dequeue this instance's runs?
+
+    Parameters
+    ----------
+    instance : DagsterInstance
+        The instance.
+
+    Returns
+    -------
+    bool
+        True when the queue daemon's heartbeat is recent.
+    """
     heartbeat = instance.get_daemon_heartbeats().get("QUEUED_RUN_COORDINATOR")
     return heartbeat is not None and time.time() - heartbeat.timestamp < DAEMON_HEARTBEAT_FRESH_S
 
@@ -214,6 +236,20 @@ def dequeuing(context, instance: dg.DagsterInstance, settings: EngineSettings):
     sf-assets folder): two dequeuers would each see a pair's concurrency slot free and start two
     runs of it.  A launch that finds the lock taken leaves its runs to the holder, and takes over
     if the holder ends first.
+
+    Parameters
+    ----------
+    context : WorkspaceProcessContext
+        The code location, for the runs' launch.
+    instance : DagsterInstance
+        The instance whose queue is dequeued.
+    settings : EngineSettings
+        Where the host's private folder (and so the lock) is.
+
+    Yields
+    ------
+    None
+        While the launch waits for its runs.
     """
     if queue_daemon_is_running(instance):
         yield
@@ -305,7 +341,20 @@ class Submitter:
 
 
 def run_error(instance: dg.DagsterInstance, run_id: str) -> str:
-    """The asset's own error for a failed run (e.g. a RecordingError naming the URI), else the run's."""
+    """The asset's own error for a failed run (e.g. a RecordingError naming the URI), else the run's.
+
+    Parameters
+    ----------
+    instance : DagsterInstance
+        The instance.
+    run_id : str
+        A failed run.
+
+    Returns
+    -------
+    str
+        The error message a user reads first.
+    """
     for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records:
         info = record.event_log_entry.dagster_event.step_failure_data.error
         if info is not None:
@@ -393,6 +442,16 @@ def slurm_allocations_for(options: RunOptions):
 
     The allocations themselves are requested by the sorts as they arrive
     (:mod:`sf_assets.engines.slurm_pool`); without Slurm nothing happens.
+
+    Parameters
+    ----------
+    options : RunOptions
+        The launch's options (``use_slurm`` and the allocation shape).
+
+    Yields
+    ------
+    None
+        While the launch runs.
     """
     from sf_assets.engines.slurm_campaign import campaign_allocations
 
@@ -420,6 +479,41 @@ def launch_campaign(
     once; the instance's run queue and the host's sort service bound the rest.
     ``progress`` gets a line per finished run, ``on_counts`` the launch's counts
     after every look at its runs (for a live display).
+
+    Parameters
+    ----------
+    instance : DagsterInstance
+        The instance the runs are submitted to and queued on.
+    campaign : Campaign
+        The validated manifest and spec.
+    options : RunOptions
+        Every run's resource configuration.
+    workers : int
+        This launch's runs queued or running at once.
+    pairs : list[tuple[SorterSpec, Recording]] or None
+        The pairs to sort (None: every pair the spec assigns).
+    run_results : bool
+        Also run the summary, the records and the workspace sync at the end.
+    progress : callable or None
+        Gets one line per finished run.
+    on_plan : callable or None
+        Gets the plan (what is cached, in flight, to sort) before any run starts.
+    on_sorting_done : callable or None
+        Gets each sorting run's outcome as it finishes.
+    on_counts : callable or None
+        Gets the launch's counts after every look at its runs.
+    tags : dict[str, str] or None
+        Tags for every run.
+
+    Returns
+    -------
+    CampaignOutcome
+        Every run's outcome, and the pairs cached or skipped.
+
+    Raises
+    ------
+    LaunchError
+        If the instance refuses a run, or its run launcher launches only through a code server.
     """
     from sf_assets.orchestration.assets.studysets import register_partitions
     from sf_assets.orchestration.planning import plan_sorts, stages

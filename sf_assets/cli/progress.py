@@ -59,7 +59,13 @@ class LiveProgress:
         self.progress.stop()
 
     def say(self, message: str) -> None:
-        """One line, above the live display when there is one."""
+        """One line, above the live display when there is one.
+
+        Parameters
+        ----------
+        message : str
+            The line.
+        """
         if self.live:
             self.console.print(message, markup=False)
         else:
@@ -92,7 +98,18 @@ def print_line(message: str) -> None:
 
 
 def one_line(message: str) -> str:
-    """A progress message on one line: a multi-line error keeps its first line and its last error line."""
+    """A progress message on one line: a multi-line error keeps its first line and its last error line.
+
+    Parameters
+    ----------
+    message : str
+        A progress message, perhaps with a traceback.
+
+    Returns
+    -------
+    str
+        The message itself when it is one line.
+    """
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     if len(lines) <= 1:
         return message
@@ -101,5 +118,18 @@ def one_line(message: str) -> str:
 
 
 def progress_printer(verbose: int, say: Callable[[str], None]) -> Callable[[str], None]:
-    """One line per finished run; -v shows errors in full."""
+    """One line per finished run; -v shows errors in full.
+
+    Parameters
+    ----------
+    verbose : int
+        How many ``-v``.
+    say : callable
+        Where lines go.
+
+    Returns
+    -------
+    callable
+        What the launch calls with each progress message.
+    """
     return say if verbose else (lambda message: say(one_line(message)))

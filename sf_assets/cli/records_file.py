@@ -11,7 +11,23 @@ from sf_assets.core.records import SortingRecord, write_records
 
 
 def check_outfile(path: str) -> Path:
-    """``path`` as a records file to create: refused if it exists (``/dev/null`` excepted) or has no folder."""
+    """``path`` as a records file to create: refused if it exists (``/dev/null`` excepted) or has no folder.
+
+    Parameters
+    ----------
+    path : str
+        The ``-o`` argument.
+
+    Returns
+    -------
+    Path
+        The file to create.
+
+    Raises
+    ------
+    RecordError
+        If it exists or its folder does not.
+    """
     outfile = Path(path)
     if outfile == Path(os.devnull):
         return outfile
@@ -49,7 +65,13 @@ class RecordsFile:
         self.flush()
 
     def flush(self, order: list[str] | None = None) -> None:
-        """Write the records now (in ``order`` of labels when given)."""
+        """Write the records now (in ``order`` of labels when given).
+
+        Parameters
+        ----------
+        order : list[str] or None
+            Sorting labels in the order the file lists them (None: the order they landed in).
+        """
         labels = order if order is not None else list(self.records)
         records = [self.records[label] for label in labels if label in self.records]
         if self.path == Path(os.devnull):

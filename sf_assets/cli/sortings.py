@@ -403,6 +403,12 @@ def _add_sort_sf_recordings(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_sorting_subcommands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``run-sortings``, ``prepare-workspace`` and ``sort-sf-recordings``."""
+    """Register ``run-sortings``, ``prepare-workspace`` and ``sort-sf-recordings``.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The command line's subcommands.
+    """
     for add in (_add_run_sortings, _add_prepare_workspace, _add_sort_sf_recordings):
         add(subparsers)

@@ -98,7 +98,26 @@ class Campaign:
         return (sorter_name, label) in self._pairs
 
     def require_assigned(self, sorter_name: str, label: str) -> tuple[SorterSpec, Recording]:
-        """The pair's sorter spec and recording, or a SpecError saying why it may not run."""
+        """The pair's sorter spec and recording, or a SpecError saying why it may not run.
+
+        Parameters
+        ----------
+        sorter_name : str
+            The sorter.
+        label : str
+            The recording's ``STUDY/RECORDING`` label.
+
+        Returns
+        -------
+        tuple[SorterSpec, Recording]
+            The sorter's spec entry and the recording.
+
+        Raises
+        ------
+        SpecError
+            If either is unknown, or the spec does not assign the recording's study set to the sorter
+            (naming the sorter's study sets).
+        """
         sorter = self.sorter(sorter_name)
         recording = self.recording(label)
         if not self.is_assigned(sorter_name, label):
@@ -110,5 +129,11 @@ class Campaign:
         return sorter, recording
 
     def recordings(self) -> list[Recording]:
-        """Every recording of the manifest, in its order."""
+        """Every recording of the manifest, in its order.
+
+        Returns
+        -------
+        list[Recording]
+            A new list: callers may change it.
+        """
         return list(self._recordings.values())

@@ -72,6 +72,19 @@ def plan_canary(recording_duration_s: float, canary_first_n_s: float | None) -> 
     longer than the window is skipped: its canary would sort the whole
     recording, which is the full sort itself.
 
+    Parameters
+    ----------
+    recording_duration_s : float
+        The recording's duration in seconds.
+    canary_first_n_s : float or None
+        The canary window in seconds (the spec's ``canary_first_n_s``).
+
+
+    Returns
+    -------
+    CanaryPlan
+        Off, skipped or run, with the window and the reason in one sentence.
+
     Raises
     ------
     ValueError
@@ -100,7 +113,20 @@ def plan_canary(recording_duration_s: float, canary_first_n_s: float | None) -> 
 
 
 def canary_window_s(recording_duration_s: float, canary_first_n_s: float | None) -> float | None:
-    """Seconds the canary sorts, or None when it is off or skipped (see :func:`plan_canary`)."""
+    """Seconds the canary sorts, or None when it is off or skipped (see :func:`plan_canary`).
+
+    Parameters
+    ----------
+    recording_duration_s : float
+        The recording's duration in seconds.
+    canary_first_n_s : float or None
+        The canary window in seconds.
+
+    Returns
+    -------
+    float or None
+        The window in seconds.
+    """
     return plan_canary(recording_duration_s, canary_first_n_s).window_s
 
 
@@ -382,6 +408,18 @@ def classify_sort_output(sorter_si_name: str, num_units: int) -> SortFailure | N
 
     mountainsort5 returns 0 units on noise and on very short windows instead of
     raising; simple does the same on noise.
+
+    Parameters
+    ----------
+    sorter_si_name : str
+        The spikeinterface sorter name (for the failure's message).
+    num_units : int
+        Units the sort found.
+
+    Returns
+    -------
+    SortFailure or None
+        The failure, or None when it found units.
     """
     if num_units < 0:
         raise ValueError(f"num_units: expected a count of units (>= 0), got {num_units}")
@@ -399,6 +437,16 @@ def error_summary(error_text: str) -> str:
     The innermost exception line (``ValueError: ...``), skipping
     spikeinterface's ``SpikeSortingError`` wrapper; else the last non-empty
     line.
+
+    Parameters
+    ----------
+    error_text : str
+        A traceback or a sorter's error trace.
+
+    Returns
+    -------
+    str
+        One line.
     """
     lines = [line.strip() for line in error_text.splitlines() if line.strip()]
     for line in reversed(lines):

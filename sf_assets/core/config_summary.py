@@ -19,6 +19,13 @@ from sf_assets.core.spec import Spec, sorting_jobs
 def config_summary(manifest: Manifest, spec: Spec) -> dict[str, Any]:
     """The configuration ``spec`` resolves to over ``manifest`` (already validated).
 
+    Parameters
+    ----------
+    manifest : Manifest
+        The studysets manifest.
+    spec : Spec
+        The spec, validated against it.
+
     Returns
     -------
     dict

@@ -57,7 +57,14 @@ class SorterTimes:
     warm: list[float] = field(default_factory=list)
 
     def compile_and_sort_s(self) -> tuple[float, float] | None:
-        """(compile seconds, warm sort seconds), once both kinds were measured."""
+        """(compile seconds, warm sort seconds), once both kinds were measured.
+
+        Returns
+        -------
+        tuple[float, float] or None
+            The mean extra time of a cold sort (compiling) and the mean warm sort, in seconds; None until
+            both a cold and a warm sort finished.
+        """
         if not self.cold or not self.warm:
             return None
         warm = mean(self.warm)
@@ -87,7 +94,18 @@ class AffinityQueue:
         return len(self.ready)
 
     def take(self, slot: int) -> Task | None:
-        """The task ``slot`` should run next (removed from the queue), or None if it should wait."""
+        """The task ``slot`` should run next (removed from the queue), or None if it should wait.
+
+        Parameters
+        ----------
+        slot : int
+            An idle slot.
+
+        Returns
+        -------
+        Task or None
+            The task, by the module's four rules.
+        """
         if not self.ready:
             return None
         mine = self.seen.setdefault(slot, set())
@@ -107,7 +125,15 @@ class AffinityQueue:
         return None
 
     def finished(self, slot: int, elapsed_s: float) -> None:
-        """``slot``'s task ended after ``elapsed_s`` seconds (a sort's time feeds rule 4)."""
+        """``slot``'s task ended after ``elapsed_s`` seconds (a sort's time feeds rule 4).
+
+        Parameters
+        ----------
+        slot : int
+            The slot.
+        elapsed_s : float
+            Seconds its task took.
+        """
         task, cold = self.running.pop(slot)
         if task.sorter is not None:
             times = self.times.setdefault(task.sorter, SorterTimes())

@@ -35,6 +35,11 @@ def describe(value: Any) -> str:
     -------
     str
         For example ``true (a boolean)``, ``"32" (a string)`` or ``a list``.
+
+    Raises
+    ------
+    SfAssetsError
+        The document's error type, naming the position and what was expected.
     """
     if isinstance(value, bool):
         return f"{'true' if value else 'false'} (a boolean)"
@@ -79,24 +84,85 @@ class Where:
     error: type[SfAssetsError]
 
     def key(self, name: str) -> Where:
-        """The position of member ``name`` of the object at this position."""
+        """The position of member ``name`` of the object at this position.
+
+        Parameters
+        ----------
+        name : str
+            The member's name.
+
+        Returns
+        -------
+        Where
+            The member's position.
+        """
         return Where(self.source, f"{self.path}.{name}" if self.path else name, self.error)
 
     def item(self, index: int) -> Where:
-        """The position of element ``index`` of the list at this position."""
+        """The position of element ``index`` of the list at this position.
+
+        Parameters
+        ----------
+        index : int
+            The element's index.
+
+        Returns
+        -------
+        Where
+            The element's position.
+        """
         return Where(self.source, f"{self.path}[{index}]", self.error)
 
     def fail(self, problem: str) -> NoReturn:
-        """Raise this document's error for a problem at this position."""
+        """Raise this document's error for a problem at this position.
+
+        Parameters
+        ----------
+        problem : str
+            What is wrong, in words a user can act on.
+
+        Raises
+        ------
+        SfAssetsError
+            The document's error type, naming the position and what was expected.
+        """
         raise self.error(f"{self.source}: {self.path or 'top level'}: {problem}")
 
     def expected(self, what: str, value: Any) -> NoReturn:
-        """Raise: the value here is not ``what``."""
+        """Raise: the value here is not ``what``.
+
+        Parameters
+        ----------
+        what : str
+            What was expected there (``a string``, ``an integer >= 0``).
+        value : Any
+            The value found.
+
+        Raises
+        ------
+        SfAssetsError
+            The document's error type, naming the position and what was expected.
+        """
         self.fail(f"expected {what}, got {describe(value)}")
 
 
 def decode_utf8(raw: bytes | str, source: str, error: type[SfAssetsError]) -> str:
     """Text of a document; raw bytes must be UTF-8 (a leading BOM is dropped).
+
+    Parameters
+    ----------
+    raw : bytes or str
+        The document's content.
+    source : str
+        The document's name (a path or URI), for the error.
+    error : type[SfAssetsError]
+        The document's error type (``ManifestError``, ``SpecError`` ...).
+
+
+    Returns
+    -------
+    str
+        The text.
 
     Raises
     ------
@@ -124,7 +190,25 @@ def _member(obj: dict, key: str, where: Where, expected: str, default: Any) -> t
 
 
 def as_object(value: Any, where: Where) -> dict:
-    """``value`` if it is an object (a mapping with string keys)."""
+    """``value`` if it is an object (a mapping with string keys).
+
+    Parameters
+    ----------
+    value : Any
+        The value found.
+    where : Where
+        The value's position in its document, for the error.
+
+    Returns
+    -------
+    dict
+        The object.
+
+    Raises
+    ------
+    SfAssetsError
+        The document's error type, naming the position and what was expected.
+    """
     if not isinstance(value, dict):
         where.expected("an object", value)
     for key in value:
@@ -134,21 +218,79 @@ def as_object(value: Any, where: Where) -> dict:
 
 
 def as_list(value: Any, where: Where) -> list:
-    """``value`` if it is a list."""
+    """``value`` if it is a list.
+
+    Parameters
+    ----------
+    value : Any
+        The value found.
+    where : Where
+        The value's position in its document, for the error.
+
+    Returns
+    -------
+    list
+        The list.
+
+    Raises
+    ------
+    SfAssetsError
+        The document's error type, naming the position and what was expected.
+    """
     if not isinstance(value, list):
         where.expected("a list", value)
     return value
 
 
 def as_str(value: Any, where: Where) -> str:
-    """``value`` if it is a string."""
+    """``value`` if it is a string.
+
+    Parameters
+    ----------
+    value : Any
+        The value found.
+    where : Where
+        The value's position in its document, for the error.
+
+    Returns
+    -------
+    str
+        The string.
+
+    Raises
+    ------
+    SfAssetsError
+        The document's error type, naming the position and what was expected.
+    """
     if not isinstance(value, str):
         where.expected("a string", value)
     return value
 
 
 def as_int(value: Any, where: Where, minimum: int, maximum: int) -> int:
-    """``value`` if it is an integer (not a boolean) in ``[minimum, maximum]``."""
+    """``value`` if it is an integer (not a boolean) in ``[minimum, maximum]``.
+
+    Parameters
+    ----------
+    value : Any
+        The value found.
+    where : Where
+        The value's position in its document, for the error.
+    minimum : int or float
+        The least value accepted.
+    maximum : int or float
+        The greatest value accepted.
+
+    Returns
+    -------
+    int
+        The integer.
+
+    Raises
+    ------
+    SfAssetsError
+        The document's error type, naming the position and what was expected.
+    """
     expected = f"an integer from {minimum} to {maximum}"
     if isinstance(value, bool) or not isinstance(value, int):
         where.expected(expected, value)
@@ -161,6 +303,29 @@ def as_float(value: Any, where: Where, minimum: float, maximum: float, *, above_
     """``value`` as a float if it is a finite number (not a boolean) in range.
 
     ``above_minimum=True`` excludes ``minimum`` itself (a rate of 0 Hz is not a rate).
+
+    Parameters
+    ----------
+    value : Any
+        The value found.
+    where : Where
+        The value's position in its document, for the error.
+    minimum : int or float
+        The least value accepted.
+    maximum : int or float
+        The greatest value accepted.
+    above_minimum : bool
+        Exclude ``minimum`` itself.
+
+    Returns
+    -------
+    float
+        The number.
+
+    Raises
+    ------
+    SfAssetsError
+        The document's error type, naming the position and what was expected.
     """
     low = "above" if above_minimum else "at least"
     expected = f"a number {low} {minimum:g} and at most {maximum:g}"
@@ -174,7 +339,31 @@ def as_float(value: Any, where: Where, minimum: float, maximum: float, *, above_
 
 
 def read_object(obj: dict, key: str, where: Where, default: Any = REQUIRED, *, nullable: bool = False) -> dict | None:
-    """Member ``key`` of ``obj``, an object (or null when ``nullable``; ``default`` when missing)."""
+    """Member ``key`` of ``obj``, an object (or null when ``nullable``; ``default`` when missing).
+
+    Parameters
+    ----------
+    obj : dict
+        The object that holds the member.
+    key : str
+        The member's name.
+    where : Where
+        The value's position in its document, for the error.
+    default : Any
+        The value when the member is missing (default: it is required).
+    nullable : bool
+        Accept ``null`` (read as None).
+
+    Returns
+    -------
+    dict or None
+        The object, None for ``null``, or ``default``.
+
+    Raises
+    ------
+    SfAssetsError
+        The document's error type, naming the position and what was expected.
+    """
     value, here, present = _member(obj, key, where, "an object", default)
     if not present or (nullable and value is None):
         return value
@@ -182,13 +371,59 @@ def read_object(obj: dict, key: str, where: Where, default: Any = REQUIRED, *, n
 
 
 def read_list(obj: dict, key: str, where: Where, default: Any = REQUIRED) -> tuple[list, Where]:
-    """Member ``key`` of ``obj``, a list, with its position (for its items)."""
+    """Member ``key`` of ``obj``, a list, with its position (for its items).
+
+    Parameters
+    ----------
+    obj : dict
+        The object that holds the member.
+    key : str
+        The member's name.
+    where : Where
+        The value's position in its document, for the error.
+    default : Any
+        The value when the member is missing (default: it is required).
+
+    Returns
+    -------
+    tuple[list, Where]
+        The list and its position.
+
+    Raises
+    ------
+    SfAssetsError
+        The document's error type, naming the position and what was expected.
+    """
     value, here, present = _member(obj, key, where, "a list", default)
     return (as_list(value, here) if present else value), here
 
 
 def read_str(obj: dict, key: str, where: Where, default: Any = REQUIRED, *, nullable: bool = False) -> str | None:
-    """Member ``key`` of ``obj``, a string (or null when ``nullable``)."""
+    """Member ``key`` of ``obj``, a string (or null when ``nullable``).
+
+    Parameters
+    ----------
+    obj : dict
+        The object that holds the member.
+    key : str
+        The member's name.
+    where : Where
+        The value's position in its document, for the error.
+    default : Any
+        The value when the member is missing (default: it is required).
+    nullable : bool
+        Accept ``null`` (read as None).
+
+    Returns
+    -------
+    str or None
+        The string, None for ``null``, or ``default``.
+
+    Raises
+    ------
+    SfAssetsError
+        The document's error type, naming the position and what was expected.
+    """
     value, here, present = _member(obj, key, where, "a string", default)
     if not present or (nullable and value is None):
         return value
@@ -196,7 +431,33 @@ def read_str(obj: dict, key: str, where: Where, default: Any = REQUIRED, *, null
 
 
 def read_int(obj: dict, key: str, where: Where, minimum: int, maximum: int, default: Any = REQUIRED) -> int:
-    """Member ``key`` of ``obj``, an integer in ``[minimum, maximum]``."""
+    """Member ``key`` of ``obj``, an integer in ``[minimum, maximum]``.
+
+    Parameters
+    ----------
+    obj : dict
+        The object that holds the member.
+    key : str
+        The member's name.
+    where : Where
+        The value's position in its document, for the error.
+    minimum : int or float
+        The least value accepted.
+    maximum : int or float
+        The greatest value accepted.
+    default : Any
+        The value when the member is missing (default: it is required).
+
+    Returns
+    -------
+    int
+        The integer, or ``default``.
+
+    Raises
+    ------
+    SfAssetsError
+        The document's error type, naming the position and what was expected.
+    """
     value, here, present = _member(obj, key, where, "an integer", default)
     return as_int(value, here, minimum, maximum) if present else value
 
@@ -212,7 +473,37 @@ def read_float(
     above_minimum: bool = False,
     nullable: bool = False,
 ) -> float | None:
-    """Member ``key`` of ``obj``, a finite number in range (or null when ``nullable``)."""
+    """Member ``key`` of ``obj``, a finite number in range (or null when ``nullable``).
+
+    Parameters
+    ----------
+    obj : dict
+        The object that holds the member.
+    key : str
+        The member's name.
+    where : Where
+        The value's position in its document, for the error.
+    minimum : int or float
+        The least value accepted.
+    maximum : int or float
+        The greatest value accepted.
+    default : Any
+        The value when the member is missing (default: it is required).
+    above_minimum : bool
+        Exclude ``minimum`` itself.
+    nullable : bool
+        Accept ``null`` (read as None).
+
+    Returns
+    -------
+    float or None
+        The number, None for ``null``, or ``default``.
+
+    Raises
+    ------
+    SfAssetsError
+        The document's error type, naming the position and what was expected.
+    """
     value, here, present = _member(obj, key, where, "a number", default)
     if not present or (nullable and value is None):
         return value
@@ -220,7 +511,29 @@ def read_float(
 
 
 def read_bool(obj: dict, key: str, where: Where, default: Any = REQUIRED) -> bool:
-    """Member ``key`` of ``obj``, ``true`` or ``false`` (never 0 or 1)."""
+    """Member ``key`` of ``obj``, ``true`` or ``false`` (never 0 or 1).
+
+    Parameters
+    ----------
+    obj : dict
+        The object that holds the member.
+    key : str
+        The member's name.
+    where : Where
+        The value's position in its document, for the error.
+    default : Any
+        The value when the member is missing (default: it is required).
+
+    Returns
+    -------
+    bool
+        The boolean, or ``default``.
+
+    Raises
+    ------
+    SfAssetsError
+        The document's error type, naming the position and what was expected.
+    """
     value, here, present = _member(obj, key, where, "true or false", default)
     if present and not isinstance(value, bool):
         here.expected("true or false", value)
@@ -234,6 +547,18 @@ def check_json_compatible(value: Any, where: Where) -> None:
     and ``.nan``; they end up in JSON records and Dagster metadata, so only
     strings, finite numbers, booleans, null, lists and string-keyed mappings
     are accepted.
+
+    Parameters
+    ----------
+    value : Any
+        The value found.
+    where : Where
+        The value's position in its document, for the error.
+
+    Raises
+    ------
+    SfAssetsError
+        The document's error type, naming the position and what was expected.
     """
     if value is None or isinstance(value, (str, bool, int)):
         return

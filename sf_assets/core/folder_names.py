@@ -66,6 +66,22 @@ def pair_folder(work_root: str | Path, sorter_name: str, study_name: str, record
 
     ``WORK_ROOT/<sorter key>/<recording key>``, each part the partition key
     (see :mod:`sf_assets.core.labels`) bounded by :func:`bounded_name`.
+
+    Parameters
+    ----------
+    work_root : str or Path
+        The sort work root.
+    sorter_name : str
+        The sorter.
+    study_name : str
+        The recording's study.
+    recording_name : str
+        The recording.
+
+    Returns
+    -------
+    Path
+        The folder (not created).
     """
     sorter_part = bounded_name(label_to_partition_key(sorter_name))
     recording_part = bounded_name(label_to_partition_key(recording_label(study_name, recording_name)))
@@ -82,6 +98,11 @@ def attempt_name(run_id: str, attempt: int) -> str:
     attempt : int
         The step's retry number within the run (0 for the first try).
 
+    Returns
+    -------
+    str
+        ``<run id>-<attempt>``.
+
     Raises
     ------
     ValueError
@@ -95,5 +116,16 @@ def attempt_name(run_id: str, attempt: int) -> str:
 
 
 def is_attempt_name(name: str) -> bool:
-    """Whether ``name`` is one :func:`attempt_name` makes (other entries are never cleaned up)."""
+    """Whether ``name`` is one :func:`attempt_name` makes (other entries are never cleaned up).
+
+    Parameters
+    ----------
+    name : str
+        A folder name.
+
+    Returns
+    -------
+    bool
+        True for an attempt folder's name.
+    """
     return _ATTEMPT_NAME.match(name) is not None

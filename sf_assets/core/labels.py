@@ -83,22 +83,74 @@ def _join(*names: str) -> str:
 
 
 def recording_label(study: str, recording: str) -> str:
-    """``STUDY/RECORDING``: the workspace name of a recording."""
+    """``STUDY/RECORDING``: the workspace name of a recording.
+
+    Parameters
+    ----------
+    study : str
+        The study's name.
+    recording : str
+        The recording's name.
+
+    Returns
+    -------
+    str
+        The label.
+    """
     return _join(study, recording)
 
 
 def ground_truth_label(study: str, recording: str) -> str:
-    """``Ground-Truth/STUDY/RECORDING``: the workspace name of a ground-truth sorting."""
+    """``Ground-Truth/STUDY/RECORDING``: the workspace name of a ground-truth sorting.
+
+    Parameters
+    ----------
+    study : str
+        The study's name.
+    recording : str
+        The recording's name.
+
+    Returns
+    -------
+    str
+        The label.
+    """
     return _join(GROUND_TRUTH, study, recording)
 
 
 def sorting_label(sorter: str, study: str, recording: str) -> str:
-    """``SORTER/STUDY/RECORDING``: the workspace name of one sorter's sorting."""
+    """``SORTER/STUDY/RECORDING``: the workspace name of one sorter's sorting.
+
+    Parameters
+    ----------
+    sorter : str
+        The sorter's name as the spec writes it.
+    study : str
+        The study's name.
+    recording : str
+        The recording's name.
+
+    Returns
+    -------
+    str
+        The label.
+    """
     return _join(sorter, study, recording)
 
 
 def label_to_partition_key(label: str) -> str:
     """The partition key of ``label`` (see the table in this module's docstring).
+
+    Parameters
+    ----------
+    label : str
+        A workspace label or a sorter name.
+
+
+    Returns
+    -------
+    str
+        Its key, within ``[A-Za-z0-9_.-]``.
 
     Raises
     ------
@@ -120,6 +172,17 @@ def label_to_partition_key(label: str) -> str:
 
 def partition_key_to_label(key: str) -> str:
     """The label whose partition key is ``key``: the inverse of :func:`label_to_partition_key`.
+
+    Parameters
+    ----------
+    key : str
+        A partition key.
+
+
+    Returns
+    -------
+    str
+        The label.
 
     Raises
     ------

@@ -34,21 +34,54 @@ class LauncherIdentity:
 
     @classmethod
     def parse(cls, text: str) -> "LauncherIdentity | None":
-        """The identity in a run's tag; None for anything else (then nothing is concluded)."""
+        """The identity in a run's tag; None for anything else (then nothing is concluded).
+
+        Parameters
+        ----------
+        text : str
+            The tag's value, ``HOST:PID:START``.
+
+        Returns
+        -------
+        LauncherIdentity or None
+            The identity, or None when the text is not one.
+        """
         parts = text.rsplit(":", 2)
         if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
             return None
         return cls(parts[0], int(parts[1]), int(parts[2]))
 
     def is_gone(self, this_host: str | None = None) -> bool:
-        """True only when certain: same host, and no process with this PID and start time."""
+        """True only when certain: same host, and no process with this PID and start time.
+
+        Parameters
+        ----------
+        this_host : str or None
+            This host's name (None: looked up).
+
+        Returns
+        -------
+        bool
+            False whenever in doubt: another host, or a process that may be it.
+        """
         if self.host != (this_host or socket.gethostname()):
             return False
         return process_start_ticks(self.pid) != self.start_ticks
 
 
 def process_start_ticks(pid: int) -> int | None:
-    """The process's start time (clock ticks since boot); None if there is no such process."""
+    """The process's start time (clock ticks since boot); None if there is no such process.
+
+    Parameters
+    ----------
+    pid : int
+        The process id.
+
+    Returns
+    -------
+    int or None
+        Field 22 of ``/proc/PID/stat``.
+    """
     try:
         stat = open(f"/proc/{pid}/stat", "rb").read().decode(errors="replace")
     except OSError:

@@ -124,15 +124,38 @@ class Manifest:
     study_sets: tuple[StudySet, ...]
 
     def studies(self) -> tuple[Study, ...]:
-        """All studies, in manifest order."""
+        """All studies, in manifest order.
+
+        Returns
+        -------
+        tuple[Study, ...]
+            Every study of every study set.
+        """
         return tuple(study for study_set in self.study_sets for study in study_set.studies)
 
     def recordings(self) -> tuple[Recording, ...]:
-        """All recordings, in manifest order."""
+        """All recordings, in manifest order.
+
+        Returns
+        -------
+        tuple[Recording, ...]
+            Every recording of every study.
+        """
         return tuple(rec for study in self.studies() for rec in study.recordings)
 
     def study_set(self, name: str) -> StudySet:
         """The study set called ``name``.
+
+        Parameters
+        ----------
+        name : str
+            The study set's name.
+
+
+        Returns
+        -------
+        StudySet
+            The study set.
 
         Raises
         ------
@@ -151,6 +174,17 @@ class Manifest:
 
     def recording_by_label(self, label: str) -> Recording:
         """The recording labelled ``STUDY/RECORDING``.
+
+        Parameters
+        ----------
+        label : str
+            ``STUDY/RECORDING``.
+
+
+        Returns
+        -------
+        Recording
+            The recording.
 
         Raises
         ------

@@ -97,7 +97,13 @@ class SortingRecord:
     provenance: dict | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The record's twelve camelCase keys, in the order the old tools wrote them, then ``provenance``."""
+        """The record's twelve camelCase keys, in the order the old tools wrote them, then ``provenance``.
+
+        Returns
+        -------
+        dict[str, Any]
+            What ``run_sortings.py`` wrote, so that old tools read it.
+        """
         return {
             "recordingName": self.recording_name,
             "studyName": self.study_name,
@@ -124,6 +130,11 @@ class SortingRecord:
             A parsed JSON object.
         where : str
             Where it came from (``"records.json[3]"``), the start of any message.
+
+        Returns
+        -------
+        SortingRecord
+            The record.
 
         Raises
         ------
@@ -159,6 +170,19 @@ def _record(value: Any, where: Where) -> SortingRecord:
 def read_records(raw: bytes | str, source: str) -> list[SortingRecord]:
     """Parse a sorting-records file: a JSON list of records.
 
+    Parameters
+    ----------
+    raw : bytes or str
+        The file's content (bytes must be UTF-8).
+    source : str
+        The file or URI as the user named it.
+
+
+    Returns
+    -------
+    list[SortingRecord]
+        The records, in the file's order.
+
     Raises
     ------
     RecordError
@@ -182,6 +206,13 @@ def write_records(path: str | Path, records: Iterable[SortingRecord]) -> None:
     to ``path``: a link fails if ``path`` exists, even if it appeared a moment
     ago, and a reader never sees half a file.  ``/dev/null`` is accepted (as
     ``run_sortings.py -o /dev/null`` was, to run without keeping records).
+
+    Parameters
+    ----------
+    path : str or Path
+        The file to create.
+    records : Iterable[SortingRecord]
+        The records, in the order to write them.
 
     Raises
     ------

@@ -43,7 +43,18 @@ CELL_GONE = "cell gone"
 
 
 def fingerprint(values: list[Any]) -> str:
-    """A short, order-independent hash of JSON values (the cache keys or versions of a cell's sortings)."""
+    """A short, order-independent hash of JSON values (the cache keys or versions of a cell's sortings).
+
+    Parameters
+    ----------
+    values : list[Any]
+        JSON values.
+
+    Returns
+    -------
+    str
+        12 hex digits; the same values give the same digits in any order.
+    """
     texts = sorted(json.dumps(v, sort_keys=True) for v in values)
     return hashlib.sha1("\n".join(texts).encode()).hexdigest()[:12]
 
@@ -222,6 +233,19 @@ def _number(text: str) -> Any:
 def read_summary_csv(text: str, source: str) -> dict[str, dict[str, Any]]:
     """A ``sorter_summary.csv``: {``SORTER/STUDY_SET/STUDY``: {column: value}}.
 
+    Parameters
+    ----------
+    text : str
+        The CSV.
+    source : str
+        The file's name, for the error.
+
+
+    Returns
+    -------
+    dict[str, dict[str, Any]]
+        Each cell's score columns, numbers read as numbers.
+
     Raises
     ------
     RecordError
@@ -268,6 +292,23 @@ def read_results(raw: bytes | str, source: str) -> tuple[str, dict[str, dict[str
 
     ``kind`` is ``"records"`` or ``"summary"``, told apart by content: a
     records file is a JSON list.
+
+    Parameters
+    ----------
+    raw : bytes or str
+        The file's content.
+    source : str
+        The file's name, for the error.
+
+    Returns
+    -------
+    tuple[str, dict[str, dict[str, Any]]]
+        The kind and the cells.
+
+    Raises
+    ------
+    RecordError
+        If the file is malformed, naming ``source``.
     """
     text = decode_utf8(raw, source, RecordError)
     if text.lstrip().startswith("["):
@@ -276,7 +317,20 @@ def read_results(raw: bytes | str, source: str) -> tuple[str, dict[str, dict[str
 
 
 def diff_results(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> list[FileDifference]:
-    """Every field that differs between two files' cells, and every cell only one file has."""
+    """Every field that differs between two files' cells, and every cell only one file has.
+
+    Parameters
+    ----------
+    a : dict[str, dict[str, Any]]
+        The first file's cells (:func:`read_results`).
+    b : dict[str, dict[str, Any]]
+        The second file's cells.
+
+    Returns
+    -------
+    list[FileDifference]
+        By cell, then field; empty when the files agree.
+    """
     differences = []
     for cell in sorted(a.keys() | b.keys()):
         if cell not in a or cell not in b:

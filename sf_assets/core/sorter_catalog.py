@@ -220,12 +220,31 @@ _INDEX = _build_index(CATALOG)
 
 
 def known_sorter_names() -> list[str]:
-    """Every name a spec may use: canonical names and aliases, sorted."""
+    """Every name a spec may use: canonical names and aliases, sorted.
+
+    Returns
+    -------
+    list[str]
+        The names, for error messages and ``check-config``.
+    """
     return sorted(_INDEX)
 
 
 def resolve_sorter(name: str, where: str = "") -> SorterEntry:
     """The catalog entry for a sorter name or alias (case-sensitive).
+
+    Parameters
+    ----------
+    name : str
+        A sorter name or alias, as a spec writes it.
+    where : str
+        Where the name came from, the start of the error message.
+
+
+    Returns
+    -------
+    SorterEntry
+        The entry.
 
     Raises
     ------
@@ -260,6 +279,16 @@ def pinned_seeds(name: str) -> dict[str, int]:
 
     ``{}`` for an unknown name (validation reports it) and for sorters that
     take no seed.  Cheap: no spikeinterface import.
+
+    Parameters
+    ----------
+    name : str
+        A sorter name or alias.
+
+    Returns
+    -------
+    dict[str, int]
+        Seed parameter -> :data:`PROJECT_SEED`.
     """
     entry = _INDEX.get(name) if isinstance(name, str) else None
     return {} if entry is None else {param: PROJECT_SEED for param in entry.seed_params}
@@ -291,6 +320,16 @@ def availability(entry: SorterEntry) -> Availability:
     A sorter whose packages come from an optional extra (kilosort4, lupin)
     counts as local only when spikeinterface finds them installed.  Imports
     ``spikeinterface.sorters`` only for those sorters.
+
+    Parameters
+    ----------
+    entry : SorterEntry
+        The sorter.
+
+    Returns
+    -------
+    Availability
+        The status and the reason in one sentence.
     """
     if not entry.has_wrapper:
         return Availability(CANNOT_RUN, entry.note)
@@ -349,6 +388,17 @@ def default_params(entry: SorterEntry) -> dict:
     from the kilosort package itself: without it spikeinterface returns only its
     job parameters (and warns).
 
+    Parameters
+    ----------
+    entry : SorterEntry
+        The sorter.
+
+
+    Returns
+    -------
+    dict
+        Parameter -> default value.
+
     Raises
     ------
     EnvironmentSortFailure
@@ -389,6 +439,11 @@ def merge_params(entry: SorterEntry, params: dict, where: str, *, strict: bool =
         the file and key path of ``params``, for error messages.
     strict : bool
         refuse a sorter that cannot run here (:func:`availability`).
+
+    Returns
+    -------
+    dict
+        The merged parameters, seeds pinned unless ``params`` sets them.
 
     Raises
     ------

@@ -177,6 +177,11 @@ def parse_spec(raw: bytes | str, source: str) -> Spec:
     source : str
         The file or URI as the user named it: every message starts with it.
 
+    Returns
+    -------
+    Spec
+        The spec, not yet checked against a manifest.
+
     Raises
     ------
     SpecError
@@ -258,6 +263,15 @@ def validate_spec(spec: Spec, manifest: Manifest, *, strict: bool = False) -> No
     cannot run here passes (its pairs end as errored records) unless
     ``strict``.
 
+    Parameters
+    ----------
+    spec : Spec
+        The parsed spec.
+    manifest : Manifest
+        The manifest its study sets must be in.
+    strict : bool
+        Refuse a sorter that cannot run here.
+
     Raises
     ------
     SpecError
@@ -294,6 +308,18 @@ def sorting_jobs(spec: Spec, manifest: Manifest) -> list[tuple[SorterSpec, Recor
 
     Order: sorters in spec order; for each, its study sets' recordings in
     manifest order.  The same files always give the same list.
+
+    Parameters
+    ----------
+    spec : Spec
+        The validated spec.
+    manifest : Manifest
+        The manifest.
+
+    Returns
+    -------
+    list[tuple[SorterSpec, Recording]]
+        The pairs.
     """
     return [
         (sorter, recording)

@@ -69,12 +69,33 @@ class StudysetCursor:
     waiting: frozenset[Pair] = frozenset()
 
     def after_tick(self, digest: str, new_pairs: Iterable[Pair], waiting: Iterable[Pair] = ()) -> "StudysetCursor":
-        """The cursor once a tick over sources ``digest`` has taken on ``new_pairs``, leaving ``waiting``."""
+        """The cursor once a tick over sources ``digest`` has taken on ``new_pairs``, leaving ``waiting``.
+
+        Parameters
+        ----------
+        digest : str
+            The sources' digest at this tick.
+        new_pairs : Iterable[Pair]
+            Pairs this tick requested (remembered: never requested again).
+        waiting : Iterable[Pair]
+            Pairs left for a later tick (the tick takes on a bounded number).
+
+        Returns
+        -------
+        StudysetCursor
+            A new cursor.
+        """
         waiting = frozenset(waiting)
         return StudysetCursor(digest, self.requested | frozenset(new_pairs) | waiting, waiting)
 
     def encode(self) -> str:
-        """A compact string for Dagster to store (see :meth:`decode`)."""
+        """A compact string for Dagster to store (see :meth:`decode`).
+
+        Returns
+        -------
+        str
+            A format tag and compressed JSON (recordings indexed once), so that thousands of pairs fit.
+        """
         recordings = sorted({recording for _, recording in self.requested})
         index = {key: i for i, key in enumerate(recordings)}
 
@@ -96,6 +117,17 @@ class StudysetCursor:
     @classmethod
     def decode(cls, text: str | None) -> "StudysetCursor":
         """Read a cursor written by :meth:`encode`; None or "" is the empty cursor.
+
+        Parameters
+        ----------
+        text : str or None
+            The stored cursor.
+
+
+        Returns
+        -------
+        StudysetCursor
+            The cursor.
 
         Raises
         ------

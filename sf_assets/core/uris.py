@@ -71,6 +71,16 @@ def is_kachery_uri(text: str) -> bool:
     """Whether ``text`` starts like a kachery URI (``sha1://`` or ``sha1dir://``).
 
     It says nothing about whether the rest is valid: :func:`parse_uri` does.
+
+    Parameters
+    ----------
+    text : str
+        A source as the user gave it.
+
+    Returns
+    -------
+    bool
+        True for a kachery URI's scheme.
     """
     return text.startswith(("sha1://", "sha1dir://"))
 
