@@ -63,18 +63,6 @@ SECTIONS_TO_DO: set[str] = {
     "orchestration/planning.py",
     "orchestration/resources.py",
     "orchestration/sensors.py",
-    "report/results_page.py",
-    "stores/data.py",
-    "stores/inputs.py",
-    "stores/kachery.py",
-    "stores/viewer_links.py",
-    "stores/workspace.py",
-    "viewer/agreement.py",
-    "viewer/analyzer.py",
-    "viewer/app.py",
-    "viewer/gui_adapters.py",
-    "viewer/resolve.py",
-    "viewer/target.py",
 }
 
 

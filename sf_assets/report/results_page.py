@@ -128,6 +128,16 @@ def aggregate(pairs: list[PairResult]) -> Cell:
     only; the cell's status is the worst failure among its pairs (errored
     before timed out before cannot run), else not-run / not-compared when
     some pair has no result yet, else ``ok``.
+
+    Parameters
+    ----------
+    pairs : list[PairResult]
+        The cell's pairs.
+
+    Returns
+    -------
+    Cell
+        Status, mean accuracy, unit counts and how many recordings it covers.
     """
     counts = {s: sum(1 for p in pairs if p.status == s) for s in STATUSES}
     ok = [p for p in pairs if p.status == OK]
@@ -146,7 +156,18 @@ def aggregate(pairs: list[PairResult]) -> Cell:
 
 
 def score_colour(score: float) -> tuple[str, str]:
-    """Background and text colours of a cell scoring ``score`` (0..1)."""
+    """Background and text colours of a cell scoring ``score`` (0..1).
+
+    Parameters
+    ----------
+    score : float
+        The mean accuracy (clipped to 0..1).
+
+    Returns
+    -------
+    tuple[str, str]
+        CSS colours: background, then dark or light text for contrast.
+    """
     score = min(1.0, max(0.0, score))
     for (x0, c0), (x1, c1) in zip(_SCALE, _SCALE[1:]):
         if score <= x1:

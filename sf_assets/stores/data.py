@@ -82,6 +82,11 @@ def read_mda_header(path: Path, uri: str) -> MdaHeader:
     uri : str
         The URI the file was loaded from, for error messages.
 
+    Returns
+    -------
+    MdaHeader
+        Element type, dimensions and header size.
+
     Raises
     ------
     RecordingError
@@ -366,6 +371,11 @@ def store_sorting(sorting: BaseSorting, store: KacheryStore, label: str) -> str:
     label : str
         A name for the sorting, e.g. ``SORTER/STUDY/RECORDING``: the object is
         stored as ``{label}.sorting.json``.
+
+    Returns
+    -------
+    str
+        The sorting object's ``sha1://`` URI.
     """
     unit_ids = [_json_unit_id(u) for u in sorting.unit_ids]
     firings_uri = _store_firings(sorting, store, FIRINGS_LABEL, identity=_labels_are_ids(unit_ids), what=label)
@@ -383,6 +393,20 @@ def store_ground_truth(sorting: BaseSorting, store: KacheryStore, name: str) -> 
     Units get labels ``1..N`` in the sorting's unit order; the object is
     stored as ``{name}.firings_true.json``.  Returns its URI (a manifest's
     ``sortingTrueUri``).
+
+    Parameters
+    ----------
+    sorting : BaseSorting
+        The true units, one segment.
+    store : KacheryStore
+        Where to store it.
+    name : str
+        The recording's name, for the object's label.
+
+    Returns
+    -------
+    str
+        The object's ``sha1://`` URI.
     """
     firings_uri = _store_firings(sorting, store, FIRINGS_TRUE_LABEL, identity=False, what=name)
     return store.store_json({"firings": firings_uri}, f"{name}.firings_true.json")

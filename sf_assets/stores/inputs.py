@@ -36,7 +36,13 @@ def default_store_dir() -> Path:
 
 
 def default_store() -> KacheryStore:
-    """The project's store in :func:`default_store_dir` (created if missing)."""
+    """The project's store in :func:`default_store_dir` (created if missing).
+
+    Returns
+    -------
+    KacheryStore
+        Local-only unless ``SF_ASSETS_KACHERY_CLOUD`` says otherwise.
+    """
     settings = load_settings()
     return KacheryStore(settings.kachery_dir, local_only=settings.kachery_local_only)
 
@@ -97,19 +103,66 @@ def read_source(source: str, store: KacheryStore | None) -> tuple[bytes, str]:
 
 
 def load_manifest(source: str, store: KacheryStore | None) -> Manifest:
-    """The manifest at ``source`` (path or ``sha1://`` URI), parsed and checked."""
+    """The manifest at ``source`` (path or ``sha1://`` URI), parsed and checked.
+
+    Parameters
+    ----------
+    source : str
+        A path or ``sha1://`` URI.
+    store : KacheryStore or None
+        For a ``sha1://`` source (None: :func:`default_store`, when needed).
+
+    Returns
+    -------
+    Manifest
+        The manifest.
+
+    Raises
+    ------
+    SfAssetsError
+        Naming ``source``: unreadable, or not a valid manifest.
+    """
     raw, name = read_source(source, store)
     return parse_manifest(raw, name)
 
 
 def load_spec(source: str, store: KacheryStore | None = None) -> Spec:
-    """The spec at ``source`` (path or ``sha1://`` URI), parsed and checked on its own."""
+    """The spec at ``source`` (path or ``sha1://`` URI), parsed and checked on its own.
+
+    Parameters
+    ----------
+    source : str
+        A path or ``sha1://`` URI.
+    store : KacheryStore or None
+        For a ``sha1://`` source (None: :func:`default_store`, when needed).
+
+    Returns
+    -------
+    Spec
+        The spec.
+
+    Raises
+    ------
+    SfAssetsError
+        Naming ``source``: unreadable, or not a valid spec.
+    """
     raw, name = read_source(source, store)
     return parse_spec(raw, name)
 
 
 def manifest_source_of(spec: Spec) -> str:
     """Where the spec's ``studysets`` points, a relative path taken from the spec's folder.
+
+    Parameters
+    ----------
+    spec : Spec
+        A parsed spec.
+
+
+    Returns
+    -------
+    str
+        An absolute path or a ``sha1://`` URI.
 
     Raises
     ------
@@ -148,6 +201,11 @@ def load_config(
         For ``sha1://`` sources; ``None``: :func:`default_store`, when needed.
     strict : bool
         Refuse a spec naming a sorter that cannot run here (``--strict``).
+
+    Returns
+    -------
+    tuple[Manifest, Spec]
+        Both, validated against each other and the sorter catalog.
 
     Raises
     ------

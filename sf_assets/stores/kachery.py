@@ -59,7 +59,18 @@ _HASH_BLOCK_BYTES = 1 << 20
 
 
 def sha1_of_file(path: str | Path) -> str:
-    """The sha1 of a file's bytes, as 40 lowercase hex digits."""
+    """The sha1 of a file's bytes, as 40 lowercase hex digits.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file (read in chunks: recordings are large).
+
+    Returns
+    -------
+    str
+        The hash.
+    """
     digest = hashlib.sha1()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(_HASH_BLOCK_BYTES), b""):
@@ -111,7 +122,18 @@ class KacheryStore:
         return f"KacheryStore({str(self.root_dir)!r}, local_only={self.local_only})"
 
     def cache_dir(self, name: str) -> Path:
-        """A folder under the store root for data derived from stored content."""
+        """A folder under the store root for data derived from stored content.
+
+        Parameters
+        ----------
+        name : str
+            The cache's name (``analyzers``).
+
+        Returns
+        -------
+        Path
+            ``ROOT/sf_assets_cache/NAME``, created if missing.
+        """
         path = self.root_dir / "sf_assets_cache" / name
         path.mkdir(parents=True, exist_ok=True)
         return path
@@ -127,6 +149,11 @@ class KacheryStore:
             The file to store (copied into the store).
         label : str
             The file name shown in the URI, e.g. ``raw.mda`` (see :func:`uri_label`).
+
+        Returns
+        -------
+        str
+            The content's URI.
         """
         label = uri_label(label)
         path = Path(path).resolve()
@@ -175,7 +202,20 @@ class KacheryStore:
             raise
 
     def store_bytes(self, data: bytes, label: str) -> str:
-        """Store bytes; returns ``sha1://HASH/label``."""
+        """Store bytes; returns ``sha1://HASH/label``.
+
+        Parameters
+        ----------
+        data : bytes
+            The content.
+        label : str
+            The file name shown in the URI.
+
+        Returns
+        -------
+        str
+            The content's URI.
+        """
         tmp_dir = self.cache_dir("tmp")
         fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, prefix="store-")
         try:
@@ -191,6 +231,18 @@ class KacheryStore:
         The text is indented like the SpikeForest object files, keeps the
         object's key order and refuses NaN, so the same object always gives
         the same bytes and the same URI.
+
+        Parameters
+        ----------
+        obj : Any
+            The object.
+        label : str
+            The file name shown in the URI.
+
+        Returns
+        -------
+        str
+            The content's URI.
         """
         try:
             text = json.dumps(obj, indent=4, allow_nan=False) + "\n"
@@ -204,6 +256,17 @@ class KacheryStore:
 
     def load_file(self, uri: str) -> Path:
         """A local path to the content of ``uri``, after checking its sha1.
+
+        Parameters
+        ----------
+        uri : str
+            A ``sha1://`` URI.
+
+
+        Returns
+        -------
+        Path
+            The stored file (read only).
 
         Raises
         ------
@@ -235,7 +298,23 @@ class KacheryStore:
         return path
 
     def load_bytes(self, uri: str) -> bytes:
-        """The verified content of ``uri`` as bytes (small files only)."""
+        """The verified content of ``uri`` as bytes (small files only).
+
+        Parameters
+        ----------
+        uri : str
+            A ``sha1://`` URI.
+
+        Returns
+        -------
+        bytes
+            The content.
+
+        Raises
+        ------
+        UriError
+            As :meth:`load_file`.
+        """
         parsed = self._parse(uri)
         data = self.load_file(uri).read_bytes()
         # The file could change between the check and the read: check again.
@@ -245,7 +324,23 @@ class KacheryStore:
         return data
 
     def load_json(self, uri: str) -> Any:
-        """The verified content of ``uri`` parsed as JSON."""
+        """The verified content of ``uri`` parsed as JSON.
+
+        Parameters
+        ----------
+        uri : str
+            A ``sha1://`` URI.
+
+        Returns
+        -------
+        Any
+            The parsed content.
+
+        Raises
+        ------
+        UriError
+            As :meth:`load_file`, or when the content is not JSON.
+        """
         data = self.load_bytes(uri)
         try:
             return json.loads(data.decode("utf-8"))
@@ -274,6 +369,16 @@ def uri_label(label: str) -> str:
     path parts are dropped, and a part longer than a file name may be is
     shortened (:func:`~sf_assets.core.folder_names.bounded_name`): tools
     that save a download under the URI's last part can always do so.
+
+    Parameters
+    ----------
+    label : str
+        A label, perhaps with spaces or characters a URI path cannot hold.
+
+    Returns
+    -------
+    str
+        The safe label.
     """
     parts = [bounded_name(_LABEL_UNSAFE.sub("_", part)) for part in str(label).split("/") if part]
     parts = [p for p in parts if p not in (".", "..")]

@@ -19,7 +19,18 @@ VIEW_COMMAND = "sf-assets view"
 
 
 def view_command(label: str) -> str:
-    """The shell command that opens ``label`` (quoted for a POSIX shell)."""
+    """The shell command that opens ``label`` (quoted for a POSIX shell).
+
+    Parameters
+    ----------
+    label : str
+        A workspace label.
+
+    Returns
+    -------
+    str
+        ``sf-assets view LABEL``.
+    """
     return f"{VIEW_COMMAND} {shlex.quote(label)}"
 
 
@@ -31,6 +42,22 @@ def register_viewer(registry_dir: Path, label: str, url: str, pid: int | None = 
     """Record that a viewer of ``label`` serves ``url``; returns the file to remove at exit.
 
     The file is replaced whole (:func:`write_text_atomic`), so a reader never sees half of it.
+
+    Parameters
+    ----------
+    registry_dir : Path
+        The registry folder (``$SF_ASSETS_HOME/viewers``).
+    label : str
+        The label served.
+    url : str
+        Where it is served.
+    pid : int or None
+        The serving process (None: this one).
+
+    Returns
+    -------
+    Path
+        The registration file.
     """
     registry_dir = Path(registry_dir)
     registry_dir.mkdir(parents=True, exist_ok=True)
@@ -40,12 +67,31 @@ def register_viewer(registry_dir: Path, label: str, url: str, pid: int | None = 
 
 
 def unregister_viewer(path: Path) -> None:
-    """Remove a registration made by :func:`register_viewer` (absent: nothing to do)."""
+    """Remove a registration made by :func:`register_viewer` (absent: nothing to do).
+
+    Parameters
+    ----------
+    path : Path
+        The file :func:`register_viewer` returned.
+    """
     Path(path).unlink(missing_ok=True)
 
 
 def running_viewer_url(registry_dir: Path, label: str) -> str | None:
-    """The URL of a live viewer of ``label``, or None (no file, unreadable, or its process is gone)."""
+    """The URL of a live viewer of ``label``, or None (no file, unreadable, or its process is gone).
+
+    Parameters
+    ----------
+    registry_dir : Path
+        The registry folder.
+    label : str
+        The label.
+
+    Returns
+    -------
+    str or None
+        The URL.
+    """
     try:
         entry = json.loads(_entry_path(registry_dir, label).read_text())
         pid = int(entry["pid"])

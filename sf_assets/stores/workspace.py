@@ -91,7 +91,18 @@ class SyncReport:
 
 
 def is_workspace_uri(text: str) -> bool:
-    """Return True if ``text`` is ``workspace://`` followed by 32 lowercase hex digits."""
+    """Return True if ``text`` is ``workspace://`` followed by 32 lowercase hex digits.
+
+    Parameters
+    ----------
+    text : str
+        A string from a user or a record.
+
+    Returns
+    -------
+    bool
+        True for a well-formed workspace URI.
+    """
     return isinstance(text, str) and _WORKSPACE_URI_RE.match(text) is not None
 
 
@@ -136,7 +147,18 @@ class WorkspaceStore:
     # -- workspaces ---------------------------------------------------------
 
     def create_workspace(self, name: str | None = None) -> str:
-        """Create an empty workspace and return its URI ``workspace://<hex>``."""
+        """Create an empty workspace and return its URI ``workspace://<hex>``.
+
+        Parameters
+        ----------
+        name : str or None
+            A name people may find it by (:meth:`workspace_by_name`).
+
+        Returns
+        -------
+        str
+            The new workspace's URI.
+        """
         self._ensure_schema()
         uri = f"{WORKSPACE_URI_PREFIX}{uuid.uuid4().hex}"
         with self._writing(f"create workspace {uri}") as conn:
@@ -148,7 +170,18 @@ class WorkspaceStore:
         return uri
 
     def workspace_by_name(self, name: str) -> str | None:
-        """URI of the oldest workspace called ``name``, or None."""
+        """URI of the oldest workspace called ``name``, or None.
+
+        Parameters
+        ----------
+        name : str
+            The name.
+
+        Returns
+        -------
+        str or None
+            The URI.
+        """
         if not self._schema_exists():
             return None
         with self._reading(f"look up workspace named {name!r}") as conn:
@@ -165,24 +198,67 @@ class WorkspaceStore:
 
         Two processes may both create one at the same moment; both then
         settle on the oldest, so they sync into the same workspace.
+
+        Parameters
+        ----------
+        name : str
+            The name.
+
+        Returns
+        -------
+        str
+            The workspace's URI.
         """
         return self.workspace_by_name(name) or (self.create_workspace(name) and self.workspace_by_name(name))
 
     def workspace_exists(self, uri: str) -> bool:
-        """Return True if ``uri`` is a well-formed URI of a workspace in this database."""
+        """Return True if ``uri`` is a well-formed URI of a workspace in this database.
+
+        Parameters
+        ----------
+        uri : str
+            A URI.
+
+        Returns
+        -------
+        bool
+            True when the database holds it.
+        """
         if not is_workspace_uri(uri) or not self._schema_exists():
             return False
         with self._reading(f"look up workspace {uri}") as conn:
             return _workspace_id(conn, uri) is not None
 
     def require_workspace(self, uri: str) -> None:
-        """Raise :class:`WorkspaceError` unless ``uri`` names a workspace here."""
+        """Raise :class:`WorkspaceError` unless ``uri`` names a workspace here.
+
+        Parameters
+        ----------
+        uri : str
+            A URI.
+
+        Raises
+        ------
+        WorkspaceError
+            Naming the URI and the database.
+        """
         self._workspace_id_or_raise(uri)
 
     # -- entries ------------------------------------------------------------
 
     def existing_labels(self, uri: str) -> set[str]:
-        """Return the labels workspace ``uri`` holds."""
+        """Return the labels workspace ``uri`` holds.
+
+        Parameters
+        ----------
+        uri : str
+            The workspace.
+
+        Returns
+        -------
+        set[str]
+            Its labels.
+        """
         workspace_id = self._workspace_id_or_raise(uri)
         entries = workspace_entries_table
         with self._reading(f"read the labels of workspace {uri}") as conn:
@@ -190,7 +266,18 @@ class WorkspaceStore:
             return set(rows.scalars())
 
     def list_entries(self, uri: str) -> list[WorkspaceEntry]:
-        """Return the entries of workspace ``uri`` in the order they were added."""
+        """Return the entries of workspace ``uri`` in the order they were added.
+
+        Parameters
+        ----------
+        uri : str
+            The workspace.
+
+        Returns
+        -------
+        list[WorkspaceEntry]
+            Its entries.
+        """
         workspace_id = self._workspace_id_or_raise(uri)
         entries = workspace_entries_table
         query = (
@@ -221,7 +308,20 @@ class WorkspaceStore:
             ]
 
     def plan(self, uri: str, entries: Iterable[WorkspaceEntry]) -> SyncPlan:
-        """Compare ``entries`` with the labels of workspace ``uri`` (reads only)."""
+        """Compare ``entries`` with the labels of workspace ``uri`` (reads only).
+
+        Parameters
+        ----------
+        uri : str
+            The workspace (empty when it does not exist yet).
+        entries : Iterable[WorkspaceEntry]
+            What should be there.
+
+        Returns
+        -------
+        SyncPlan
+            The entries to add and the labels already present.
+        """
         return plan_sync(entries, self.existing_labels(uri))
 
     def sync(
@@ -263,6 +363,18 @@ class WorkspaceStore:
         made is skipped by the database and reported as already present.
         Rows go in sorted by label, so two concurrent syncs take their row
         locks in the same order and cannot deadlock (PostgreSQL).
+
+        Parameters
+        ----------
+        uri : str
+            The workspace.
+        plan : SyncPlan
+            From :meth:`plan`.
+
+        Returns
+        -------
+        SyncReport
+            Labels added and labels already present.
         """
         workspace_id = self._workspace_id_or_raise(uri)
         inserted: set[str] = set()
@@ -371,6 +483,17 @@ def choose_workspace(
     dry_run: bool,
 ) -> str | None:
     """Apply the ``--workspace-uri`` / ``--create-new-workspace`` rule: exactly one.
+
+    Parameters
+    ----------
+    store : WorkspaceStore
+        The database.
+    workspace_uri : str or None
+        ``-W``.
+    create_new_workspace : bool
+        ``--create-new-workspace``.
+    dry_run : bool
+        ``--dry-run``: create nothing.
 
     Returns
     -------

@@ -22,6 +22,13 @@ def _number(value) -> float:
 def sorted_unit_agreement(unit_ids: list, comparison_units: list[dict]) -> dict[str, list]:
     """Columns for the viewer's unit table, one value per sorted unit of ``unit_ids``.
 
+    Parameters
+    ----------
+    unit_ids : list
+        The sorted units, in the analyzer's order.
+    comparison_units : list[dict]
+        The comparison's rows (one per true unit, with its best match).
+
     Returns
     -------
     dict
@@ -56,6 +63,11 @@ def true_unit_agreement(unit_ids: list, snr_by_unit: dict, comparisons: dict[str
         ``{str(unit id): snr or None}`` as the ``ground_truth`` asset stores it.
     comparisons : dict
         ``{sorter: comparison rows}`` for the sortings of this recording.
+
+    Returns
+    -------
+    dict[str, list]
+        Column name -> one value per true unit (NaN where unknown).
     """
     columns = {"snr": [_number(snr_by_unit.get(str(u))) for u in unit_ids]}
     for sorter, rows in sorted(comparisons.items()):
@@ -65,7 +77,18 @@ def true_unit_agreement(unit_ids: list, snr_by_unit: dict, comparisons: dict[str
 
 
 def agreement_rows(comparison_units: list[dict]) -> list[dict]:
-    """The comparison's rows for the viewer's agreement table, highest SNR first."""
+    """The comparison's rows for the viewer's agreement table, highest SNR first.
+
+    Parameters
+    ----------
+    comparison_units : list[dict]
+        The comparison's rows.
+
+    Returns
+    -------
+    list[dict]
+        Rows with the table's columns.
+    """
     def snr_key(row):
         snr = _number(row.get("snr"))
         return -snr if not math.isnan(snr) else math.inf

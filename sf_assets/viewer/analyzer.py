@@ -72,13 +72,37 @@ class OpenedAnalyzer:
 
 
 def analyzer_folder_name(sorting_sha1: str, recording_sha1: str) -> str:
-    """The cache folder's name: the two content sha1s and a digest of :data:`ANALYZER_SETTINGS`."""
+    """The cache folder's name: the two content sha1s and a digest of :data:`ANALYZER_SETTINGS`.
+
+    Parameters
+    ----------
+    sorting_sha1 : str
+        The sorting object's sha1.
+    recording_sha1 : str
+        The recording object's sha1.
+
+    Returns
+    -------
+    str
+        A name that changes when either input or the analyzer's settings change.
+    """
     settings = hashlib.sha1(json.dumps(ANALYZER_SETTINGS, sort_keys=True).encode()).hexdigest()[:12]
     return f"{sorting_sha1}-{recording_sha1}-{settings}"
 
 
 def filtered(recording):
-    """The recording as the viewer shows it: band-passed like the SNR measurement."""
+    """The recording as the viewer shows it: band-passed like the SNR measurement.
+
+    Parameters
+    ----------
+    recording : BaseRecording
+        The raw recording.
+
+    Returns
+    -------
+    BaseRecording
+        The filtered recording (lazy).
+    """
     import spikeinterface.preprocessing as spre
 
     return spre.bandpass_filter(

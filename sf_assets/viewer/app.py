@@ -56,6 +56,21 @@ class LoadedView:
 def load_view(target: ViewTarget, store: KacheryStore, cache_root: Path) -> LoadedView:
     """Load and check everything ``target`` needs; build its analyzer if not cached.
 
+    Parameters
+    ----------
+    target : ViewTarget
+        The label's URIs.
+    store : KacheryStore
+        Where they are.
+    cache_root : Path
+        The analyzer cache.
+
+
+    Returns
+    -------
+    LoadedView
+        What :func:`serve_view` shows.
+
     Raises
     ------
     ViewerError

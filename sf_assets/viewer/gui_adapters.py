@@ -79,7 +79,20 @@ def use_offline_shortcuts() -> None:
 
 
 def unit_palette(cache_dir: Path, num_entries: int) -> list[str]:
-    """glasbey's palette of ``num_entries`` colours with the GUI's bounds, computed once per cache."""
+    """glasbey's palette of ``num_entries`` colours with the GUI's bounds, computed once per cache.
+
+    Parameters
+    ----------
+    cache_dir : Path
+        Where the palette is kept (computing it compiles glasbey's numba code: 10-15 s).
+    num_entries : int
+        Colours wanted.
+
+    Returns
+    -------
+    list[str]
+        Hex colours.
+    """
     path = Path(cache_dir) / f"glasbey-{num_entries}-l30-100-c30-100.json"
     try:
         return json.loads(path.read_text())
@@ -93,7 +106,13 @@ def unit_palette(cache_dir: Path, num_entries: int) -> list[str]:
 
 
 def use_cached_palette(cache_dir: Path) -> None:
-    """Make the GUI's controller colour units from :func:`unit_palette` (same colours, same order)."""
+    """Make the GUI's controller colour units from :func:`unit_palette` (same colours, same order).
+
+    Parameters
+    ----------
+    cache_dir : Path
+        Where the palette is kept.
+    """
     import matplotlib.colors as mcolors
     import numpy as np
     from spikeinterface_gui.controller import Controller

@@ -44,6 +44,11 @@ def resolve_target(label: str, store: WorkspaceStore, instance: dg.DagsterInstan
     workspace_uri : str
         The workspace to look in; empty: the default workspace ``workspace_sync`` fills.
 
+    Returns
+    -------
+    ViewTarget
+        The URIs the viewer loads.
+
     Raises
     ------
     ViewerError

@@ -59,6 +59,17 @@ class ViewTarget:
 def split_label(label: str) -> tuple[str, str, str]:
     """``(first, study, recording)`` of a sorting or ground-truth label.
 
+    Parameters
+    ----------
+    label : str
+        A label.
+
+
+    Returns
+    -------
+    tuple[str, str, str]
+        Sorter (or ``Ground-Truth``), study, recording.
+
     Raises
     ------
     ViewerError
@@ -78,7 +89,22 @@ def split_label(label: str) -> tuple[str, str, str]:
 
 
 def unknown_label(label: str, known: list[str], where: str) -> ViewerError:
-    """The error for a label the workspace does not hold, with the closest known ones."""
+    """The error for a label the workspace does not hold, with the closest known ones.
+
+    Parameters
+    ----------
+    label : str
+        The label asked for.
+    known : list[str]
+        The labels the workspace holds.
+    where : str
+        The workspace, for the message.
+
+    Returns
+    -------
+    ViewerError
+        The error to raise.
+    """
     close = difflib.get_close_matches(label, known, n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else (
         f"; it holds {len(known)} labels, e.g. {', '.join(sorted(known)[:3])}" if known else "; it holds no labels yet"
