@@ -49,20 +49,6 @@ SECTIONS_TO_DO: set[str] = {
     "engines/warm_worker.py",
     "engines/work_dirs.py",
     "engines/worker.py",
-    "orchestration/assets/faults.py",
-    "orchestration/assets/history.py",
-    "orchestration/assets/metadata.py",
-    "orchestration/assets/recordings.py",
-    "orchestration/assets/results.py",
-    "orchestration/assets/results_page.py",
-    "orchestration/assets/score_checks.py",
-    "orchestration/assets/studysets.py",
-    "orchestration/assets/view_links.py",
-    "orchestration/assets/workspace.py",
-    "orchestration/partitions.py",
-    "orchestration/planning.py",
-    "orchestration/resources.py",
-    "orchestration/sensors.py",
 }
 
 

@@ -78,7 +78,18 @@ def pair_key(sorter_name: str, recording: Recording) -> dg.MultiPartitionKey:
 
 
 def split_pair_key(key: str | dg.MultiPartitionKey) -> tuple[str, str]:
-    """(sorter name, recording label) of a sorting partition key."""
+    """(sorter name, recording label) of a sorting partition key.
+
+    Parameters
+    ----------
+    key : str or MultiPartitionKey
+        A sorting partition key.
+
+    Returns
+    -------
+    tuple[str, str]
+        The sorter's name and the recording's label.
+    """
     if not isinstance(key, dg.MultiPartitionKey):
         key = sorting_partitions.get_partition_key_from_str(key)
     dims = key.keys_by_dimension

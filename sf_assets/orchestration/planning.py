@@ -70,7 +70,22 @@ class Plan:
 
 
 def expected_cache_key(sorter_spec: SorterSpec, rec: Recording, settings: EngineSettings) -> str:
-    """The cache key a sorting of this pair made now would carry."""
+    """The cache key a sorting of this pair made now would carry.
+
+    Parameters
+    ----------
+    sorter_spec : SorterSpec
+        The sorter and its params.
+    rec : Recording
+        The recording.
+    settings : EngineSettings
+        The engine (its container image and job cache name count).
+
+    Returns
+    -------
+    str
+        The key.
+    """
     entry = resolve_sorter(sorter_spec.name)
     image = container_image_for(entry, settings)
     return cache_key(entry, dict(sorter_spec.params or {}), rec.recording_uri, image, settings.job_cache)
@@ -82,6 +97,20 @@ def is_cache_hit(metadata: dict | None, expected_key: str, store: KacheryStore) 
     See :func:`~sf_assets.engines.job_cache.job_cache_verdict`: the latest
     attempt succeeded with ``expected_key``, and its sorting object and firings
     verify in ``store``.
+
+    Parameters
+    ----------
+    metadata : dict or None
+        The pair's latest sorting event's metadata.
+    expected_key : str
+        :func:`expected_cache_key` now.
+    store : KacheryStore
+        Where the cached sorting must verify.
+
+    Returns
+    -------
+    bool
+        True for a hit.
     """
     return job_cache_verdict(metadata, expected_key, store).hit
 
@@ -91,6 +120,16 @@ def partitions_in_flight(instance: dg.DagsterInstance) -> set[str]:
 
     A run names its partition in ``dagster/partition`` or, when a backfill
     launched it, in a one-partition range (``BackfillPolicy.multi_run(1)``).
+
+    Parameters
+    ----------
+    instance : DagsterInstance
+        Whose runs, backfills and event log are read.
+
+    Returns
+    -------
+    set[str]
+        Sorting partition keys.
     """
     busy = set()
     for record in instance.get_run_records(dg.RunsFilter(statuses=UNFINISHED_RUN_STATUSES)):
@@ -110,13 +149,37 @@ def partitions_in_flight(instance: dg.DagsterInstance) -> set[str]:
 
 
 def recordings_in_flight(instance: dg.DagsterInstance) -> set[str]:
-    """Recording partitions that a queued or running ``recordings_job`` run will materialize."""
+    """Recording partitions that a queued or running ``recordings_job`` run will materialize.
+
+    Parameters
+    ----------
+    instance : DagsterInstance
+        Whose runs, backfills and event log are read.
+
+    Returns
+    -------
+    set[str]
+        Recording partition keys.
+    """
     runs = instance.get_runs(dg.RunsFilter(job_name="recordings_job", statuses=UNFINISHED_RUN_STATUSES))
     return {run.tags[PARTITION_TAG] for run in runs if PARTITION_TAG in run.tags}
 
 
 def current_recordings(instance: dg.DagsterInstance, recordings: Iterable[Recording]) -> set[str]:
-    """Recording partitions whose recording and ground truth were materialized from the current URI."""
+    """Recording partitions whose recording and ground truth were materialized from the current URI.
+
+    Parameters
+    ----------
+    instance : DagsterInstance
+        Whose runs, backfills and event log are read.
+    recordings : Iterable[Recording]
+        The recordings to look at.
+
+    Returns
+    -------
+    set[str]
+        Their partition keys that need no new run.
+    """
     recordings = list(recordings)
     keys = [recording_key(r) for r in recordings]
     rec_events = latest_partition_events(instance, dg.AssetKey("recording"), partitions=keys)
@@ -141,6 +204,26 @@ def plan_sorts(
     """Decide, for ``pairs`` (default: every pair the spec assigns), what to sort and what first.
 
     ``store`` is where cached sortings must verify (see :func:`is_cache_hit`).
+
+    Parameters
+    ----------
+    instance : DagsterInstance
+        Whose runs, backfills and event log are read.
+    campaign : Campaign
+        The validated manifest and spec.
+    settings : EngineSettings
+        The engine, for the cache keys.
+    pairs : Iterable[tuple[SorterSpec, Recording]] or None
+        The pairs to plan.
+    store : KacheryStore
+        Where cached sortings must verify.
+    use_job_cache : bool
+        False: sort every pair again.
+
+    Returns
+    -------
+    Plan
+        What is cached, to compare again, in flight, to sort, and which recordings run first.
     """
     pairs = list(campaign.jobs if pairs is None else pairs)
     plan = Plan()
@@ -200,6 +283,18 @@ def stages(plan: Plan, also_sort: Iterable[tuple[SorterSpec, Recording]] = ()) -
     A sort goes out as soon as its recording is current, never before: the
     run of a pair whose recording is still to run would fail on a missing
     input, and waiting for *all* recordings would leave cores idle.
+
+    Parameters
+    ----------
+    plan : Plan
+        From :func:`plan_sorts`.
+    also_sort : Iterable[tuple[SorterSpec, Recording]]
+        Pairs to submit anyway.
+
+    Returns
+    -------
+    Stages
+        Recordings, comparisons and sorts to submit now, and the sorts waiting for each recording.
     """
     waiting: dict[str, list[str]] = {key: [] for key in plan.recordings_to_run}
     sorts = []

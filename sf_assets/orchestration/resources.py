@@ -205,7 +205,13 @@ def _workspace_store(db_url: str) -> WorkspaceStore:
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
-    """Resources for the embedded default, from :mod:`sf_assets.core.settings`."""
+    """Resources for the embedded default, from :mod:`sf_assets.core.settings`.
+
+    Returns
+    -------
+    dict[str, ConfigurableResource]
+        ``kachery``, ``studyset``, ``sorting_engine`` (with ``SF_ASSETS_SLURM``), ``workspace`` and ``outputs``.
+    """
     settings = load_settings()
     kachery = KacheryResource(root_dir=str(settings.kachery_dir), local_only=settings.kachery_local_only)
     return {

@@ -74,6 +74,19 @@ feed the queue far faster than sorts finish (PostgreSQL creates runs faster).
 def read_sources(studyset: StudysetResource, store: KacheryStore) -> tuple[tuple[str, bytes], tuple[str, bytes]]:
     """The spec's and the manifest's (name, bytes); the manifest from the spec when not configured.
 
+    Parameters
+    ----------
+    studyset : StudysetResource
+        The configured sources.
+    store : KacheryStore
+        For ``sha1://`` sources.
+
+
+    Returns
+    -------
+    tuple[tuple[str, bytes], tuple[str, bytes]]
+        The spec's and the manifest's name and bytes.
+
     Raises
     ------
     SfAssetsError
@@ -86,7 +99,25 @@ def read_sources(studyset: StudysetResource, store: KacheryStore) -> tuple[tuple
 
 
 def parse_campaign(spec_source: tuple[str, bytes], manifest_source: tuple[str, bytes]) -> Campaign:
-    """The campaign the sources validate to; raises SfAssetsError naming the bad source."""
+    """The campaign the sources validate to; raises SfAssetsError naming the bad source.
+
+    Parameters
+    ----------
+    spec_source : tuple[str, bytes]
+        The spec's name and bytes.
+    manifest_source : tuple[str, bytes]
+        The manifest's name and bytes.
+
+    Returns
+    -------
+    Campaign
+        The campaign.
+
+    Raises
+    ------
+    SfAssetsError
+        Naming the bad source, key and what was expected.
+    """
     spec = parse_spec(spec_source[1], spec_source[0])
     manifest = parse_manifest(manifest_source[1], manifest_source[0])
     validate_spec(spec, manifest)

@@ -25,7 +25,18 @@ _SQLITE_URL = "sqlite:///"
 
 
 def resource_locations(resources: dict[str, Any]) -> list[Path]:
-    """The folders and database files the step's resources write to (named when a driver names none)."""
+    """The folders and database files the step's resources write to (named when a driver names none).
+
+    Parameters
+    ----------
+    resources : dict[str, Any]
+        The step's resources by name.
+
+    Returns
+    -------
+    list[Path]
+        Every folder or SQLite file a resource names (``root_dir``, ``work_root``, ``folder``, ``db_url``).
+    """
     paths = []
     for resource in resources.values():
         for attribute in ("db_url", "folder", "root_dir", "work_root"):
@@ -57,6 +68,11 @@ def fails_clearly_on_storage_faults(
         Called as ``on_fault(fault, *args, **kwargs)`` with the asset's own
         arguments before the step fails, e.g. to log an errored record; if it
         fails too, the step still fails with the original one line.
+
+    Returns
+    -------
+    callable
+        The decorated function (or a decorator, when called with ``on_fault`` only).
     """
     if fn is None:
         return functools.partial(fails_clearly_on_storage_faults, on_fault=on_fault)

@@ -48,7 +48,24 @@ def latest_partition_events(
     include_observations: bool = False,
     partitions: Iterable[str] | None = None,
 ) -> dict[str, tuple[int, dg.EventLogEntry]]:
-    """Latest event per partition: {partition: (storage_id, entry)}."""
+    """Latest event per partition: {partition: (storage_id, entry)}.
+
+    Parameters
+    ----------
+    instance : DagsterInstance
+        Whose runs, backfills and event log are read.
+    asset_key : AssetKey
+        The asset.
+    include_observations : bool
+        Also consider observations (errored sorts).
+    partitions : Iterable[str] or None
+        Only these partitions (None: all).
+
+    Returns
+    -------
+    dict[str, tuple[int, EventLogEntry]]
+        Partitions without events are absent.
+    """
     wanted = None if partitions is None else set(partitions)
     latest: dict[str, tuple[int, dg.EventLogEntry]] = {}
     fetchers = [instance.fetch_materializations]

@@ -5,7 +5,18 @@ import dagster as dg
 
 
 def json_safe(value: Any) -> Any:
-    """A scalar JSON can hold: numpy scalars unwrapped, NaN as None."""
+    """A scalar JSON can hold: numpy scalars unwrapped, NaN as None.
+
+    Parameters
+    ----------
+    value : Any
+        A value from a table row.
+
+    Returns
+    -------
+    Any
+        A plain Python scalar.
+    """
     if hasattr(value, "item"):
         value = value.item()
     if isinstance(value, float) and value != value:
@@ -19,7 +30,20 @@ def _cell(value: Any) -> Any:
 
 
 def table(rows: list[dict[str, Any]], column_types: dict[str, str]) -> dg.MetadataValue:
-    """A table of ``rows`` with the columns (name -> Dagster column type) in order."""
+    """A table of ``rows`` with the columns (name -> Dagster column type) in order.
+
+    Parameters
+    ----------
+    rows : list[dict[str, Any]]
+        The rows.
+    column_types : dict[str, str]
+        Column name -> Dagster column type (``string``, ``float``, ``int``).
+
+    Returns
+    -------
+    MetadataValue
+        A table the UI shows.
+    """
     schema = dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in column_types.items()])
     records = [dg.TableRecord({name: _cell(row.get(name)) for name in column_types}) for row in rows]
     return dg.MetadataValue.table(records, schema=schema)

@@ -11,7 +11,18 @@ from sf_assets.orchestration.resources import KacheryResource, StudysetResource
 
 
 def content_version(uri: str) -> dg.DataVersion:
-    """A kachery URI names its content's sha1: that is the data version."""
+    """A kachery URI names its content's sha1: that is the data version.
+
+    Parameters
+    ----------
+    uri : str
+        A ``sha1://`` URI.
+
+    Returns
+    -------
+    DataVersion
+        The sha1.
+    """
     return dg.DataVersion(parse_uri(uri).sha1)
 
 

@@ -43,7 +43,20 @@ def _assigned_partitions(campaign: Campaign) -> dict[str, tuple]:
 
 
 def collect_records(instance: dg.DagsterInstance, campaign: Campaign) -> list[SortingRecord]:
-    """Latest record of every assigned pair that has run, errored ones included."""
+    """Latest record of every assigned pair that has run, errored ones included.
+
+    Parameters
+    ----------
+    instance : DagsterInstance
+        Whose runs, backfills and event log are read.
+    campaign : Campaign
+        Its assigned pairs, in spec order.
+
+    Returns
+    -------
+    list[SortingRecord]
+        The records.
+    """
     assigned = _assigned_partitions(campaign)
     latest = latest_partition_events(instance, SORTING_KEY, include_observations=True, partitions=assigned)
     records = []
@@ -63,6 +76,13 @@ def collect_comparisons(instance: dg.DagsterInstance, campaign: Campaign) -> tup
     the summary never scores a sorting other than the current one.  Event
     storage ids grow with every event the instance records, so they order a
     comparison and a sorting.
+
+    Parameters
+    ----------
+    instance : DagsterInstance
+        Whose runs, backfills and event log are read.
+    campaign : Campaign
+        Its assigned pairs.
 
     Returns
     -------
@@ -106,6 +126,18 @@ def summary_frame(comparisons: list[dict], errored: list[dict] = ()):
     ``errored`` holds one ``{sorter, study_set, study}`` per errored sort: they
     are counted in ``num_errored``, and a cell with only errored sorts still
     gets a row (0 recordings, no scores): a failed cell.
+
+    Parameters
+    ----------
+    comparisons : list[dict]
+        The current comparisons' metadata.
+    errored : list[dict]
+        One ``{sorter, study_set, study}`` per errored sort.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The summary's columns, one row per cell.
     """
     import pandas as pd
 

@@ -38,6 +38,20 @@ def collect_pair_results(instance: dg.DagsterInstance, assigned: dict[str, tuple
     timed out or cannot-run by its failure class; a pair with no sorting
     event is errored if its latest run failed before any sort was recorded
     (the engine refused it, say), else not run yet.
+
+    Parameters
+    ----------
+    instance : DagsterInstance
+        Whose runs, backfills and event log are read.
+    assigned : dict[str, tuple]
+        Sorting partition key -> (sorter spec, recording).
+    store : KacheryStore
+        Where the comparisons' unit tables are.
+
+    Returns
+    -------
+    list[PairResult]
+        One per assigned pair, in spec order.
     """
     sortings = latest_partition_events(instance, SORTING_KEY, include_observations=True, partitions=assigned)
     comparisons = latest_partition_events(instance, dg.AssetKey("sorting_comparison"), partitions=assigned)
@@ -104,7 +118,15 @@ def _versions(sorter_names: list[str]) -> tuple[str, dict[str, str]]:
 
 
 def write_results_page(path, pairs: list[page.PairResult]) -> None:
-    """Render the results page to ``path``, replaced whole (temporary file, then rename)."""
+    """Render the results page to ``path``, replaced whole (temporary file, then rename).
+
+    Parameters
+    ----------
+    path : Path
+        The page's file.
+    pairs : list[PairResult]
+        Every assigned pair's outcome.
+    """
     sorters = sorted({p.sorter for p in pairs})
     si_version, sorter_versions = _versions(sorters)
     context = page.PageContext(

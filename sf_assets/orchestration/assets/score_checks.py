@@ -44,6 +44,11 @@ def summary_cells(rows: list[dict[str, Any]], comparisons: list[dict[str, Any]])
     comparisons : list of dict
         The ``sorting_comparison`` metadata of the summarized pairs
         (``sorting_cache_key``, ``sorting_versions``).
+
+    Returns
+    -------
+    list[CellScore]
+        One per summary row.
     """
     keys: dict[tuple, list] = defaultdict(list)
     versions: dict[tuple, list] = defaultdict(list)
@@ -67,7 +72,20 @@ def summary_cells(rows: list[dict[str, Any]], comparisons: list[dict[str, Any]])
 
 
 def summary_history(instance: dg.DagsterInstance, limit: int = HISTORY_LIMIT) -> list[tuple[float, list[CellScore]]]:
-    """The cells of the latest ``limit`` summaries, oldest first, each with its time (epoch seconds)."""
+    """The cells of the latest ``limit`` summaries, oldest first, each with its time (epoch seconds).
+
+    Parameters
+    ----------
+    instance : DagsterInstance
+        Whose runs, backfills and event log are read.
+    limit : int
+        How many summaries.
+
+    Returns
+    -------
+    list[tuple[float, list[CellScore]]]
+        (materialization time, cells) per summary.
+    """
     result = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=SUMMARY_KEY), limit=limit)
     history = []
     for record in reversed(result.records):
@@ -81,7 +99,18 @@ HISTORY_COLUMNS = ["materialized_at", "sorter", "study_set", "study", "mean_accu
 
 
 def history_rows(history: list[tuple[float, list[CellScore]]]) -> list[dict[str, Any]]:
-    """One row per (summary, cell): the per-cell score history, oldest first."""
+    """One row per (summary, cell): the per-cell score history, oldest first.
+
+    Parameters
+    ----------
+    history : list[tuple[float, list[CellScore]]]
+        From :func:`summary_history`.
+
+    Returns
+    -------
+    list[dict[str, Any]]
+        Rows with :data:`HISTORY_COLUMNS`.
+    """
     return [
         {
             "materialized_at": timestamp,
@@ -111,7 +140,21 @@ def _change_row(change: CellChange) -> dict[str, Any]:
 
 
 def score_regression_result(previous: list[CellScore] | None, cells: list[CellScore]) -> dg.AssetCheckResult:
-    """The check's verdict on ``cells`` against the previous summary's (None: there was none)."""
+    """The check's verdict on ``cells`` against the previous summary's (None: there was none).
+
+    Parameters
+    ----------
+    previous : list[CellScore] or None
+        The previous summary's cells.
+    cells : list[CellScore]
+        This summary's cells.
+
+    Returns
+    -------
+    AssetCheckResult
+        Fails (a warning) when a cell's score moved beyond the tolerance while its inputs and
+        versions stayed the same.
+    """
     if previous is None:
         return dg.AssetCheckResult(
             check_name=SCORE_REGRESSION,

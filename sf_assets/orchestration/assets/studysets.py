@@ -14,6 +14,18 @@ def register_partitions(instance: dg.DagsterInstance, campaign: Campaign) -> tup
     One read and at most one insert per partitions definition: 888 recordings
     take a few milliseconds, where checking key by key (as Dagster's sensor
     daemon does with a sensor's partition requests) takes about 2 s.
+
+    Parameters
+    ----------
+    instance : DagsterInstance
+        Where the dynamic partitions live.
+    campaign : Campaign
+        Its recordings and sorters.
+
+    Returns
+    -------
+    tuple[list[str], list[str]]
+        The new recording keys and the new sorter keys.
     """
     added = []
     for name, wanted in (

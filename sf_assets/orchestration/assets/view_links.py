@@ -16,6 +16,16 @@ def view_metadata(label: str) -> dict[str, dg.MetadataValue]:
 
     Both keys are always set, so metadata copied from an earlier event (the
     job cache) never keeps the URL of a viewer that has stopped.
+
+    Parameters
+    ----------
+    label : str
+        A workspace label.
+
+    Returns
+    -------
+    dict[str, MetadataValue]
+        The two entries.
     """
     url = running_viewer_url(load_settings().viewers_dir, label)
     return {
@@ -25,7 +35,18 @@ def view_metadata(label: str) -> dict[str, dg.MetadataValue]:
 
 
 def labels_to_view(labels: list[str]) -> dg.MetadataValue:
-    """A markdown table of labels, each with the command (or URL) that opens it."""
+    """A markdown table of labels, each with the command (or URL) that opens it.
+
+    Parameters
+    ----------
+    labels : list[str]
+        Workspace labels.
+
+    Returns
+    -------
+    MetadataValue
+        Markdown.
+    """
     viewers_dir = load_settings().viewers_dir
     rows = ["| label | open it |", "|---|---|"]
     for label in labels[:MAX_LISTED_LABELS]:

@@ -14,7 +14,23 @@ DEFAULT_WORKSPACE_NAME = "default"
 
 
 def resolve_workspace_uri(workspace: WorkspaceResource) -> str:
-    """The configured workspace, or the instance's default one (created once)."""
+    """The configured workspace, or the instance's default one (created once).
+
+    Parameters
+    ----------
+    workspace : WorkspaceResource
+        The configured database and workspace.
+
+    Returns
+    -------
+    str
+        The workspace's URI.
+
+    Raises
+    ------
+    WorkspaceError
+        If the configured workspace does not exist.
+    """
     store = workspace.store()
     if workspace.workspace_uri:
         store.require_workspace(workspace.workspace_uri)
