@@ -53,13 +53,30 @@ def container_run_sorter_kwargs(image: str | None, engine: str) -> dict[str, str
 
 
 def docker_host() -> str:
-    """The Docker daemon address the client uses, as a message should name it."""
+    """The Docker daemon address the client uses, as a message should name it.
+
+    Returns
+    -------
+    str
+        ``$DOCKER_HOST``, else the default socket's URL.
+    """
     value = os.environ.get("DOCKER_HOST")
     return f"DOCKER_HOST={value}" if value else f"{DEFAULT_DOCKER_HOST} (DOCKER_HOST is unset)"
 
 
 def require_container_runtime(engine: str) -> None:
-    """Raise EnvironmentSortFailure unless ``engine`` can run containers here."""
+    """Raise EnvironmentSortFailure unless ``engine`` can run containers here.
+
+    Parameters
+    ----------
+    engine : str
+        ``docker`` or ``singularity``.
+
+    Raises
+    ------
+    EnvironmentSortFailure
+        Naming the missing daemon or program, so the pair fails at once instead of at its first sort.
+    """
     _require_known_engine(engine)
     if engine == "singularity":
         if shutil.which("singularity") is None and shutil.which("apptainer") is None:

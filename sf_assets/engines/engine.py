@@ -94,7 +94,20 @@ class EngineSettings:
 
 
 def container_image_for(entry: SorterEntry, settings: EngineSettings) -> str | None:
-    """The image a sorter runs in: always for container-only sorters, else when asked."""
+    """The image a sorter runs in: always for container-only sorters, else when asked.
+
+    Parameters
+    ----------
+    entry : SorterEntry
+        The sorter.
+    settings : EngineSettings
+        ``use_container``.
+
+    Returns
+    -------
+    str or None
+        The catalog's image, or None to sort here.
+    """
     if settings.use_container or not entry.runs_locally:
         return entry.container_image
     return None
@@ -107,6 +120,24 @@ def cache_key(entry: SorterEntry, params: dict, recording_uri: str, image: str |
     recording's data; the engine version stands for the code that sorts.  The
     job cache's name is part of it, as in hither's named job caches: a sorting
     made under one name is never a hit under another.
+
+    Parameters
+    ----------
+    entry : SorterEntry
+        The sorter.
+    params : dict
+        The merged parameters, seeds included.
+    recording_uri : str
+        The recording's ``sha1://`` URI.
+    image : str or None
+        The container image (None: sorted here).
+    job_cache : str
+        The job cache's name.
+
+    Returns
+    -------
+    str
+        A sha1 of all of these and the sort engine's version.
     """
     payload = {
         "sorter": entry.si_name,
@@ -124,6 +155,16 @@ def canary_timeout_s(canary_first_n_s: float | None) -> float | None:
 
     Four times the window, at least two minutes (sorter imports, numba
     compilation, a container's start) and at most five.
+
+    Parameters
+    ----------
+    canary_first_n_s : float or None
+        The canary window in seconds.
+
+    Returns
+    -------
+    float or None
+        Seconds, or None when there is no canary.
     """
     if not canary_first_n_s or canary_first_n_s != canary_first_n_s or canary_first_n_s <= 0:
         return None
@@ -133,7 +174,28 @@ def canary_timeout_s(canary_first_n_s: float | None) -> float | None:
 def work_dir_for(
     settings: EngineSettings, sorter_name: str, study_name: str, recording_name: str, run_id: str, attempt: int = 0
 ) -> Path:
-    """The work folder of one sort attempt: the pair's folder, then the run and retry (see folder_names)."""
+    """The work folder of one sort attempt: the pair's folder, then the run and retry (see folder_names).
+
+    Parameters
+    ----------
+    settings : EngineSettings
+        ``work_root``.
+    sorter_name : str
+        The sorter.
+    study_name : str
+        The recording's study.
+    recording_name : str
+        The recording.
+    run_id : str
+        The Dagster run.
+    attempt : int
+        The step's retry number.
+
+    Returns
+    -------
+    Path
+        The folder (not created).
+    """
     return pair_folder(settings.work_root, sorter_name, study_name, recording_name) / attempt_name(run_id, attempt)
 
 
@@ -142,6 +204,18 @@ def run_sort(job: SortJob, settings: EngineSettings) -> Iterator[dict | CanaryRe
 
     Yields the service's slot information (a dict) when the sort service takes
     it, the canary report as soon as it is decided, and the final report.
+
+    Parameters
+    ----------
+    job : SortJob
+        The sort.
+    settings : EngineSettings
+        Where and how it runs.
+
+    Yields
+    ------
+    dict or CanaryReport or SortReport
+        As they come; the last is the :class:`SortReport`.
     """
     work_dir = prepare_work_dir(job)
     command = worker_command(sys.executable, work_dir)

@@ -31,6 +31,18 @@ def thread_count(job: SortJob, env: Mapping[str, str]) -> int | None:
     """The thread count a sort runs with: the job's, else the one its worker was started with.
 
     ``None`` when neither sets one (the libraries then start a thread per core).
+
+    Parameters
+    ----------
+    job : SortJob
+        ``threads``.
+    env : Mapping[str, str]
+        The worker's environment (``OMP_NUM_THREADS``).
+
+    Returns
+    -------
+    int or None
+        Threads per pool.
     """
     if job.threads is not None:
         return max(1, job.threads)
@@ -49,6 +61,16 @@ def applied_threads(threads: int | None) -> Iterator[None]:
     runs many sorts in one process, so the limit is applied here, per sort.
     numba cannot go above the thread count it was launched with
     (``NUMBA_NUM_THREADS``); the recorded count says what it really used.
+
+    Parameters
+    ----------
+    threads : int or None
+        Threads per pool (None: leave the libraries alone).
+
+    Yields
+    ------
+    None
+        While the sort runs.
     """
     if threads is None:
         yield
@@ -66,7 +88,18 @@ def applied_threads(threads: int | None) -> Iterator[None]:
 
 
 def threads_in_use(threads: int | None) -> dict[str, Any]:
-    """The thread counts in effect now: applied, numba's, each native pool's, and the variables."""
+    """The thread counts in effect now: applied, numba's, each native pool's, and the variables.
+
+    Parameters
+    ----------
+    threads : int or None
+        The count applied.
+
+    Returns
+    -------
+    dict[str, Any]
+        For the record's provenance.
+    """
     import numba
     from threadpoolctl import threadpool_info
 
@@ -95,6 +128,16 @@ def library_versions(entry: SorterEntry) -> dict[str, str | None]:
     (``get_sorter_version``: the algorithm's version for spikeinterface's
     sorters, the package's for the others); None where it cannot tell (a
     sorter that runs in its container).
+
+    Parameters
+    ----------
+    entry : SorterEntry
+        The sorter.
+
+    Returns
+    -------
+    dict[str, str or None]
+        Library -> version.
     """
     from spikeinterface.sorters.sorterlist import sorter_dict
 
@@ -115,6 +158,18 @@ def image_digest(image: str | None, engine: str) -> str | None:
     From the reference itself (``name@sha256:...``), else from ``docker image
     inspect`` for a pulled docker image; None when there is no image, no docker
     or no digest (a singularity file, an image built locally).
+
+    Parameters
+    ----------
+    image : str or None
+        The image reference.
+    engine : str
+        ``docker`` or ``singularity``.
+
+    Returns
+    -------
+    str or None
+        ``sha256:...``.
     """
     if image is None:
         return None
@@ -137,7 +192,22 @@ def image_digest(image: str | None, engine: str) -> str | None:
 
 
 def sort_provenance(job: SortJob, entry: SorterEntry, threads: int | None) -> dict[str, Any]:
-    """The ``provenance`` of a sort (see :mod:`sf_assets.core.records`), taken while its threads are applied."""
+    """The ``provenance`` of a sort (see :mod:`sf_assets.core.records`), taken while its threads are applied.
+
+    Parameters
+    ----------
+    job : SortJob
+        The sort.
+    entry : SorterEntry
+        Its sorter.
+    threads : int or None
+        The thread count applied.
+
+    Returns
+    -------
+    dict[str, Any]
+        Seeds, versions, image and digest, threads, engine.
+    """
     return {
         "seeds": {param: job.params.get(param) for param in entry.seed_params},
         "threads": threads_in_use(threads),

@@ -45,7 +45,19 @@ TERMINATE_GRACE_S = 20.0
 
 
 def execute_run(run_id: str, instance_ref_json: str, environ: dict[str, str], cwd: str) -> None:
-    """Execute one launched run in this (forked) process; runs in the child only."""
+    """Execute one launched run in this (forked) process; runs in the child only.
+
+    Parameters
+    ----------
+    run_id : str
+        The run.
+    instance_ref_json : str
+        The instance's serialized reference.
+    environ : dict[str, str]
+        The run's environment (the launcher's), set before the code location is imported again.
+    cwd : str
+        The run's working folder.
+    """
     os.environ.clear()
     os.environ.update(environ)
     os.chdir(cwd)
@@ -98,7 +110,26 @@ class RunHost:
         return self._context
 
     def launch_run(self, run_id: str, instance_ref: str, environ: dict[str, str], cwd: str, lease: str = "") -> dict:
-        """Start ``run_id`` in a process of its own; refused when its lease has already ended."""
+        """Start ``run_id`` in a process of its own; refused when its lease has already ended.
+
+        Parameters
+        ----------
+        run_id : str
+            The run.
+        instance_ref : str
+            The instance's serialized reference.
+        environ : dict[str, str]
+            The run's environment.
+        cwd : str
+            Its working folder.
+        lease : str
+            The launching command line's identity (empty: no lease).
+
+        Returns
+        -------
+        dict
+            ``launched``, and the ``pid`` and ``start_ticks`` of its process or the ``reason`` it was refused.
+        """
         identity = LauncherIdentity.parse(lease) if lease else None
         if identity is not None and identity.is_gone():
             return {"launched": False, "reason": f"the process that launched it ({lease}) is gone"}
@@ -111,7 +142,20 @@ class RunHost:
         return {"launched": True, "pid": process.pid, "start_ticks": process_start_ticks(process.pid) or 0}
 
     def terminate_run(self, run_id: str, grace_s: float = TERMINATE_GRACE_S) -> dict:
-        """Interrupt the run as Ctrl-C would (Dagster cancels it cleanly); kill it after ``grace_s``."""
+        """Interrupt the run as Ctrl-C would (Dagster cancels it cleanly); kill it after ``grace_s``.
+
+        Parameters
+        ----------
+        run_id : str
+            The run.
+        grace_s : float
+            Seconds between the interrupt and the kill.
+
+        Returns
+        -------
+        dict
+            ``terminated`` and ``known``.
+        """
         with self._lock:
             hosted = self._runs.get(run_id)
         if hosted is None or not hosted.process.is_alive():
@@ -152,13 +196,24 @@ class RunHost:
         """Is any run still executing here?
 
         Ended runs are kept: run monitoring asks about them.
+
+        Returns
+        -------
+        bool
+            True while a run's process is alive.
         """
         with self._lock:
             runs = list(self._runs.values())
         return any(hosted.process.is_alive() for hosted in runs)
 
     def end_runs_whose_lease_ended(self) -> list[str]:
-        """Terminate the runs whose launching command line is gone."""
+        """Terminate the runs whose launching command line is gone.
+
+        Returns
+        -------
+        list[str]
+            The runs terminated.
+        """
         with self._lock:
             leased = [(rid, h) for rid, h in self._runs.items() if h.lease is not None and not h.terminating]
         ended = []

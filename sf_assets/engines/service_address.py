@@ -64,6 +64,11 @@ def code_fingerprint() -> str:
 
     A service holds the sorters' code and the package's modules in memory;
     this changes whenever any of them would differ in a fresh process.
+
+    Returns
+    -------
+    str
+        A sha1.
     """
     package = Path(sf_assets.__file__).parent
     h = hashlib.sha1()
@@ -76,7 +81,23 @@ def code_fingerprint() -> str:
 
 
 def host_folder(settings: ServiceSettings) -> Path:
-    """The private folder this user's host-wide sf-assets state lives in (created 0700)."""
+    """The private folder this user's host-wide sf-assets state lives in (created 0700).
+
+    Parameters
+    ----------
+    settings : ServiceSettings
+        ``base_dir`` (else ``SF_ASSETS_SERVICE_DIR``, else ``/tmp/sf-assets-UID``).
+
+    Returns
+    -------
+    Path
+        The folder.
+
+    Raises
+    ------
+    ServiceFolderError
+        If the folder is not private to this user.
+    """
     base = Path(settings.base_dir or os.environ.get("SF_ASSETS_SERVICE_DIR") or f"/tmp/sf-assets-{os.getuid()}")
     base.mkdir(mode=0o700, exist_ok=True)
     _require_private(base)
@@ -84,7 +105,18 @@ def host_folder(settings: ServiceSettings) -> Path:
 
 
 def service_folder(settings: ServiceSettings) -> Path:
-    """This code's and these settings' service folder (created private to this user)."""
+    """This code's and these settings' service folder (created private to this user).
+
+    Parameters
+    ----------
+    settings : ServiceSettings
+        Slots, threads per sort, idle exit: a service serves one combination.
+
+    Returns
+    -------
+    Path
+        The folder, named after the code's fingerprint and the settings.
+    """
     base = host_folder(settings)
     key = hashlib.sha1(
         f"{code_fingerprint()}:{settings.slots}:{settings.threads_per_sort}:{settings.idle_exit_s}".encode()

@@ -67,7 +67,25 @@ def _log_tail(folder: Path, chars: int = 2000) -> str:
 
 
 def connect(settings: ServiceSettings, *, start: bool = True) -> Connection:
-    """A connection to the service for ``settings``, started first if needed (and ``start``)."""
+    """A connection to the service for ``settings``, started first if needed (and ``start``).
+
+    Parameters
+    ----------
+    settings : ServiceSettings
+        Which service.
+    start : bool
+        Start it when none runs.
+
+    Returns
+    -------
+    Connection
+        An authenticated connection.
+
+    Raises
+    ------
+    SortServiceError
+        If none runs (and ``start`` is False), or it did not start.
+    """
     folder = service_folder(settings)
     try:
         return _connect(folder)
@@ -121,7 +139,18 @@ def connect(settings: ServiceSettings, *, start: bool = True) -> Connection:
 
 
 def service_status(settings: ServiceSettings) -> dict | None:
-    """The running service's slots and queue; None when no service runs for ``settings``."""
+    """The running service's slots and queue; None when no service runs for ``settings``.
+
+    Parameters
+    ----------
+    settings : ServiceSettings
+        Which service.
+
+    Returns
+    -------
+    dict or None
+        Its status.
+    """
     try:
         conn = connect(settings, start=False)
     except (SortServiceError, OSError):
@@ -133,7 +162,29 @@ def service_status(settings: ServiceSettings) -> dict | None:
 
 
 def call_service(settings: ServiceSettings, op: str, *, start: bool = True, **args) -> dict:
-    """One request to the service (``launch_run``, ``terminate_run``, ``run_status``) and its answer."""
+    """One request to the service (``launch_run``, ``terminate_run``, ``run_status``) and its answer.
+
+    Parameters
+    ----------
+    settings : ServiceSettings
+        Which service.
+    op : str
+        The request.
+    start : bool
+        Start the service when none runs.
+    **args
+        The request's arguments.
+
+    Returns
+    -------
+    dict
+        The answer.
+
+    Raises
+    ------
+    SortServiceError
+        If the service refused the request or cannot be reached.
+    """
     with connect(settings, start=start) as conn:
         conn.send({"op": op, "args": args})
         kind, payload = conn.recv()
@@ -151,10 +202,22 @@ def sort_on_service(
 ) -> Iterator[dict | CanaryReport | SortReport]:
     """Have the service sort the job prepared in ``work_dir``.
 
+    Parameters
+    ----------
+    settings : ServiceSettings
+        Which service.
+    work_dir : Path
+        The prepared job's folder.
+    timeout_s : float or None
+        The sort's timeout.
+    canary_timeout_s : float or None
+        When a canary counts as hung.
+
     Yields
     ------
-    A dict when a slot takes the sort (``slot``, ``worker_pid``, ``warm``),
-    the canary report as soon as it is decided, and the final sort report.
+    dict or CanaryReport or SortReport
+        A dict when a slot takes the sort (``slot``, ``worker_pid``, ``warm``),
+        the canary report as soon as it is decided, and the final sort report.
 
     Raises
     ------

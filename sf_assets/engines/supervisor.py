@@ -54,6 +54,16 @@ def prepare_work_dir(job: SortJob) -> Path:
     The folder belongs to one sort attempt (see :mod:`sf_assets.engines.work_dirs`);
     emptying it only clears what an earlier try of the same attempt left
     (a Slurm step whose allocation was lost), never another attempt's files.
+
+    Parameters
+    ----------
+    job : SortJob
+        The sort; its ``work_dir`` is the folder.
+
+    Returns
+    -------
+    Path
+        The folder.
     """
     work_dir = Path(job.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -90,6 +100,13 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float) -> None:
     """SIGTERM the worker's process group, SIGKILL it after ``grace_s``.
 
     The child is left unreaped, so :func:`reap` still reads its CPU time.
+
+    Parameters
+    ----------
+    proc : subprocess.Popen
+        The worker, leader of its own session.
+    grace_s : float
+        Seconds between SIGTERM and SIGKILL.
     """
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         try:
@@ -108,7 +125,18 @@ def _as_reported(exit_code: int | None, cpu_time_s: float | None) -> tuple[int |
 
 
 def reap(proc: subprocess.Popen) -> tuple[int | None, float | None]:
-    """Wait for the child and return (exit status, CPU seconds user+system)."""
+    """Wait for the child and return (exit status, CPU seconds user+system).
+
+    Parameters
+    ----------
+    proc : subprocess.Popen
+        The child.
+
+    Returns
+    -------
+    tuple[int | None, float | None]
+        The exit code and CPU seconds (None when Popen reaped it first).
+    """
     try:
         _, status, usage = os.wait4(proc.pid, 0)
     except ChildProcessError:  # already reaped by Popen.poll()
@@ -118,7 +146,15 @@ def reap(proc: subprocess.Popen) -> tuple[int | None, float | None]:
 
 
 def abandon_process(proc: subprocess.Popen, stop: Callable[[subprocess.Popen, float], None] = stop_process_group) -> None:
-    """Stop ``proc`` quickly (the step was interrupted) and reap it if it is gone."""
+    """Stop ``proc`` quickly (the step was interrupted) and reap it if it is gone.
+
+    Parameters
+    ----------
+    proc : subprocess.Popen
+        The child.
+    stop : callable
+        How to stop it (:func:`stop_process_group`, or the Slurm step's stop).
+    """
     stop(proc, 2.0)
     if poll_without_reaping(proc) is not None:
         reap(proc)
@@ -128,13 +164,31 @@ class WorkerRun(Protocol):
     """A worker busy with one job, as :func:`watch` sees it, whatever started it."""
 
     def finished(self) -> bool:
-        """Has the job ended (the worker answered, or died)?"""
+        """Has the job ended (the worker answered, or died)?
+
+        Returns
+        -------
+        bool
+            True once it has.
+        """
 
     def stop(self, grace_s: float) -> None:
-        """End the job early (timeout, hung canary); its worker does not survive it."""
+        """End the job early (timeout, hung canary); its worker does not survive it.
+
+        Parameters
+        ----------
+        grace_s : float
+            Seconds between SIGTERM and SIGKILL.
+        """
 
     def outcome(self) -> tuple[int | None, float | None]:
-        """The job's (exit code, CPU seconds), once it has ended or been stopped."""
+        """The job's (exit code, CPU seconds), once it has ended or been stopped.
+
+        Returns
+        -------
+        tuple[int | None, float | None]
+            (exit code, CPU seconds); None where unknown.
+        """
 
     def abandon(self) -> None:
         """The supervising step was interrupted: stop the job and clean up, quickly."""
@@ -147,7 +201,13 @@ class ProcessRun:
         self.proc, self._stop, self._worker_outcome = proc, stop, worker_outcome
 
     def finished(self) -> bool:
-        """Has the process exited? It is not reaped here: :meth:`outcome` reads its CPU time."""
+        """Has the process exited? It is not reaped here: :meth:`outcome` reads its CPU time.
+
+        Returns
+        -------
+        bool
+            True once it has.
+        """
         return poll_without_reaping(self.proc) is not None
 
     def stop(self, grace_s: float) -> None:
@@ -238,14 +298,29 @@ def watch(
 ) -> Iterator[CanaryReport | SortReport]:
     """Follow a started job to its end and turn what it left in its folder into reports.
 
-    timeout_s: wall-clock limit for canary plus full sort; None or 0: none.
-    canary_timeout_s: the canary must be decided within this many seconds
-        of the start; some sorters hang instead of failing on a degenerate
-        window (mountainsort5 on a pure sine wave), and a hung canary is a
-        failed one: the full sort does not start.
-    start: (epoch time, monotonic time) the job started; default now.
-    cancelled: asked at every poll; True ends the job at once as an
-        interrupt does (the sort service's client went away).
+    Parameters
+    ----------
+    job : SortJob
+        The sort.
+    run : WorkerRun
+        The worker busy with it.
+    timeout_s : float or None
+        Wall-clock limit for canary plus full sort; None or 0: none.
+    canary_timeout_s : float or None
+        The canary must be decided within this many seconds of the start;
+        some sorters hang instead of failing on a degenerate window
+        (mountainsort5 on a pure sine wave), and a hung canary is a failed
+        one: the full sort does not start.
+    start : tuple[float, float] or None
+        (epoch time, monotonic time) the job started; default now.
+    cancelled : callable or None
+        Asked at every poll; True ends the job at once as an interrupt does
+        (the sort service's client went away).
+
+    Yields
+    ------
+    CanaryReport or SortReport
+        The canary's report as soon as it is decided, then the sort's.
     """
     work_dir = Path(job.work_dir)
     start_time, started = start or (time.time(), time.monotonic())
@@ -289,7 +364,18 @@ def watch(
 
 
 def poll_without_reaping(proc: subprocess.Popen) -> int | None:
-    """Has the child exited?  Leaves it unreaped so wait4 can read its CPU time."""
+    """Has the child exited?  Leaves it unreaped so wait4 can read its CPU time.
+
+    Parameters
+    ----------
+    proc : subprocess.Popen
+        The child.
+
+    Returns
+    -------
+    int or None
+        Its exit code, or None while it runs.
+    """
     try:
         result = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:

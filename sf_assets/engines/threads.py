@@ -24,7 +24,20 @@ THREAD_LIMIT_VARS = (
 
 
 def thread_limited_env(threads: int, base: Mapping[str, str]) -> dict[str, str]:
-    """``base`` with every thread-pool variable it does not set fixed to ``threads`` (at least 1)."""
+    """``base`` with every thread-pool variable it does not set fixed to ``threads`` (at least 1).
+
+    Parameters
+    ----------
+    threads : int
+        Threads per pool.
+    base : Mapping[str, str]
+        The environment to start from (its own settings win).
+
+    Returns
+    -------
+    dict[str, str]
+        A new environment.
+    """
     env = dict(base)
     for var in THREAD_LIMIT_VARS:
         env.setdefault(var, str(max(1, threads)))
@@ -32,6 +45,17 @@ def thread_limited_env(threads: int, base: Mapping[str, str]) -> dict[str, str]:
 
 
 def slurm_step_threads(env: Mapping[str, str]) -> int:
-    """A Slurm step's CPUs: ``--cpus-per-task`` when given, else the CPUs it may run on."""
+    """A Slurm step's CPUs: ``--cpus-per-task`` when given, else the CPUs it may run on.
+
+    Parameters
+    ----------
+    env : Mapping[str, str]
+        The step's environment (``SLURM_CPUS_PER_TASK``).
+
+    Returns
+    -------
+    int
+        At least 1.
+    """
     cpus = env.get("SLURM_CPUS_PER_TASK", "")
     return int(cpus) if cpus.isdigit() and int(cpus) > 0 else len(os.sched_getaffinity(0))

@@ -70,6 +70,19 @@ class WarmWorker:
     def submit(self, work_dir: Path, on_idle: Callable[["WarmWorker"], None] | None = None) -> "WarmJob":
         """Hand the prepared job in ``work_dir`` to this worker.
 
+        Parameters
+        ----------
+        work_dir : Path
+            The prepared job's folder.
+        on_idle : callable or None
+            Called with this worker once the job ended and the worker survived it.
+
+
+        Returns
+        -------
+        WarmJob
+            The job, for :func:`~sf_assets.engines.supervisor.watch`.
+
         Raises
         ------
         OSError
@@ -82,7 +95,13 @@ class WarmWorker:
         return WarmJob(self, Path(work_dir), on_idle)
 
     def close(self, wait_s: float = 5.0) -> None:
-        """Ask an idle worker to exit (end of its command stream); stop it if it does not."""
+        """Ask an idle worker to exit (end of its command stream); stop it if it does not.
+
+        Parameters
+        ----------
+        wait_s : float
+            Seconds to wait before stopping it.
+        """
         try:
             self.proc.stdin.close()
         except OSError:
@@ -108,7 +127,13 @@ class WarmJob:
         return read_json_if_present(self.work_dir / EXIT_FILE)
 
     def finished(self) -> bool:
-        """Has the job ended: the worker wrote its exit file, or died?"""
+        """Has the job ended: the worker wrote its exit file, or died?
+
+        Returns
+        -------
+        bool
+            True once it has.
+        """
         return (self.work_dir / EXIT_FILE).exists() or not self.worker.alive()
 
     def stop(self, grace_s: float) -> None:

@@ -140,6 +140,13 @@ def claim_attempt_dir(work_dir: Path) -> AttemptDir:
 def remove_finished_attempts(pair_dir: Path, keep: str) -> list[Path]:
     """Remove the attempt folders of ``pair_dir`` that nobody holds, except ``keep``.
 
+    Parameters
+    ----------
+    pair_dir : Path
+        A pair's folder.
+    keep : str
+        The attempt folder being claimed.
+
     Returns
     -------
     list[Path]
@@ -173,6 +180,16 @@ def attempt_in_use(work_dir: Path) -> Iterator[None]:
     Best effort: a folder without a readable lock file (a job prepared by
     hand, a container user who cannot read it) or a filesystem without flock
     is used without one; the owning step's lock still protects it.
+
+    Parameters
+    ----------
+    work_dir : Path
+        The attempt's folder.
+
+    Yields
+    ------
+    None
+        While the worker sorts.
     """
     try:
         fd = os.open(Path(work_dir) / IN_USE_FILE, os.O_RDONLY)

@@ -82,6 +82,18 @@ def run_sorter_kwargs(job: SortJob, folder: Path) -> dict:
 
     The container keyword (``docker_image`` / ``singularity_image``) comes
     from the job's image and engine; the sorter's parameters follow.
+
+    Parameters
+    ----------
+    job : SortJob
+        The sort.
+    folder : Path
+        The sorter's output folder.
+
+    Returns
+    -------
+    dict
+        Keyword arguments.
     """
     return {
         "folder": str(folder),
@@ -105,6 +117,20 @@ def run_canary(job: SortJob, recording, canary_dir: Path) -> CanaryReport:
     must not start.  Anything unexpected is reported but lets the full sort
     proceed: the canary is a smoke test, not a second judge.  Interrupts are
     never swallowed.
+
+    Parameters
+    ----------
+    job : SortJob
+        The sort.
+    recording : BaseRecording
+        The whole recording (the window is cut here).
+    canary_dir : Path
+        The canary's own folder (wiped at entry, removed at exit).
+
+    Returns
+    -------
+    CanaryReport
+        Passed, failed (classified), unexpected, skipped or off.
     """
     plan = plan_canary(recording.get_total_duration(), job.canary_first_n_s)
     if plan.decision is not CanaryDecision.RUN:
@@ -160,6 +186,16 @@ def sort(work_dir: Path) -> int:
     The sort runs with its thread count applied (see
     :mod:`sf_assets.engines.provenance`), and every result, errored or not,
     carries its provenance: seeds, threads, library versions, image.
+
+    Parameters
+    ----------
+    work_dir : Path
+        The prepared job's folder.
+
+    Returns
+    -------
+    int
+        ``EXIT_SORTED``, ``EXIT_SORT_FAILED`` or ``EXIT_CANARY_STOPPED``; the result file says why.
     """
     from sf_assets.stores.data import load_recording
     from sf_assets.stores.kachery import KacheryStore
@@ -258,7 +294,18 @@ def _die_with_parent(poll_s: float = 1.0) -> None:
 
 
 def run_job(work_dir: Path) -> int:
-    """Sort the job in ``work_dir``; a failure to even load it is reported like a sort error."""
+    """Sort the job in ``work_dir``; a failure to even load it is reported like a sort error.
+
+    Parameters
+    ----------
+    work_dir : Path
+        The prepared job's folder.
+
+    Returns
+    -------
+    int
+        The exit code.
+    """
     try:
         return sort(work_dir)
     except (KeyboardInterrupt, SystemExit):
@@ -274,7 +321,13 @@ def run_job(work_dir: Path) -> int:
 
 
 def cpu_seconds() -> float:
-    """User + system CPU of this process and of its children that have been reaped."""
+    """User + system CPU of this process and of its children that have been reaped.
+
+    Returns
+    -------
+    float
+        Seconds.
+    """
     import resource
 
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -326,7 +379,18 @@ def _preload() -> None:
 
 
 def serve(commands) -> int:
-    """Run the jobs named on ``commands`` (a text stream, one work folder per line) until it ends."""
+    """Run the jobs named on ``commands`` (a text stream, one work folder per line) until it ends.
+
+    Parameters
+    ----------
+    commands : TextIO
+        The command stream.
+
+    Returns
+    -------
+    int
+        0 once the stream ends.
+    """
     _preload()
     jobs_done = 0
     while True:
