@@ -211,7 +211,6 @@ def use_container(args: argparse.Namespace, environ: Mapping[str, str]) -> bool:
     environ : Mapping[str, str]
         The environment, read for :data:`USE_CONTAINER_ENV` in that order.
 
-
     Returns
     -------
     bool

@@ -79,7 +79,6 @@ def plan_canary(recording_duration_s: float, canary_first_n_s: float | None) -> 
     canary_first_n_s : float or None
         The canary window in seconds (the spec's ``canary_first_n_s``).
 
-
     Returns
     -------
     CanaryPlan

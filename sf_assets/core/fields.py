@@ -158,7 +158,6 @@ def decode_utf8(raw: bytes | str, source: str, error: type[SfAssetsError]) -> st
     error : type[SfAssetsError]
         The document's error type (``ManifestError``, ``SpecError`` ...).
 
-
     Returns
     -------
     str

@@ -146,7 +146,6 @@ def label_to_partition_key(label: str) -> str:
     label : str
         A workspace label or a sorter name.
 
-
     Returns
     -------
     str
@@ -177,7 +176,6 @@ def partition_key_to_label(key: str) -> str:
     ----------
     key : str
         A partition key.
-
 
     Returns
     -------

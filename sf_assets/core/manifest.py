@@ -151,7 +151,6 @@ class Manifest:
         name : str
             The study set's name.
 
-
         Returns
         -------
         StudySet
@@ -179,7 +178,6 @@ class Manifest:
         ----------
         label : str
             ``STUDY/RECORDING``.
-
 
         Returns
         -------

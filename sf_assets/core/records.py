@@ -177,7 +177,6 @@ def read_records(raw: bytes | str, source: str) -> list[SortingRecord]:
     source : str
         The file or URI as the user named it.
 
-
     Returns
     -------
     list[SortingRecord]

@@ -240,7 +240,6 @@ def read_summary_csv(text: str, source: str) -> dict[str, dict[str, Any]]:
     source : str
         The file's name, for the error.
 
-
     Returns
     -------
     dict[str, dict[str, Any]]

@@ -240,7 +240,6 @@ def resolve_sorter(name: str, where: str = "") -> SorterEntry:
     where : str
         Where the name came from, the start of the error message.
 
-
     Returns
     -------
     SorterEntry
@@ -392,7 +391,6 @@ def default_params(entry: SorterEntry) -> dict:
     ----------
     entry : SorterEntry
         The sorter.
-
 
     Returns
     -------

@@ -123,7 +123,6 @@ class StudysetCursor:
         text : str or None
             The stored cursor.
 
-
         Returns
         -------
         StudysetCursor

@@ -77,7 +77,6 @@ class WarmWorker:
         on_idle : callable or None
             Called with this worker once the job ended and the worker survived it.
 
-
         Returns
         -------
         WarmJob

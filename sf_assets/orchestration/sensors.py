@@ -81,7 +81,6 @@ def read_sources(studyset: StudysetResource, store: KacheryStore) -> tuple[tuple
     store : KacheryStore
         For ``sha1://`` sources.
 
-
     Returns
     -------
     tuple[tuple[str, bytes], tuple[str, bytes]]

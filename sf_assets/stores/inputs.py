@@ -158,7 +158,6 @@ def manifest_source_of(spec: Spec) -> str:
     spec : Spec
         A parsed spec.
 
-
     Returns
     -------
     str

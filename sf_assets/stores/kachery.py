@@ -262,7 +262,6 @@ class KacheryStore:
         uri : str
             A ``sha1://`` URI.
 
-
         Returns
         -------
         Path

@@ -65,7 +65,6 @@ def load_view(target: ViewTarget, store: KacheryStore, cache_root: Path) -> Load
     cache_root : Path
         The analyzer cache.
 
-
     Returns
     -------
     LoadedView

@@ -64,7 +64,6 @@ def split_label(label: str) -> tuple[str, str, str]:
     label : str
         A label.
 
-
     Returns
     -------
     tuple[str, str, str]
