@@ -199,8 +199,16 @@ def sort_on_service(
     *,
     timeout_s: float | None,
     canary_timeout_s: float | None,
+    group: str | None = None,
+    group_limit: int = 0,
+    submitted_at: float | None = None,
 ) -> Iterator[dict | CanaryReport | SortReport]:
     """Have the service sort the job prepared in ``work_dir``.
+
+    At most ``group_limit`` sorts of ``group`` (a launch) run at once; the
+    others wait in the service's queue (0: only the slots limit them).
+    ``submitted_at`` (epoch s, e.g. the run's creation) orders the waiting
+    sorts: first submitted, first served.
 
     Parameters
     ----------
@@ -212,6 +220,12 @@ def sort_on_service(
         The sort's timeout.
     canary_timeout_s : float or None
         When a canary counts as hung.
+    group : str or None
+        The launch the sort belongs to.
+    group_limit : int
+        That launch's sorts at once (0: no limit but the slots).
+    submitted_at : float or None
+        When the sort was submitted (epoch seconds).
 
     Yields
     ------
@@ -226,7 +240,17 @@ def sort_on_service(
     """
     conn = connect(settings)
     try:
-        conn.send({"op": "sort", "work_dir": str(work_dir), "timeout_s": timeout_s, "canary_timeout_s": canary_timeout_s})
+        conn.send(
+            {
+                "op": "sort",
+                "work_dir": str(work_dir),
+                "timeout_s": timeout_s,
+                "canary_timeout_s": canary_timeout_s,
+                "group": group,
+                "group_limit": group_limit,
+                "submitted_at": submitted_at,
+            }
+        )
         while True:
             # Polling, not a blocking recv: an interrupt (the run terminated) is handled at once.
             if not conn.poll(RECEIVE_POLL_S):
