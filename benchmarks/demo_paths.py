@@ -39,12 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def campaign_times(instance, since: float) -> dict:
     """The runs created after ``since`` (epoch s): first enqueued to last ended, and the sorting runs' durations."""
-    import datetime
-
     import dagster as dg
 
-    after = datetime.datetime.fromtimestamp(since, tz=datetime.timezone.utc)
-    run_ids = [r.dagster_run.run_id for r in instance.get_run_records(dg.RunsFilter(created_after=after))]
+    run_ids = [r.dagster_run.run_id for r in instance.get_run_records() if r.create_timestamp.timestamp() >= since]
     timeline = run_timeline(instance, run_ids)
     jobs = {r.run_id: r.job_name for r in instance.get_runs(dg.RunsFilter(run_ids=run_ids))}
     sorts = [row["ended"] - row["started"] for row in timeline if jobs[row["run_id"]] == "sorting_job" and "ended" in row]
@@ -56,8 +53,21 @@ def campaign_times(instance, since: float) -> dict:
         "sorting_total_s": sum(sorts),
         "sorting_median_s": statistics.median(sorts) if sorts else float("nan"),
         "first_sort_step": min((row["sort_step"] for row in timeline if "sort_step" in row), default=float("nan")),
-        "failed": [row["run_id"] for row in timeline if instance.get_run_by_id(row["run_id"]).status != dg.DagsterRunStatus.SUCCESS],
+        "failed": [_failure(instance, row["run_id"]) for row in timeline if instance.get_run_by_id(row["run_id"]).status != dg.DagsterRunStatus.SUCCESS],
     }
+
+
+def _failure(instance, run_id: str) -> str:
+    """A failed run as one line: its job, partition and first error message."""
+    run = instance.get_run_by_id(run_id)
+    errors = [
+        e.dagster_event.event_specific_data.error.message.strip().splitlines()[0]
+        for e in instance.all_logs(run_id)
+        if e.dagster_event is not None
+        and e.dagster_event.is_failure
+        and getattr(e.dagster_event.event_specific_data, "error", None) is not None
+    ]
+    return f"{run.job_name} {run.tags.get('dagster/partition', '')} {run.status.value}: {errors[0] if errors else '?'}"
 
 
 def studyset_folder(home: Path, source: Path) -> None:
@@ -152,6 +162,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=1, help="rounds of both ways, the first way alternating (default 1)")
     p.add_argument("--workers", type=int, default=4, help="the command line's --workercount (default 4, as make demo)")
+    p.add_argument("--only", choices=["cli", "sensor"], help="run one way only (no ratio, for a look at it)")
     args = p.parse_args(argv)
 
     from sf_assets.cli.demo import ensure_studyset
@@ -165,6 +176,7 @@ def main(argv=None) -> int:
         results: dict[str, list[dict]] = {"cli": [], "sensor": []}
         for i in range(args.rounds):
             order = ["cli", "sensor"] if i % 2 == 0 else ["sensor", "cli"]
+            order = [way for way in order if args.only in (None, way)]
             for way in order:
                 round_dir = root / f"{way}-{i}"
                 round_dir.mkdir()
@@ -184,6 +196,8 @@ def main(argv=None) -> int:
                     f"median {report['sorting_median_s']:.1f} s{extra}",
                     flush=True,
                 )
+        if args.only:
+            return 0
         cli = statistics.mean(r["campaign_s"] for r in results["cli"])
         sensor = statistics.mean(r["campaign_s"] for r in results["sensor"])
         latency = statistics.mean(r["sensor_first_sort_s"] for r in results["sensor"])

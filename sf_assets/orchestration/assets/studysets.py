@@ -32,12 +32,31 @@ def register_partitions(instance: dg.DagsterInstance, campaign: Campaign) -> tup
         (RECORDINGS, [recording_key(r) for r in campaign.recordings()]),
         (SORTERS, [sorter_key(s.name) for s in campaign.spec.sorters]),
     ):
-        existing = set(instance.get_dynamic_partitions(name))
-        new = [key for key in dict.fromkeys(wanted) if key not in existing]
-        if new:
-            instance.add_dynamic_partitions(name, new)
-        added.append(new)
+        added.append(_add_missing(instance, name, list(dict.fromkeys(wanted))))
     return added[0], added[1]
+
+
+def _add_missing(instance: dg.DagsterInstance, name: str, wanted: list[str], attempts: int = 3) -> list[str]:
+    """Add the keys of ``wanted`` that ``name`` lacks; the keys this call added.
+
+    Two launches (or a launch and a sensor tick) may register the same keys at
+    once: Dagster's insert then fails on its unique key, and the keys are read
+    again (what the other one added is there now) before the rest are added.
+    """
+    from sqlalchemy.exc import IntegrityError
+
+    for attempt in range(attempts):
+        existing = set(instance.get_dynamic_partitions(name))
+        new = [key for key in wanted if key not in existing]
+        if not new:
+            return []
+        try:
+            instance.add_dynamic_partitions(name, new)
+            return new
+        except IntegrityError:
+            if attempt == attempts - 1:
+                raise
+    return []
 
 
 def campaign_table(campaign: Campaign) -> dg.MetadataValue:
