@@ -1,11 +1,13 @@
-"""The campaign's Slurm allocations, against the real single-node cluster (``slurm_cluster``).
+"""The campaign's Slurm allocations and their warm slots, against the real single-node cluster.
 
-Covers sf_assets.engines.slurm_pool, slurm_holder and slurm_campaign: M
-allocations of N slots requested as sorts arrive (``sacct`` shows exactly M
-allocations and one step per sort), an allocation cancelled under running
-sorts (they are sorted again in another one, every label once), every
-allocation option as Slurm reports it, and a launcher killed with
-``kill -9`` (its allocations end within the idle time).  Sorts are real
+Covers sf_assets.engines.slurm_pool, slurm_holder, slurm_service and
+slurm_campaign: M allocations of N warm slots requested as sorts arrive
+(``sacct`` shows exactly M allocations and nothing else: each sort goes to
+its allocation's sort service, not to a job step of its own), two sorts of
+one sorter in one slot sorted by one worker process, an allocation cancelled
+under running sorts (they are sorted again in another one, every label
+once), every allocation option as Slurm reports it, and a launcher killed
+with ``kill -9`` (its allocations end within the idle time).  Sorts are real
 ``Simple`` sorts of 3 s recordings.
 """
 from __future__ import annotations
@@ -28,7 +30,6 @@ from sf_assets.core.manifest import parse_manifest
 from sf_assets.engines.engine import EngineSettings, SlurmSettings, run_sort
 from sf_assets.engines.job import CanaryReport, SortJob, SortReport
 from sf_assets.engines.slurm import srun_environment
-from sf_assets.engines.slurm_allocations import step_placement
 from sf_assets.engines.slurm_config import SLURM_ENV, slurm_resource_config
 from sf_assets.engines.slurm_pool import (
     JOB_NAME_PREFIX,
@@ -39,7 +40,7 @@ from sf_assets.engines.slurm_pool import (
     parse_time_left,
     release_idle,
 )
-from sf_assets.engines.slurm_step import STEP_FILE
+from sf_assets.engines.slurm_service import SLOT_FILE, published_address, service_folder
 from sf_assets.partitions import recording_key
 from sf_assets.resources import SortingEngineResource
 from sf_assets.sensors import STUDYSET_SENSOR
@@ -163,12 +164,12 @@ def _final(events: list) -> SortReport:
     return reports[0]
 
 
-def _completed_jobs(cluster, job_name: str) -> list[dict[str, str]]:
-    """What ``sacct`` (from the job completion log) reports for jobs named ``job_name``."""
+def _completed_jobs(cluster, job_name: str | None) -> list[dict[str, str]]:
+    """What ``sacct`` (from the job completion log) reports for jobs named ``job_name`` (None: every job)."""
     fields = ["JobID", "JobName", "Partition", "State", "AllocCPUS"]
     text = cluster.run("sacct", "--completion", "--parsable2", "--noheader", f"--format={','.join(fields)}")
     rows = [dict(zip(fields, line.split("|"))) for line in text.splitlines()]
-    return [row for row in rows if row["JobName"] == job_name]
+    return [row for row in rows if job_name is None or row["JobName"] == job_name]
 
 
 def _scontrol(cluster, job_id: str) -> dict[str, str]:
@@ -176,15 +177,22 @@ def _scontrol(cluster, job_id: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in text.split() if "=" in item)
 
 
-def _step(work_dir) -> dict:
-    path = Path(work_dir) / STEP_FILE
+def _placed(work_dir) -> dict:
+    """Where the sort in ``work_dir`` ran: allocation, claim, service slot, worker, how it ended."""
+    path = Path(work_dir) / SLOT_FILE
     return json.loads(path.read_text()) if path.exists() else {}
 
 
 # ---------------------------------------------------------------- on the cluster
 
 
-def test_eight_sorts_on_two_allocations_of_two_slots(slurm_cluster, studyset, tmp_path):
+def test_eight_sorts_on_two_allocations_of_two_warm_slots(slurm_cluster, studyset, tmp_path):
+    """M=2, N=2, 8 sorts: Slurm records exactly the 2 allocations; each slot keeps one warm worker.
+
+    A sort is not a job step of its own any more (it goes to the sort service
+    the allocation's batch script runs), so ``squeue --steps`` shows only the
+    allocations' batch steps and ``sacct`` exactly the two allocations.
+    """
     store, recordings, _ = studyset
     slurm = SlurmSettings(
         accept_shared_nodes=True, jobs_per_allocation=2, max_simultaneous_allocations=2, idle_release_s=IDLE_S
@@ -194,17 +202,16 @@ def test_eight_sorts_on_two_allocations_of_two_slots(slurm_cluster, studyset, tm
     jobs = [_job(store, recording, tmp_path / f"sort{i}") for i, recording in enumerate(recordings)]
     assert len(jobs) == 8
     seen_allocations: set[str] = set()
+    seen_steps: set[str] = set()
     busiest: list[int] = []
     stop = threading.Event()
 
     def watch():
         while not stop.is_set():
             listed = slurm_cluster.run("squeue", "--noheader", "--format=%i", f"--name={pool.job_name}").split()
-            steps = slurm_cluster.run("squeue", "--steps", "--noheader", "--format=%i").split()
+            seen_steps.update(slurm_cluster.run("squeue", "--steps", "--noheader", "--format=%i").split())
             seen_allocations.update(listed)
             busiest.append(len(listed))
-            for job_id in listed:
-                busiest.append(len([s for s in steps if s.split(".")[0] == job_id and s.split(".")[1].isdigit()]))
             time.sleep(0.2)
 
     watcher = threading.Thread(target=watch)
@@ -218,19 +225,47 @@ def test_eight_sorts_on_two_allocations_of_two_slots(slurm_cluster, studyset, tm
     for job in jobs:
         report = _final(events[job.label])
         assert report.num_units is not None and report.cpu_time_s > 0
-    steps = [_step(job.work_dir) for job in jobs]
-    allocations = {step["job_id"] for step in steps}
+    placed = [_placed(job.work_dir) for job in jobs]
+    allocations = {p["job_id"] for p in placed}
     assert len(allocations) == 2 and allocations == seen_allocations
-    assert len({(step["job_id"], step["step_id"]) for step in steps}) == 8
-    # Each step knows its slot: two per allocation.
-    assert {step["slot"] for step in steps} <= {f"{job_id}-{index}" for job_id in allocations for index in (0, 1)}
-    assert all(step["slot"].startswith(step["job_id"] + "-") for step in steps)
-    assert max(busiest) == 2  # never a third allocation, never a third step in one
-    # The holders end the allocations once idle; Slurm's own record then shows exactly two.
+    assert max(busiest) == 2  # never a third allocation
+    # Each sort knows its claim and its service slot: two of each per allocation.
+    for p in placed:
+        assert p["claim"] in {f"{p['job_id']}-{index}" for index in (0, 1)}
+        assert p["slot"] in {f"{p['job_id']}-{index}" for index in (0, 1)}
+        assert p["exit_code"] == 0 and p["node"].split(".")[0] == slurm_cluster.node_name
+    # One worker per slot, kept warm: every later sort in a slot ran on the same process.
+    by_slot: dict[str, list[dict]] = {}
+    for p in placed:
+        by_slot.setdefault(p["slot"], []).append(p)
+    assert all(len({p["worker_pid"] for p in runs}) == 1 for runs in by_slot.values()), by_slot
+    assert sum(p["warm"] for p in placed) == len(placed) - len(by_slot) >= 8 - 4
+    # No step per sort: only the allocations' batch steps (and Slurm's extern step).
+    assert {step.split(".", 1)[1] for step in seen_steps} <= {"batch", "extern"}, seen_steps
+    # The holders end the allocations once idle; Slurm's own record then shows exactly two, and no other job.
     assert slurm_cluster.wait_until_no_jobs(timeout_s=IDLE_S + 15) == []
     completed = _completed_jobs(slurm_cluster, pool.job_name)
     assert sorted(row["JobID"] for row in completed) == sorted(allocations)
     assert {row["State"] for row in completed} == {"COMPLETED"}
+    assert not [row for row in _completed_jobs(slurm_cluster, None) if row["JobName"].startswith("sf-assets/")]
+
+
+def test_two_sorts_of_one_sorter_in_one_slot_reuse_one_worker(slurm_cluster, studyset, tmp_path):
+    """One allocation of one slot: the second sort runs on the worker the first one compiled in."""
+    store, recordings, _ = studyset
+    slurm = SlurmSettings(accept_shared_nodes=True, jobs_per_allocation=1, idle_release_s=IDLE_S)
+    settings = EngineSettings(work_root=str(tmp_path), timeout_min=5.0, slurm=slurm)
+    first, second = (_job(store, recording, tmp_path / f"sort{i}") for i, recording in enumerate(recordings[:2]))
+    slots = []
+    for job in (first, second):
+        events = list(run_sort(job, settings))
+        _final(events)
+        slots.append(next(e for e in events if isinstance(e, dict)))
+    one, two = _placed(first.work_dir), _placed(second.work_dir)
+    assert one["job_id"] == two["job_id"] and one["slot"] == two["slot"]
+    assert one["worker_pid"] == two["worker_pid"] == slots[1]["worker_pid"]
+    assert (slots[0]["warm"], slots[1]["warm"]) == (False, True)
+    assert slurm_cluster.wait_until_no_jobs(timeout_s=IDLE_S + 15) == []
 
 
 def test_a_cancelled_allocation_fails_only_its_sorts_which_run_again_elsewhere(slurm_cluster, studyset, tmp_path):
@@ -243,9 +278,13 @@ def test_a_cancelled_allocation_fails_only_its_sorts_which_run_again_elsewhere(s
     cancelled: list[str] = []
 
     def cancel_one_allocation_mid_sort():
-        step = _wait_for(lambda: next((s for s in map(_step, (j.work_dir for j in jobs)) if s), None), 60, "a step")
-        slurm_cluster.run("scancel", step["job_id"])
-        cancelled.append(step["job_id"])
+        placed = _wait_for(
+            lambda: next((p for p in map(_placed, (j.work_dir for j in jobs)) if p.get("worker_pid")), None),
+            60,
+            "a sort to start in an allocation's slot",
+        )
+        slurm_cluster.run("scancel", placed["job_id"])
+        cancelled.append(placed["job_id"])
 
     events = _sort_all(jobs, settings, during=cancel_one_allocation_mid_sort)
 
@@ -256,8 +295,8 @@ def test_a_cancelled_allocation_fails_only_its_sorts_which_run_again_elsewhere(s
     for job in jobs:
         lost = reports[job.label].details.get("slurm_allocations_lost", [])
         assert all(entry.startswith(cancelled[0]) for entry in lost)
-        assert _step(job.work_dir)["job_id"] != cancelled[0]  # the result is the retry's, nothing of the lost one
-        assert _step(job.work_dir)["exit_code"] == 0
+        assert _placed(job.work_dir)["job_id"] != cancelled[0]  # the result is the retry's, nothing of the lost one
+        assert _placed(job.work_dir)["exit_code"] == 0
     assert slurm_cluster.wait_until_no_jobs(timeout_s=IDLE_S + 15) == []
 
 
@@ -272,18 +311,21 @@ def test_each_allocation_option_shows_in_what_slurm_reports(slurm_cluster, tmp_p
         pool = Pool.for_settings(tmp_path / name, slurm, timeout_min, env)
         slot = acquire_slot(pool, "flags/test")
         try:
-            shown[name] = (_scontrol(slurm_cluster, slot.job_id), step_placement(slot.job_id, pool.slots, env))
+            _wait_for(lambda root=pool.root, job_id=slot.job_id: published_address(root, job_id), 60.0, "the allocation's sort service")
+            service = json.loads((service_folder(pool.root, slot.job_id) / "service.json").read_text())
+            shown[name] = (_scontrol(slurm_cluster, slot.job_id), service["settings"])
         finally:
             slot.release()
             assert release_idle(pool) == [slot.job_id]
-    (ex_job, ex_step), (sh_job, sh_step) = shown["exclusive"], shown["shared"]
+    (ex_job, ex_service), (sh_job, sh_service) = shown["exclusive"], shown["shared"]
     assert (ex_job["Partition"], sh_job["Partition"]) == (OTHER_PARTITION, slurm_cluster.partition)
     assert (ex_job["OverSubscribe"], sh_job["OverSubscribe"]) == ("NO", "OK")
     assert (ex_job["TimeLimit"], sh_job["TimeLimit"]) == ("00:07:00", "00:12:00")  # the setting; -T 2 + 10
     assert (ex_job["NumTasks"], sh_job["NumTasks"]) == ("3", "2")
-    # An exclusive allocation has the whole node; each of its N steps a third of it.
-    assert int(ex_job["NumCPUs"]) == slurm_cluster.cpus and ex_step.cpus_per_step == slurm_cluster.cpus // 3
-    assert int(sh_job["NumCPUs"]) == 2 and sh_step.cpus_per_step == 1
+    # An exclusive allocation has the whole node; its service N slots, each with a third of it as threads.
+    assert int(ex_job["NumCPUs"]) == slurm_cluster.cpus and ex_service["threads_per_sort"] == slurm_cluster.cpus // 3
+    assert int(sh_job["NumCPUs"]) == 2 and sh_service["threads_per_sort"] == 1
+    assert (ex_service["slots"], sh_service["slots"]) == (3, 2)
     assert ex_job["JobName"] != sh_job["JobName"]
     # GPUs: this node has none, so Slurm refuses the request, which names them.
     gpus = Pool.for_settings(tmp_path / "gpus", SlurmSettings(gpus_per_node=1, idle_release_s=30), 0, env)
@@ -293,50 +335,62 @@ def test_each_allocation_option_shows_in_what_slurm_reports(slurm_cluster, tmp_p
 
 
 # A launch in miniature: the launcher wraps its campaign as launch_campaign does, and a run
-# process it starts (as the launch's slots are) places one sort that only sleeps.
+# process it starts (as the launch's slots are) places one long sort.
 KILLED_LAUNCHER = """
 import subprocess, sys
 from sf_assets.engines.engine import EngineSettings, SlurmSettings
 from sf_assets.engines.slurm_campaign import campaign_allocations
 
-work_root, idle_s, run_process = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+work_root, idle_s, run_process, job_file = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
 slurm = SlurmSettings(accept_shared_nodes=True, jobs_per_allocation=1, idle_release_s=idle_s)
 with campaign_allocations(EngineSettings(work_root=work_root, slurm=slurm)):
-    subprocess.run([sys.executable, "-c", run_process, work_root, str(idle_s)])
+    subprocess.run([sys.executable, "-c", run_process, work_root, str(idle_s), job_file])
 """
 
 RUN_PROCESS = """
 import sys
+from pathlib import Path
 from sf_assets.engines.engine import EngineSettings, SlurmSettings
 from sf_assets.engines.job import SortJob
 from sf_assets.engines.slurm_campaign import run_slurm_sort
 from sf_assets.engines.supervisor import prepare_work_dir
 
-work_root, idle_s = sys.argv[1], float(sys.argv[2])
+work_root, idle_s, job_file = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 slurm = SlurmSettings(accept_shared_nodes=True, jobs_per_allocation=1, idle_release_s=idle_s)
-job = SortJob(
-    sorter_name="sleep", si_sorter_name="sleep", params={}, recording_uri="sha1://" + "0" * 40 + "/r.json",
-    label="sleep/killed/launcher", kachery_dir=work_root, work_dir=work_root + "/sort",
-)
+job = SortJob.from_json(Path(job_file).read_text())
 prepare_work_dir(job)
-worker = [sys.executable, "-c", "import time; time.sleep(300)"]
-for report in run_slurm_sort(job, EngineSettings(work_root=work_root, slurm=slurm), worker):
-    print(report, flush=True)
+for event in run_slurm_sort(job, EngineSettings(work_root=work_root, slurm=slurm), worker=[]):
+    print(event, flush=True)
 """
 
 
 def test_allocations_end_within_the_idle_time_after_kill_9_of_the_launcher(slurm_cluster, tmp_path):
+    """The launcher dies mid-sort: its allocation (service, warm worker, sort) ends within the idle time.
+
+    The sort is a MountainSort5 sort of a 60 s recording, far longer than the
+    idle time, so the allocation ends under it.
+    """
     idle_s = 4.0
+    store = KacheryStore(tmp_path / "kachery")
+    generated = generate_studyset(
+        store, tmp_path / "long", seed=2, num_study_sets=1, studies_per_set=1, recordings_per_study=1,
+        num_channels=(4,), duration_s=60.0,
+    )  # fmt: skip
+    (recording,) = parse_manifest(generated.manifest_path.read_bytes(), str(generated.manifest_path)).recordings()
+    job = _sort_job(store, recording, tmp_path / "sort", canary_first_n_s=None, sorter="MountainSort5")
+    (tmp_path / "job.json").write_text(job.to_json())
     launcher = subprocess.Popen(
-        [sys.executable, "-c", KILLED_LAUNCHER, str(tmp_path), str(idle_s), RUN_PROCESS],
+        [sys.executable, "-c", KILLED_LAUNCHER, str(tmp_path), str(idle_s), RUN_PROCESS, str(tmp_path / "job.json")],
         start_new_session=True,
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
-        step = _wait_for(lambda: _step(tmp_path / "sort"), 60.0, "the sleeping step to start")
-        assert step["job_id"] in slurm_cluster.job_ids()
-        launcher.kill()  # kill -9 of the launcher alone: its run process goes on, and so does srun
+        placed = _wait_for(lambda: _placed(job.work_dir).get("worker_pid"), 90.0, "the sort to start") and _placed(
+            job.work_dir
+        )
+        assert placed["job_id"] in slurm_cluster.job_ids()
+        launcher.kill()  # kill -9 of the launcher alone: its run process goes on, connected to the service
         launcher.wait()
         killed_at = time.monotonic()
         left = slurm_cluster.wait_until_no_jobs(timeout_s=idle_s + 15.0)
@@ -352,9 +406,10 @@ def test_allocations_end_within_the_idle_time_after_kill_9_of_the_launcher(slurm
     assert left == []
     # Idle time, plus the heartbeat interval and Slurm's own teardown of the job.
     assert gone_after_s < idle_s + 6.0, gone_after_s
-    assert "errored=True" in report
+    assert "errored=True" in report and "allocation_lost" in report, report
+    assert not Path(f"/proc/{placed['worker_pid']}").exists()  # the warm worker went with its allocation
     pool_name = JOB_NAME_PREFIX + next((tmp_path / POOL_FOLDER).iterdir()).name
-    assert [row["JobID"] for row in _completed_jobs(slurm_cluster, pool_name)] == [step["job_id"]]
+    assert [row["JobID"] for row in _completed_jobs(slurm_cluster, pool_name)] == [placed["job_id"]]
     print(f"allocation gone {gone_after_s:.1f} s after kill -9 (idle time {idle_s:g} s)")
 
 
@@ -386,9 +441,9 @@ def test_a_daemon_launched_backfill_sorts_on_the_allocations(slurm_cluster, stud
         assert instance.get_materialized_partitions(dg.AssetKey("sorting")) == {key}
     assert backfill.tags["dagster/sensor_name"] == STUDYSET_SENSOR
     (attempt,) = pair_folder(tmp_path / "home" / "sorts", SORTER, recording.study_name, recording.name).glob("*-a*")
-    step = _step(attempt)
-    assert step["exit_code"] == 0
+    placed = _placed(attempt)
+    assert placed["exit_code"] == 0 and placed["worker_pid"]
     (pool_dir,) = (tmp_path / "home" / "sorts" / POOL_FOLDER).iterdir()
     assert slurm_cluster.wait_until_no_jobs(timeout_s=IDLE_S + 15) == []
     (allocation,) = _completed_jobs(slurm_cluster, JOB_NAME_PREFIX + pool_dir.name)
-    assert allocation["JobID"] == step["job_id"] and allocation["State"] == "COMPLETED"  # ended by its holder
+    assert allocation["JobID"] == placed["job_id"] and allocation["State"] == "COMPLETED"  # ended by its holder

@@ -77,7 +77,7 @@ def host_folder(settings: ServiceSettings) -> Path:
     """The private folder this user's host-wide sf-assets state lives in (created 0700)."""
     base = Path(settings.base_dir or os.environ.get("SF_ASSETS_SERVICE_DIR") or f"/tmp/sf-assets-{os.getuid()}")
     base.mkdir(mode=0o700, exist_ok=True)
-    _require_private(base)
+    require_private(base)
     return base
 
 
@@ -89,11 +89,11 @@ def service_folder(settings: ServiceSettings) -> Path:
     ).hexdigest()[:12]
     folder = base / key
     folder.mkdir(mode=0o700, exist_ok=True)
-    _require_private(folder)
+    require_private(folder)
     return folder
 
 
-def _require_private(path: Path) -> None:
+def require_private(path: Path) -> None:
     st = path.lstat()
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
         raise ServiceFolderError(

@@ -24,7 +24,9 @@ them, and needs no scheduler, nanny or extra dependency.
 
 Protocol (``multiprocessing.connection`` over a Unix socket, authenticated
 with the key in the service's private folder, see
-:mod:`sf_assets.engines.service_address`): a client sends one request,
+:mod:`sf_assets.engines.service_address`; or over TCP with the same key, for
+the service inside a Slurm allocation, whose clients run on another host,
+see :mod:`sf_assets.engines.slurm_service`): a client sends one request,
 ``{"op": "sort", "work_dir": ..., "timeout_s": ..., "canary_timeout_s": ...}``
 for a job prepared in ``work_dir``, and receives ``("started", info)``, the
 :class:`~sf_assets.engines.job.CanaryReport` as soon as the worker decides
@@ -50,6 +52,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import sys
 import threading
 import time
@@ -258,9 +261,10 @@ class SortService:
             return time.monotonic() - self.last_active
 
     def close_workers(self) -> None:
+        """Let idle workers exit; stop busy ones at once (the service is going: a SIGTERM, its allocation ending)."""
         for slot in self.slots:
             if slot.worker is not None:
-                slot.worker.close()
+                slot.worker.close(wait_s=0.0 if slot.task is not None else 5.0)
 
 
 def _send(conn: Connection, message) -> None:
@@ -285,8 +289,14 @@ def _exit_on_sigterm(_signum, _frame) -> None:
     raise SystemExit(0)
 
 
-def serve(folder: Path, settings: ServiceSettings) -> int:
-    """Run the service in ``folder`` until it has been idle for ``settings.idle_exit_s``."""
+def serve(folder: Path, settings: ServiceSettings, tcp: bool = False) -> int:
+    """Run the service in ``folder`` until it has been idle for ``settings.idle_exit_s`` (or SIGTERM).
+
+    ``tcp``: listen on a TCP port of every interface instead of the folder's
+    Unix socket, and publish ``[this host's name, port]`` as ``address`` in
+    ``service.json`` (removed again on exit): what the service inside a Slurm
+    allocation does, as its clients run on the submit host.
+    """
     lock_fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -300,11 +310,18 @@ def serve(folder: Path, settings: ServiceSettings) -> int:
         f.write(key)
     os.replace(key_tmp, folder / KEY_NAME)
     socket_path = folder / SOCKET_NAME
-    socket_path.unlink(missing_ok=True)
-    listener = Listener(str(socket_path), family="AF_UNIX", authkey=key)
+    info: dict = {"pid": os.getpid(), "started": time.time(), "settings": settings.__dict__}
+    if tcp:
+        listener = Listener(("0.0.0.0", 0), family="AF_INET", authkey=key)
+        info["address"] = [socket.gethostname(), listener.address[1]]
+        where = f"{info['address'][0]}:{info['address'][1]}"
+    else:
+        socket_path.unlink(missing_ok=True)
+        listener = Listener(str(socket_path), family="AF_UNIX", authkey=key)
+        where = str(socket_path)
     service = SortService(settings, thread_limited_env(settings.threads_per_sort, os.environ))
-    write_json_atomic(folder / INFO_NAME, {"pid": os.getpid(), "started": time.time(), "settings": settings.__dict__})
-    print(f"sort service {os.getpid()} listening on {socket_path} with {settings.slots} slot(s)", flush=True)
+    write_json_atomic(folder / INFO_NAME, info)
+    print(f"sort service {os.getpid()} listening on {where} with {settings.slots} slot(s)", flush=True)
     threading.Thread(target=_accept_forever, args=(listener, service), daemon=True).start()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
@@ -314,8 +331,8 @@ def serve(folder: Path, settings: ServiceSettings) -> int:
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:
-        # Socket first: a client that connects from now on starts a new service.
-        socket_path.unlink(missing_ok=True)
+        # Socket (or published address) first: a client that connects from now on starts a new service.
+        (folder / INFO_NAME if tcp else socket_path).unlink(missing_ok=True)
         listener.close()
         service.close_workers()
         print(f"sort service {os.getpid()} exiting", flush=True)
@@ -328,9 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slots", type=int, required=True)
     parser.add_argument("--threads-per-sort", type=int, required=True)
     parser.add_argument("--idle-exit-s", type=float, required=True)
+    parser.add_argument("--tcp", action="store_true", help="listen on TCP (every interface), not the folder's socket")
     args = parser.parse_args(argv)
     settings = ServiceSettings(slots=args.slots, threads_per_sort=args.threads_per_sort, idle_exit_s=args.idle_exit_s)
-    return serve(Path(args.folder), settings)
+    return serve(Path(args.folder), settings, tcp=args.tcp)
 
 
 if __name__ == "__main__":
