@@ -126,7 +126,7 @@ class MemorySampler(threading.Thread):
             sizes = {pid: memory_mb(pid) for pid in pids}
             self.peak_total_mb = max(self.peak_total_mb, sum(rss for rss, _ in sizes.values()))
             self.peak_total_pss_mb = max(self.peak_total_pss_mb, sum(pss for _, pss in sizes.values()))
-            runs = [sizes[pid] for pid in pids if is_run_process(pid)]
+            runs = [sizes[pid] for pid in pids if sizes[pid][0] > 0 and is_run_process(pid)]  # not ended ones
             self.peak_runs = max(self.peak_runs, len(runs))
             self.peak_run_mb = max([self.peak_run_mb, *(rss for rss, _ in runs)])
             self.peak_run_pss_mb = max([self.peak_run_pss_mb, *(pss for _, pss in runs)])
@@ -150,19 +150,57 @@ def generate(home: Path, args: argparse.Namespace, env: dict[str, str]) -> Path:
     return Path(out.strip().splitlines()[-1])
 
 
-def per_sort(work_root: Path, elapsed_by_label: dict[str, float]) -> tuple[list[float], dict[tuple[str, str], set]]:
-    """Overhead of each sort, and the worker processes per (sorter, allocation slot)."""
+def per_sort(
+    work_root: Path, elapsed_by_label: dict[str, float]
+) -> tuple[dict[bool, list[float]], dict[tuple[str, str], set]]:
+    """Overhead of each sort (by whether its worker was already warm), and the workers per (sorter, slot)."""
     from sf_assets.engines.slurm_service import SLOT_FILE
 
-    overheads: list[float] = []
+    overheads: dict[bool, list[float]] = {True: [], False: []}
     workers: dict[tuple[str, str], set] = defaultdict(set)
     for job_file in work_root.rglob("job.json"):
         job = json.loads(job_file.read_text())
         result = json.loads((job_file.parent / "result.json").read_text())
         placed = json.loads((job_file.parent / SLOT_FILE).read_text())
-        overheads.append(elapsed_by_label[job["label"]] - result["sort_elapsed_s"])
+        overheads[bool(placed["warm"])].append(elapsed_by_label[job["label"]] - result["sort_elapsed_s"])
         workers[(job["sorter_name"], placed["slot"])].add((placed["node"], placed["worker_pid"]))
     return overheads, workers
+
+
+def instance_home(work: Path, slots: int) -> Path:
+    """A DAGSTER_HOME with the checkout's dagster.yaml, but as many runs in flight as there are slots.
+
+    Each sort in flight is a Dagster run; the checkout's ``max_concurrent_runs``
+    (sized for this host's own cores) would otherwise keep most slots idle.
+    """
+    home = work / "dagster-home"
+    home.mkdir(parents=True, exist_ok=True)
+    text = (REPO / "dagster.yaml").read_text()
+    text, count = re.subn(r"max_concurrent_runs: \d+", f"max_concurrent_runs: {slots}", text)
+    if count != 1:
+        raise SystemExit(f"{REPO / 'dagster.yaml'}: expected one max_concurrent_runs line, found {count}")
+    (home / "dagster.yaml").write_text(text)
+    return home
+
+
+def breakdown(work: Path, elapsed_by_label: dict[str, float]) -> tuple[float, float]:
+    """Mean seconds per sort (run time minus the sort's report span; report span minus ``run_sorter``).
+
+    The first is Dagster's run and step, the slot claim and the trip to the
+    allocation's service; the second the worker's own loading and storing
+    (and, for a slot's first sort, the worker's start).
+    """
+    outside, inside = [], []
+    sort_s = {}
+    for result in (work / "home" / "sorts").rglob("result.json"):
+        job = json.loads((result.parent / "job.json").read_text())
+        sort_s[job["label"]] = json.loads(result.read_text())["sort_elapsed_s"]
+    for record in json.loads((work / "records.json").read_text()):
+        label = f"{record['sorterName']}/{record['studyName']}/{record['recordingName']}"
+        span = record["endTime"] - record["startTime"]
+        outside.append(elapsed_by_label[label] - span)
+        inside.append(span - sort_s[label])
+    return statistics.mean(outside), statistics.mean(inside)
 
 
 def stop_host_services(service_dir: Path) -> None:
@@ -190,7 +228,7 @@ def main(argv=None) -> int:
             **os.environ,
             "SLURM_CONF": str(cluster.conf_path),
             "SF_ASSETS_HOME": str(home),
-            "DAGSTER_HOME": str(REPO),
+            "DAGSTER_HOME": str(instance_home(work, slots)),
             "SF_ASSETS_DAGSTER_DIR": str(home / "dagster"),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         }
@@ -224,12 +262,14 @@ def main(argv=None) -> int:
             return 1
         allocations = cluster.run("sacct", "--completion", "--noheader", "--parsable2", "--format=JobName")
         overheads, workers = per_sort(home / "sorts", elapsed_by_label)
+        outside_s, inside_s = breakdown(work, elapsed_by_label)
     finally:
         stop_host_services(service_dir)
         stop_cluster(cluster)
         shutil.rmtree(service_dir, ignore_errors=True)
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
+    by_warmth, overheads = overheads, overheads[True] + overheads[False]
     overhead = statistics.mean(overheads)
     compiles = statistics.mean(len(pids) for pids in workers.values())
     names = allocations.split()
@@ -237,6 +277,12 @@ def main(argv=None) -> int:
           f"{sum(1 for n in names if not n.startswith('sf-assets-allocation-'))} other Slurm jobs; "
           f"overhead per sort {overhead:.2f} s (median {statistics.median(overheads):.2f}, "
           f"max {max(overheads):.2f}); {len(workers)} (sorter, slot) pairs")  # fmt: skip
+    print(f"  of which {outside_s:.2f} s outside the service's report (Dagster's run and step, the slot, the trip "
+          f"to the allocation) and {inside_s:.2f} s inside it beyond run_sorter (the worker loading, storing)")  # fmt: skip
+    for warm, name in ((False, "on a new worker (its slot's first sort)"), (True, "on a warm worker")):
+        if by_warmth[warm]:
+            print(f"  {len(by_warmth[warm])} sorts {name}: overhead mean {statistics.mean(by_warmth[warm]):.2f} s, "
+                  f"median {statistics.median(by_warmth[warm]):.2f} s")  # fmt: skip
     print(f"submit host: peak RSS sum {sampler.peak_total_mb:.0f} MB, peak PSS sum {sampler.peak_total_pss_mb:.0f} MB; "
           f"up to {sampler.peak_runs} run processes at once; one run process: peak RSS {sampler.peak_run_mb:.0f} MB, "
           f"PSS {sampler.peak_run_pss_mb:.0f} MB")  # fmt: skip

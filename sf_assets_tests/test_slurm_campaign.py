@@ -268,6 +268,37 @@ def test_two_sorts_of_one_sorter_in_one_slot_reuse_one_worker(slurm_cluster, stu
     assert slurm_cluster.wait_until_no_jobs(timeout_s=IDLE_S + 15) == []
 
 
+def test_a_sort_goes_to_the_allocation_whose_service_has_its_sorter_warm(slurm_cluster, studyset, tmp_path):
+    """Two allocations each warm for one sorter: a later sort of either goes where its sorter is warm.
+
+    The sort is of the sorter warm in the allocation with the higher job id, which
+    placement without affinity (lowest job id first among equals) would pass over.
+    """
+    store, recordings, _ = studyset
+    slurm = SlurmSettings(
+        accept_shared_nodes=True, jobs_per_allocation=1, max_simultaneous_allocations=2, idle_release_s=30
+    )
+    settings = EngineSettings(work_root=str(tmp_path), timeout_min=5.0, slurm=slurm)
+    pool = Pool.for_settings(tmp_path, slurm, settings.timeout_min, srun_environment(os.environ))
+    first = [
+        _sort_job(store, recordings[0], tmp_path / "simple", canary_first_n_s=None, sorter="Simple"),
+        _sort_job(store, recordings[1], tmp_path / "ms5", canary_first_n_s=None, sorter="MountainSort5"),
+    ]
+    try:
+        for events in _sort_all(first, settings).values():
+            _final(events)
+        where = {job.sorter_name: _placed(job.work_dir)["job_id"] for job in first}
+        assert len(set(where.values())) == 2
+        sorter = max(where, key=lambda name: int(where[name]))
+        later = _sort_job(store, recordings[2], tmp_path / "later", canary_first_n_s=None, sorter=sorter)
+        _final(list(run_sort(later, settings)))
+        assert _placed(later.work_dir)["job_id"] == where[sorter]
+        assert _placed(later.work_dir)["warm"] is True
+    finally:
+        release_idle(pool)
+    assert slurm_cluster.wait_until_no_jobs(timeout_s=15.0) == []
+
+
 def test_a_cancelled_allocation_fails_only_its_sorts_which_run_again_elsewhere(slurm_cluster, studyset, tmp_path):
     store, recordings, _ = studyset
     slurm = SlurmSettings(
