@@ -101,11 +101,11 @@ def memory_mb(pid: int) -> tuple[float, float]:
 
 
 def is_run_process(pid: int) -> bool:
-    """A Dagster run process: a child of the host sort service's fork server."""
+    """A Dagster run process: forked by the host sort service's fork server (so it carries its command line)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         parent = int(stat[stat.rindex(")") + 2 :].split()[1])
-        return b"forkserver" in Path(f"/proc/{parent}/cmdline").read_bytes()
+        return all(b"forkserver" in Path(f"/proc/{p}/cmdline").read_bytes() for p in (pid, parent))
     except (OSError, ValueError):
         return False
 
