@@ -111,17 +111,17 @@ def daemon_round(state: dict, round_dir: Path, env: dict, keep_running=None) -> 
     """
     import dagster as dg
 
-    from sf_assets.assets.studysets import register_partitions
+    from sf_assets.orchestration.assets.studysets import register_partitions
     from sf_assets.core.campaign import Campaign
-    from sf_assets.dagster_dev import (
+    from harness.dagster_dev import (
         campaign_backfill,
         deployment_environment,
         running_dagster_dev,
         summary_covering,
         write_instance_yaml,
     )
-    from sf_assets.inputs import load_config
-    from sf_assets.sensors import STUDYSET_SENSOR
+    from sf_assets.stores.inputs import load_config
+    from sf_assets.orchestration.sensors import STUDYSET_SENSOR
     from sf_assets.stores.kachery import KacheryStore
 
     home = round_dir / "dagster-home"
@@ -182,11 +182,11 @@ def new_sorter_latency(dev, instance, state: dict, round_dir: Path, spec: Path, 
     nothing new: the grid is sorted) is let through; the spec is edited right
     after it, so the edit waits a whole sensor interval: the worst case a user
     sees.  ``sensor_wait_s`` says how much of the figure that wait was.  The
-    sensor's backfill runs with the code location's configuration: the
+    sensor's runs run with the code location's configuration: the
     canary on (5 s), as a user has it.
     """
-    from sf_assets.dagster_dev import summary_covering
-    from sf_assets.sensors import STUDYSET_SENSOR
+    from harness.dagster_dev import summary_covering
+    from sf_assets.orchestration.sensors import STUDYSET_SENSOR
 
     switched_on = time.time()
     dev.set_sensor_running(STUDYSET_SENSOR, True)
@@ -221,6 +221,6 @@ def new_sorter_latency(dev, instance, state: dict, round_dir: Path, spec: Path, 
 
 
 def _sensor_interval() -> float:
-    from sf_assets.sensors import studyset_sensor
+    from sf_assets.orchestration.sensors import studyset_sensor
 
     return float(studyset_sensor.minimum_interval_seconds)

@@ -111,8 +111,8 @@ def child_sf_assets(state: dict, noop: bool) -> dict:
     import dagster as dg
 
     from sf_assets.core.campaign import Campaign
-    from sf_assets.inputs import load_config
-    from sf_assets.launch import RunOptions, launch_campaign
+    from sf_assets.stores.inputs import load_config
+    from sf_assets.cli.launch import RunOptions, launch_campaign
     from sf_assets.stores.kachery import KacheryStore
 
     round_dir = Path(state["round_dir"])
@@ -166,9 +166,9 @@ def _profile(instance, outcome, options, started: float, marks) -> dict:
     """Where the sf-assets round spent its time (seconds, summed over runs unless *_wall_s)."""
     import dagster as dg
 
-    from sf_assets.assets.history import latest_partition_events, plain_metadata
+    from sf_assets.orchestration.assets.history import latest_partition_events, plain_metadata
     from sf_assets.engines.job import RESULT_FILE, WORKER_FILE
-    from sf_assets.partitions import split_pair_key
+    from sf_assets.orchestration.partitions import split_pair_key
 
     last_run = max((t for t, m in marks if m.startswith(("[recordings", "[sortings"))), default=started)
     sorting_md = {k: plain_metadata(v[1]) for k, v in latest_partition_events(instance, dg.AssetKey("sorting")).items()}
@@ -218,8 +218,8 @@ def child_plain(state: dict) -> dict:
 
     from sf_assets.core.campaign import Campaign
     from sf_assets.core.sorter_catalog import resolve_sorter
-    from sf_assets.data import load_recording, load_sorting_object
-    from sf_assets.inputs import load_config
+    from sf_assets.stores.data import load_recording, load_sorting_object
+    from sf_assets.stores.inputs import load_config
     from sf_assets.stores.kachery import KacheryStore
 
     started = time.monotonic()
@@ -282,8 +282,8 @@ def child_warm(state: dict) -> dict:
 
     from sf_assets.core.campaign import Campaign
     from sf_assets.core.sorter_catalog import resolve_sorter
-    from sf_assets.data import load_recording
-    from sf_assets.inputs import load_config
+    from sf_assets.stores.data import load_recording
+    from sf_assets.stores.inputs import load_config
     from sf_assets.stores.kachery import KacheryStore
 
     started = time.monotonic()
@@ -347,7 +347,7 @@ def run_child(kind: str, state: dict, env: dict) -> tuple[float, float, dict]:
     included, orphans too: :func:`become_subreaper`) hardly change when other
     work shares the machine; wall seconds do.
     """
-    from sf_assets.dagster_dev import stop_sort_services
+    from harness.dagster_dev import stop_sort_services
 
     state_file = Path(state["round_dir"]) / f"{kind}.state.json"
     state_file.parent.mkdir(parents=True, exist_ok=True)
@@ -379,7 +379,7 @@ def run_child(kind: str, state: dict, env: dict) -> tuple[float, float, dict]:
 
 def generate(root: Path, args) -> dict:
     from sf_assets.stores.kachery import KacheryStore
-    from sf_assets.synthetic import generate_studyset
+    from sf_assets.stores.synthetic import generate_studyset
 
     store = KacheryStore(root / "kachery")
     sorters = [s.strip() for s in args.sorters.split(",") if s.strip()]

@@ -9,7 +9,8 @@ URIs), and nothing is sorted.  What is measured, each in a fresh process
 * ``sensor_tick_s``: one sensor-daemon iteration of the real
   ``studyset_sensor`` on a fresh instance, in-process like ``dagster dev``'s
   daemon: read and validate manifest and spec, register 888 + 10 dynamic
-  partitions, request one backfill of all ~8,900 (sorter, recording) pairs;
+  partitions, request a run for each of the 888 recordings (the ~8,900
+  (sorter, recording) pairs wait in the cursor for their recording);
   in a process that has evaluated the sensor once before (as a running
   daemon's code server has), the cold first evaluation printed apart;
 * ``check_config_s``: ``sf-assets check-config -s M -l S`` (a whole process);
@@ -21,7 +22,7 @@ URIs), and nothing is sorted.  What is measured, each in a fresh process
 
 Also printed, not in the last line: the sensor's own evaluation (which
 registers the partitions in bulk) against the whole daemon iteration, the
-first backfill-daemon iteration over that backfill, and reading ~8,900 sorting records back from the event log
+next tick (planning the waiting pairs), and reading ~8,900 sorting records back from the event log
 (what ``sorting_records`` and ``workspace_sync`` do first).
 
 Last line: ``load_s=A sensor_tick_s=B check_config_s=C workspace_diff_s=D peak_rss_mb=M``.
@@ -170,14 +171,25 @@ def _instance(root: Path):
     return dg.DagsterInstance.from_config(str(home))
 
 
+def _cursor(instance):
+    """The studyset sensor's cursor on ``instance``."""
+    from dagster._core.scheduler.instigation import InstigatorType
+
+    from sf_assets.core.studyset_cursor import StudysetCursor
+    from sf_assets.orchestration.sensors import STUDYSET_SENSOR
+
+    states = instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+    return StudysetCursor.decode(next(s.instigator_data.cursor for s in states if s.name == STUDYSET_SENSOR))
+
+
 def child_tick(state: dict) -> dict:
     import dagster as dg
 
     from sf_assets.definitions import defs
-    from sf_assets.partitions import RECORDINGS, SORTERS as SORTER_PARTITIONS
-    from sf_assets.resources import KacheryResource, StudysetResource
-    from sf_assets.sensors import studyset_sensor
-    from sf_assets_tests.automation_harness import deployment
+    from sf_assets.orchestration.partitions import RECORDINGS, SORTERS as SORTER_PARTITIONS
+    from sf_assets.orchestration.resources import KacheryResource, SortingEngineResource, StudysetResource
+    from sf_assets.orchestration.sensors import SENSOR_INTERVAL_S, studyset_sensor
+    from harness.automation import deployment
 
     root = Path(state["root"]) / "tick"
     os.environ.update(
@@ -194,6 +206,7 @@ def child_tick(state: dict) -> dict:
             resources = {
                 "studyset": StudysetResource(spec_source=state["spec"], manifest_source=state["manifest"]),
                 "kachery": KacheryResource(root_dir=str(root / "kachery")),
+                "sorting_engine": SortingEngineResource(work_root=str(root / "home" / "sorts")),
             }
             context = dg.build_sensor_context(
                 instance=scratch, repository_def=defs.get_repository_def(), resources=resources
@@ -215,20 +228,16 @@ def child_tick(state: dict) -> dict:
             started = time.monotonic()
             location.tick_sensors()
             result["sensor_tick_s"] = time.monotonic() - started
-            backfills = instance.get_backfills()
-            assert len(backfills) == 1, f"expected one backfill, got {len(backfills)}"
-            subset = backfills[0].asset_backfill_data.target_subset
-            result["backfill_sorting_partitions"] = len(
-                subset.get_partitions_subset(dg.AssetKey("sorting")).get_partition_keys()
-            )
             result["recording_partitions"] = len(instance.get_dynamic_partitions(RECORDINGS))
             result["sorter_partitions"] = len(instance.get_dynamic_partitions(SORTER_PARTITIONS))
+            result["runs_requested"] = instance.get_runs_count()
+            result["pairs_waiting"] = len(_cursor(instance).waiting)
+            # The next tick, with every recording's run still queued: it plans every waiting pair.
+            time.sleep(SENSOR_INTERVAL_S)
             started = time.monotonic()
-            from dagster._daemon.backfill import execute_backfill_iteration
-
-            list(execute_backfill_iteration(location.workspace_context, location.logger))
-            result["backfill_first_iteration_s"] = time.monotonic() - started
-            result["runs_after_first_iteration"] = instance.get_runs_count()
+            location.tick_sensors()
+            result["waiting_tick_s"] = time.monotonic() - started
+            result["pairs_still_waiting"] = len(_cursor(instance).waiting)
     result["sensor_evaluation_s"] = evaluate_alone("warm")
     return result
 
@@ -264,7 +273,7 @@ def _records(campaign, errored_every: int = 10) -> list:
 
 def _campaign(state: dict):
     from sf_assets.core.campaign import Campaign
-    from sf_assets.inputs import load_config
+    from sf_assets.stores.inputs import load_config
 
     return Campaign(*load_config(state["manifest"], state["spec"], None))
 
@@ -301,9 +310,9 @@ def child_event_log(state: dict) -> dict:
     """~8,900 sorting records in the event log, read back as the fan-in assets read them."""
     import dagster as dg
 
-    from sf_assets.assets.results import collect_records
-    from sf_assets.assets.studysets import register_partitions
-    from sf_assets.partitions import pair_key, sorting_partitions
+    from sf_assets.orchestration.assets.results import collect_records
+    from sf_assets.orchestration.assets.studysets import register_partitions
+    from sf_assets.orchestration.partitions import pair_key, sorting_partitions
 
     campaign = _campaign(state)
     records = _records(campaign)
@@ -404,8 +413,9 @@ def main(argv=None) -> int:
         _, rss["tick"], tick = run_child("tick", state_file, env)
         print(
             f"sensor tick:       {tick['sensor_tick_s']:.2f} s (one daemon iteration: {tick['recording_partitions']} "
-            f"recording + {tick['sorter_partitions']} sorter partitions, backfill of "
-            f"{tick['backfill_sorting_partitions']} sorting partitions); alone: sensor evaluation with bulk "
+            f"recording + {tick['sorter_partitions']} sorter partitions registered, {tick['runs_requested']} runs "
+            f"requested (a studysets run and one per recording), {tick['pairs_waiting']} pairs waiting for their "
+            f"recording); alone: sensor evaluation with bulk "
             f"partition registration {tick['sensor_evaluation_s']:.2f} s, so the daemon around it takes "
             f"{tick['sensor_tick_s'] - tick['sensor_evaluation_s']:.2f} s; the first evaluation in a fresh "
             f"process (Dagster's lazy imports, first queries) {tick['first_evaluation_s']:.2f} s; "
@@ -413,8 +423,8 @@ def main(argv=None) -> int:
             flush=True,
         )
         print(
-            f"  first backfill-daemon iteration over that backfill: {tick['backfill_first_iteration_s']:.2f} s "
-            f"({tick['runs_after_first_iteration']} run(s) requested)",
+            f"  the next tick, planning the {tick['pairs_waiting']} waiting pairs while their recordings' runs are "
+            f"queued: {tick['waiting_tick_s']:.2f} s ({tick['pairs_still_waiting']} still waiting)",
             flush=True,
         )
 

@@ -1,7 +1,7 @@
 """What sorting on Slurm costs sf-assets: time per sort beyond ``run_sorter``, memory on the submit host.
 
 Starts the same private single-node Slurm cluster the tests use
-(``sf_assets_tests/slurm_cluster.py``; needs root), its node declaring one CPU
+(``harness/slurm_cluster.py``; needs root), its node declaring one CPU
 per slot (``--allocations`` x ``--slots``; slurmd is told to advertise them
 whatever the machine has, so the slots are real but their CPUs are shared),
 generates ``--sorts`` short recordings, and runs ``sf-assets run-sortings
@@ -137,9 +137,9 @@ def generate(home: Path, args: argparse.Namespace, env: dict[str, str]) -> Path:
     """The recordings (one study), and a spec sorting all of them with the sorter; returns the spec."""
     code = (
         "import sys; from pathlib import Path\n"
-        "from sf_assets.synthetic import generate_studyset\n"
+        "from sf_assets.stores.synthetic import generate_studyset\n"
         "from sf_assets.stores.kachery import KacheryStore\n"
-        "from sf_assets.settings import load_settings\n"
+        "from sf_assets.core.settings import load_settings\n"
         "g = generate_studyset(KacheryStore(load_settings().kachery_dir), Path(sys.argv[1]), seed=3,"
         " num_study_sets=1, studies_per_set=1, recordings_per_study=int(sys.argv[2]), num_channels=(4,),"
         " duration_s=float(sys.argv[3]), sorters=(sys.argv[4],))\n"
@@ -214,7 +214,7 @@ def stop_host_services(service_dir: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from sf_assets_tests.slurm_cluster import CLUSTER_DIR_PREFIX, start_cluster, stop_cluster
+    from harness.slurm_cluster import CLUSTER_DIR_PREFIX, start_cluster, stop_cluster
 
     slots = args.allocations * args.slots
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="sf-assets-bench-slurm-"))

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sf_assets_tests.webserver import (
+from harness.webserver import (
     REPO_ROOT,
     asset_group_names,
     chromium_context,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import pytest
 
 from sf_assets.stores.kachery import KacheryStore
-from sf_assets.synthetic import generate_studyset
+from sf_assets.stores.synthetic import generate_studyset
 
 if TYPE_CHECKING:
     from sf_assets_tests.graph_harness import GraphEnv
@@ -97,7 +97,7 @@ def synthetic_studyset(tmp_path_factory, _private_kachery_cloud_dir) -> Syntheti
     return SyntheticStudyset(store, generated.manifest_path, generated.spec_path, out_dir)
 
 
-pytest_plugins = ["sf_assets_tests.slurm_cluster"]  # the session-wide Slurm test cluster (engineer E)
+pytest_plugins = ["sf_assets_tests.slurm_fixture"]  # the session-wide Slurm test cluster (engineer E)
 
 
 class BenchmarkDemo(NamedTuple):
@@ -127,7 +127,7 @@ def benchmark_demo(synthetic_studyset, tmp_path_factory) -> BenchmarkDemo:
     import dagster as dg
 
     from sf_assets_tests.graph_harness import make_env, write_spec
-    from sf_assets_tests.webserver import settings_environment, write_instance_config
+    from harness.webserver import settings_environment, write_instance_config
 
     root = tmp_path_factory.mktemp("benchmark-demo")
     home = root / "dagster-home"

@@ -6,7 +6,7 @@ folder, a spec for the test, and starts ``dagster dev`` (webserver, daemons,
 code server) with its own sort service folder, so its warm workers are
 nobody else's.  The studyset sensor finds no spec at its first tick and is
 switched off through GraphQL before the spec is written: the tests launch
-their backfills themselves, and a sensor backfill of the same pairs would
+their backfills themselves, and the sensor's runs of the same pairs would
 race them.
 """
 from __future__ import annotations
@@ -20,13 +20,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from sf_assets.assets.studysets import register_partitions
+from sf_assets.orchestration.assets.studysets import register_partitions
 from sf_assets.core.campaign import Campaign
-from sf_assets.dagster_dev import DagsterDev, deployment_environment, running_dagster_dev, write_instance_yaml
+from harness.dagster_dev import DagsterDev, deployment_environment, running_dagster_dev, write_instance_yaml
 from sf_assets.engines.engine import EngineSettings
 from sf_assets.engines.service_address import ServiceSettings
-from sf_assets.inputs import load_config
-from sf_assets.sensors import STUDYSET_SENSOR
+from sf_assets.stores.inputs import load_config
+from sf_assets.orchestration.sensors import STUDYSET_SENSOR
 from sf_assets.stores.kachery import KacheryStore
 from sf_assets_tests.graph_harness import write_spec
 

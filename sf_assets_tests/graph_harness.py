@@ -2,7 +2,7 @@
 
 A :class:`GraphEnv` is one throwaway deployment: its own kachery store, work
 folders, workspace database, outputs folder and Dagster instance, with a spec
-written for the test.  Launches go through :mod:`sf_assets.launch`, the same path
+written for the test.  Launches go through :mod:`sf_assets.cli.launch`, the same path
 the command line uses (the run queue, the run launcher, the sort service);
 :func:`execute_partition_run` executes one run in this process, for tests that
 need a materialization to land at a chosen moment.
@@ -16,10 +16,10 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from sf_assets.assets.history import latest_partition_events, plain_metadata
+from sf_assets.orchestration.assets.history import latest_partition_events, plain_metadata
 from sf_assets.core.campaign import Campaign
-from sf_assets.inputs import load_config
-from sf_assets.launch import RunOptions, RunOutcome, launch_campaign
+from sf_assets.stores.inputs import load_config
+from sf_assets.cli.launch import RunOptions, RunOutcome, launch_campaign
 from sf_assets.stores.kachery import KacheryStore
 
 
@@ -28,7 +28,7 @@ def execute_partition_run(instance_ref, job_name: str, partition_key: str | None
     import time
 
     from sf_assets.definitions import defs
-    from sf_assets.launch import run_error
+    from sf_assets.cli.launch import run_error
 
     started = time.monotonic()
     instance = dg.DagsterInstance.from_ref(instance_ref)
@@ -109,7 +109,7 @@ def make_env(root: Path, store: KacheryStore, instance: dg.DagsterInstance, mani
 
 def campaign_resources(root: Path, store: KacheryStore, spec: Path, manifest: Path, **engine) -> dict:
     """The resources of a campaign materialized with ``dg.materialize`` (engine options as given)."""
-    from sf_assets.resources import KacheryResource, OutputsResource, SortingEngineResource, StudysetResource
+    from sf_assets.orchestration.resources import KacheryResource, OutputsResource, SortingEngineResource, StudysetResource
 
     return {
         "kachery": KacheryResource(root_dir=str(store.root_dir)),
@@ -131,11 +131,11 @@ def materialize_campaign(instance: dg.DagsterInstance, resources: dict) -> dict[
     dict
         ``{(sorter name, recording label): whether its sorting succeeded}``.
     """
-    from sf_assets.assets.recordings import ground_truth, recording
-    from sf_assets.assets.results import sorter_summary, sorting_records
-    from sf_assets.assets.sortings import sorting, sorting_comparison
-    from sf_assets.assets.studysets import studysets
-    from sf_assets.partitions import pair_key, recording_key
+    from sf_assets.orchestration.assets.recordings import ground_truth, recording
+    from sf_assets.orchestration.assets.results import sorter_summary, sorting_records
+    from sf_assets.orchestration.assets.sortings import sorting, sorting_comparison
+    from sf_assets.orchestration.assets.studysets import studysets
+    from sf_assets.orchestration.partitions import pair_key, recording_key
 
     assert dg.materialize([studysets], instance=instance, resources=resources).success
     campaign = resources["studyset"].campaign(resources["kachery"])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sf_assets.cli import build_parser, main
+from sf_assets.cli.entry import build_parser, main
 from sf_assets.core.sorter_catalog import default_params, resolve_sorter
 from sf_assets_tests.spec_values import changed_value
 

@@ -23,7 +23,7 @@ import sqlalchemy
 from sf_assets.cli import main
 from sf_assets.core.records import read_records
 from sf_assets.stores.workspace import WorkspaceStore
-from sf_assets_tests.automation_harness import write_manifest
+from harness.automation import write_manifest
 from sf_assets_tests.graph_harness import write_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -402,7 +402,7 @@ def test_sort_sf_recordings_sorts_what_is_missing_syncs_it_and_then_nothing(home
 
 
 def test_the_records_file_is_rewritten_whole_as_records_land(home, sorted_once, tmp_path):
-    from sf_assets.cli_sortings import RecordsFile
+    from sf_assets.cli.records_file import RecordsFile
 
     _, _, _, out = sorted_once
     (record,) = read_records(out.read_bytes(), str(out))
@@ -420,7 +420,7 @@ def test_the_records_file_is_rewritten_whole_as_records_land(home, sorted_once, 
 
 
 def test_a_failed_run_is_one_progress_line_naming_the_error():
-    from sf_assets.cli_sortings import _one_line
+    from sf_assets.cli.progress import one_line
 
     message = (
         "[sortings 1/2] MountainSort5/s/r: FAILED: Failure: MountainSort5/s/r: SpikeSortingError: trace:\n"
@@ -430,8 +430,8 @@ def test_a_failed_run_is_one_progress_line_naming_the_error():
         "\n"
         "Spike sorting failed. (12.4 s)"
     )
-    line = _one_line(message)
+    line = one_line(message)
     assert "\n" not in line
     assert line.startswith("[sortings 1/2] MountainSort5/s/r: FAILED")
     assert line.endswith("ValueError: Invalid scheme: 9 given")
-    assert _one_line("[sortings 1/1] x: ok (3.0 s)") == "[sortings 1/1] x: ok (3.0 s)"
+    assert one_line("[sortings 1/1] x: ok (3.0 s)") == "[sortings 1/1] x: ok (3.0 s)"

@@ -18,7 +18,7 @@ from sf_assets.core.comparison import (
     summarize,
     true_unit_snrs,
 )
-from sf_assets.data import load_recording, load_sorting_object
+from sf_assets.stores.data import load_recording, load_sorting_object
 
 FS = 30000.0
 NUM_SPIKES = 100

@@ -39,10 +39,10 @@ from sf_assets.engines.engine import EngineSettings, container_image_for, work_d
 from sf_assets.engines.job import CONSOLE_FILE, JOB_FILE, RESULT_FILE, SortJob
 from sf_assets.engines.work_dirs import IN_USE_FILE
 from sf_assets.engines.worker import EXIT_SORT_FAILED, run_sorter_kwargs, sort
-from sf_assets.launch import RunOptions
+from sf_assets.cli.launch import RunOptions
 from sf_assets_tests.graph_harness import make_env, write_spec
 from sf_assets_tests.postgres_server import running_postgres
-from sf_assets_tests.instances import project_instance
+from harness.instances import project_instance
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER_DIR = REPO / "deployments" / "docker"

@@ -18,11 +18,11 @@ import time
 import dagster as dg
 import pytest
 
-from sf_assets.assets.history import latest_partition_events, plain_metadata
-from sf_assets.dagster_dev import campaign_backfill, summary_covering
+from sf_assets.orchestration.assets.history import latest_partition_events, plain_metadata
+from harness.dagster_dev import campaign_backfill, summary_covering
 from sf_assets.engines.service_client import service_status
-from sf_assets.partitions import pair_key
-from sf_assets.sensors import results_automation
+from sf_assets.orchestration.partitions import pair_key
+from sf_assets.orchestration.sensors import results_automation
 from sf_assets_tests.deployment_harness import Deployment, dev_deployment
 
 SORTER = "MountainSort5"
@@ -175,7 +175,7 @@ def test_a_command_line_run_beside_dagster_dev_is_terminated_from_the_ui(deploym
     daemon dequeues them, they sort on the same sort service, and the UI's Terminate stops one."""
     import subprocess
 
-    from sf_assets.dagster_dev import console_script
+    from harness.dagster_dev import console_script
 
     out = tmp_path / "records.json"
     command = [

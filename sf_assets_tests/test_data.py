@@ -12,7 +12,7 @@ from spikeinterface.core import NumpySorting
 
 from sf_assets.core.errors import RecordingError, UriError
 from sf_assets.core.uris import parse_uri
-from sf_assets.data import (
+from sf_assets.stores.data import (
     load_recording,
     load_sorting_object,
     read_mda_header,

@@ -13,14 +13,14 @@ import dagster as dg
 
 from sf_assets.core.sorter_catalog import resolve_sorter
 from sf_assets_tests.graph_harness import campaign_resources, make_env, materialize_campaign, write_spec
-from sf_assets_tests.instances import project_instance
+from harness.instances import project_instance
 
 SORTER = "MountainSort5"
 
 
 def _results(instance, store) -> dict:
     """Per pair: the sorting object (its sha1 is its spike trains) and the per-unit scores."""
-    from sf_assets.assets.history import latest_partition_events, plain_metadata
+    from sf_assets.orchestration.assets.history import latest_partition_events, plain_metadata
 
     sortings = latest_partition_events(instance, dg.AssetKey("sorting"))
     comparisons = latest_partition_events(instance, dg.AssetKey("sorting_comparison"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sf_assets.core.errors import EXIT_STORAGE_FAULT
-from sf_assets_tests.automation_harness import write_manifest
+from harness.automation import write_manifest
 from sf_assets_tests.graph_harness import write_spec
 from sf_assets_tests.mounts import fill, read_only, tmpfs
 from sf_assets_tests.test_cli_sortings import REPO, run_cli

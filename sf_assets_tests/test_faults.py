@@ -24,18 +24,18 @@ import pytest
 from dagster._serdes import serialize_value
 import spikeinterface.core as sc
 
-from sf_assets.assets.history import plain_metadata
+from sf_assets.orchestration.assets.history import plain_metadata
 from sf_assets.core.launcher_identity import LauncherIdentity
 from sf_assets.core.labels import ground_truth_label, recording_label, sorting_label
-from sf_assets.data import RAW_LABEL, load_sorting_object, store_ground_truth, store_recording
+from sf_assets.stores.data import RAW_LABEL, load_sorting_object, store_ground_truth, store_recording
 from sf_assets.engines.job import CONSOLE_FILE, WORKER_FILE
-from sf_assets.partitions import pair_key, recording_key, sorter_key, sorting_partitions
+from sf_assets.orchestration.partitions import pair_key, recording_key, sorter_key, sorting_partitions
 from sf_assets.engines.engine import EngineSettings
 from sf_assets.engines.service_client import service_status
 from sf_assets.stores.workspace import WorkspaceStore
-from sf_assets_tests.automation_harness import write_manifest
+from harness.automation import write_manifest
 from sf_assets_tests.graph_harness import make_env, write_spec
-from sf_assets_tests.instances import project_instance
+from harness.instances import project_instance
 
 SORTER = "MountainSort5"
 SORTING = dg.AssetKey("sorting")
@@ -47,8 +47,8 @@ import json, sys
 import dagster as dg
 from dagster._serdes import deserialize_value
 from sf_assets.core.campaign import Campaign
-from sf_assets.inputs import load_config
-from sf_assets.launch import RunOptions, launch_campaign
+from sf_assets.stores.inputs import load_config
+from sf_assets.cli.launch import RunOptions, launch_campaign
 from sf_assets.stores.kachery import KacheryStore
 
 options = RunOptions(**json.loads(sys.argv[2]))
@@ -149,7 +149,7 @@ def _describe(pid: int) -> str:
 
 def _run_processes(instance) -> dict[str, int]:
     """The live processes executing this instance's unfinished runs (their run launcher tags them)."""
-    from sf_assets.run_launcher import RUN_WORKER_TAG
+    from sf_assets.orchestration.run_launcher import RUN_WORKER_TAG
 
     alive = {}
     for run in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED])):

@@ -14,10 +14,10 @@ import numpy
 import pytest
 import spikeinterface
 
-from sf_assets.partitions import pair_key
+from sf_assets.orchestration.partitions import pair_key
 from sf_assets.stores.workspace import WorkspaceStore
 from sf_assets_tests.graph_harness import make_env, write_spec
-from sf_assets_tests.instances import project_instance
+from harness.instances import project_instance
 
 RECORD_KEYS = {
     "recordingName", "studyName", "sorterName", "sortingParameters", "consoleOutUri", "cpuTimeSec",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sf_assets.core.errors import ManifestError, SpecError, UriError
-from sf_assets.inputs import (
+from sf_assets.stores.inputs import (
     KACHERY_DIR_ENV,
     MAX_SOURCE_BYTES,
     default_store,

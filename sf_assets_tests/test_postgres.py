@@ -190,10 +190,10 @@ FAN_IN_ASSETS = ("studysets", "sorter_summary", "sorting_records", "workspace_sy
 
 def test_campaign_on_postgres_records_runs_events_and_labels_once(postgres, tmp_path):
     from sf_assets.core.campaign import Campaign
-    from sf_assets.inputs import load_config
-    from sf_assets.launch import RunOptions, launch_campaign
+    from sf_assets.stores.inputs import load_config
+    from sf_assets.cli.launch import RunOptions, launch_campaign
     from sf_assets.stores.kachery import KacheryStore
-    from sf_assets.synthetic import generate_studyset
+    from sf_assets.stores.synthetic import generate_studyset
 
     store = KacheryStore(tmp_path / "kachery")
     generated = generate_studyset(
@@ -318,8 +318,8 @@ def _workspace_syncs_at_once(options) -> list[dict]:
 def _sync_workspace_in_child(options, workspace_uri: str, barrier, queue) -> None:
     report: dict = {"success": False}
     try:
-        from sf_assets.assets.workspace import workspace_sync
-        from sf_assets.resources import KacheryResource, StudysetResource, WorkspaceResource
+        from sf_assets.orchestration.assets.workspace import workspace_sync
+        from sf_assets.orchestration.resources import KacheryResource, StudysetResource, WorkspaceResource
 
         kachery = KacheryResource(root_dir=options.kachery_dir, local_only=True)
         resources = {

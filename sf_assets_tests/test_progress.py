@@ -5,7 +5,7 @@ import io
 import os
 import pty
 
-from sf_assets.progress import CampaignCounts, LiveProgress
+from sf_assets.cli.progress import CampaignCounts, LiveProgress
 
 
 def test_off_a_terminal_it_prints_plain_lines_only():

@@ -13,8 +13,8 @@ import pytest
 
 from sf_assets.core.comparison import COMPARISON_SETTINGS
 from sf_assets.report import results_page as page
-from sf_assets_tests.instances import project_instance
-from sf_assets_tests.webserver import REPO_ROOT, chromium_context
+from harness.instances import project_instance
+from harness.webserver import REPO_ROOT, chromium_context
 
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "results"
 CONTEXT = page.PageContext(dict(COMPARISON_SETTINGS), "0.105.3", {"A": "1.0", "B": "2.0"}, "2026-01-01T00:00:00+00:00")
@@ -113,8 +113,8 @@ def test_each_pair_takes_its_status_from_what_the_event_log_recorded(synthetic_s
     for lack of a Docker daemon cannot run here, and says why; a pair never run is not run yet."""
     import dagster as dg
 
-    from sf_assets.assets.results_page import collect_pair_results
-    from sf_assets.partitions import pair_key
+    from sf_assets.orchestration.assets.results_page import collect_pair_results
+    from sf_assets.orchestration.partitions import pair_key
     from sf_assets_tests.graph_harness import make_env, write_spec
 
     spec = write_spec(tmp_path / "spec.yaml", synthetic_studyset.manifest_path,

@@ -12,18 +12,18 @@ import pytest
 
 from sf_assets.definitions import defs
 from sf_assets.engines.job import SORT_ENGINE_VERSION
-from sf_assets.planning import PARTITION_TAG
-from sf_assets.resources import KacheryResource, StudysetResource
-from sf_assets.schedules import (
+from sf_assets.orchestration.planning import PARTITION_TAG
+from sf_assets.orchestration.resources import KacheryResource, StudysetResource
+from sf_assets.orchestration.schedules import (
     ERRORED,
     OLD_CODE_VERSION,
     REASON_TAG,
     rerun_sortings_schedule,
     sortings_to_rerun,
 )
-from sf_assets_tests.automation_harness import submit_backfill, write_manifest
+from harness.automation import submit_backfill, write_manifest
 from sf_assets_tests.graph_harness import make_env, write_spec
-from sf_assets_tests.instances import project_instance
+from harness.instances import project_instance
 
 SORTER = "MountainSort5"
 STUDY_A = "synth_a1_K6_C4"

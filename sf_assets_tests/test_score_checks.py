@@ -10,14 +10,14 @@ import csv
 
 import dagster as dg
 
-from sf_assets.assets.results import sorter_summary
-from sf_assets.assets.score_checks import SCORE_REGRESSION
-from sf_assets.assets.studysets import studysets
-from sf_assets.partitions import pair_key
-from sf_assets.resources import KacheryResource, OutputsResource, StudysetResource
+from sf_assets.orchestration.assets.results import sorter_summary
+from sf_assets.orchestration.assets.score_checks import SCORE_REGRESSION
+from sf_assets.orchestration.assets.studysets import studysets
+from sf_assets.orchestration.partitions import pair_key
+from sf_assets.orchestration.resources import KacheryResource, OutputsResource, StudysetResource
 from sf_assets.stores.kachery import KacheryStore
 from sf_assets_tests.graph_harness import write_spec
-from sf_assets_tests.instances import project_instance
+from harness.instances import project_instance
 
 SORTER = "MountainSort5"
 

@@ -1,29 +1,29 @@
 """The studyset sensor and the results automation, on a temporary instance.
 
 One real deployment (module fixture): the sensor daemon ticks the real
-``studyset_sensor`` of a code location configured from the environment, and
-the backfill daemon carries its backfill through to the sorted pair (one real
+``studyset_sensor`` of a code location configured from the environment; its
+first tick materializes the recording, its next one sorts the pair (one real
 MountainSort5 sort of one 10 s recording).  The other tests evaluate the
 sensor with ``build_sensor_context`` against that instance, changing the
-manifest and the spec, and count what it registers and backfills.
+manifest and the spec, and count what it registers and requests.
 """
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.execution.backfill import BulkActionStatus
 from dagster._core.scheduler.instigation import InstigatorType
 
-from sf_assets.assets.sortings import sorting_comparison
+from sf_assets.orchestration.assets.sortings import sorting_comparison
 from sf_assets.definitions import defs
-from sf_assets.partitions import RECORDINGS, SORTERS
-from sf_assets.resources import KacheryResource, SortingEngineResource, StudysetResource
-from sf_assets.sensors import BACKFILL_TAGS, STUDYSET_SENSOR, studyset_sensor
-from sf_assets_tests.automation_harness import deployment, submit_backfill, write_manifest
+from sf_assets.orchestration.partitions import RECORDINGS, SORTERS
+from sf_assets.orchestration.resources import KacheryResource, SortingEngineResource, StudysetResource
+from sf_assets.orchestration.sensors import SENSOR_INTERVAL_S, STUDYSET_SENSOR, TRIGGER_TAG, studyset_sensor
+from harness.automation import deployment, submit_backfill, write_manifest
 from sf_assets_tests.graph_harness import execute_partition_run, write_spec
 
 SORTER = "MountainSort5"
@@ -41,7 +41,7 @@ class Deployed:
     manifest: Path
     spec: Path
     kachery_dir: str
-    backfills: list
+    cursors: list
     cursor: str
 
     def evaluate(self, manifest: Path, spec: Path, cursor: str | None):
@@ -79,22 +79,18 @@ def deployed(synthetic_studyset, tmp_path_factory):
             temp_dir=str(root / "dagster"), synchronous_run_launcher=True, synchronous_run_coordinator=True
         ) as instance:
             with deployment(root, instance) as location:
-                location.tick_sensors()
-                backfills = location.run_backfills()
-            yield Deployed(root, instance, manifest, spec, kachery_dir, backfills, _sensor_cursor(instance))
+                cursors = []
+                for tick in range(2):  # the recording; its sort
+                    if tick:
+                        time.sleep(SENSOR_INTERVAL_S)  # due again
+                    location.tick_sensors()  # runs the requested runs, synchronously
+                    cursors.append(_sensor_cursor(instance))
+            yield Deployed(root, instance, manifest, spec, kachery_dir, cursors, _sensor_cursor(instance))
 
 
-def _sorting_partitions(result) -> set[str]:
-    (request,) = result.run_requests
-    return set(request.asset_graph_subset.get_partitions_subset(SORTING).get_partition_keys())
-
-
-def _partitions(result, asset: str) -> set[str]:
-    (request,) = result.run_requests
-    subset = request.asset_graph_subset
-    if dg.AssetKey(asset) not in subset.asset_keys:
-        return set()
-    return set(subset.get_partitions_subset(dg.AssetKey(asset)).get_partition_keys())
+def _requested(result, job_name: str) -> set[str | None]:
+    """The partitions of the tick's run requests for ``job_name``."""
+    return {r.partition_key for r in result.run_requests if r.job_name == job_name}
 
 
 def _partition_keys(instance: dg.DagsterInstance) -> dict[str, list[str]]:
@@ -110,21 +106,25 @@ def _evaluate_and_diff(deployed, manifest: Path, spec: Path, cursor: str | None)
     return result, {name: keys for name, keys in added.items() if keys}
 
 
-def test_a_daemon_tick_backfills_the_assigned_pair_parents_first(deployed):
-    (backfill,) = deployed.backfills
-    assert backfill.status == BulkActionStatus.COMPLETED_SUCCESS
-    assert backfill.tags.items() >= BACKFILL_TAGS.items()
-    assert backfill.tags["dagster/sensor_name"] == STUDYSET_SENSOR
+def test_daemon_ticks_materialize_the_recording_then_sort_the_pair_at_the_next_tick(deployed):
     instance = deployed.instance
     assert instance.get_dynamic_partitions(SORTERS) == [SORTER]
     # Every recording of the manifest gets a partition (here: one per study set's kept recording).
     assert instance.get_dynamic_partitions(RECORDINGS) == [f"{STUDY_A}.001_synth"]
-    runs = sorted(instance.get_runs(), key=lambda run: instance.get_run_record_by_id(run.run_id).create_timestamp)
-    selections = [sorted(key.to_user_string() for key in run.asset_selection) for run in runs]
-    assert selections == [["studysets"], ["ground_truth", "recording"], ["sorting", "sorting_comparison"]]
+    runs = sorted(
+        instance.get_runs(dg.RunsFilter(tags={"dagster/sensor_name": STUDYSET_SENSOR})),
+        key=lambda run: instance.get_run_record_by_id(run.run_id).create_timestamp,
+    )
+    assert [run.job_name for run in runs] == ["studysets_job", "recordings_job", "sorting_job"]
     assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
+    assert all(run.tags[TRIGGER_TAG] == STUDYSET_SENSOR == run.tags["dagster/sensor_name"] for run in runs)
     assert instance.get_materialized_partitions(SORTING) == {f"{STUDY_A}.001_synth|{SORTER}"}
     assert instance.get_materialized_partitions(dg.AssetKey("sorting_comparison")) == {f"{STUDY_A}.001_synth|{SORTER}"}
+    # The pair waited in the cursor between the two ticks, and no longer once its sort was requested.
+    from sf_assets.core.studyset_cursor import StudysetCursor
+
+    waiting = [StudysetCursor.decode(c).waiting for c in deployed.cursors]
+    assert waiting == [{(SORTER, f"{STUDY_A}.001_synth")}, set()]
 
 
 def test_unchanged_sources_request_nothing(deployed):
@@ -137,33 +137,78 @@ def test_new_recordings_request_exactly_their_pairs(deployed, synthetic_studyset
     # The full manifest adds 002_synth to SYNTH_SET_A (sorted by MountainSort5) and B's two recordings (unassigned).
     result, added = _evaluate_and_diff(deployed, synthetic_studyset.manifest_path, deployed.spec, deployed.cursor)
     new_key = f"{STUDY_A}.002_synth"
-    assert _sorting_partitions(result) == {f"{new_key}|{SORTER}"}
-    assert _partitions(result, "sorting_comparison") == {f"{new_key}|{SORTER}"}
-    assert _partitions(result, "recording") == _partitions(result, "ground_truth") == {new_key}
-    assert dg.AssetKey("studysets") in result.run_requests[0].asset_graph_subset.asset_keys
-    assert result.run_requests[0].tags == BACKFILL_TAGS
+    assert _requested(result, "recordings_job") == {new_key}
+    assert _requested(result, "studysets_job") == {None}
+    assert _requested(result, "sorting_job") == set(), "not before its recording is current"
+    assert all(r.tags[TRIGGER_TAG] == STUDYSET_SENSOR for r in result.run_requests)
     assert added == {RECORDINGS: [new_key, f"{STUDY_B}.001_synth", f"{STUDY_B}.002_synth"]}
+    # The recording's run was requested but (here) never ran: the pair waits, nothing is asked twice.
     again, added_again = _evaluate_and_diff(deployed, synthetic_studyset.manifest_path, deployed.spec, result.cursor)
-    assert isinstance(again, dg.SkipReason) and added_again == {}
+    assert again.run_requests == [] and added_again == {}
+    assert f"1 pair(s) waiting for 1 recording(s) [{new_key}], 1 of them not materialized by their run" in str(
+        again.skip_reason
+    )
 
 
-def test_a_new_sorter_is_a_backfill_of_exactly_its_pairs(deployed):
+def test_a_waiting_pair_is_sorted_at_the_first_tick_after_its_recording_is_current(deployed, synthetic_studyset):
+    from sf_assets.core.studyset_cursor import StudysetCursor
+
+    new_key = f"{STUDY_A}.002_synth"
+    first = deployed.evaluate(synthetic_studyset.manifest_path, deployed.spec, deployed.cursor)
+    options = dataclasses.replace(_run_options(deployed), manifest_source=str(synthetic_studyset.manifest_path))
+    assert execute_partition_run(deployed.instance.get_ref(), "recordings_job", new_key, options.run_config()).success
+    second = deployed.evaluate(synthetic_studyset.manifest_path, deployed.spec, first.cursor)
+    assert _requested(second, "sorting_job") == {f"{new_key}|{SORTER}"}
+    assert _requested(second, "recordings_job") == _requested(second, "studysets_job") == set()
+    assert StudysetCursor.decode(second.cursor).waiting == frozenset()
+
+
+def test_a_new_sorter_is_sorted_at_once_and_only_its_pairs(deployed):
     spec = write_spec(
         deployed.root / "spec-new-sorter.yaml",
         deployed.manifest,
         {SORTER: {"studysets": ["SYNTH_SET_A"]}, NEW_SORTER: {"studysets": ["SYNTH_SET_A"]}},
     )
     result, added = _evaluate_and_diff(deployed, deployed.manifest, spec, deployed.cursor)
-    assert _sorting_partitions(result) == {f"{STUDY_A}.001_synth|{NEW_SORTER}"}
-    # Its recording is materialized already: only the sorting and its comparison run.
-    assert _partitions(result, "recording") == set()
+    # Its recording is materialized already: its sorting run (sort and comparison) is requested at this tick.
+    assert _requested(result, "sorting_job") == {f"{STUDY_A}.001_synth|{NEW_SORTER}"}
+    assert _requested(result, "recordings_job") == set()
     assert added == {SORTERS: [NEW_SORTER]}
+
+
+def test_a_large_change_is_taken_on_a_bounded_number_of_pairs_per_tick(deployed, synthetic_studyset, monkeypatch):
+    import sf_assets.orchestration.sensors as sensors
+    from sf_assets.core.studyset_cursor import StudysetCursor
+
+    monkeypatch.setattr(sensors, "MAX_NEW_PAIRS_PER_TICK", 1)
+    spec = write_spec(
+        deployed.root / "spec-both-sets.yaml",
+        synthetic_studyset.manifest_path,
+        {SORTER: {"studysets": ["SYNTH_SET_A", "SYNTH_SET_B"]}},
+    )
+    cursor, taken, digests = deployed.cursor, [], []
+    for _tick in range(4):
+        result = deployed.evaluate(synthetic_studyset.manifest_path, spec, cursor)
+        if not result.run_requests:
+            break
+        taken.append({r.job_name: r.partition_key for r in result.run_requests if r.job_name != "studysets_job"})
+        digests.append(StudysetCursor.decode(result.cursor).digest)
+        cursor = result.cursor
+    # One new pair per tick, each asked once: 002_synth of set A (its recording may be current,
+    # then its sort goes at once), then the two recordings of set B.
+    assert len(taken) == 3
+    assert taken[0] in ({"recordings_job": f"{STUDY_A}.002_synth"}, {"sorting_job": f"{STUDY_A}.002_synth|{SORTER}"})
+    assert taken[1:] == [{"recordings_job": f"{STUDY_B}.001_synth"}, {"recordings_job": f"{STUDY_B}.002_synth"}]
+    # The sources count as acted on only once the last new pair is taken on.
+    before = StudysetCursor.decode(deployed.cursor).digest
+    assert digests[:2] == [before, before] and digests[2] != before
+    assert "waiting" in str(result.skip_reason)  # set B's recordings never ran here
 
 
 def test_a_fresh_cursor_skips_pairs_already_sorted(deployed):
     result = deployed.evaluate(deployed.manifest, deployed.spec, None)
     assert result.run_requests == []
-    assert "no new (sorter, recording) pairs to sort among 1 assigned (1 in the job cache" in str(result.skip_reason)
+    assert "no new (sorter, recording) pairs to sort among 1 assigned: 1 in the job cache" in str(result.skip_reason)
     again = deployed.evaluate(deployed.manifest, deployed.spec, result.cursor)  # it now knows the digest
     assert "unchanged" in str(again.skip_message if isinstance(again, dg.SkipReason) else again.skip_reason)
 
@@ -194,8 +239,8 @@ def test_an_unreadable_cursor_skips_with_advice(deployed):
 
 
 def test_a_new_sorting_requests_the_fan_ins_and_nothing_is_sorted_again(deployed, synthetic_studyset):
-    from sf_assets.launch import RunOptions
-    from sf_assets.settings import load_settings
+    from sf_assets.cli.launch import RunOptions
+    from sf_assets.core.settings import load_settings
 
     instance = deployed.instance
     settings = load_settings(
@@ -206,11 +251,16 @@ def test_a_new_sorting_requests_the_fan_ins_and_nothing_is_sorted_again(deployed
     assert execute_partition_run(instance.get_ref(), "results_job", None, options.run_config()).success
     baseline = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     assert baseline.total_requested == 0
-    # Results land while other sortings are still to come: a backfill of the new recordings is
-    # in progress (submitted, never executed here).
-    pending = deployed.evaluate(synthetic_studyset.manifest_path, deployed.spec, deployed.cursor)
-    request = pending.run_requests[0]
-    submit_backfill(instance, request.asset_graph_subset, request.tags)
+    # Results land while other sortings are still to come: a UI backfill of a new recording's
+    # sort is in progress (submitted, never executed here).
+    from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+    from dagster._core.definitions.events import AssetKeyPartitionKey
+
+    deployed.evaluate(synthetic_studyset.manifest_path, deployed.spec, deployed.cursor)  # registers 002_synth
+    pending = AssetGraphSubset.from_asset_partition_set(
+        {AssetKeyPartitionKey(SORTING, f"{STUDY_A}.002_synth|{SORTER}")}, defs.get_repository_def().asset_graph
+    )
+    submit_backfill(instance, pending)
 
     # A sorting lands (sorted again, as the schedule would for an errored one).
     partition = f"{STUDY_A}.001_synth|{SORTER}"
@@ -232,8 +282,8 @@ SUMMARY = dg.AssetKey("sorter_summary")
 
 
 def _run_options(deployed):
-    from sf_assets.launch import RunOptions
-    from sf_assets.settings import load_settings
+    from sf_assets.cli.launch import RunOptions
+    from sf_assets.core.settings import load_settings
 
     settings = load_settings(
         {"SF_ASSETS_HOME": str(deployed.root / "home"), "SF_ASSETS_KACHERY_DIR": deployed.kachery_dir}

@@ -29,7 +29,7 @@ from sf_assets.core.errors import EnvironmentSortFailure
 from sf_assets.core.labels import sorting_label
 from sf_assets.core.manifest import parse_manifest
 from sf_assets.core.sorter_catalog import resolve_sorter
-from sf_assets.data import load_sorting_object
+from sf_assets.stores.data import load_sorting_object
 from sf_assets.engines.engine import EngineSettings, SlurmSettings, run_sort
 from sf_assets.engines.job import CanaryReport, SortJob, SortReport
 from sf_assets.engines.slurm import SlurmLaunch, slurm_time_limit, srun_command, srun_environment, step_name
@@ -43,10 +43,10 @@ from sf_assets.engines.slurm_allocations import (
 from sf_assets.engines.slurm_service import SLOT_FILE
 from sf_assets.engines.slurm_step import STEP_FILE
 from sf_assets.engines.supervisor import prepare_work_dir
-from sf_assets.partitions import pair_key
+from sf_assets.orchestration.partitions import pair_key
 from sf_assets.stores.kachery import KacheryStore
 from sf_assets_tests.graph_harness import make_env, write_spec
-from sf_assets_tests.instances import project_instance
+from harness.instances import project_instance
 
 SORTER = "MountainSort5"
 # The campaign's allocations end this long after their last sort (see slurm_pool), so that

@@ -23,10 +23,13 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+from dagster._core.definitions.events import AssetKeyPartitionKey
 
 from sf_assets.core.errors import EnvironmentSortFailure, SfAssetsError
 from sf_assets.core.folder_names import pair_folder
 from sf_assets.core.manifest import parse_manifest
+from sf_assets.definitions import defs
 from sf_assets.engines.engine import EngineSettings, SlurmSettings, run_sort
 from sf_assets.engines.job import CanaryReport, SortJob, SortReport
 from sf_assets.engines.slurm import srun_environment
@@ -41,14 +44,13 @@ from sf_assets.engines.slurm_pool import (
     release_idle,
 )
 from sf_assets.engines.slurm_service import SLOT_FILE, published_address, service_folder
-from sf_assets.partitions import recording_key
-from sf_assets.resources import SortingEngineResource
-from sf_assets.sensors import STUDYSET_SENSOR
+from sf_assets.orchestration.partitions import recording_key
+from sf_assets.orchestration.resources import SortingEngineResource
 from sf_assets.stores.kachery import KacheryStore
-from sf_assets.synthetic import generate_studyset
-from sf_assets_tests.automation_harness import deployment, write_manifest
+from sf_assets.stores.synthetic import generate_studyset
+from harness.automation import deployment, submit_backfill, write_manifest
 from sf_assets_tests.graph_harness import write_spec
-from sf_assets_tests.slurm_cluster import OTHER_PARTITION
+from harness.slurm_cluster import OTHER_PARTITION
 from sf_assets_tests.test_slurm import _sort_job, _wait_for
 
 SORTER = "Simple"
@@ -445,7 +447,7 @@ def test_allocations_end_within_the_idle_time_after_kill_9_of_the_launcher(slurm
 
 
 def test_a_daemon_launched_backfill_sorts_on_the_allocations(slurm_cluster, studyset, tmp_path, monkeypatch):
-    """``SF_ASSETS_SLURM``: the sensor's backfill, run by the daemon, sorts in a pool allocation.
+    """``SF_ASSETS_SLURM``: a backfill the daemon runs sorts in a pool allocation.
 
     No launcher wraps these runs: the allocation ends by itself, once idle.
     """
@@ -465,12 +467,18 @@ def test_a_daemon_launched_backfill_sorts_on_the_allocations(slurm_cluster, stud
     with dg.instance_for_test(
         temp_dir=str(tmp_path / "dagster"), synchronous_run_launcher=True, synchronous_run_coordinator=True
     ) as instance:
-        with deployment(tmp_path, instance) as location:
-            location.tick_sensors()
-            (backfill,) = location.run_backfills()
         key = f"{recording_key(recording)}|{SORTER}"
+        with deployment(tmp_path, instance) as location:
+            location.tick_sensors()  # registers the partitions, runs the recording
+            # A backfill of the pair's sorting, as the UI's dialog submits it (the sensor would
+            # request the sort at its next tick; it is not ticked again).
+            subset = AssetGraphSubset.from_asset_partition_set(
+                {AssetKeyPartitionKey(dg.AssetKey("sorting"), key)}, defs.get_repository_def().asset_graph
+            )
+            submit_backfill(instance, subset)
+            (backfill,) = location.run_backfills()
         assert instance.get_materialized_partitions(dg.AssetKey("sorting")) == {key}
-    assert backfill.tags["dagster/sensor_name"] == STUDYSET_SENSOR
+        assert len(instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill.backfill_id}))) == 1
     (attempt,) = pair_folder(tmp_path / "home" / "sorts", SORTER, recording.study_name, recording.name).glob("*-a*")
     placed = _placed(attempt)
     assert placed["exit_code"] == 0 and placed["worker_pid"]

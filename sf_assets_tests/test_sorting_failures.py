@@ -12,12 +12,12 @@ import dagster as dg
 import pytest
 import spikeinterface.core as sc
 
-from sf_assets.data import store_ground_truth, store_recording
+from sf_assets.stores.data import store_ground_truth, store_recording
 from sf_assets.engines.engine import work_dir_for
 from sf_assets.engines.job import CONSOLE_FILE
-from sf_assets.partitions import pair_key
+from sf_assets.orchestration.partitions import pair_key
 from sf_assets_tests.graph_harness import make_env, write_spec
-from sf_assets_tests.instances import project_instance
+from harness.instances import project_instance
 
 SORTER = "MountainSort5"
 

@@ -16,15 +16,15 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from sf_assets.assets.history import plain_metadata
-from sf_assets.assets.sortings import sorting
+from sf_assets.orchestration.assets.history import plain_metadata
+from sf_assets.orchestration.assets.sortings import sorting
 from sf_assets.core.labels import MAX_NAME_CHARS, sorting_label
 from sf_assets.core.folder_names import MAX_NAME_BYTES
-from sf_assets.partitions import pair_key, recording_key
+from sf_assets.orchestration.partitions import pair_key, recording_key
 from sf_assets.stores.kachery import KacheryStore
-from sf_assets_tests.automation_harness import write_manifest
+from harness.automation import write_manifest
 from sf_assets_tests.graph_harness import make_env, write_spec
-from sf_assets_tests.instances import project_instance
+from harness.instances import project_instance
 
 SORTER = "MountainSort5"
 STUDY = "synth_a1_K6_C4"
@@ -184,7 +184,7 @@ def test_a_comparison_older_than_its_sorting_is_left_out_of_the_summary(env):
 
 
 def _resources(env) -> dict:
-    from sf_assets.resources import (
+    from sf_assets.orchestration.resources import (
         KacheryResource,
         OutputsResource,
         SortingEngineResource,

@@ -41,6 +41,22 @@ def test_after_tick_accumulates_pairs_and_replaces_the_digest():
     assert second.requested == {("A", "r1"), ("B", "r1")}
 
 
+def test_waiting_pairs_round_trip_and_leave_the_wait_when_a_tick_says_so():
+    first = StudysetCursor().after_tick("1" * 40, {("A", "r1"), ("A", "r2")}, waiting={("A", "r2")})
+    assert first.requested == {("A", "r1"), ("A", "r2")} and first.waiting == {("A", "r2")}
+    assert StudysetCursor.decode(first.encode()) == first
+    # The next tick requested r2's sort: nothing waits, and r2 stays requested.
+    second = first.after_tick("1" * 40, (), waiting=())
+    assert second.waiting == frozenset() and second.requested == first.requested
+
+
+def test_a_cursor_written_before_waiting_existed_reads_as_waiting_for_nothing():
+    document = b'{"digest": "ab", "recordings": ["r"], "requested": {"s": [0]}}'
+    old = f"{CURSOR_FORMAT}:" + base64.urlsafe_b64encode(zlib.compress(document)).decode()
+    cursor = StudysetCursor.decode(old)
+    assert cursor.requested == {("s", "r")} and cursor.waiting == frozenset()
+
+
 def test_a_full_campaign_cursor_stays_small():
     recordings = [f"HYBRID_JANELIA.hybrid_static_siprobe_rec_{i:04d}_long--name" for i in range(900)]
     sorters = [f"Sorter{i}" for i in range(10)]

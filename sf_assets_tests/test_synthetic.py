@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from sf_assets.core.manifest import parse_manifest
-from sf_assets.data import load_recording, load_sorting_object
+from sf_assets.stores.data import load_recording, load_sorting_object
 from sf_assets.stores.kachery import KacheryStore
-from sf_assets.synthetic import DEFAULT_SORTERS, generate_studyset
+from sf_assets.stores.synthetic import DEFAULT_SORTERS, generate_studyset
 from sf_assets_tests.conftest import SYNTHETIC_STUDYSET_ARGS
 
 NAME = re.compile(r"[A-Za-z0-9_]+")

@@ -16,9 +16,9 @@ import pytest
 from sf_assets.core.labels import sorting_label
 from sf_assets.core.manifest import Recording
 from sf_assets.definitions import defs
-from sf_assets.partitions import recording_key
+from sf_assets.orchestration.partitions import recording_key
 from sf_assets_tests.graph_harness import GraphEnv, make_env, write_spec
-from sf_assets_tests.webserver import (
+from harness.webserver import (
     REPO_ROOT,
     Webserver,
     asset_group_names,

@@ -14,10 +14,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from sf_assets.assets.history import latest_partition_events, plain_metadata
+from sf_assets.orchestration.assets.history import latest_partition_events, plain_metadata
 from sf_assets.cli import main
 from sf_assets_tests.graph_harness import campaign_resources, materialize_campaign
-from sf_assets_tests.instances import project_instance
+from harness.instances import project_instance
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 SPEC = "unrunnable-sorters-spec.yaml"

@@ -26,11 +26,11 @@ from sf_assets.stores.kachery import KacheryStore
 from sf_assets.stores.workspace import WorkspaceStore
 from sf_assets.viewer.agreement import sorted_unit_agreement, true_unit_agreement
 from sf_assets.viewer.analyzer import analyzer_folder_name
-from sf_assets.viewer.links import register_viewer, running_viewer_url, unregister_viewer, view_command
+from sf_assets.stores.viewer_links import register_viewer, running_viewer_url, unregister_viewer, view_command
 from sf_assets.viewer.resolve import resolve_target
 from sf_assets.core.errors import ViewerError
 from sf_assets.viewer.target import ERRORED_SORTING, GROUND_TRUTH_KIND, SORTING as SORTING_KIND
-from sf_assets_tests.webserver import REPO_ROOT, chromium_context, free_loopback_port
+from harness.webserver import REPO_ROOT, chromium_context, free_loopback_port
 
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "viewer"
 SORTED = "MountainSort5/synth_a1_K6_C4/001_synth"
@@ -59,7 +59,7 @@ def test_running_viewers_are_found_by_label_and_forgotten_when_gone(tmp_path):
 def test_metadata_carries_the_url_of_a_running_viewer_and_the_command_otherwise(tmp_path, monkeypatch):
     import dagster as dg
 
-    from sf_assets.assets.view_links import NO_VIEWER, labels_to_view, view_metadata
+    from sf_assets.orchestration.assets.view_links import NO_VIEWER, labels_to_view, view_metadata
 
     monkeypatch.setenv("SF_ASSETS_HOME", str(tmp_path))
     assert view_metadata(SORTED)["viewer_url"] == dg.MetadataValue.text(NO_VIEWER)

@@ -27,7 +27,7 @@ waits for nothing: a slot that has its sorter warm exists, and takes it by
 rule 2 as soon as it is idle.
 
 Within each rule the earliest in plan order wins.  No Dagster import: the
-launch (``sf_assets.launch``) owns the processes and the runs.
+launch (``sf_assets.cli.launch``) owns the processes and the runs.
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ The sensor must request each (sorter, recording) pair once: a tick that finds
 the same manifest and spec requests nothing, and a changed spec requests only
 the pairs it adds.  The cursor therefore holds a digest of the sources' bytes
 (so an unchanged tick is answered without parsing anything) and the pairs
-requested so far.  A full SpikeForest campaign is about 900 recordings x 10
+requested so far, with those still *waiting* for their recording's run
+before their sort is requested.  A full SpikeForest campaign is about 900 recordings x 10
 sorters; the pairs are stored as one list of recording keys plus, per sorter,
 indexes into it, compressed, so the cursor stays a few kilobytes.
 """
@@ -56,27 +57,38 @@ class StudysetCursor:
         :func:`sources_digest` of the manifest and spec last acted on; None
         before the first tick.
     requested : frozenset of (str, str)
-        Every (sorter key, recording key) pair requested so far.
+        Every (sorter key, recording key) pair taken on so far: its sort
+        requested, or waiting.
+    waiting : frozenset of (str, str)
+        The pairs whose recording run was requested (or was already running)
+        and whose sort is requested once that recording is current.
     """
 
     digest: str | None = None
     requested: frozenset[Pair] = frozenset()
+    waiting: frozenset[Pair] = frozenset()
 
-    def after_tick(self, digest: str, new_pairs: Iterable[Pair]) -> "StudysetCursor":
-        """The cursor once a tick over sources ``digest`` has requested ``new_pairs``."""
-        return StudysetCursor(digest, self.requested | frozenset(new_pairs))
+    def after_tick(self, digest: str, new_pairs: Iterable[Pair], waiting: Iterable[Pair] = ()) -> "StudysetCursor":
+        """The cursor once a tick over sources ``digest`` has taken on ``new_pairs``, leaving ``waiting``."""
+        waiting = frozenset(waiting)
+        return StudysetCursor(digest, self.requested | frozenset(new_pairs) | waiting, waiting)
 
     def encode(self) -> str:
         """A compact string for Dagster to store (see :meth:`decode`)."""
         recordings = sorted({recording for _, recording in self.requested})
         index = {key: i for i, key in enumerate(recordings)}
-        by_sorter: dict[str, list[int]] = {}
-        for sorter, recording in self.requested:
-            by_sorter.setdefault(sorter, []).append(index[recording])
+
+        def by_sorter(pairs: frozenset[Pair]) -> dict[str, list[int]]:
+            ids: dict[str, list[int]] = {}
+            for sorter, recording in pairs:
+                ids.setdefault(sorter, []).append(index[recording])
+            return {sorter: sorted(i) for sorter, i in sorted(ids.items())}
+
         document = {
             "digest": self.digest,
             "recordings": recordings,
-            "requested": {sorter: sorted(ids) for sorter, ids in sorted(by_sorter.items())},
+            "requested": by_sorter(self.requested),
+            "waiting": by_sorter(self.waiting),
         }
         packed = zlib.compress(json.dumps(document, separators=(",", ":")).encode("utf-8"), 9)
         return f"{CURSOR_FORMAT}:{base64.urlsafe_b64encode(packed).decode('ascii')}"
@@ -101,15 +113,20 @@ class StudysetCursor:
         try:
             document = json.loads(zlib.decompress(base64.urlsafe_b64decode(body.encode("ascii"))))
             recordings = document["recordings"]
-            requested = frozenset(
-                (sorter, recordings[i]) for sorter, ids in document["requested"].items() for i in ids
-            )
+
+            def pairs(by_sorter: dict[str, list[int]]) -> frozenset[Pair]:
+                return frozenset((sorter, recordings[i]) for sorter, ids in by_sorter.items() for i in ids)
+
+            requested = pairs(document["requested"])
+            waiting = pairs(document.get("waiting", {}))  # absent from cursors written before it existed
             digest = document["digest"]
-        except (binascii.Error, zlib.error, UnicodeError, ValueError, KeyError, IndexError, TypeError) as exc:
+        except (
+            binascii.Error, zlib.error, UnicodeError, ValueError, KeyError, IndexError, TypeError, AttributeError
+        ) as exc:
             raise ValueError(
                 f"studyset sensor cursor: cannot read it ({type(exc).__name__}: {exc}); "
                 "reset the sensor's cursor to start afresh"
             ) from None
         if digest is not None and not isinstance(digest, str):
             raise ValueError(f"studyset sensor cursor: digest must be a string or null, got {digest!r}")
-        return cls(digest, requested)
+        return cls(digest, requested | waiting, waiting)

@@ -20,24 +20,9 @@ from sf_assets.core.folder_names import attempt_name, pair_folder
 from sf_assets.core.sorter_catalog import SorterEntry
 from sf_assets.engines.job import SORT_ENGINE_VERSION, CanaryReport, SortJob, SortReport
 from sf_assets.engines.service_address import ServiceSettings
+from sf_assets.engines.slurm_settings import SlurmSettings
 from sf_assets.engines.threads import thread_limited_env
 from sf_assets.engines.supervisor import prepare_work_dir, supervise, worker_command
-
-
-@dataclass(frozen=True)
-class SlurmSettings:
-    partition: str | None = None
-    accept_shared_nodes: bool = False
-    jobs_per_allocation: int = 6
-    max_simultaneous_allocations: int = 5
-    gpus_per_node: int | None = None
-    # salloc job id(s), comma-separated, from slurm_allocations(); None: the campaign's own
-    # allocations (see slurm_pool), requested as sorts arrive.
-    allocation_id: str | None = None
-    # An allocation ends once no sort has used it for this long (see slurm_holder).
-    idle_release_s: float = 60.0
-    # An allocation's walltime in minutes; 0: the sort timeout plus a margin (see slurm_pool).
-    allocation_time_min: float = 0.0
 
 
 @dataclass(frozen=True)

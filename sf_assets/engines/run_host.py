@@ -4,7 +4,7 @@ Dagster's default launcher starts each run in a fresh interpreter (the code
 server spawns ``dagster api execute_run``), which imports Dagster, the code
 location and spikeinterface again for every run: about 2 s of CPU, as much
 as a small sort.  The project's run launcher
-(:class:`sf_assets.run_launcher.SortServiceRunLauncher`) instead hands each run
+(:class:`sf_assets.orchestration.run_launcher.SortServiceRunLauncher`) instead hands each run
 to the sort service, which forks it from a multiprocessing fork server that
 imported all of that once (:data:`PRELOAD`).  Forking the single-threaded fork
 server is safe where forking the threaded service would not be.
@@ -32,10 +32,10 @@ from sf_assets.core.launcher_identity import LauncherIdentity, process_start_tic
 
 PRELOAD = (
     "dagster",
-    "sf_assets.run_preload",
+    "sf_assets.orchestration.run_preload",
     "dagster_postgres",  # only where installed (a fork server skips what it cannot import)
     "sf_assets.definitions",
-    "sf_assets.data",
+    "sf_assets.stores.data",
     "sf_assets.core.comparison",
     "spikeinterface.preprocessing",
     "spikeinterface.comparison",

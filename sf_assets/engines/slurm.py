@@ -53,7 +53,7 @@ from sf_assets.engines.slurm_step import STEP_FILE
 from sf_assets.engines.supervisor import poll_without_reaping, stop_process_group
 
 if TYPE_CHECKING:
-    from sf_assets.engines.engine import SlurmSettings
+    from sf_assets.engines.slurm_settings import SlurmSettings
 
 # How long the step file may take to show up on the submitting host after
 # srun returned (a shared filesystem may publish it late).

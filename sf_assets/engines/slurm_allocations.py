@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from sf_assets.core.errors import EnvironmentSortFailure
 
 if TYPE_CHECKING:
-    from sf_assets.engines.engine import SlurmSettings
+    from sf_assets.engines.slurm_settings import SlurmSettings
 
 ALLOCATION_JOB_NAME = "sf-assets-allocation"
 # Steps that are not sorts: the batch script, the allocation's own holder, the prolog container.
@@ -135,7 +135,7 @@ def slurm_allocations(
 
     Parameters
     ----------
-    slurm: :class:`~sf_assets.engines.engine.SlurmSettings` (partition,
+    slurm: :class:`~sf_assets.engines.slurm_settings.SlurmSettings` (partition,
         shared nodes, jobs per allocation, allocation count, GPUs per node).
     time_limit_min: the allocations' ``--time`` (the whole campaign's wall
         time, not one sort's); None: the partition's default.

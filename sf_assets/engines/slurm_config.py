@@ -2,7 +2,7 @@
 
 A run the daemon starts (a backfill from the UI, the sensor's backfills, the
 schedule's re-runs) has no command line: its ``sorting_engine`` resource is
-built by :func:`sf_assets.resources.default_resources` when the code location
+built by :func:`sf_assets.orchestration.resources.default_resources` when the code location
 loads.  ``SF_ASSETS_SLURM`` turns Slurm on for those runs, with the settings of
 the command line's ``--slurm-*`` flags::
 

@@ -64,7 +64,7 @@ from sf_assets.core.launcher_identity import LauncherIdentity, this_process
 from sf_assets.engines.slurm_allocations import cancel_jobs, node_options, require_slurm_clients
 
 if TYPE_CHECKING:
-    from sf_assets.engines.engine import SlurmSettings
+    from sf_assets.engines.slurm_settings import SlurmSettings
 
 POOL_FOLDER = "slurm-allocations"
 # The launcher whose claims these are (``HOST:PID:START``), set by a launch for its run processes.

@@ -161,7 +161,7 @@ def sort(work_dir: Path) -> int:
     :mod:`sf_assets.engines.provenance`), and every result, errored or not,
     carries its provenance: seeds, threads, library versions, image.
     """
-    from sf_assets.data import load_recording
+    from sf_assets.stores.data import load_recording
     from sf_assets.stores.kachery import KacheryStore
 
     job = SortJob.from_json((work_dir / JOB_FILE).read_text())
@@ -176,7 +176,7 @@ def sort(work_dir: Path) -> int:
 def _sort_recording(job: SortJob, work_dir: Path, store, recording, provenance: dict) -> int:
     import dataclasses
 
-    from sf_assets.data import store_sorting
+    from sf_assets.stores.data import store_sorting
 
     canary = run_canary(job, recording, work_dir / "_canary")
     write_json_atomic(work_dir / CANARY_FILE, dataclasses.asdict(canary))
@@ -316,7 +316,7 @@ def _preload() -> None:
     try:
         import spikeinterface.sorters  # noqa: F401
 
-        import sf_assets.data  # noqa: F401
+        import sf_assets.stores.data  # noqa: F401
         import sf_assets.stores.kachery  # noqa: F401
     except Exception:
         pass

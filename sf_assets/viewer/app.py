@@ -6,7 +6,7 @@ Two steps, so that every failure comes before anything is served:
    file's sha1), builds or loads the cached analyzer and the agreement
    columns, or reads an errored sorting's console output;
 2. :func:`serve_view` serves the page on 127.0.0.1 until interrupted, and
-   registers its URL (:mod:`sf_assets.viewer.links`) while it runs.
+   registers its URL (:mod:`sf_assets.stores.viewer_links`) while it runs.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from sf_assets.core.errors import RecordingError, UriError, ViewerError
 from sf_assets.core.uris import parse_uri
 from sf_assets.stores.kachery import KacheryStore
 from sf_assets.viewer.agreement import agreement_rows, sorted_unit_agreement, true_unit_agreement
-from sf_assets.viewer.links import register_viewer, unregister_viewer
+from sf_assets.stores.viewer_links import register_viewer, unregister_viewer
 from sf_assets.viewer.target import ERRORED_SORTING, GROUND_TRUTH_KIND, ViewTarget
 
 TITLE = "sf-assets viewer"
@@ -83,7 +83,7 @@ def _console_view(target: ViewTarget, store: KacheryStore) -> LoadedView:
 
 
 def _analyzer_view(target: ViewTarget, store: KacheryStore, cache_root: Path) -> LoadedView:
-    from sf_assets.data import load_recording, load_sorting_object
+    from sf_assets.stores.data import load_recording, load_sorting_object
     from sf_assets.viewer.analyzer import open_analyzer
 
     recording = load_recording(target.recording_uri, store)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from sf_assets.assets.history import latest_partition_events, plain_metadata
+from sf_assets.orchestration.assets.history import latest_partition_events, plain_metadata
 from sf_assets.core.errors import ViewerError
 from sf_assets.core.labels import GROUND_TRUTH, label_to_partition_key, recording_label
 from sf_assets.core.workspace_plan import GROUND_TRUTH as GROUND_TRUTH_ENTRY

@@ -1,0 +1,6 @@
+"""``python -m sf_assets.cli``: the ``sf-assets`` command without its console script."""
+import sys
+
+from sf_assets.cli.entry import main
+
+sys.exit(main())

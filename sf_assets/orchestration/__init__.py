@@ -1,0 +1,1 @@
+"""The Dagster layer: assets and checks, partitions, jobs, resources, sensors, schedules and the run launcher."""

@@ -1,0 +1,203 @@
+"""The one planner: which (sorter, recording) pairs need sorting, and what must run first.
+
+The command line, the studyset sensor, the re-run schedule and the sorting
+asset itself all decide with these functions, so a pair counts as done, cached
+or in progress the same way whoever looks:
+
+* assigned: the spec assigns the pair (the campaign's jobs);
+* recording current: the recording and ground truth partitions are
+  materialized from the manifest's current recording URI;
+* job cache: the pair's latest sorting attempt succeeded from the same inputs
+  (the cache key: recording content, sorter, params, image, engine version)
+  and its stored sorting object and firings verify in kachery (sha1);
+* in flight: a queued or running run, or an unfinished backfill, will sort it.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import dagster as dg
+from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
+
+from sf_assets.orchestration.assets.history import latest_partition_events, plain_metadata
+from sf_assets.core.campaign import Campaign
+from sf_assets.core.manifest import Recording
+from sf_assets.core.sorter_catalog import resolve_sorter
+from sf_assets.core.spec import SorterSpec
+from sf_assets.engines.engine import EngineSettings, cache_key, container_image_for
+from sf_assets.engines.job_cache import job_cache_verdict
+from sf_assets.orchestration.partitions import pair_key, recording_key
+from sf_assets.stores.kachery import KacheryStore
+
+SORTING_KEY = dg.AssetKey("sorting")
+PARTITION_TAG = "dagster/partition"
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+UNFINISHED_RUN_STATUSES = [
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+@dataclass
+class Plan:
+    """What a launch of ``pairs`` has to do.
+
+    Attributes
+    ----------
+    cached: pair keys whose current sorting the job cache holds (not sorted again).
+    to_compare: cached pair keys whose comparison is missing or older than their sorting
+        (a run stopped between the two): compared again, not sorted.
+    in_flight: pair keys another run or backfill is about to sort (not launched twice).
+    to_sort: the pairs to sort, in the spec's order.
+    recordings_to_run: recording keys of ``to_sort`` whose recording or ground truth
+        is not current: their runs go first.
+    """
+
+    cached: list[str] = field(default_factory=list)
+    to_compare: list[str] = field(default_factory=list)
+    in_flight: list[str] = field(default_factory=list)
+    to_sort: list[tuple[SorterSpec, Recording]] = field(default_factory=list)
+    recordings_to_run: list[str] = field(default_factory=list)
+
+
+def expected_cache_key(sorter_spec: SorterSpec, rec: Recording, settings: EngineSettings) -> str:
+    """The cache key a sorting of this pair made now would carry."""
+    entry = resolve_sorter(sorter_spec.name)
+    image = container_image_for(entry, settings)
+    return cache_key(entry, dict(sorter_spec.params or {}), rec.recording_uri, image, settings.job_cache)
+
+
+def is_cache_hit(metadata: dict | None, expected_key: str, store: KacheryStore) -> bool:
+    """Does the pair's latest sorting event vouch for a current sorting of these inputs?
+
+    See :func:`~sf_assets.engines.job_cache.job_cache_verdict`: the latest
+    attempt succeeded with ``expected_key``, and its sorting object and firings
+    verify in ``store``.
+    """
+    return job_cache_verdict(metadata, expected_key, store).hit
+
+
+def partitions_in_flight(instance: dg.DagsterInstance) -> set[str]:
+    """Sorting partitions that a queued or running run, or an unfinished backfill, will sort.
+
+    A run names its partition in ``dagster/partition`` or, when a backfill
+    launched it, in a one-partition range (``BackfillPolicy.multi_run(1)``).
+    """
+    busy = set()
+    for record in instance.get_run_records(dg.RunsFilter(statuses=UNFINISHED_RUN_STATUSES)):
+        run = record.dagster_run
+        if run.asset_selection is not None and SORTING_KEY not in run.asset_selection:
+            continue
+        tags = run.tags
+        if PARTITION_TAG in tags:
+            busy.add(tags[PARTITION_TAG])
+        elif tags.get(RANGE_START_TAG) is not None and tags.get(RANGE_START_TAG) == tags.get(RANGE_END_TAG):
+            busy.add(tags[RANGE_START_TAG])
+    for backfill in instance.get_backfills(filters=BulkActionsFilter(statuses=[BulkActionStatus.REQUESTED])):
+        data = backfill.asset_backfill_data
+        if data is not None and SORTING_KEY in data.target_subset.asset_keys:
+            busy.update(data.target_subset.get_partitions_subset(SORTING_KEY).get_partition_keys())
+    return busy
+
+
+def recordings_in_flight(instance: dg.DagsterInstance) -> set[str]:
+    """Recording partitions that a queued or running ``recordings_job`` run will materialize."""
+    runs = instance.get_runs(dg.RunsFilter(job_name="recordings_job", statuses=UNFINISHED_RUN_STATUSES))
+    return {run.tags[PARTITION_TAG] for run in runs if PARTITION_TAG in run.tags}
+
+
+def current_recordings(instance: dg.DagsterInstance, recordings: Iterable[Recording]) -> set[str]:
+    """Recording partitions whose recording and ground truth were materialized from the current URI."""
+    recordings = list(recordings)
+    keys = [recording_key(r) for r in recordings]
+    rec_events = latest_partition_events(instance, dg.AssetKey("recording"), partitions=keys)
+    gt_events = latest_partition_events(instance, dg.AssetKey("ground_truth"), partitions=keys)
+    current = set()
+    for rec, key in zip(recordings, keys):
+        if key in rec_events and key in gt_events:
+            if plain_metadata(rec_events[key][1]).get("recording_uri") == rec.recording_uri:
+                current.add(key)
+    return current
+
+
+def plan_sorts(
+    instance: dg.DagsterInstance,
+    campaign: Campaign,
+    settings: EngineSettings,
+    pairs: Iterable[tuple[SorterSpec, Recording]] | None = None,
+    *,
+    store: KacheryStore,
+    use_job_cache: bool = True,
+) -> Plan:
+    """Decide, for ``pairs`` (default: every pair the spec assigns), what to sort and what first.
+
+    ``store`` is where cached sortings must verify (see :func:`is_cache_hit`).
+    """
+    pairs = list(campaign.jobs if pairs is None else pairs)
+    plan = Plan()
+    if not pairs:
+        return plan
+    keys = [str(pair_key(s.name, r)) for s, r in pairs]
+    # Errored attempts (observations) too: a pair whose latest attempt errored is not cached.
+    latest = (
+        latest_partition_events(instance, SORTING_KEY, include_observations=True, partitions=keys)
+        if use_job_cache
+        else {}
+    )
+    busy = partitions_in_flight(instance)
+    for (sorter_spec, rec), key in zip(pairs, keys):
+        if key in busy:
+            plan.in_flight.append(key)
+        elif key in latest and is_cache_hit(
+            plain_metadata(latest[key][1]), expected_cache_key(sorter_spec, rec, settings), store
+        ):
+            plan.cached.append(key)
+        else:
+            plan.to_sort.append((sorter_spec, rec))
+    if plan.cached:
+        compared = latest_partition_events(instance, dg.AssetKey("sorting_comparison"), partitions=plan.cached)
+        plan.to_compare = [k for k in plan.cached if k not in compared or compared[k][0] < latest[k][0]]
+    needed = {recording_key(r): r for _, r in plan.to_sort}
+    current = current_recordings(instance, needed.values())
+    plan.recordings_to_run = [k for k in needed if k not in current]
+    return plan
+
+
+@dataclass
+class Stages:
+    """A plan as runs: what can be submitted now, and which sorts wait for which recording.
+
+    Attributes
+    ----------
+    recordings: recording keys whose ``recordings_job`` run goes first.
+    comparisons: pair keys compared again (``comparison_job``): cached sortings only.
+    sorts: pair keys whose ``sorting_job`` run can be submitted now (their recording is current).
+    waiting: ``{recording key: [pair key, ...]}``: sorts to submit once that recording is current.
+    """
+
+    recordings: list[str]
+    comparisons: list[str]
+    sorts: list[str]
+    waiting: dict[str, list[str]]
+
+
+def stages(plan: Plan, also_sort: Iterable[tuple[SorterSpec, Recording]] = ()) -> Stages:
+    """Order ``plan`` (and ``also_sort``, pairs to submit anyway) as the command line and the sensor submit it.
+
+    A sort goes out as soon as its recording is current, never before: the
+    run of a pair whose recording is still to run would fail on a missing
+    input, and waiting for *all* recordings would leave cores idle.
+    """
+    waiting: dict[str, list[str]] = {key: [] for key in plan.recordings_to_run}
+    sorts = []
+    for sorter_spec, rec in [*plan.to_sort, *also_sort]:
+        key = str(pair_key(sorter_spec.name, rec))
+        if recording_key(rec) in waiting:
+            waiting[recording_key(rec)].append(key)
+        else:
+            sorts.append(key)
+    return Stages(list(plan.recordings_to_run), list(plan.to_compare), sorts, waiting)
