@@ -87,17 +87,17 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def memory_mb(pid: int) -> tuple[float, float]:
-    """(RSS, PSS) of one process in MB; zeros once it is gone."""
-    sizes = {"Rss:": 0.0, "Pss:": 0.0}
+def memory_mb(pid: int) -> tuple[float, float, float]:
+    """(RSS, PSS, USS: its private pages) of one process in MB; zeros once it is gone."""
+    sizes = {"Rss": 0.0, "Pss": 0.0, "Private_Clean": 0.0, "Private_Dirty": 0.0}
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            key = line.split(":", 1)[0] + ":"
+            key = line.split(":", 1)[0]
             if key in sizes:
                 sizes[key] = int(line.split()[1]) / 1024.0
     except (OSError, ValueError, IndexError):
         pass
-    return sizes["Rss:"], sizes["Pss:"]
+    return sizes["Rss"], sizes["Pss"], sizes["Private_Clean"] + sizes["Private_Dirty"]
 
 
 def is_run_process(pid: int) -> bool:
@@ -117,19 +117,20 @@ class MemorySampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid = pid
         self.peak_total_mb, self.peak_total_pss_mb = 0.0, 0.0
-        self.peak_run_mb, self.peak_run_pss_mb, self.peak_runs = 0.0, 0.0, 0
+        self.peak_run_mb, self.peak_run_pss_mb, self.peak_run_uss_mb, self.peak_runs = 0.0, 0.0, 0.0, 0
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
             pids = descendants(self.pid)
             sizes = {pid: memory_mb(pid) for pid in pids}
-            self.peak_total_mb = max(self.peak_total_mb, sum(rss for rss, _ in sizes.values()))
-            self.peak_total_pss_mb = max(self.peak_total_pss_mb, sum(pss for _, pss in sizes.values()))
+            self.peak_total_mb = max(self.peak_total_mb, sum(rss for rss, _, _ in sizes.values()))
+            self.peak_total_pss_mb = max(self.peak_total_pss_mb, sum(pss for _, pss, _ in sizes.values()))
             runs = [sizes[pid] for pid in pids if sizes[pid][0] > 0 and is_run_process(pid)]  # not ended ones
             self.peak_runs = max(self.peak_runs, len(runs))
-            self.peak_run_mb = max([self.peak_run_mb, *(rss for rss, _ in runs)])
-            self.peak_run_pss_mb = max([self.peak_run_pss_mb, *(pss for _, pss in runs)])
+            self.peak_run_mb = max([self.peak_run_mb, *(rss for rss, _, _ in runs)])
+            self.peak_run_pss_mb = max([self.peak_run_pss_mb, *(pss for _, pss, _ in runs)])
+            self.peak_run_uss_mb = max([self.peak_run_uss_mb, *(uss for _, _, uss in runs)])
             time.sleep(0.5)
 
 
@@ -152,19 +153,24 @@ def generate(home: Path, args: argparse.Namespace, env: dict[str, str]) -> Path:
 
 def per_sort(
     work_root: Path, elapsed_by_label: dict[str, float]
-) -> tuple[dict[bool, list[float]], dict[tuple[str, str], set]]:
-    """Overhead of each sort (by whether its worker was already warm), and the workers per (sorter, slot)."""
+) -> tuple[dict[bool, list[float]], dict[tuple[str, str], set], dict[str, list[float]]]:
+    """Overhead of each sort (by whether its worker was already warm), the workers per (sorter, slot),
+    and the placement's steps (seconds waiting for a claim, reaching the service, until a slot took it)."""
     from sf_assets.engines.slurm_service import SLOT_FILE
 
     overheads: dict[bool, list[float]] = {True: [], False: []}
     workers: dict[tuple[str, str], set] = defaultdict(set)
+    placing: dict[str, list[float]] = defaultdict(list)
     for job_file in work_root.rglob("job.json"):
         job = json.loads(job_file.read_text())
         result = json.loads((job_file.parent / "result.json").read_text())
         placed = json.loads((job_file.parent / SLOT_FILE).read_text())
         overheads[bool(placed["warm"])].append(elapsed_by_label[job["label"]] - result["sort_elapsed_s"])
         workers[(job["sorter_name"], placed["slot"])].add((placed["node"], placed["worker_pid"]))
-    return overheads, workers
+        placing["claim"].append(placed["claimed_at"] - placed["requested_at"])
+        placing["connect"].append(placed["connected_at"] - placed["claimed_at"])
+        placing["slot"].append(placed["started_at"] - placed["connected_at"])
+    return overheads, workers, placing
 
 
 def instance_home(work: Path, slots: int) -> Path:
@@ -261,7 +267,7 @@ def main(argv=None) -> int:
             print(f"the launch exited {launch.returncode} with {len(elapsed_by_label)}/{args.sorts} sorts ok")
             return 1
         allocations = cluster.run("sacct", "--completion", "--noheader", "--parsable2", "--format=JobName")
-        overheads, workers = per_sort(home / "sorts", elapsed_by_label)
+        overheads, workers, placing = per_sort(home / "sorts", elapsed_by_label)
         outside_s, inside_s = breakdown(work, elapsed_by_label)
     finally:
         stop_host_services(service_dir)
@@ -279,13 +285,20 @@ def main(argv=None) -> int:
           f"max {max(overheads):.2f}); {len(workers)} (sorter, slot) pairs")  # fmt: skip
     print(f"  of which {outside_s:.2f} s outside the service's report (Dagster's run and step, the slot, the trip "
           f"to the allocation) and {inside_s:.2f} s inside it beyond run_sorter (the worker loading, storing)")  # fmt: skip
+    print("  placing a sort (mean s): " + ", ".join(
+        f"{name} {statistics.mean(values):.3f}" for name, values in (
+            ("claim (a free slot, or a new allocation to start)", placing["claim"]),
+            ("reaching the allocation's service", placing["connect"]),
+            ("until its slot took it", placing["slot"]),
+        )
+    ))  # fmt: skip
     for warm, name in ((False, "on a new worker (its slot's first sort)"), (True, "on a warm worker")):
         if by_warmth[warm]:
             print(f"  {len(by_warmth[warm])} sorts {name}: overhead mean {statistics.mean(by_warmth[warm]):.2f} s, "
                   f"median {statistics.median(by_warmth[warm]):.2f} s")  # fmt: skip
     print(f"submit host: peak RSS sum {sampler.peak_total_mb:.0f} MB, peak PSS sum {sampler.peak_total_pss_mb:.0f} MB; "
           f"up to {sampler.peak_runs} run processes at once; one run process: peak RSS {sampler.peak_run_mb:.0f} MB, "
-          f"PSS {sampler.peak_run_pss_mb:.0f} MB")  # fmt: skip
+          f"PSS {sampler.peak_run_pss_mb:.0f} MB, private (USS) {sampler.peak_run_uss_mb:.0f} MB")  # fmt: skip
     print(
         f"slurm_overhead_per_sort_s={overhead:.2f} orchestrator_peak_rss_mb={sampler.peak_total_mb:.0f} "
         f"compiles_per_sorter_per_slot={compiles:.2f}"

@@ -91,11 +91,12 @@ def run_slurm_sort(
     for attempt in range(MAX_ATTEMPTS):
         if attempt:
             prepare_work_dir(job)  # nothing of the lost attempt is kept
+        requested_at = time.time()
         slot = acquire_slot(pool, job.label, settings.timeout_s, sorter=job.si_sorter_name)
         report = None
         try:
             try:
-                for event in sort_in_allocation(job, slot, settings.timeout_s, canary_timeout_s):
+                for event in sort_in_allocation(job, slot, settings.timeout_s, canary_timeout_s, requested_at):
                     if isinstance(event, CanaryReport):
                         if not canary_sent:
                             canary_sent = True
@@ -121,13 +122,19 @@ def run_slurm_sort(
 
 
 def sort_in_allocation(
-    job: SortJob, slot: Slot, timeout_s: float | None, canary_timeout_s: float | None
+    job: SortJob,
+    slot: Slot,
+    timeout_s: float | None,
+    canary_timeout_s: float | None,
+    requested_at: float | None = None,
 ) -> Iterator[dict | CanaryReport | SortReport]:
     """Send ``job`` to the sort service of ``slot``'s allocation; what it answers, as the local service's client.
 
     Records where the sort ran in :data:`~sf_assets.engines.slurm_service.SLOT_FILE`
-    in its work folder (allocation, service slot, node, worker process), and
-    how it ended (exit status, CPU seconds).  Raises
+    in its work folder (allocation, service slot, node, worker process), how
+    it ended (exit status, CPU seconds) and when (epoch seconds) it asked for
+    a slot, had its claim, reached the service and was taken by a slot: what
+    placing it on Slurm cost.  Raises
     :class:`~sf_assets.engines.slurm_service.AllocationServiceGone` or
     :class:`~sf_assets.engines.service_client.SortServiceError` when the
     allocation or its service goes away before the sort's report.
@@ -137,10 +144,18 @@ def sort_in_allocation(
     def running() -> bool:
         return slot.state(max_age_s=ALIVE_CHECK_S) == "RUNNING"
 
+    claimed_at = time.time()
     conn = connect_to_allocation(pool.root, slot.job_id, running)
     address = published_address(pool.root, slot.job_id)
     placement_file = Path(job.work_dir) / SLOT_FILE
-    placement: dict = {"job_id": slot.job_id, "claim": slot.name, "node": address[0] if address else None}
+    placement: dict = {
+        "job_id": slot.job_id,
+        "claim": slot.name,
+        "node": address[0] if address else None,
+        "requested_at": requested_at or claimed_at,
+        "claimed_at": claimed_at,
+        "connected_at": time.time(),
+    }
     write_json_atomic(placement_file, placement)
     events = sort_over(
         conn,
@@ -154,7 +169,10 @@ def sort_in_allocation(
     for event in events:
         if isinstance(event, dict):
             placement.update(
-                slot=f"{slot.job_id}-{event['slot']}", worker_pid=event["worker_pid"], warm=event["warm"]
+                slot=f"{slot.job_id}-{event['slot']}",
+                worker_pid=event["worker_pid"],
+                warm=event["warm"],
+                started_at=time.time(),
             )
             write_json_atomic(placement_file, placement)
             pool.mark_warm(slot.job_id, job.si_sorter_name)
