@@ -41,6 +41,10 @@ class SortServiceError(RuntimeError):
     """The sort service could not be started or reached, or went away mid-sort."""
 
 
+class SortRefused(SortServiceError):
+    """The sort service answered, but refused the request (an unreadable job, say): it stays up."""
+
+
 def _connect(folder: Path) -> Connection:
     key = (folder / KEY_NAME).read_bytes()
     return Client(str(folder / SOCKET_NAME), family="AF_UNIX", authkey=key)
@@ -206,7 +210,7 @@ def sort_over(
                     f"the sort service ended before reporting on {work_dir}:\n{describe_end()}"
                 ) from None
             if kind == "error":
-                raise SortServiceError(f"the sort service refused {work_dir}: {payload}")
+                raise SortRefused(f"the sort service refused {work_dir}: {payload}")
             yield payload
             if isinstance(payload, SortReport):
                 return

@@ -38,7 +38,7 @@ from sf_assets.engines.job import (
     SortReport,
     write_json_atomic,
 )
-from sf_assets.engines.service_client import SortServiceError, sort_over
+from sf_assets.engines.service_client import SortRefused, SortServiceError, sort_over
 from sf_assets.engines.slurm import SlurmLaunch, srun_environment
 from sf_assets.engines.slurm_pool import (
     OWNER_ENV,
@@ -106,6 +106,8 @@ def run_slurm_sort(
                     else:
                         yield event
                 ended = "no report" if report is None else _allocation_ended(report, slot)
+            except SortRefused:
+                raise  # the service is up and said no: another allocation would say the same
             except (AllocationServiceGone, SortServiceError, OSError) as exc:
                 ended = f"{slot.state() or 'gone from squeue'}: {exc}"
         finally:
