@@ -284,7 +284,8 @@ def main(argv=None) -> int:
           f"overhead per sort {overhead:.2f} s (median {statistics.median(overheads):.2f}, "
           f"max {max(overheads):.2f}); {len(workers)} (sorter, slot) pairs")  # fmt: skip
     print(f"  of which {outside_s:.2f} s outside the service's report (Dagster's run and step, the slot, the trip "
-          f"to the allocation) and {inside_s:.2f} s inside it beyond run_sorter (the worker loading, storing)")  # fmt: skip
+          f"to the allocation) and {inside_s:.2f} s inside it beyond run_sorter "
+          "(the worker loading, storing)")  # fmt: skip
     print("  placing a sort (mean s): " + ", ".join(
         f"{name} {statistics.mean(values):.3f}" for name, values in (
             ("claim (a free slot, or a new allocation to start)", placing["claim"]),

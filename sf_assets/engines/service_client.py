@@ -193,7 +193,9 @@ def sort_over(
     the wait with :class:`SortServiceError`.
     """
     try:
-        conn.send({"op": "sort", "work_dir": str(work_dir), "timeout_s": timeout_s, "canary_timeout_s": canary_timeout_s})
+        conn.send(
+            {"op": "sort", "work_dir": str(work_dir), "timeout_s": timeout_s, "canary_timeout_s": canary_timeout_s}
+        )
         checked = time.monotonic()
         while True:
             # Polling, not a blocking recv: an interrupt (the run terminated) is handled at once.

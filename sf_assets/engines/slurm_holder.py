@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     cpus = allocation_cpus(os.environ)
     service = start_service(pool_dir, job_id, slots, cpus)
     print(
-        f"holding allocation {job_id} for {pool_dir}: sort service {service.pid} with {slots} slot(s) on {cpus} CPU(s); "
-        f"ends after {idle_s:g} s without a sort",
+        f"holding allocation {job_id} for {pool_dir}: sort service {service.pid} with {slots} slot(s) "
+        f"on {cpus} CPU(s); ends after {idle_s:g} s without a sort",
         flush=True,
     )
     try:

@@ -37,6 +37,7 @@ from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection
 from pathlib import Path
 
+from sf_assets.core.errors import EnvironmentSortFailure
 from sf_assets.engines.service_address import (
     INFO_NAME,
     KEY_NAME,
@@ -50,6 +51,8 @@ SLOT_FILE = "slurm_slot.json"
 # The service never exits for being idle: the holder ends it with the allocation.
 NEVER_IDLE_EXIT_S = 10 * 365 * 86400.0
 CONNECT_POLL_S = 0.2
+# How long a published address may refuse connections before the sort gives up on it.
+CONNECT_TIMEOUT_S = 60.0
 
 
 def service_folder(pool_root: Path, job_id: str, create: bool = False) -> Path:
@@ -99,23 +102,43 @@ class AllocationServiceGone(RuntimeError):
     """The allocation's service cannot be reached: the allocation ended, or its service did."""
 
 
-def connect_to_allocation(pool_root: Path, job_id: str, still_there: Callable[[], bool]) -> Connection:
+def connect_to_allocation(
+    pool_root: Path, job_id: str, still_there: Callable[[], bool], timeout_s: float = CONNECT_TIMEOUT_S
+) -> Connection:
     """A connection to the service of allocation ``job_id``, waiting while it starts.
 
     ``still_there`` (the allocation still runs) is asked while no address is
     published or the address does not answer; False raises
-    :class:`AllocationServiceGone`.
+    :class:`AllocationServiceGone`, with the service's log.
+
+    Raises
+    ------
+    EnvironmentSortFailure
+        The address was published but refused connections for ``timeout_s``
+        while the allocation ran: this host cannot reach the node (a firewall,
+        a node name it cannot resolve), which another allocation would not
+        change.
     """
     folder = service_folder(pool_root, job_id)
+    refused_since: float | None = None
     while True:
         address = published_address(pool_root, job_id)
         if address is not None:
             try:
                 return Client(address, family="AF_INET", authkey=(folder / KEY_NAME).read_bytes())
-            except (OSError, EOFError, AuthenticationError):
-                pass  # exiting, or a key of an earlier start: look again
+            except (OSError, EOFError, AuthenticationError) as exc:  # exiting, or restarting: look again
+                refused_since = refused_since or time.monotonic()
+                if time.monotonic() - refused_since > timeout_s and still_there():
+                    raise EnvironmentSortFailure(
+                        f"the sort service of Slurm allocation {job_id} listens on {address[0]}:{address[1]} "
+                        f"({folder / INFO_NAME}), but this host could not connect to it for {timeout_s:g} s "
+                        f"({exc}): the submit host must be able to open TCP connections to the nodes"
+                    ) from exc
         if not still_there():
-            raise AllocationServiceGone(f"allocation {job_id} ended before its sort service answered")
+            raise AllocationServiceGone(
+                f"allocation {job_id} ended before its sort service answered; its log:\n"
+                f"{service_log_tail(pool_root, job_id)}"
+            )
         time.sleep(CONNECT_POLL_S)
 
 
