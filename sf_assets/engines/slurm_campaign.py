@@ -1,21 +1,23 @@
-"""One sort on the campaign's Slurm allocations: a slot, a job step, and a retry if the allocation dies.
+"""One sort on the campaign's Slurm allocations: a slot, the allocation's sort service, a retry if it dies.
 
 :func:`run_slurm_sort` is what the engine runs for every sort with Slurm
 on.  It claims a slot in the pool of allocations shared by every process
 that sorts with the same settings (:mod:`sf_assets.engines.slurm_pool`),
-runs the sort as a job step sized at 1/N of that allocation, under the same
-supervisor as every engine (so ``-T``, the console, the canary and the CPU
-time hold as locally; the timeout clock starts once the step is placed, not
-while it waits for a slot), and releases the slot when the sort ends,
-however it ends.
+sends the sort to the sort service that the allocation's holder runs
+(:mod:`sf_assets.engines.slurm_service`; the local path's service, so
+``-T``, the console, the canary, the CPU time, crash isolation and the
+connection-as-lease hold as locally, and the slot's warm worker keeps its
+sorter compiled; the timeout clock starts once a slot takes the sort, not
+while it waits), and releases the claim when the sort ends, however it ends.
 
 An allocation that ends under a running sort (``scancel``, walltime, node
-failure) fails that sort only: the sort is run again from a clean work
-folder in another slot, up to :data:`MAX_ATTEMPTS` times.  Nothing of the
-lost attempt is kept: the worker stores a sorting only once it has
-finished, and the asset registers nothing but the final report.  Failures
-of the sort itself (the worker's own error, a classified canary failure, the
-timeout) are never retried: they would fail the same way again.
+failure, its service dying) fails that sort only: the sort is run again from
+a clean work folder in another slot, up to :data:`MAX_ATTEMPTS` times.
+Nothing of the lost attempt is kept: the worker stores a sorting only once
+it has finished, and the asset registers nothing but the final report.
+Failures of the sort itself (the worker's own error, a classified canary
+failure, the timeout) are never retried: they would fail the same way again;
+nor is a service that refuses the request or cannot be reached from this host.
 
 :func:`campaign_allocations` is what a launch wraps around its campaign: on
 exit and on interrupt it ends the allocations no sort holds, instead of

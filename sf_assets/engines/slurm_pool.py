@@ -61,7 +61,12 @@ from typing import TYPE_CHECKING
 
 from sf_assets.core.errors import EnvironmentSortFailure
 from sf_assets.core.launcher_identity import LauncherIdentity, this_process
-from sf_assets.engines.slurm_allocations import cancel_jobs, node_options, require_slurm_clients
+from sf_assets.engines.slurm_allocations import (
+    cancel_jobs,
+    node_options,
+    require_slurm_clients,
+)
+from sf_assets.engines.slurm_service import SERVICES
 
 if TYPE_CHECKING:
     from sf_assets.engines.slurm_settings import SlurmSettings
@@ -257,8 +262,6 @@ class Pool:
         for mark in (self.root / WARM).iterdir():
             if mark.name.split(".", 1)[0] not in listed:
                 mark.unlink(missing_ok=True)
-        from sf_assets.engines.slurm_service import SERVICES
-
         for folder in (self.root / SERVICES).glob("*"):
             try:
                 if folder.name not in listed and now - folder.stat().st_mtime > SERVICE_FOLDER_KEEP_S:
