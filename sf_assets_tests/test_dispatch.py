@@ -118,3 +118,20 @@ def test_an_idle_slot_that_has_the_sorter_warm_gets_it_even_when_asked_second():
     assert queue.take(1).key == "TDC2/r2"
     queue.add(Task("TDC2/r3", 2, "TDC2"))
     assert queue.take(0).key == "TDC2/r3", "slot 1 busy, nothing measured warm: as before, taken"
+
+
+def test_a_group_at_its_limit_waits_while_other_groups_take_the_free_slots():
+    launch = [Task(f"MS5/a{i}", i, "MS5", group="cli", group_limit=1) for i in range(3)]
+    other = Task("MS5/b0", 10, "MS5", group="backfill")
+    queue = _queue(*launch, other)
+    assert queue.take(0).key == "MS5/a0"
+    # The launch has its one sort running: the next free slot goes to the other group.
+    assert queue.take(1).key == "MS5/b0"
+    assert queue.take(2) is None
+    queue.finished(0, 1.0)
+    assert queue.take(0).key == "MS5/a1"  # one ended: the launch's next one starts
+
+
+def test_no_group_or_a_zero_limit_means_only_the_slots_limit():
+    queue = _queue(*(Task(f"MS5/r{i}", i, "MS5", group="cli" if i % 2 else None) for i in range(4)))
+    assert [queue.take(slot).key for slot in range(4)] == ["MS5/r0", "MS5/r1", "MS5/r2", "MS5/r3"]

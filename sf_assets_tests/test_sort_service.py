@@ -96,6 +96,37 @@ def test_a_sort_goes_to_the_slot_that_has_its_sorter_compiled(synthetic_studyset
     assert d["warm"] and e["warm"]
 
 
+def test_a_launch_runs_no_more_sorts_at_once_than_its_limit(synthetic_studyset, tmp_path, settings):
+    """``sorts_at_once`` (``-w``): two free slots, each warm for one of two sorters, yet a
+    launch limited to one sort at once runs its second sort after its first."""
+    import dataclasses
+
+    sorters = (("Simple", "simple"), ("MountainSort5", "mountainsort5"))
+    spans: dict[str, tuple[float, float]] = {}
+
+    def sort(name: str, sorter, launch: str, engine: EngineSettings) -> None:
+        events = run_sort(_job(synthetic_studyset, tmp_path, name, sorter), engine, launch=launch)
+        next(events)  # a slot took it
+        started = time.monotonic()
+        for _event in events:
+            pass
+        spans[name] = (started, time.monotonic())
+
+    def both(launch: str, engine: EngineSettings) -> list[tuple[float, float]]:
+        spans.clear()
+        threads = [threading.Thread(target=sort, args=(f"{launch}-{i}", sorters[i], launch, engine)) for i in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return sorted(spans.values())
+
+    first, second = both("unlimited", settings)
+    assert second[0] < first[1], f"no limit: the two sorters' sorts share the two slots: {spans}"
+    first, second = both("one-at-a-time", dataclasses.replace(settings, sorts_at_once=1))
+    assert second[0] >= first[1] - 0.2, f"the launch's two sorts overlapped: {spans}"
+
+
 def test_a_client_that_goes_away_stops_its_sort(synthetic_studyset, tmp_path, settings):
     """The connection is the lease: a terminated run's step closes it, and the worker goes."""
     job = _job(synthetic_studyset, tmp_path, "interrupted", canary_first_n_s=3.0)

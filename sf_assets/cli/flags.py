@@ -134,8 +134,8 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
         type=_count(1),
         default=DEFAULT_WORKERS,
         metavar="N",
-        help=f"this launch's runs queued or running at once (default {DEFAULT_WORKERS}); the instance's run "
-        "queue (dagster.yaml) and the host's sort service slots bound what runs host-wide",
+        help=f"this launch's sorts at once (default {DEFAULT_WORKERS}); the host's sort service slots and the "
+        "instance's run queue (dagster.yaml) bound what runs host-wide",
     )
     slurm = parser.add_argument_group("slurm")
     slurm.add_argument(

@@ -378,8 +378,12 @@ def launch_campaign(
 ) -> CampaignOutcome:
     """Sort the campaign (or the given pairs) on ``instance``; ``tags`` go on every run.
 
-    ``workers`` bounds how many of this launch's runs are queued or running at
-    once; the instance's run queue and the host's sort service bound the rest.
+    ``workers`` bounds how many of this launch's sorts run at once on the
+    host's sort service (``sorts_at_once``); the launch keeps up to the run
+    queue's ``max_concurrent_runs`` runs queued or running, so when a sort
+    ends the next one is already waiting in the service, where sorter
+    affinity picks it.  The instance's run queue and the service's slots
+    bound the rest.
     ``progress`` gets a line per finished run, ``on_counts`` the launch's counts
     after every look at its runs (for a live display).
     """
@@ -423,6 +427,11 @@ def launch_campaign(
     ready += [("sorting_job", key) for key in order.sorts]
     total_sorts = len(to_sort)
     lease = {LEASE_TAG: str(this_process())}
+    options = dataclasses.replace(options, sorts_at_once=max(1, workers))
+    # Sorts on Slurm or in containers run outside the sort service, which enforces sorts_at_once:
+    # for them, runs in flight are what bounds it.
+    uses_service = options.engine_settings().uses_sort_service
+    in_flight_cap = max(1, workers, _queue_capacity(instance) if uses_service else 0)
     with (
         code_location(instance) as context,
         slurm_allocations_for(options) as options,
@@ -433,7 +442,7 @@ def launch_campaign(
         try:
             tracker.add(submitter.submit("studysets_job"), "studysets_job", None)
             while ready or tracker.runs:
-                while ready and len(tracker.runs) < max(1, workers) + 1:  # +1: the studysets run
+                while ready and len(tracker.runs) < in_flight_cap + 1:  # +1: the studysets run
                     job_name, key = ready.pop(0)
                     tracker.add(submitter.submit(job_name, key), job_name, key)
                 time.sleep(POLL_S)
@@ -476,6 +485,14 @@ def launch_campaign(
             tracker.stop_all()
             raise
     return outcome
+
+
+def _queue_capacity(instance: dg.DagsterInstance) -> int:
+    """The run queue's ``max_concurrent_runs`` (0 without a queue)."""
+    coordinator = instance.run_coordinator
+    if isinstance(coordinator, dg.QueuedRunCoordinator):
+        return max(0, coordinator.get_run_queue_config().max_concurrent_runs)
+    return 0
 
 
 def _report_sorting(say: Callable[[str], None], done: RunOutcome, i: int, n: int) -> None:

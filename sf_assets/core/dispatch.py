@@ -26,7 +26,11 @@ is idle too.  A sort left waiting never
 waits for nothing: a slot that has its sorter warm exists, and takes it by
 rule 2 as soon as it is idle.
 
-Within each rule the earliest in plan order wins.  No Dagster import: the
+Within each rule the earliest in plan order wins.  A task may belong to a
+*group* (one launch: a command line's, or a backfill) with a limit on its
+sorts at once (``-w``): a task whose group has that many running is not
+taken until one of them ends, so a launch can queue more runs than it may
+sort at once and the next one is already waiting when a slot frees.  No Dagster import: the
 launch (``sf_assets.cli.launch``) owns the processes and the runs.
 """
 from __future__ import annotations
@@ -37,11 +41,17 @@ from statistics import mean
 
 @dataclass(frozen=True)
 class Task:
-    """One run to dispatch: a recording run (``sorter`` None) or a sorting run."""
+    """One run to dispatch: a recording run (``sorter`` None) or a sorting run.
+
+    ``group`` and ``group_limit``: at most ``group_limit`` tasks of ``group``
+    run at once (0 or no group: no limit but the slots).
+    """
 
     key: str
-    order: int
+    order: float
     sorter: str | None = None
+    group: str | None = None
+    group_limit: int = 0
 
     @property
     def is_recording(self) -> bool:
@@ -80,7 +90,8 @@ class AffinityQueue:
 
     def take(self, slot: int) -> Task | None:
         """The task ``slot`` should run next (removed from the queue), or None if it should wait."""
-        if not self.ready:
+        eligible = self._within_group_limits()
+        if not eligible:
             return None
         mine = self.seen.setdefault(slot, set())
         anyone = set().union(*self.seen.values())
@@ -91,12 +102,22 @@ class AffinityQueue:
             self._worth_compiling,
         )
         for prefer in preferences:
-            candidates = [t for t in self.ready if prefer(t)]
+            candidates = [t for t in eligible if prefer(t)]
             if candidates:
                 return self._start(slot, min(candidates, key=lambda t: t.order))
         # Whatever is left waits for a slot that has its sorter warm: that slot takes it
         # when idle (rule 2), now in this same round or when its current run ends.
         return None
+
+    def _within_group_limits(self) -> list[Task]:
+        """The ready tasks whose group may start one more."""
+        running: dict[str, int] = {}
+        for task, _cold in self.running.values():
+            if task.group is not None:
+                running[task.group] = running.get(task.group, 0) + 1
+        return [
+            t for t in self.ready if t.group is None or t.group_limit <= 0 or running.get(t.group, 0) < t.group_limit
+        ]
 
     def finished(self, slot: int, elapsed_s: float) -> None:
         """``slot``'s task ended after ``elapsed_s`` seconds (a sort's time feeds rule 4)."""

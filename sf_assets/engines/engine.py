@@ -41,6 +41,9 @@ class EngineSettings:
     service_idle_exit_s: the sort service exits after this long unused.
     service_dir: where the service's private folder is made ("" : /tmp/sf-assets-UID).
     job_cache: the job cache's name; sortings made under another name are not hits.
+    sorts_at_once: at most this many sorts of one launch (a command line's, a
+        backfill) at once on the host's sort service (0: only its slots limit
+        them); the command line's ``-w``.
     """
 
     work_root: str
@@ -55,6 +58,7 @@ class EngineSettings:
     service_idle_exit_s: float = 600.0
     service_dir: str = ""
     job_cache: str = "default-job-cache"
+    sorts_at_once: int = 0
 
     @property
     def timeout_s(self) -> float | None:
@@ -123,11 +127,16 @@ def work_dir_for(
     return pair_folder(settings.work_root, sorter_name, study_name, recording_name) / attempt_name(run_id, attempt)
 
 
-def run_sort(job: SortJob, settings: EngineSettings) -> Iterator[dict | CanaryReport | SortReport]:
+def run_sort(
+    job: SortJob, settings: EngineSettings, *, launch: str | None = None, submitted_at: float | None = None
+) -> Iterator[dict | CanaryReport | SortReport]:
     """Prepare the work folder, then sort on the host's sort service, on Slurm, or in a fresh process.
 
     Yields the service's slot information (a dict) when the sort service takes
     it, the canary report as soon as it is decided, and the final report.
+    ``launch`` names the launch the sort belongs to, whose sorts at once the
+    service limits to ``settings.sorts_at_once``; ``submitted_at`` (epoch s)
+    places it in the service's queue.
     """
     work_dir = prepare_work_dir(job)
     command = worker_command(sys.executable, work_dir)
@@ -145,7 +154,15 @@ def run_sort(job: SortJob, settings: EngineSettings) -> Iterator[dict | CanaryRe
     if settings.uses_sort_service and not job.container_image:  # a container-only sorter gets a fresh worker
         from sf_assets.engines.service_client import sort_on_service
 
-        yield from sort_on_service(settings.service(), work_dir, timeout_s=settings.timeout_s, canary_timeout_s=hung_after_s)
+        yield from sort_on_service(
+            settings.service(),
+            work_dir,
+            timeout_s=settings.timeout_s,
+            canary_timeout_s=hung_after_s,
+            group=launch,
+            group_limit=settings.sorts_at_once,
+            submitted_at=submitted_at,
+        )
         return
     env = thread_limited_env(max(1, settings.threads_per_sort), os.environ)
     yield from supervise(job, command, timeout_s=settings.timeout_s, canary_timeout_s=hung_after_s, env=env)

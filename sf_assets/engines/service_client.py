@@ -152,8 +152,16 @@ def sort_on_service(
     *,
     timeout_s: float | None,
     canary_timeout_s: float | None,
+    group: str | None = None,
+    group_limit: int = 0,
+    submitted_at: float | None = None,
 ) -> Iterator[dict | CanaryReport | SortReport]:
     """Have the service sort the job prepared in ``work_dir``.
+
+    At most ``group_limit`` sorts of ``group`` (a launch) run at once; the
+    others wait in the service's queue (0: only the slots limit them).
+    ``submitted_at`` (epoch s, e.g. the run's creation) orders the waiting
+    sorts: first submitted, first served.
 
     Yields
     ------
@@ -170,6 +178,9 @@ def sort_on_service(
         work_dir,
         timeout_s=timeout_s,
         canary_timeout_s=canary_timeout_s,
+        group=group,
+        group_limit=group_limit,
+        submitted_at=submitted_at,
         describe_end=lambda: _log_tail(service_folder(settings)),
     )
 
@@ -180,12 +191,16 @@ def sort_over(
     *,
     timeout_s: float | None,
     canary_timeout_s: float | None,
+    group: str | None = None,
+    group_limit: int = 0,
+    submitted_at: float | None = None,
     describe_end: Callable[[], str] = str,
     still_there: Callable[[], bool] | None = None,
     check_every_s: float = 2.0,
 ) -> Iterator[dict | CanaryReport | SortReport]:
     """The sort request on an open connection to a service, and what comes back; closes ``conn``.
 
+    ``group``, ``group_limit``, ``submitted_at``: see :func:`sort_on_service`.
     ``describe_end`` says why the service may have ended (its log's tail), for
     the error.  ``still_there`` is asked every ``check_every_s`` while no
     answer comes: a service on another machine (a Slurm allocation) may vanish
@@ -194,7 +209,15 @@ def sort_over(
     """
     try:
         conn.send(
-            {"op": "sort", "work_dir": str(work_dir), "timeout_s": timeout_s, "canary_timeout_s": canary_timeout_s}
+            {
+                "op": "sort",
+                "work_dir": str(work_dir),
+                "timeout_s": timeout_s,
+                "canary_timeout_s": canary_timeout_s,
+                "group": group,
+                "group_limit": group_limit,
+                "submitted_at": submitted_at,
+            }
         )
         checked = time.monotonic()
         while True:

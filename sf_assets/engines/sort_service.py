@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import itertools
 import json
 import os
 import secrets
@@ -103,7 +102,6 @@ class SortService:
     lock: threading.Condition = field(default_factory=threading.Condition)
     clients: int = 0
     last_active: float = field(default_factory=time.monotonic)
-    _order: itertools.count = field(default_factory=itertools.count)
 
     def __post_init__(self):
         self.slots = [Slot(i) for i in range(self.settings.slots)]
@@ -137,7 +135,15 @@ class SortService:
     def handle_sort(self, conn: Connection, request: dict) -> None:
         work_dir = Path(request["work_dir"])
         job = SortJob.from_json((work_dir / JOB_FILE).read_text())
-        task = Task(key=str(work_dir), order=next(self._order), sorter=job.si_sorter_name)
+        # First submitted, first served (within the affinity rules): the run's creation time,
+        # comparable across launches; else the arrival here.
+        task = Task(
+            key=str(work_dir),
+            order=float(request.get("submitted_at") or time.time()),
+            sorter=job.si_sorter_name,
+            group=request.get("group"),
+            group_limit=int(request.get("group_limit") or 0),
+        )
         with self.lock:
             self.queue.add(task)
             self._dispatch()

@@ -92,6 +92,7 @@ class SortingEngineResource(dg.ConfigurableResource):
     service_slots: int = 0
     service_idle_exit_s: float = 600.0
     service_dir: str = ""
+    sorts_at_once: int = 0
 
     def settings(self) -> EngineSettings:
         slurm = None
@@ -119,6 +120,7 @@ class SortingEngineResource(dg.ConfigurableResource):
             service_idle_exit_s=self.service_idle_exit_s,
             service_dir=self.service_dir,
             job_cache=self.job_cache,
+            sorts_at_once=self.sorts_at_once,
         )
 
 

@@ -207,7 +207,8 @@ results_automation = dg.AutomationConditionSensorDefinition(
     "results_automation",
     target=dg.AssetSelection.assets(sorting_comparison, sorting_records, sorter_summary, workspace_sync),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=10,
+    # The asset daemon's own loop (5 s): results land at most one loop after the last sort.
+    minimum_interval_seconds=SENSOR_INTERVAL_S,
     # The fan-ins' condition (BehindItsInputs) is Python of ours: it runs on the code server.
     use_user_code_server=True,
     description="Compares, records, summarizes and syncs to the workspace as sortings land.",
