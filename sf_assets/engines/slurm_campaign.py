@@ -146,7 +146,10 @@ def sort_in_allocation(
     pool = slot.pool
 
     def running() -> bool:
-        return slot.state(max_age_s=ALIVE_CHECK_S) == "RUNNING"
+        try:
+            return slot.state(max_age_s=ALIVE_CHECK_S) == "RUNNING"
+        except EnvironmentSortFailure:
+            return True  # squeue did not answer this time: no news is not a lost allocation
 
     claimed_at = time.time()
     conn = connect_to_allocation(pool.root, slot.job_id, running)
