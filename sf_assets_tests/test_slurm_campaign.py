@@ -44,7 +44,15 @@ from sf_assets.engines.slurm_pool import (
     parse_time_left,
     release_idle,
 )
-from sf_assets.engines.slurm_service import SLOT_FILE, connect_to_allocation, published_address, service_folder
+from sf_assets.engines.service_address import ServiceSettings
+from sf_assets.engines.slurm_service import (
+    SLOT_FILE,
+    allocation_gpus,
+    connect_to_allocation,
+    published_address,
+    service_folder,
+)
+from sf_assets.engines.sort_service import SortService
 from sf_assets.orchestration.partitions import recording_key
 from sf_assets.orchestration.resources import SortingEngineResource
 from sf_assets.stores.kachery import KacheryStore
@@ -110,6 +118,20 @@ def test_daemon_runs_take_their_slurm_settings_from_one_variable():
     ):
         with pytest.raises(SfAssetsError, match=rf"SF_ASSETS_SLURM=.*{expected}"):
             slurm_resource_config({SLURM_ENV: bad})
+
+
+def test_an_allocations_gpus_are_shared_out_between_its_slots():
+    """``--slurm-gpus-per-node``: Slurm's CUDA_VISIBLE_DEVICES for the allocation, split between the N slots.
+
+    (The test node has no GPU: what Slurm sets is read from the holder's environment.)
+    """
+    assert allocation_gpus({"CUDA_VISIBLE_DEVICES": "0,1,2,3"}) == ("0", "1", "2", "3")
+    assert allocation_gpus({}) == ()
+    service = SortService(ServiceSettings(slots=2), {"PATH": "/bin"}, gpus=("0", "1", "2", "3"))
+    assert [service.env_for(slot)["CUDA_VISIBLE_DEVICES"] for slot in service.slots] == ["0,2", "1,3"]
+    shared = SortService(ServiceSettings(slots=3), {}, gpus=("7",))
+    assert {shared.env_for(slot)["CUDA_VISIBLE_DEVICES"] for slot in shared.slots} == {"7"}
+    assert "CUDA_VISIBLE_DEVICES" not in SortService(ServiceSettings(slots=2), {}).env_for(service.slots[0])
 
 
 # ---------------------------------------------------------------- helpers

@@ -30,7 +30,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sf_assets.engines.slurm_pool import CLAIMS, CLOSING, LOCK
-from sf_assets.engines.slurm_service import allocation_cpus, start_service
+from sf_assets.engines.slurm_service import (
+    allocation_cpus,
+    allocation_gpus,
+    start_service,
+)
 
 SERVICE_STOP_GRACE_S = 10.0
 
@@ -103,11 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     pool_dir, idle_s = Path(argv[0]), float(argv[1])
     slots = int(json.loads((pool_dir / "shape.json").read_text())["slots"])
-    cpus = allocation_cpus(os.environ)
-    service = start_service(pool_dir, job_id, slots, cpus)
+    cpus, gpus = allocation_cpus(os.environ), allocation_gpus(os.environ)
+    service = start_service(pool_dir, job_id, slots, cpus, gpus)
     print(
         f"holding allocation {job_id} for {pool_dir}: sort service {service.pid} with {slots} slot(s) "
-        f"on {cpus} CPU(s); ends after {idle_s:g} s without a sort",
+        f"on {cpus} CPU(s), GPUs [{','.join(gpus)}]; ends after {idle_s:g} s without a sort",
         flush=True,
     )
     try:

@@ -32,7 +32,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection
 from pathlib import Path
@@ -65,24 +65,33 @@ def service_folder(pool_root: Path, job_id: str, create: bool = False) -> Path:
     return folder
 
 
-def allocation_cpus(env: dict[str, str] | os._Environ) -> int:
+def allocation_cpus(env: Mapping[str, str]) -> int:
     """The CPUs this allocation has on its node (``SLURM_CPUS_ON_NODE``), else the ones we may run on."""
     cpus = env.get("SLURM_CPUS_ON_NODE", "")
     return int(cpus) if cpus.isdigit() and int(cpus) > 0 else len(os.sched_getaffinity(0))
 
 
-def start_service(pool_root: Path, job_id: str, slots: int, cpus: int) -> subprocess.Popen:
+def allocation_gpus(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The GPUs Slurm gave this allocation on its node (``CUDA_VISIBLE_DEVICES``, set with ``--gpus-per-node``)."""
+    return tuple(gpu.strip() for gpu in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if gpu.strip())
+
+
+def start_service(
+    pool_root: Path, job_id: str, slots: int, cpus: int, gpus: tuple[str, ...] = ()
+) -> subprocess.Popen:
     """Start the allocation's sort service (run by its holder, on the node).
 
     ``slots`` sorts at once, each with ``cpus // slots`` threads (at least
-    one): the share of the allocation a step of 1/N of it had.  Its output
-    goes to ``service.log`` in its folder.
+    one) and its share of ``gpus`` as ``CUDA_VISIBLE_DEVICES``: the share of
+    the allocation a step of 1/N of it had.  Its output goes to
+    ``service.log`` in its folder.
     """
     folder = service_folder(pool_root, job_id, create=True)
     threads = max(1, cpus // max(1, slots))
     argv = [
         sys.executable, "-m", "sf_assets.engines.sort_service", "--tcp", "--folder", str(folder),
         "--slots", str(slots), "--threads-per-sort", str(threads), "--idle-exit-s", f"{NEVER_IDLE_EXIT_S:g}",
+        "--gpus", ",".join(gpus),
     ]  # fmt: skip
     with open(folder / LOG_NAME, "ab") as log:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
