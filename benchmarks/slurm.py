@@ -1,32 +1,39 @@
 """What sorting on Slurm costs sf-assets: time per sort beyond ``run_sorter``, memory on the submit host.
 
 Starts the same private single-node Slurm cluster the tests use
-(``harness/slurm_cluster.py``; needs root), declaring one CPU per slot
-(``--allocations`` x ``--slots``), generates ``--sorts`` short recordings, and
-runs ``sf-assets run-sortings --use-slurm`` on them as a user would, with
-``-w`` equal to the slots (every slot busy), shared nodes (one node holds every
-allocation) and the given allocation shape.  Meanwhile it samples the resident
-memory of the launch and everything it started on the submit host (the
-Dagster run processes, ``srun``); the processes inside the allocations
-(``slurmstepd`` and the sort workers under it) are not its children, so they
-are not counted, as they would run on other machines on a real cluster.
+(``harness/slurm_cluster.py``; needs root), its node declaring one CPU
+per slot (``--allocations`` x ``--slots``; slurmd is told to advertise them
+whatever the machine has, so the slots are real but their CPUs are shared),
+generates ``--sorts`` short recordings, and runs ``sf-assets run-sortings
+--use-slurm`` on them as a user would, with ``-w`` equal to the slots (every
+slot busy), shared nodes (one node holds every allocation) and the given
+allocation shape.  The launch gets a sort-service folder of its own, so the
+host's sort service that forks its Dagster run processes is its child.
+Meanwhile it samples the memory of the launch and everything it started on
+the submit host (the host's sort service, its fork server and the Dagster run
+processes); the allocations' holders, sort services and warm workers are
+started by Slurm (slurmd), not by the launch, so they are not counted, as
+they would run on other machines on a real cluster.
 
 Per sort, from what the launch leaves behind:
 
 * the run's time (``[sortings i/n] ...: ok (T s)`` on its output) minus the
-  worker's ``run_sorter`` time (``result.json``): Dagster's run, the wait for an
-  allocation, ``srun``, the worker's start, storing the result;
-* which worker process sorted it, in which slot of which allocation
-  (``slurm_step.json``): compiles per sorter per slot is the number of worker
+  worker's ``run_sorter`` time (``result.json``): Dagster's run, the wait for
+  an allocation slot, the trip to the allocation's sort service, the warm
+  worker's start (paid once per slot, by its first sort), storing the result;
+* which worker process sorted it, in which slot of which allocation's service
+  (``slurm_slot.json``): compiles per sorter per slot is the number of worker
   processes that ran a sorter in one slot (each compiles the sorter anew).
 
 Last line: ``slurm_overhead_per_sort_s=A orchestrator_peak_rss_mb=B compiles_per_sorter_per_slot=C``
-(A: mean over sorts; B: peak of the sum over the launch's processes;
-C: mean over (sorter, slot)).  Also prints the peak RSS of one run process.
+(A: mean over sorts; B: peak of the sum of RSS over the launch's processes,
+which counts pages forked processes share once per process; C: mean over
+(sorter, slot)).  Also prints the peak proportional set size (shared pages
+split between the processes sharing them) of the same processes, and the
+peak RSS and PSS of one Dagster run process.
 
-Run: ``make bench-slurm`` (64 sorts, 4 allocations x 8 slots; minutes, and
-about 32 Python run processes' worth of memory) or
-``.venv/bin/python benchmarks/slurm.py --sorts 8 --allocations 2 --slots 2``.
+Run: ``make bench-slurm`` (64 sorts, 4 allocations x 8 slots; minutes) or
+``.venv/bin/python benchmarks/slurm.py --sorts 16 --allocations 2 --slots 4``.
 """
 from __future__ import annotations
 
@@ -35,6 +42,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -79,29 +87,50 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def rss_mb(pid: int) -> float:
+def memory_mb(pid: int) -> tuple[float, float, float]:
+    """(RSS, PSS, USS: its private pages) of one process in MB; zeros once it is gone."""
+    sizes = {"Rss": 0.0, "Pss": 0.0, "Private_Clean": 0.0, "Private_Dirty": 0.0}
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            key = line.split(":", 1)[0]
+            if key in sizes:
+                sizes[key] = int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
         pass
-    return 0.0
+    return sizes["Rss"], sizes["Pss"], sizes["Private_Clean"] + sizes["Private_Dirty"]
+
+
+def is_run_process(pid: int) -> bool:
+    """A Dagster run process: forked by the host sort service's fork server (so it carries its command line)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+        return all(b"forkserver" in Path(f"/proc/{p}/cmdline").read_bytes() for p in (pid, parent))
+    except (OSError, ValueError):
+        return False
 
 
 class MemorySampler(threading.Thread):
-    """Peak RSS of a process tree (sum), and of its largest single process, every half second."""
+    """Peak RSS and PSS of a process tree (sums), and of its largest run process, every half second."""
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
-        self.pid, self.peak_total_mb, self.peak_one_mb = pid, 0.0, 0.0
+        self.pid = pid
+        self.peak_total_mb, self.peak_total_pss_mb = 0.0, 0.0
+        self.peak_run_mb, self.peak_run_pss_mb, self.peak_run_uss_mb, self.peak_runs = 0.0, 0.0, 0.0, 0
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
-            sizes = [rss_mb(pid) for pid in descendants(self.pid)]
-            self.peak_total_mb = max(self.peak_total_mb, sum(sizes))
-            self.peak_one_mb = max(self.peak_one_mb, max(sizes, default=0.0))
+            pids = descendants(self.pid)
+            sizes = {pid: memory_mb(pid) for pid in pids}
+            self.peak_total_mb = max(self.peak_total_mb, sum(rss for rss, _, _ in sizes.values()))
+            self.peak_total_pss_mb = max(self.peak_total_pss_mb, sum(pss for _, pss, _ in sizes.values()))
+            runs = [sizes[pid] for pid in pids if sizes[pid][0] > 0 and is_run_process(pid)]  # not ended ones
+            self.peak_runs = max(self.peak_runs, len(runs))
+            self.peak_run_mb = max([self.peak_run_mb, *(rss for rss, _, _ in runs)])
+            self.peak_run_pss_mb = max([self.peak_run_pss_mb, *(pss for _, pss, _ in runs)])
+            self.peak_run_uss_mb = max([self.peak_run_uss_mb, *(uss for _, _, uss in runs)])
             time.sleep(0.5)
 
 
@@ -122,17 +151,71 @@ def generate(home: Path, args: argparse.Namespace, env: dict[str, str]) -> Path:
     return Path(out.strip().splitlines()[-1])
 
 
-def per_sort(work_root: Path, elapsed_by_label: dict[str, float]) -> tuple[list[float], dict[tuple[str, str], set]]:
-    """Overhead of each sort, and the worker processes per (sorter, slot)."""
-    overheads: list[float] = []
+def per_sort(
+    work_root: Path, elapsed_by_label: dict[str, float]
+) -> tuple[dict[bool, list[float]], dict[tuple[str, str], set], dict[str, list[float]]]:
+    """Overhead of each sort (by whether its worker was already warm), the workers per (sorter, slot),
+    and the placement's steps (seconds waiting for a claim, reaching the service, until a slot took it)."""
+    from sf_assets.engines.slurm_service import SLOT_FILE
+
+    overheads: dict[bool, list[float]] = {True: [], False: []}
     workers: dict[tuple[str, str], set] = defaultdict(set)
-    for job_file in work_root.glob("*/*/job.json"):
+    placing: dict[str, list[float]] = defaultdict(list)
+    for job_file in work_root.rglob("job.json"):
         job = json.loads(job_file.read_text())
         result = json.loads((job_file.parent / "result.json").read_text())
-        step = json.loads((job_file.parent / "slurm_step.json").read_text())
-        overheads.append(elapsed_by_label[job["label"]] - result["sort_elapsed_s"])
-        workers[(job["sorter_name"], step["slot"])].add((step["node"], step["worker_pid"]))
-    return overheads, workers
+        placed = json.loads((job_file.parent / SLOT_FILE).read_text())
+        overheads[bool(placed["warm"])].append(elapsed_by_label[job["label"]] - result["sort_elapsed_s"])
+        workers[(job["sorter_name"], placed["slot"])].add((placed["node"], placed["worker_pid"]))
+        placing["claim"].append(placed["claimed_at"] - placed["requested_at"])
+        placing["connect"].append(placed["connected_at"] - placed["claimed_at"])
+        placing["slot"].append(placed["started_at"] - placed["connected_at"])
+    return overheads, workers, placing
+
+
+def instance_home(work: Path, slots: int) -> Path:
+    """A DAGSTER_HOME with the checkout's dagster.yaml, but as many runs in flight as there are slots.
+
+    Each sort in flight is a Dagster run; the checkout's ``max_concurrent_runs``
+    (sized for this host's own cores) would otherwise keep most slots idle.
+    """
+    home = work / "dagster-home"
+    home.mkdir(parents=True, exist_ok=True)
+    text = (REPO / "dagster.yaml").read_text()
+    text, count = re.subn(r"max_concurrent_runs: \d+", f"max_concurrent_runs: {slots}", text)
+    if count != 1:
+        raise SystemExit(f"{REPO / 'dagster.yaml'}: expected one max_concurrent_runs line, found {count}")
+    (home / "dagster.yaml").write_text(text)
+    return home
+
+
+def breakdown(work: Path, elapsed_by_label: dict[str, float]) -> tuple[float, float]:
+    """Mean seconds per sort (run time minus the sort's report span; report span minus ``run_sorter``).
+
+    The first is Dagster's run and step, the slot claim and the trip to the
+    allocation's service; the second the worker's own loading and storing
+    (and, for a slot's first sort, the worker's start).
+    """
+    outside, inside = [], []
+    sort_s = {}
+    for result in (work / "home" / "sorts").rglob("result.json"):
+        job = json.loads((result.parent / "job.json").read_text())
+        sort_s[job["label"]] = json.loads(result.read_text())["sort_elapsed_s"]
+    for record in json.loads((work / "records.json").read_text()):
+        label = f"{record['sorterName']}/{record['studyName']}/{record['recordingName']}"
+        span = record["endTime"] - record["startTime"]
+        outside.append(elapsed_by_label[label] - span)
+        inside.append(span - sort_s[label])
+    return statistics.mean(outside), statistics.mean(inside)
+
+
+def stop_host_services(service_dir: Path) -> None:
+    """End the sort service the launch started on this host (it would idle for minutes)."""
+    for info in service_dir.glob("*/service.json"):
+        try:
+            os.kill(json.loads(info.read_text())["pid"], signal.SIGTERM)
+        except (OSError, ValueError, KeyError):
+            pass
 
 
 def main(argv=None) -> int:
@@ -143,13 +226,15 @@ def main(argv=None) -> int:
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="sf-assets-bench-slurm-"))
     work.mkdir(parents=True, exist_ok=True)
     cluster = start_cluster(Path(tempfile.mkdtemp(prefix=CLUSTER_DIR_PREFIX)), cpus=slots)
+    service_dir = Path(tempfile.mkdtemp(prefix="sfb-", dir="/tmp"))  # short: it holds a Unix socket
     try:
         home = work / "home"
         env = {
+            "SF_ASSETS_SERVICE_DIR": str(service_dir),
             **os.environ,
             "SLURM_CONF": str(cluster.conf_path),
             "SF_ASSETS_HOME": str(home),
-            "DAGSTER_HOME": str(REPO),
+            "DAGSTER_HOME": str(instance_home(work, slots)),
             "SF_ASSETS_DAGSTER_DIR": str(home / "dagster"),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         }
@@ -160,7 +245,8 @@ def main(argv=None) -> int:
             "--slurm-jobs-per-allocation", str(args.slots), "--slurm-max-simultaneous-allocations", str(args.allocations),
         ]  # fmt: skip
         print(f"{args.sorts} {args.sorter} sorts of {args.duration_s:g} s recordings, "
-              f"{args.allocations} allocations x {args.slots} slots, cluster {cluster.root}", flush=True)  # fmt: skip
+              f"{args.allocations} allocations x {args.slots} slots, cluster {cluster.root} "
+              f"(its node advertises {slots} CPUs; this machine has {os.cpu_count()})", flush=True)  # fmt: skip
         started = time.monotonic()
         launch = subprocess.Popen(
             command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -181,16 +267,39 @@ def main(argv=None) -> int:
             print(f"the launch exited {launch.returncode} with {len(elapsed_by_label)}/{args.sorts} sorts ok")
             return 1
         allocations = cluster.run("sacct", "--completion", "--noheader", "--parsable2", "--format=JobName")
-        overheads, workers = per_sort(home / "sorts", elapsed_by_label)
+        overheads, workers, placing = per_sort(home / "sorts", elapsed_by_label)
+        outside_s, inside_s = breakdown(work, elapsed_by_label)
     finally:
+        stop_host_services(service_dir)
         stop_cluster(cluster)
+        shutil.rmtree(service_dir, ignore_errors=True)
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
+    by_warmth, overheads = overheads, overheads[True] + overheads[False]
     overhead = statistics.mean(overheads)
     compiles = statistics.mean(len(pids) for pids in workers.values())
-    print(f"wall {wall_s:.1f} s; {sum(1 for n in allocations.split() if n.startswith('sf-assets-allocation-'))} "
-          f"allocations; overhead per sort {overhead:.2f} s (median {statistics.median(overheads):.2f}, "
-          f"max {max(overheads):.2f}); peak RSS of one run process {sampler.peak_one_mb:.0f} MB")  # fmt: skip
+    names = allocations.split()
+    print(f"wall {wall_s:.1f} s; {sum(1 for n in names if n.startswith('sf-assets-allocation-'))} allocations, "
+          f"{sum(1 for n in names if not n.startswith('sf-assets-allocation-'))} other Slurm jobs; "
+          f"overhead per sort {overhead:.2f} s (median {statistics.median(overheads):.2f}, "
+          f"max {max(overheads):.2f}); {len(workers)} (sorter, slot) pairs")  # fmt: skip
+    print(f"  of which {outside_s:.2f} s outside the service's report (Dagster's run and step, the slot, the trip "
+          f"to the allocation) and {inside_s:.2f} s inside it beyond run_sorter "
+          "(the worker loading, storing)")  # fmt: skip
+    print("  placing a sort (mean s): " + ", ".join(
+        f"{name} {statistics.mean(values):.3f}" for name, values in (
+            ("claim (a free slot, or a new allocation to start)", placing["claim"]),
+            ("reaching the allocation's service", placing["connect"]),
+            ("until its slot took it", placing["slot"]),
+        )
+    ))  # fmt: skip
+    for warm, name in ((False, "on a new worker (its slot's first sort)"), (True, "on a warm worker")):
+        if by_warmth[warm]:
+            print(f"  {len(by_warmth[warm])} sorts {name}: overhead mean {statistics.mean(by_warmth[warm]):.2f} s, "
+                  f"median {statistics.median(by_warmth[warm]):.2f} s")  # fmt: skip
+    print(f"submit host: peak RSS sum {sampler.peak_total_mb:.0f} MB, peak PSS sum {sampler.peak_total_pss_mb:.0f} MB; "
+          f"up to {sampler.peak_runs} run processes at once; one run process: peak RSS {sampler.peak_run_mb:.0f} MB, "
+          f"PSS {sampler.peak_run_pss_mb:.0f} MB, private (USS) {sampler.peak_run_uss_mb:.0f} MB")  # fmt: skip
     print(
         f"slurm_overhead_per_sort_s={overhead:.2f} orchestrator_peak_rss_mb={sampler.peak_total_mb:.0f} "
         f"compiles_per_sorter_per_slot={compiles:.2f}"

@@ -38,6 +38,8 @@ SECTIONS_TO_DO: set[str] = {
     "engines/slurm_pool.py",
     "engines/slurm_step.py",
     "engines/sort_service.py",
+    "engines/slurm_service.py",
+    "engines/service_client.py",
 }
 
 

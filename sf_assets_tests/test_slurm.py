@@ -1,10 +1,11 @@
 """The Slurm engine, against a real single-node Slurm cluster (``slurm_cluster`` fixture).
 
 Covers sf_assets.engines.slurm, slurm_step and slurm_allocations: the srun /
-salloc lines for every option, a real MountainSort5 sort through Slurm that
-reports like the local engine, the timeout, cancelling a running sort, sorts
-sharing an allocation at most N at a time, and a Dagster run of the asset
-graph with ``use_slurm`` set.
+salloc lines for every option, a real MountainSort5 sort through Slurm (in a
+warm slot of a pool allocation) that reports like the local engine, the
+timeout of one sort inside an allocation, cancelling a running sort, steps
+sharing a user's allocation at most N at a time, and a Dagster run of the
+asset graph with ``use_slurm`` set.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from sf_assets.engines.slurm_allocations import (
     salloc_command,
     slurm_allocations,
 )
+from sf_assets.engines.slurm_service import SLOT_FILE
 from sf_assets.engines.slurm_step import STEP_FILE
 from sf_assets.engines.supervisor import prepare_work_dir
 from sf_assets.orchestration.partitions import pair_key
@@ -247,10 +249,10 @@ def test_a_sort_through_slurm_reports_like_the_local_engine(slurm_cluster, slurm
     assert slurm_canary.window_s == local_canary.window_s == 2.0
     assert _worker_lines(slurm_report.console_path) == _worker_lines(local_report.console_path)
     assert len(_worker_lines(slurm_report.console_path)) >= 3
-    # The CPU time is the worker's, measured on the node, not srun's (a few ms).
-    step = json.loads((tmp_path / "slurm" / STEP_FILE).read_text())
-    assert step["exit_code"] == 0 and step["cpu_time_s"] == slurm_report.cpu_time_s
-    assert step["node"] == slurm_cluster.node_name and step["job_id"]
+    # The CPU time is the worker's, measured on the node by the allocation's sort service.
+    placed = json.loads((tmp_path / "slurm" / SLOT_FILE).read_text())
+    assert placed["exit_code"] == 0 and placed["cpu_time_s"] == slurm_report.cpu_time_s
+    assert placed["node"].split(".")[0] == slurm_cluster.node_name and placed["job_id"] and placed["worker_pid"]
     sorting = load_sorting_object(slurm_report.sorting_object_uri, slurm_store, recording.sample_rate_hz)
     assert len(sorting.unit_ids) == slurm_report.num_units
     assert slurm_cluster.wait_until_no_jobs(timeout_s=10.0) == []
@@ -277,7 +279,10 @@ def test_a_sort_failing_on_slurm_reports_the_error_like_the_local_engine(
     )
 
 
-def test_the_timeout_holds_on_slurm_and_leaves_no_job(slurm_cluster, slurm_store, recordings, tmp_path):
+def test_the_timeout_holds_per_sort_inside_an_allocation_and_leaves_no_job(
+    slurm_cluster, slurm_store, recordings, tmp_path
+):
+    """``-T`` stops the sort in its allocation's warm slot (the service's clock), not the allocation."""
     # A one-CPU allocation on a shared node: the sort starts at once, whatever the previous test left.
     slurm = SlurmSettings(accept_shared_nodes=True, jobs_per_allocation=1, idle_release_s=IDLE_S)
     settings = EngineSettings(work_root=str(tmp_path), timeout_min=0.05, slurm=slurm)
@@ -289,27 +294,33 @@ def test_the_timeout_holds_on_slurm_and_leaves_no_job(slurm_cluster, slurm_store
     assert report.errored and report.timed_out and report.failure_class == "timeout"
     assert "timed out after 3 s" in report.error_message
     assert elapsed_s < 3.0 + 8.0
-    # The worker got SIGTERM through Slurm, as the local engine sends it, and its CPU time was kept.
+    # The worker's process group got SIGTERM, as under the local service, and its CPU time was kept.
     assert report.exit_code == -15 and report.cpu_time_s > 0
     assert Path(report.console_path).exists()
+    placed = json.loads((Path(job.work_dir) / SLOT_FILE).read_text())
+    assert not Path(f"/proc/{placed['worker_pid']}").exists()  # the timed-out worker is discarded
+    # The allocation outlived the sort: it ends later, once idle, by its holder.
     assert slurm_cluster.wait_until_no_jobs(timeout_s=10.0) == []
-    assert _processes_mentioning(job.work_dir) == []
 
 
-def test_interrupting_a_sort_cancels_its_slurm_job(slurm_cluster, slurm_store, recordings, tmp_path):
+def test_interrupting_a_sort_stops_it_in_its_allocation(slurm_cluster, slurm_store, recordings, tmp_path):
+    """A cancelled Dagster run closes its connection to the allocation's service: the worker stops at once."""
     settings = EngineSettings(work_root=str(tmp_path), slurm=SlurmSettings(idle_release_s=IDLE_S))
     job = _sort_job(slurm_store, recordings[2], tmp_path / "cancel")
-    step_file = Path(job.work_dir) / STEP_FILE
+    slot_file = Path(job.work_dir) / SLOT_FILE
     finished = threading.Event()
     interrupted_at: list[float] = []
+    placed: dict = {}
 
     def interrupt_once_running():
         deadline = time.monotonic() + 60
-        while not step_file.exists() and time.monotonic() < deadline and not finished.is_set():
+        while time.monotonic() < deadline and not finished.is_set():
+            if slot_file.exists() and "worker_pid" in json.loads(slot_file.read_text()):
+                placed.update(json.loads(slot_file.read_text()))
+                interrupted_at.append(time.monotonic())
+                _thread.interrupt_main()  # what a cancelled Dagster run raises in its step
+                return
             time.sleep(0.05)
-        if not finished.is_set():
-            interrupted_at.append(time.monotonic())
-            _thread.interrupt_main()  # what a cancelled Dagster run raises in its step
 
     helper = threading.Thread(target=interrupt_once_running)
     helper.start()
@@ -320,11 +331,11 @@ def test_interrupting_a_sort_cancels_its_slurm_job(slurm_cluster, slurm_store, r
         finally:
             finished.set()
             helper.join()
-    name = step_name(job)
-    assert _wait_for(lambda: not _jobs_named(slurm_cluster, name), 5.0, f"squeue to drop {name}")
+    worker = Path(f"/proc/{placed['worker_pid']}")
+    assert _wait_for(lambda: not worker.exists(), 8.0, "the sort's worker to stop")
     assert time.monotonic() - interrupted_at[0] < 8.0
-    assert _processes_mentioning(job.work_dir) == []
-    assert json.loads(step_file.read_text())["exit_code"] == -15  # the worker got SIGTERM, as locally
+    # Its allocation is released once idle: nothing is left on the cluster.
+    assert slurm_cluster.wait_until_no_jobs(timeout_s=10.0) == []
 
 
 def test_srun_killed_outright_leaves_its_job_which_the_engine_cancels(slurm_cluster, tmp_path):
@@ -462,6 +473,7 @@ def test_the_asset_graph_sorts_through_slurm(slurm_cluster, slurm_store, synthet
     assert record["errored"] is False and record["cpuTimeSec"] > 0
     assert "[sf-assets worker] sorted" in slurm_store.load_json(record["consoleOutUri"])["text"]
     work_dir = Path(metadata["work_dir"])
-    step = json.loads((work_dir / STEP_FILE).read_text())
-    assert step["job_id"] and step["exit_code"] == 0 and step["cpu_time_s"] == metadata["cpu_time_s"]
+    placed = json.loads((work_dir / SLOT_FILE).read_text())
+    assert placed["job_id"] and placed["exit_code"] == 0 and placed["cpu_time_s"] == metadata["cpu_time_s"]
+    assert metadata["worker_pid"] == placed["worker_pid"]  # the allocation's warm worker, as the step reports it
     assert slurm_cluster.wait_until_no_jobs(timeout_s=10.0) == []

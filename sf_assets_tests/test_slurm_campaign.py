@@ -1,11 +1,13 @@
-"""The campaign's Slurm allocations, against the real single-node cluster (``slurm_cluster``).
+"""The campaign's Slurm allocations and their warm slots, against the real single-node cluster.
 
-Covers sf_assets.engines.slurm_pool, slurm_holder and slurm_campaign: M
-allocations of N slots requested as sorts arrive (``sacct`` shows exactly M
-allocations and one step per sort), an allocation cancelled under running
-sorts (they are sorted again in another one, every label once), every
-allocation option as Slurm reports it, and a launcher killed with
-``kill -9`` (its allocations end within the idle time).  Sorts are real
+Covers sf_assets.engines.slurm_pool, slurm_holder, slurm_service and
+slurm_campaign: M allocations of N warm slots requested as sorts arrive
+(``sacct`` shows exactly M allocations and nothing else: each sort goes to
+its allocation's sort service, not to a job step of its own), two sorts of
+one sorter in one slot sorted by one worker process, an allocation cancelled
+under running sorts (they are sorted again in another one, every label
+once), every allocation option as Slurm reports it, and a launcher killed
+with ``kill -9`` (its allocations end within the idle time).  Sorts are real
 ``Simple`` sorts of 3 s recordings.
 """
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -31,7 +34,6 @@ from sf_assets.definitions import defs
 from sf_assets.engines.engine import EngineSettings, SlurmSettings, run_sort
 from sf_assets.engines.job import CanaryReport, SortJob, SortReport
 from sf_assets.engines.slurm import srun_environment
-from sf_assets.engines.slurm_allocations import step_placement
 from sf_assets.engines.slurm_config import SLURM_ENV, slurm_resource_config
 from sf_assets.engines.slurm_pool import (
     JOB_NAME_PREFIX,
@@ -42,7 +44,15 @@ from sf_assets.engines.slurm_pool import (
     parse_time_left,
     release_idle,
 )
-from sf_assets.engines.slurm_step import STEP_FILE
+from sf_assets.engines.service_address import ServiceSettings
+from sf_assets.engines.slurm_service import (
+    SLOT_FILE,
+    allocation_gpus,
+    connect_to_allocation,
+    published_address,
+    service_folder,
+)
+from sf_assets.engines.sort_service import SortService
 from sf_assets.orchestration.partitions import recording_key
 from sf_assets.orchestration.resources import SortingEngineResource
 from sf_assets.stores.kachery import KacheryStore
@@ -110,6 +120,20 @@ def test_daemon_runs_take_their_slurm_settings_from_one_variable():
             slurm_resource_config({SLURM_ENV: bad})
 
 
+def test_an_allocations_gpus_are_shared_out_between_its_slots():
+    """``--slurm-gpus-per-node``: Slurm's CUDA_VISIBLE_DEVICES for the allocation, split between the N slots.
+
+    (The test node has no GPU: what Slurm sets is read from the holder's environment.)
+    """
+    assert allocation_gpus({"CUDA_VISIBLE_DEVICES": "0,1,2,3"}) == ("0", "1", "2", "3")
+    assert allocation_gpus({}) == ()
+    service = SortService(ServiceSettings(slots=2), {"PATH": "/bin"}, gpus=("0", "1", "2", "3"))
+    assert [service.env_for(slot)["CUDA_VISIBLE_DEVICES"] for slot in service.slots] == ["0,2", "1,3"]
+    shared = SortService(ServiceSettings(slots=3), {}, gpus=("7",))
+    assert {shared.env_for(slot)["CUDA_VISIBLE_DEVICES"] for slot in shared.slots} == {"7"}
+    assert "CUDA_VISIBLE_DEVICES" not in SortService(ServiceSettings(slots=2), {}).env_for(service.slots[0])
+
+
 # ---------------------------------------------------------------- helpers
 
 
@@ -165,12 +189,12 @@ def _final(events: list) -> SortReport:
     return reports[0]
 
 
-def _completed_jobs(cluster, job_name: str) -> list[dict[str, str]]:
-    """What ``sacct`` (from the job completion log) reports for jobs named ``job_name``."""
+def _completed_jobs(cluster, job_name: str | None) -> list[dict[str, str]]:
+    """What ``sacct`` (from the job completion log) reports for jobs named ``job_name`` (None: every job)."""
     fields = ["JobID", "JobName", "Partition", "State", "AllocCPUS"]
     text = cluster.run("sacct", "--completion", "--parsable2", "--noheader", f"--format={','.join(fields)}")
     rows = [dict(zip(fields, line.split("|"))) for line in text.splitlines()]
-    return [row for row in rows if row["JobName"] == job_name]
+    return [row for row in rows if job_name is None or row["JobName"] == job_name]
 
 
 def _scontrol(cluster, job_id: str) -> dict[str, str]:
@@ -178,15 +202,22 @@ def _scontrol(cluster, job_id: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in text.split() if "=" in item)
 
 
-def _step(work_dir) -> dict:
-    path = Path(work_dir) / STEP_FILE
+def _placed(work_dir) -> dict:
+    """Where the sort in ``work_dir`` ran: allocation, claim, service slot, worker, how it ended."""
+    path = Path(work_dir) / SLOT_FILE
     return json.loads(path.read_text()) if path.exists() else {}
 
 
 # ---------------------------------------------------------------- on the cluster
 
 
-def test_eight_sorts_on_two_allocations_of_two_slots(slurm_cluster, studyset, tmp_path):
+def test_eight_sorts_on_two_allocations_of_two_warm_slots(slurm_cluster, studyset, tmp_path):
+    """M=2, N=2, 8 sorts: Slurm records exactly the 2 allocations; each slot keeps one warm worker.
+
+    A sort is not a job step of its own any more (it goes to the sort service
+    the allocation's batch script runs), so ``squeue --steps`` shows only the
+    allocations' batch steps and ``sacct`` exactly the two allocations.
+    """
     store, recordings, _ = studyset
     slurm = SlurmSettings(
         accept_shared_nodes=True, jobs_per_allocation=2, max_simultaneous_allocations=2, idle_release_s=IDLE_S
@@ -196,17 +227,16 @@ def test_eight_sorts_on_two_allocations_of_two_slots(slurm_cluster, studyset, tm
     jobs = [_job(store, recording, tmp_path / f"sort{i}") for i, recording in enumerate(recordings)]
     assert len(jobs) == 8
     seen_allocations: set[str] = set()
+    seen_steps: set[str] = set()
     busiest: list[int] = []
     stop = threading.Event()
 
     def watch():
         while not stop.is_set():
             listed = slurm_cluster.run("squeue", "--noheader", "--format=%i", f"--name={pool.job_name}").split()
-            steps = slurm_cluster.run("squeue", "--steps", "--noheader", "--format=%i").split()
+            seen_steps.update(slurm_cluster.run("squeue", "--steps", "--noheader", "--format=%i").split())
             seen_allocations.update(listed)
             busiest.append(len(listed))
-            for job_id in listed:
-                busiest.append(len([s for s in steps if s.split(".")[0] == job_id and s.split(".")[1].isdigit()]))
             time.sleep(0.2)
 
     watcher = threading.Thread(target=watch)
@@ -220,47 +250,113 @@ def test_eight_sorts_on_two_allocations_of_two_slots(slurm_cluster, studyset, tm
     for job in jobs:
         report = _final(events[job.label])
         assert report.num_units is not None and report.cpu_time_s > 0
-    steps = [_step(job.work_dir) for job in jobs]
-    allocations = {step["job_id"] for step in steps}
+    placed = [_placed(job.work_dir) for job in jobs]
+    allocations = {p["job_id"] for p in placed}
     assert len(allocations) == 2 and allocations == seen_allocations
-    assert len({(step["job_id"], step["step_id"]) for step in steps}) == 8
-    # Each step knows its slot: two per allocation.
-    assert {step["slot"] for step in steps} <= {f"{job_id}-{index}" for job_id in allocations for index in (0, 1)}
-    assert all(step["slot"].startswith(step["job_id"] + "-") for step in steps)
-    assert max(busiest) == 2  # never a third allocation, never a third step in one
-    # The holders end the allocations once idle; Slurm's own record then shows exactly two.
+    assert max(busiest) == 2  # never a third allocation
+    # Each sort knows its claim and its service slot: two of each per allocation.
+    for p in placed:
+        assert p["claim"] in {f"{p['job_id']}-{index}" for index in (0, 1)}
+        assert p["slot"] in {f"{p['job_id']}-{index}" for index in (0, 1)}
+        assert p["exit_code"] == 0 and p["node"].split(".")[0] == slurm_cluster.node_name
+    # One worker per slot, kept warm: every later sort in a slot ran on the same process.
+    by_slot: dict[str, list[dict]] = {}
+    for p in placed:
+        by_slot.setdefault(p["slot"], []).append(p)
+    assert all(len({p["worker_pid"] for p in runs}) == 1 for runs in by_slot.values()), by_slot
+    assert sum(p["warm"] for p in placed) == len(placed) - len(by_slot) >= 8 - 4
+    # No step per sort: only the allocations' batch steps (and Slurm's extern step).
+    assert {step.split(".", 1)[1] for step in seen_steps} <= {"batch", "extern"}, seen_steps
+    # The holders end the allocations once idle; Slurm's own record then shows exactly two, and no other job.
     assert slurm_cluster.wait_until_no_jobs(timeout_s=IDLE_S + 15) == []
     completed = _completed_jobs(slurm_cluster, pool.job_name)
     assert sorted(row["JobID"] for row in completed) == sorted(allocations)
     assert {row["State"] for row in completed} == {"COMPLETED"}
+    assert not [row for row in _completed_jobs(slurm_cluster, None) if row["JobName"].startswith("sf-assets/")]
+
+
+def test_two_sorts_of_one_sorter_in_one_slot_reuse_one_worker(slurm_cluster, studyset, tmp_path):
+    """One allocation of one slot: the second sort runs on the worker the first one compiled in."""
+    store, recordings, _ = studyset
+    slurm = SlurmSettings(accept_shared_nodes=True, jobs_per_allocation=1, idle_release_s=IDLE_S)
+    settings = EngineSettings(work_root=str(tmp_path), timeout_min=5.0, slurm=slurm)
+    first, second = (_job(store, recording, tmp_path / f"sort{i}") for i, recording in enumerate(recordings[:2]))
+    slots = []
+    for job in (first, second):
+        events = list(run_sort(job, settings))
+        _final(events)
+        slots.append(next(e for e in events if isinstance(e, dict)))
+    one, two = _placed(first.work_dir), _placed(second.work_dir)
+    assert one["job_id"] == two["job_id"] and one["slot"] == two["slot"]
+    assert one["worker_pid"] == two["worker_pid"] == slots[1]["worker_pid"]
+    assert (slots[0]["warm"], slots[1]["warm"]) == (False, True)
+    assert slurm_cluster.wait_until_no_jobs(timeout_s=IDLE_S + 15) == []
+
+
+def test_a_sort_goes_to_the_allocation_whose_service_has_its_sorter_warm(slurm_cluster, studyset, tmp_path):
+    """Two allocations each warm for one sorter: a later sort of either goes where its sorter is warm.
+
+    The sort is of the sorter warm in the allocation with the higher job id, which
+    placement without affinity (lowest job id first among equals) would pass over.
+    """
+    store, recordings, _ = studyset
+    slurm = SlurmSettings(
+        accept_shared_nodes=True, jobs_per_allocation=1, max_simultaneous_allocations=2, idle_release_s=30
+    )
+    settings = EngineSettings(work_root=str(tmp_path), timeout_min=5.0, slurm=slurm)
+    pool = Pool.for_settings(tmp_path, slurm, settings.timeout_min, srun_environment(os.environ))
+    first = [
+        _sort_job(store, recordings[0], tmp_path / "simple", canary_first_n_s=None, sorter="Simple"),
+        _sort_job(store, recordings[1], tmp_path / "ms5", canary_first_n_s=None, sorter="MountainSort5"),
+    ]
+    try:
+        for events in _sort_all(first, settings).values():
+            _final(events)
+        where = {job.sorter_name: _placed(job.work_dir)["job_id"] for job in first}
+        assert len(set(where.values())) == 2
+        sorter = max(where, key=lambda name: int(where[name]))
+        later = _sort_job(store, recordings[2], tmp_path / "later", canary_first_n_s=None, sorter=sorter)
+        _final(list(run_sort(later, settings)))
+        assert _placed(later.work_dir)["job_id"] == where[sorter]
+        assert _placed(later.work_dir)["warm"] is True
+    finally:
+        release_idle(pool)
+    assert slurm_cluster.wait_until_no_jobs(timeout_s=15.0) == []
 
 
 def test_a_cancelled_allocation_fails_only_its_sorts_which_run_again_elsewhere(slurm_cluster, studyset, tmp_path):
     store, recordings, _ = studyset
+    # An idle time well above a loaded machine's scheduling hiccups: only the scancel may end an allocation.
     slurm = SlurmSettings(
-        accept_shared_nodes=True, jobs_per_allocation=2, max_simultaneous_allocations=2, idle_release_s=IDLE_S
+        accept_shared_nodes=True, jobs_per_allocation=2, max_simultaneous_allocations=2, idle_release_s=10.0
     )
     settings = EngineSettings(work_root=str(tmp_path), timeout_min=5.0, slurm=slurm)
+    pool = Pool.for_settings(tmp_path, slurm, settings.timeout_min, srun_environment(os.environ))
     jobs = [_job(store, recording, tmp_path / f"sort{i}") for i, recording in enumerate(recordings[:4])]
     cancelled: list[str] = []
 
     def cancel_one_allocation_mid_sort():
-        step = _wait_for(lambda: next((s for s in map(_step, (j.work_dir for j in jobs)) if s), None), 60, "a step")
-        slurm_cluster.run("scancel", step["job_id"])
-        cancelled.append(step["job_id"])
+        placed = _wait_for(
+            lambda: next((p for p in map(_placed, (j.work_dir for j in jobs)) if p.get("worker_pid")), None),
+            60,
+            "a sort to start in an allocation's slot",
+        )
+        slurm_cluster.run("scancel", placed["job_id"])
+        cancelled.append(placed["job_id"])
 
     events = _sort_all(jobs, settings, during=cancel_one_allocation_mid_sort)
 
     reports = {job.label: _final(events[job.label]) for job in jobs}
     assert sorted(reports) == sorted(job.label for job in jobs)  # every label once, every one sorted
     retried = [label for label, report in reports.items() if report.details.get("slurm_allocations_lost")]
-    assert 1 <= len(retried) <= 2
+    assert 1 <= len(retried) <= 2, {label: reports[label].details["slurm_allocations_lost"] for label in retried}
     for job in jobs:
         lost = reports[job.label].details.get("slurm_allocations_lost", [])
         assert all(entry.startswith(cancelled[0]) for entry in lost)
-        assert _step(job.work_dir)["job_id"] != cancelled[0]  # the result is the retry's, nothing of the lost one
-        assert _step(job.work_dir)["exit_code"] == 0
-    assert slurm_cluster.wait_until_no_jobs(timeout_s=IDLE_S + 15) == []
+        assert _placed(job.work_dir)["job_id"] != cancelled[0]  # the result is the retry's, nothing of the lost one
+        assert _placed(job.work_dir)["exit_code"] == 0
+    release_idle(pool)
+    assert slurm_cluster.wait_until_no_jobs(timeout_s=15) == []
 
 
 def test_each_allocation_option_shows_in_what_slurm_reports(slurm_cluster, tmp_path):
@@ -274,18 +370,25 @@ def test_each_allocation_option_shows_in_what_slurm_reports(slurm_cluster, tmp_p
         pool = Pool.for_settings(tmp_path / name, slurm, timeout_min, env)
         slot = acquire_slot(pool, "flags/test")
         try:
-            shown[name] = (_scontrol(slurm_cluster, slot.job_id), step_placement(slot.job_id, pool.slots, env))
+            _wait_for(
+                lambda root=pool.root, job_id=slot.job_id: published_address(root, job_id),
+                60.0,
+                "the allocation's sort service",
+            )
+            service = json.loads((service_folder(pool.root, slot.job_id) / "service.json").read_text())
+            shown[name] = (_scontrol(slurm_cluster, slot.job_id), service["settings"])
         finally:
             slot.release()
             assert release_idle(pool) == [slot.job_id]
-    (ex_job, ex_step), (sh_job, sh_step) = shown["exclusive"], shown["shared"]
+    (ex_job, ex_service), (sh_job, sh_service) = shown["exclusive"], shown["shared"]
     assert (ex_job["Partition"], sh_job["Partition"]) == (OTHER_PARTITION, slurm_cluster.partition)
     assert (ex_job["OverSubscribe"], sh_job["OverSubscribe"]) == ("NO", "OK")
     assert (ex_job["TimeLimit"], sh_job["TimeLimit"]) == ("00:07:00", "00:12:00")  # the setting; -T 2 + 10
     assert (ex_job["NumTasks"], sh_job["NumTasks"]) == ("3", "2")
-    # An exclusive allocation has the whole node; each of its N steps a third of it.
-    assert int(ex_job["NumCPUs"]) == slurm_cluster.cpus and ex_step.cpus_per_step == slurm_cluster.cpus // 3
-    assert int(sh_job["NumCPUs"]) == 2 and sh_step.cpus_per_step == 1
+    # An exclusive allocation has the whole node; its service N slots, each with a third of it as threads.
+    assert int(ex_job["NumCPUs"]) == slurm_cluster.cpus and ex_service["threads_per_sort"] == slurm_cluster.cpus // 3
+    assert int(sh_job["NumCPUs"]) == 2 and sh_service["threads_per_sort"] == 1
+    assert (ex_service["slots"], sh_service["slots"]) == (3, 2)
     assert ex_job["JobName"] != sh_job["JobName"]
     # GPUs: this node has none, so Slurm refuses the request, which names them.
     gpus = Pool.for_settings(tmp_path / "gpus", SlurmSettings(gpus_per_node=1, idle_release_s=30), 0, env)
@@ -294,51 +397,85 @@ def test_each_allocation_option_shows_in_what_slurm_reports(slurm_cluster, tmp_p
     assert slurm_cluster.wait_until_no_jobs(timeout_s=10.0) == []
 
 
+def test_a_service_this_host_cannot_reach_fails_the_sort_with_what_to_fix(slurm_cluster, tmp_path):
+    """A published address that refuses connections while its allocation runs (a firewall): no endless wait."""
+    env = srun_environment(os.environ)
+    pool = Pool.for_settings(tmp_path, SlurmSettings(accept_shared_nodes=True, jobs_per_allocation=1), 0, env)
+    slot = acquire_slot(pool, "unreachable/test")
+    try:
+        _wait_for(lambda: published_address(pool.root, slot.job_id), 60.0, "the allocation's sort service")
+        info_path = service_folder(pool.root, slot.job_id) / "service.json"
+        info = json.loads(info_path.read_text())
+        with socket.socket() as closed:  # a port nothing listens on
+            closed.bind(("127.0.0.1", 0))
+            info["address"] = ["127.0.0.1", closed.getsockname()[1]]
+        info_path.write_text(json.dumps(info))
+        unreachable = r"could not connect to it for 1 s.*TCP connections to the nodes"
+        with pytest.raises(EnvironmentSortFailure, match=unreachable):
+            connect_to_allocation(pool.root, slot.job_id, lambda: slot.state() == "RUNNING", timeout_s=1.0)
+    finally:
+        slot.release()
+        release_idle(pool)
+    assert slurm_cluster.wait_until_no_jobs(timeout_s=15.0) == []
+
+
 # A launch in miniature: the launcher wraps its campaign as launch_campaign does, and a run
-# process it starts (as the launch's slots are) places one sort that only sleeps.
+# process it starts (as the launch's slots are) places one long sort.
 KILLED_LAUNCHER = """
 import subprocess, sys
 from sf_assets.engines.engine import EngineSettings, SlurmSettings
 from sf_assets.engines.slurm_campaign import campaign_allocations
 
-work_root, idle_s, run_process = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+work_root, idle_s, run_process, job_file = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
 slurm = SlurmSettings(accept_shared_nodes=True, jobs_per_allocation=1, idle_release_s=idle_s)
 with campaign_allocations(EngineSettings(work_root=work_root, slurm=slurm)):
-    subprocess.run([sys.executable, "-c", run_process, work_root, str(idle_s)])
+    subprocess.run([sys.executable, "-c", run_process, work_root, str(idle_s), job_file])
 """
 
 RUN_PROCESS = """
 import sys
+from pathlib import Path
 from sf_assets.engines.engine import EngineSettings, SlurmSettings
 from sf_assets.engines.job import SortJob
 from sf_assets.engines.slurm_campaign import run_slurm_sort
 from sf_assets.engines.supervisor import prepare_work_dir
 
-work_root, idle_s = sys.argv[1], float(sys.argv[2])
+work_root, idle_s, job_file = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 slurm = SlurmSettings(accept_shared_nodes=True, jobs_per_allocation=1, idle_release_s=idle_s)
-job = SortJob(
-    sorter_name="sleep", si_sorter_name="sleep", params={}, recording_uri="sha1://" + "0" * 40 + "/r.json",
-    label="sleep/killed/launcher", kachery_dir=work_root, work_dir=work_root + "/sort",
-)
+job = SortJob.from_json(Path(job_file).read_text())
 prepare_work_dir(job)
-worker = [sys.executable, "-c", "import time; time.sleep(300)"]
-for report in run_slurm_sort(job, EngineSettings(work_root=work_root, slurm=slurm), worker):
-    print(report, flush=True)
+for event in run_slurm_sort(job, EngineSettings(work_root=work_root, slurm=slurm), worker=[]):
+    print(event, flush=True)
 """
 
 
 def test_allocations_end_within_the_idle_time_after_kill_9_of_the_launcher(slurm_cluster, tmp_path):
+    """The launcher dies mid-sort: its allocation (service, warm worker, sort) ends within the idle time.
+
+    The sort is a MountainSort5 sort of a 60 s recording, far longer than the
+    idle time, so the allocation ends under it.
+    """
     idle_s = 4.0
+    store = KacheryStore(tmp_path / "kachery")
+    generated = generate_studyset(
+        store, tmp_path / "long", seed=2, num_study_sets=1, studies_per_set=1, recordings_per_study=1,
+        num_channels=(4,), duration_s=60.0,
+    )  # fmt: skip
+    (recording,) = parse_manifest(generated.manifest_path.read_bytes(), str(generated.manifest_path)).recordings()
+    job = _sort_job(store, recording, tmp_path / "sort", canary_first_n_s=None, sorter="MountainSort5")
+    (tmp_path / "job.json").write_text(job.to_json())
     launcher = subprocess.Popen(
-        [sys.executable, "-c", KILLED_LAUNCHER, str(tmp_path), str(idle_s), RUN_PROCESS],
+        [sys.executable, "-c", KILLED_LAUNCHER, str(tmp_path), str(idle_s), RUN_PROCESS, str(tmp_path / "job.json")],
         start_new_session=True,
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
-        step = _wait_for(lambda: _step(tmp_path / "sort"), 60.0, "the sleeping step to start")
-        assert step["job_id"] in slurm_cluster.job_ids()
-        launcher.kill()  # kill -9 of the launcher alone: its run process goes on, and so does srun
+        placed = _wait_for(lambda: _placed(job.work_dir).get("worker_pid"), 90.0, "the sort to start") and _placed(
+            job.work_dir
+        )
+        assert placed["job_id"] in slurm_cluster.job_ids()
+        launcher.kill()  # kill -9 of the launcher alone: its run process goes on, connected to the service
         launcher.wait()
         killed_at = time.monotonic()
         left = slurm_cluster.wait_until_no_jobs(timeout_s=idle_s + 15.0)
@@ -354,9 +491,10 @@ def test_allocations_end_within_the_idle_time_after_kill_9_of_the_launcher(slurm
     assert left == []
     # Idle time, plus the heartbeat interval and Slurm's own teardown of the job.
     assert gone_after_s < idle_s + 6.0, gone_after_s
-    assert "errored=True" in report
+    assert "errored=True" in report and "allocation_lost" in report, report
+    assert not Path(f"/proc/{placed['worker_pid']}").exists()  # the warm worker went with its allocation
     pool_name = JOB_NAME_PREFIX + next((tmp_path / POOL_FOLDER).iterdir()).name
-    assert [row["JobID"] for row in _completed_jobs(slurm_cluster, pool_name)] == [step["job_id"]]
+    assert [row["JobID"] for row in _completed_jobs(slurm_cluster, pool_name)] == [placed["job_id"]]
     print(f"allocation gone {gone_after_s:.1f} s after kill -9 (idle time {idle_s:g} s)")
 
 
@@ -394,9 +532,9 @@ def test_a_daemon_launched_backfill_sorts_on_the_allocations(slurm_cluster, stud
         assert instance.get_materialized_partitions(dg.AssetKey("sorting")) == {key}
         assert len(instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill.backfill_id}))) == 1
     (attempt,) = pair_folder(tmp_path / "home" / "sorts", SORTER, recording.study_name, recording.name).glob("*-a*")
-    step = _step(attempt)
-    assert step["exit_code"] == 0
+    placed = _placed(attempt)
+    assert placed["exit_code"] == 0 and placed["worker_pid"]
     (pool_dir,) = (tmp_path / "home" / "sorts" / POOL_FOLDER).iterdir()
     assert slurm_cluster.wait_until_no_jobs(timeout_s=IDLE_S + 15) == []
     (allocation,) = _completed_jobs(slurm_cluster, JOB_NAME_PREFIX + pool_dir.name)
-    assert allocation["JobID"] == step["job_id"] and allocation["State"] == "COMPLETED"  # ended by its holder
+    assert allocation["JobID"] == placed["job_id"] and allocation["State"] == "COMPLETED"  # ended by its holder

@@ -76,7 +76,7 @@ class EngineSettings:
 
     @property
     def uses_sort_service(self) -> bool:
-        """Local sorts with warm workers; Slurm steps and containers get a fresh process each."""
+        """Local sorts with warm workers on this host's service (Slurm sorts use their allocation's; containers none)."""
         return self.reuse_workers and self.slurm is None and not self.use_container
 
     def service(self) -> ServiceSettings:
@@ -234,13 +234,13 @@ def run_sort(
         from sf_assets.engines.container import require_container_runtime
 
         require_container_runtime(job.container_engine)
+    # The sort services start this clock when a slot takes the sort, not while it waits.
+    hung_after_s = canary_timeout_s(job.canary_first_n_s)
     if settings.slurm is not None:
         from sf_assets.engines.slurm_campaign import run_slurm_sort
 
-        yield from run_slurm_sort(job, settings, command)
+        yield from run_slurm_sort(job, settings, command, canary_timeout_s=hung_after_s)
         return
-    # Only here: on Slurm the time a step waits for its allocation would count.
-    hung_after_s = canary_timeout_s(job.canary_first_n_s)
     if settings.uses_sort_service and not job.container_image:  # a container-only sorter gets a fresh worker
         from sf_assets.engines.service_client import sort_on_service
 

@@ -100,7 +100,7 @@ def host_folder(settings: ServiceSettings) -> Path:
     """
     base = Path(settings.base_dir or os.environ.get("SF_ASSETS_SERVICE_DIR") or f"/tmp/sf-assets-{os.getuid()}")
     base.mkdir(mode=0o700, exist_ok=True)
-    _require_private(base)
+    require_private(base)
     return base
 
 
@@ -123,11 +123,23 @@ def service_folder(settings: ServiceSettings) -> Path:
     ).hexdigest()[:12]
     folder = base / key
     folder.mkdir(mode=0o700, exist_ok=True)
-    _require_private(folder)
+    require_private(folder)
     return folder
 
 
-def _require_private(path: Path) -> None:
+def require_private(path: Path) -> None:
+    """Refuse a service folder that others could read or write: it holds the service's key.
+
+    Parameters
+    ----------
+    path : Path
+        The folder.
+
+    Raises
+    ------
+    ServiceFolderError
+        When it is not a directory of this user with mode 0700.
+    """
     st = path.lstat()
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
         raise ServiceFolderError(

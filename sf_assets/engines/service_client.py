@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection
@@ -39,6 +39,10 @@ RECEIVE_POLL_S = 0.2
 
 class SortServiceError(RuntimeError):
     """The sort service could not be started or reached, or went away mid-sort."""
+
+
+class SortRefused(SortServiceError):
+    """The sort service answered, but refused the request (an unreadable job, say): it stays up."""
 
 
 def _connect(folder: Path) -> Connection:
@@ -238,7 +242,40 @@ def sort_on_service(
     SortServiceError
         The service could not be reached, or went away before reporting.
     """
-    conn = connect(settings)
+    yield from sort_over(
+        connect(settings),
+        work_dir,
+        timeout_s=timeout_s,
+        canary_timeout_s=canary_timeout_s,
+        group=group,
+        group_limit=group_limit,
+        submitted_at=submitted_at,
+        describe_end=lambda: _log_tail(service_folder(settings)),
+    )
+
+
+def sort_over(
+    conn: Connection,
+    work_dir: Path,
+    *,
+    timeout_s: float | None,
+    canary_timeout_s: float | None,
+    group: str | None = None,
+    group_limit: int = 0,
+    submitted_at: float | None = None,
+    describe_end: Callable[[], str] = str,
+    still_there: Callable[[], bool] | None = None,
+    check_every_s: float = 2.0,
+) -> Iterator[dict | CanaryReport | SortReport]:
+    """The sort request on an open connection to a service, and what comes back; closes ``conn``.
+
+    ``group``, ``group_limit``, ``submitted_at``: see :func:`sort_on_service`.
+    ``describe_end`` says why the service may have ended (its log's tail), for
+    the error.  ``still_there`` is asked every ``check_every_s`` while no
+    answer comes: a service on another machine (a Slurm allocation) may vanish
+    without closing its connection (a node that fails), and False then ends
+    the wait with :class:`SortServiceError`.
+    """
     try:
         conn.send(
             {
@@ -251,21 +288,23 @@ def sort_on_service(
                 "submitted_at": submitted_at,
             }
         )
+        checked = time.monotonic()
         while True:
             # Polling, not a blocking recv: an interrupt (the run terminated) is handled at once.
             if not conn.poll(RECEIVE_POLL_S):
+                if still_there is not None and time.monotonic() - checked >= check_every_s:
+                    checked = time.monotonic()
+                    if not still_there():
+                        raise SortServiceError(f"the sort service went away while sorting {work_dir}")
                 continue
             try:
                 kind, payload = conn.recv()
-            except EOFError:
+            except (EOFError, OSError):
                 raise SortServiceError(
-                    f"the sort service ended before reporting on {work_dir}:\n{_log_tail(service_folder(settings))}"
+                    f"the sort service ended before reporting on {work_dir}:\n{describe_end()}"
                 ) from None
             if kind == "error":
-                raise SortServiceError(f"the sort service refused {work_dir}: {payload}")
-            if kind == "started":
-                yield payload
-                continue
+                raise SortRefused(f"the sort service refused {work_dir}: {payload}")
             yield payload
             if isinstance(payload, SortReport):
                 return

@@ -19,13 +19,13 @@ and :class:`SlurmLaunch` hands them to the supervisor:
 * the environment: Slurm variables of an enclosing job are dropped, so a
   pipeline that itself runs inside a Slurm job still submits new jobs.
 
-The engine runs every sort as a step of the campaign's allocations
-(:mod:`sf_assets.engines.slurm_campaign` places it, with a
-:class:`~sf_assets.engines.slurm_allocations.StepPlacement`), or of
-allocations a user holds (``allocation_id``, placed by
-:func:`~sf_assets.engines.slurm_allocations.place_step`).  Without a
-placement a launch is a job of its own (``srun --exclusive`` unless shared
-nodes are accepted, ``--gpus-per-node``, ``--partition``, ``--time``).
+Sorts in the campaign's own allocations do not come here: they go to the
+sort service inside the allocation (:mod:`sf_assets.engines.slurm_campaign`,
+:mod:`sf_assets.engines.slurm_service`).  This module runs a sort as a step
+of allocations a user holds (``allocation_id``, placed by
+:func:`~sf_assets.engines.slurm_allocations.place_step`), or, without a
+placement, as a job of its own (``srun --exclusive`` unless shared nodes are
+accepted, ``--gpus-per-node``, ``--partition``, ``--time``).
 """
 
 from __future__ import annotations

@@ -1,21 +1,23 @@
-"""One sort on the campaign's Slurm allocations: a slot, a job step, and a retry if the allocation dies.
+"""One sort on the campaign's Slurm allocations: a slot, the allocation's sort service, a retry if it dies.
 
 :func:`run_slurm_sort` is what the engine runs for every sort with Slurm
 on.  It claims a slot in the pool of allocations shared by every process
 that sorts with the same settings (:mod:`sf_assets.engines.slurm_pool`),
-runs the sort as a job step sized at 1/N of that allocation, under the same
-supervisor as every engine (so ``-T``, the console, the canary and the CPU
-time hold as locally; the timeout clock starts once the step is placed, not
-while it waits for a slot), and releases the slot when the sort ends,
-however it ends.
+sends the sort to the sort service that the allocation's holder runs
+(:mod:`sf_assets.engines.slurm_service`; the local path's service, so
+``-T``, the console, the canary, the CPU time, crash isolation and the
+connection-as-lease hold as locally, and the slot's warm worker keeps its
+sorter compiled; the timeout clock starts once a slot takes the sort, not
+while it waits), and releases the claim when the sort ends, however it ends.
 
 An allocation that ends under a running sort (``scancel``, walltime, node
-failure) fails that sort only: the sort is run again from a clean work
-folder in another slot, up to :data:`MAX_ATTEMPTS` times.  Nothing of the
-lost attempt is kept: the worker stores a sorting only once it has
-finished, and the asset registers nothing but the final report.  Failures
-of the sort itself (the worker's own error, a classified canary failure, the
-timeout) are never retried: they would fail the same way again.
+failure, its service dying) fails that sort only: the sort is run again from
+a clean work folder in another slot, up to :data:`MAX_ATTEMPTS` times.
+Nothing of the lost attempt is kept: the worker stores a sorting only once
+it has finished, and the asset registers nothing but the final report.
+Failures of the sort itself (the worker's own error, a classified canary
+failure, the timeout) are never retried: they would fail the same way again;
+nor is a service that refuses the request or cannot be reached from this host.
 
 :func:`campaign_allocations` is what a launch wraps around its campaign: on
 exit and on interrupt it ends the allocations no sort holds, instead of
@@ -31,16 +33,37 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sf_assets.core.errors import EnvironmentSortFailure
-from sf_assets.engines.job import CONSOLE_FILE, CanaryReport, SortJob, SortReport
+from sf_assets.engines.job import (
+    CONSOLE_FILE,
+    CanaryReport,
+    SortJob,
+    SortReport,
+    write_json_atomic,
+)
+from sf_assets.engines.service_client import SortRefused, SortServiceError, sort_over
 from sf_assets.engines.slurm import SlurmLaunch, srun_environment
-from sf_assets.engines.slurm_allocations import step_placement
-from sf_assets.engines.slurm_pool import OWNER_ENV, Pool, Slot, acquire_slot, claim_owner, release_idle
-from sf_assets.engines.slurm_step import SLOT_ENV
+from sf_assets.engines.slurm_pool import (
+    OWNER_ENV,
+    Pool,
+    Slot,
+    acquire_slot,
+    claim_owner,
+    release_idle,
+)
+from sf_assets.engines.slurm_service import (
+    SLOT_FILE,
+    AllocationServiceGone,
+    connect_to_allocation,
+    published_address,
+    service_log_tail,
+)
 from sf_assets.engines.supervisor import prepare_work_dir, supervise
 
 MAX_ATTEMPTS = 3
 # The failure class of a sort whose allocations all ended under it.
 ALLOCATION_LOST = "allocation_lost"
+# How often a sort waiting on an allocation's service checks that the allocation still runs.
+ALIVE_CHECK_S = 2.0
 
 
 def pool_for(settings) -> Pool:
@@ -48,12 +71,16 @@ def pool_for(settings) -> Pool:
     return Pool.for_settings(settings.work_root, settings.slurm, settings.timeout_min, srun_environment(os.environ))
 
 
-def run_slurm_sort(job: SortJob, settings, worker: Sequence[str]) -> Iterator[CanaryReport | SortReport]:
-    """Run ``worker`` (argv) for ``job`` on Slurm; yields the canary report once, then the sort report.
+def run_slurm_sort(
+    job: SortJob, settings, worker: Sequence[str], canary_timeout_s: float | None = None
+) -> Iterator[dict | CanaryReport | SortReport]:
+    """Sort ``job`` on Slurm; yields the slot's description, the canary report once, then the sort report.
 
-    ``job.work_dir`` must have been prepared.  With ``settings.slurm.allocation_id``
-    set, the sort is a step of one of those allocations (held by the user) and
-    is not retried; otherwise it runs in the pool's allocations.
+    ``job.work_dir`` must have been prepared.  In the pool's allocations the
+    sort goes to the allocation's sort service (a warm slot); with
+    ``settings.slurm.allocation_id`` set (allocations a user holds, which
+    run no service) it is a job step running ``worker`` (argv) afresh, and is
+    not retried.
     """
     slurm = settings.slurm
     if slurm.allocation_id:
@@ -66,36 +93,104 @@ def run_slurm_sort(job: SortJob, settings, worker: Sequence[str]) -> Iterator[Ca
     for attempt in range(MAX_ATTEMPTS):
         if attempt:
             prepare_work_dir(job)  # nothing of the lost attempt is kept
-        slot = acquire_slot(pool, job.label, settings.timeout_s)
+        requested_at = time.time()
+        slot = acquire_slot(pool, job.label, settings.timeout_s, sorter=job.si_sorter_name)
+        report = None
         try:
             try:
-                placement = step_placement(slot.job_id, pool.slots, pool.env)
-            except EnvironmentSortFailure as exc:  # it ended between the claim and the step
-                lost.append(f"{slot.job_id} ({exc})")
-                continue
-            launch = SlurmLaunch.for_job(worker, slurm, job, settings.timeout_s, placement)
-            launch = dataclasses.replace(launch, env={**launch.env, SLOT_ENV: slot.name})
-            for event in _supervised(job, launch, settings.timeout_s):
-                if isinstance(event, CanaryReport):
-                    if not canary_sent:
-                        canary_sent = True
+                for event in sort_in_allocation(job, slot, settings.timeout_s, canary_timeout_s, requested_at):
+                    if isinstance(event, CanaryReport):
+                        if not canary_sent:
+                            canary_sent = True
+                            yield event
+                    elif isinstance(event, SortReport):
+                        report = event
+                    else:
                         yield event
-                else:
-                    report = event
-            ended = _allocation_ended(report, slot)
+                ended = "no report" if report is None else _allocation_ended(report, slot)
+            except SortRefused:
+                raise  # the service is up and said no: another allocation would say the same
+            except (AllocationServiceGone, SortServiceError, OSError) as exc:
+                ended = f"{slot.state() or 'gone from squeue'}: {exc}"
         finally:
             slot.release()
-        if ended is None or claim_owner().is_gone():  # the launch that wanted this sort is gone
+        if report is not None and ended is None:  # the sort's own outcome: never retried
             if lost:
                 report = dataclasses.replace(report, details={**report.details, "slurm_allocations_lost": lost})
             yield report
             return
         lost.append(f"{slot.job_id} ({ended})")
+        if claim_owner().is_gone():
+            break  # nobody wants this sort any more: it asks for no other allocation
     yield _lost_report(job, report, lost)
 
 
+def sort_in_allocation(
+    job: SortJob,
+    slot: Slot,
+    timeout_s: float | None,
+    canary_timeout_s: float | None,
+    requested_at: float | None = None,
+) -> Iterator[dict | CanaryReport | SortReport]:
+    """Send ``job`` to the sort service of ``slot``'s allocation; what it answers, as the local service's client.
+
+    Records where the sort ran in :data:`~sf_assets.engines.slurm_service.SLOT_FILE`
+    in its work folder (allocation, service slot, node, worker process), how
+    it ended (exit status, CPU seconds) and when (epoch seconds) it asked for
+    a slot, had its claim, reached the service and was taken by a slot: what
+    placing it on Slurm cost.  Raises
+    :class:`~sf_assets.engines.slurm_service.AllocationServiceGone` or
+    :class:`~sf_assets.engines.service_client.SortServiceError` when the
+    allocation or its service goes away before the sort's report.
+    """
+    pool = slot.pool
+
+    def running() -> bool:
+        try:
+            return slot.state(max_age_s=ALIVE_CHECK_S) == "RUNNING"
+        except EnvironmentSortFailure:
+            return True  # squeue did not answer this time: no news is not a lost allocation
+
+    claimed_at = time.time()
+    conn = connect_to_allocation(pool.root, slot.job_id, running)
+    address = published_address(pool.root, slot.job_id)
+    placement_file = Path(job.work_dir) / SLOT_FILE
+    placement: dict = {
+        "job_id": slot.job_id,
+        "claim": slot.name,
+        "node": address[0] if address else None,
+        "requested_at": requested_at or claimed_at,
+        "claimed_at": claimed_at,
+        "connected_at": time.time(),
+    }
+    write_json_atomic(placement_file, placement)
+    events = sort_over(
+        conn,
+        Path(job.work_dir),
+        timeout_s=timeout_s,
+        canary_timeout_s=canary_timeout_s,
+        describe_end=lambda: service_log_tail(pool.root, slot.job_id),
+        still_there=running,
+        check_every_s=ALIVE_CHECK_S,
+    )
+    for event in events:
+        if isinstance(event, dict):
+            placement.update(
+                slot=f"{slot.job_id}-{event['slot']}",
+                worker_pid=event["worker_pid"],
+                warm=event["warm"],
+                started_at=time.time(),
+            )
+            write_json_atomic(placement_file, placement)
+            pool.mark_warm(slot.job_id, job.si_sorter_name)
+        elif isinstance(event, SortReport):
+            placement.update(exit_code=event.exit_code, cpu_time_s=event.cpu_time_s)
+            write_json_atomic(placement_file, placement)
+        yield event
+
+
 def _lost_report(job: SortJob, last: SortReport | None, lost: list[str]) -> SortReport:
-    """The report of a sort whose every attempt lost its allocation."""
+    """The report of a sort whose every attempt lost its allocation (or whose launch is gone after one did)."""
     if last is None:  # no attempt got as far as a step
         now = time.time()
         last = SortReport(

@@ -1,9 +1,10 @@
-"""The batch script of every pool allocation: keeps it while sorts use it, ends it when idle.
+"""The batch script of every pool allocation: runs its sort service, ends it when idle.
 
 Run by ``sbatch`` (see :meth:`sf_assets.engines.slurm_pool.Pool.sbatch_command`)
-as ``python -m sf_assets.engines.slurm_holder POOL_DIR IDLE_S``.  Sorts run
-beside it as job steps (``srun --jobid``); it only watches their claims in
-``POOL_DIR/claims``.  A claim counts as alive while its modification time
+as ``python -m sf_assets.engines.slurm_holder POOL_DIR IDLE_S``.  It starts the
+allocation's sort service (:mod:`sf_assets.engines.slurm_service`: one warm
+slot per sort the allocation runs at once), which the sorts placed here are
+sent to, and watches their claims in ``POOL_DIR/claims``.  A claim counts as alive while its modification time
 keeps changing: the process that placed the sort touches it every few
 seconds.  Once no claim of this allocation has changed for ``IDLE_S``
 seconds (measured with this node's own clock, so clock skew between the
@@ -13,16 +14,29 @@ Slurm then ends the job and whatever step is still in it.
 
 This is what keeps allocations from outliving sf-assets: a launcher killed
 with ``kill -9`` stops touching its claims, and its allocations end one idle
-time later, with no process on the submit host left to clean up.
+time later, with no process on the submit host left to clean up.  A service
+that dies ends its allocation the same way (marked closing at once): its
+sorts fail as a lost allocation does, and run again in another.
 """
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sf_assets.engines.slurm_pool import CLAIMS, CLOSING, LOCK
+from sf_assets.engines.slurm_service import (
+    allocation_cpus,
+    allocation_gpus,
+    start_service,
+)
+
+SERVICE_STOP_GRACE_S = 10.0
 
 
 def claim_times(pool_dir: Path, job_id: str) -> dict[str, float]:
@@ -66,22 +80,37 @@ class IdleClock:
         return time.monotonic() - self.last_busy
 
 
-def hold(pool_dir: Path, job_id: str, idle_s: float) -> None:
-    """Return once the allocation has been idle for ``idle_s`` and is marked closing."""
+def hold(pool_dir: Path, job_id: str, idle_s: float, service_alive: Callable[[], bool] = lambda: True) -> str:
+    """Return once the allocation has been idle for ``idle_s`` (or its service died) and is marked closing.
+
+    Returns why: ``"idle"`` or ``"service ended"``.
+    """
     import fcntl
 
     clock = IdleClock()
     poll_s = max(0.1, min(1.0, idle_s / 5.0))
     while True:
         clock.look(claim_times(pool_dir, job_id))
-        if clock.idle_for() >= idle_s:
+        alive = service_alive()
+        if clock.idle_for() >= idle_s or not alive:
             with open(pool_dir / LOCK, "a") as handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)
                 clock.look(claim_times(pool_dir, job_id))  # a sort placed meanwhile keeps it
-                if clock.idle_for() >= idle_s:
+                if clock.idle_for() >= idle_s or not alive:
                     (pool_dir / CLOSING / job_id).write_text(str(time.time()))
-                    return
+                    return "idle" if alive else "service ended"
         time.sleep(poll_s)
+
+
+def stop_service(service: subprocess.Popen) -> None:
+    """SIGTERM the service (it stops its workers), SIGKILL it after a grace period."""
+    if service.poll() is None:
+        service.send_signal(signal.SIGTERM)
+        try:
+            service.wait(SERVICE_STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            service.kill()
+            service.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,10 +131,20 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 2 or not job_id:
         print("usage (as an sbatch script): python -m sf_assets.engines.slurm_holder POOL_DIR IDLE_S", file=sys.stderr)
         return 2
-    idle_s = float(argv[1])
-    print(f"holding allocation {job_id} for {argv[0]}; ends after {idle_s:g} s without a sort", flush=True)
-    hold(Path(argv[0]), job_id, idle_s)
-    print(f"allocation {job_id} idle for {idle_s:g} s: ending it", flush=True)
+    pool_dir, idle_s = Path(argv[0]), float(argv[1])
+    slots = int(json.loads((pool_dir / "shape.json").read_text())["slots"])
+    cpus, gpus = allocation_cpus(os.environ), allocation_gpus(os.environ)
+    service = start_service(pool_dir, job_id, slots, cpus, gpus)
+    print(
+        f"holding allocation {job_id} for {pool_dir}: sort service {service.pid} with {slots} slot(s) "
+        f"on {cpus} CPU(s), GPUs [{','.join(gpus)}]; ends after {idle_s:g} s without a sort",
+        flush=True,
+    )
+    try:
+        why = hold(pool_dir, job_id, idle_s, service_alive=lambda: service.poll() is None)
+    finally:
+        stop_service(service)
+    print(f"allocation {job_id}: {why}, ending it", flush=True)
     return 0
 
 

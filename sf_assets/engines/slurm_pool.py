@@ -27,8 +27,10 @@ files, changed only under an exclusive ``flock`` of ``<pool>/lock``:
 * ``closing/<job id>`` marks an allocation that is going away (its holder
   found it idle, or the launcher released it): no new sort is placed there.
 
-:func:`acquire_slot` takes the first free slot of a running allocation, else of
-a pending one, else requests a new allocation while fewer than M are held,
+:func:`acquire_slot` takes the first free slot of a running allocation, the
+ones whose sort service has already run the sort's sorter first (``warm/<job
+id>.<sorter>``, see :mod:`sf_assets.engines.slurm_service`), else of a
+pending one, else requests a new allocation while fewer than M are held,
 else waits for a slot.  The holder in each allocation ends it once no claim
 of it has been touched for the idle time: the queue has been empty that
 long, or every process that placed a sort there is gone (``kill -9``
@@ -45,6 +47,7 @@ import json
 import math
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -59,7 +62,12 @@ from typing import TYPE_CHECKING
 from sf_assets.core.atomic import write_text_atomic
 from sf_assets.core.errors import EnvironmentSortFailure
 from sf_assets.core.launcher_identity import LauncherIdentity, this_process
-from sf_assets.engines.slurm_allocations import cancel_jobs, node_options, require_slurm_clients
+from sf_assets.engines.slurm_allocations import (
+    cancel_jobs,
+    node_options,
+    require_slurm_clients,
+)
+from sf_assets.engines.slurm_service import SERVICES
 
 if TYPE_CHECKING:
     from sf_assets.engines.slurm_settings import SlurmSettings
@@ -68,7 +76,9 @@ POOL_FOLDER = "slurm-allocations"
 # The launcher whose claims these are (``HOST:PID:START``), set by a launch for its run processes.
 OWNER_ENV = "SF_ASSETS_SLURM_OWNER"
 JOB_NAME_PREFIX = "sf-assets-allocation-"
-CLAIMS, CLOSING, LOCK = "claims", "closing", "lock"
+CLAIMS, CLOSING, LOCK, WARM = "claims", "closing", "lock", "warm"
+# Forget an ended allocation's service folder only this long after it last changed.
+SERVICE_FOLDER_KEEP_S = 60.0
 # squeue's latest answer about the pool's allocations, shared by its processes.
 QUEUE_CACHE = "squeue.json"
 # The walltime of an allocation, beyond one sort's -T, when no walltime is set.
@@ -154,9 +164,12 @@ class Pool:
         }
         key = hashlib.sha1(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
         root = root / key
-        for sub in (CLAIMS, CLOSING):
+        for sub in (CLAIMS, CLOSING, WARM):
             (root / sub).mkdir(parents=True, exist_ok=True)
-        (root / "shape.json").write_text(json.dumps(shape, indent=2, sort_keys=True))
+        # Atomic: a holder starting now reads it (its slots).
+        tmp = root / f".shape.json.{os.getpid()}.{threading.get_ident()}.tmp"
+        tmp.write_text(json.dumps(shape, indent=2, sort_keys=True))
+        os.replace(tmp, root / "shape.json")
         return cls(root=root, key=key, slurm=slurm, time_limit_min=time_limit, env=env)
 
     @property
@@ -252,6 +265,16 @@ class Pool:
         """
         (self.root / CLOSING / job_id).write_text(str(time.time()))
 
+    def mark_warm(self, job_id: str, sorter: str) -> None:
+        """The service of ``job_id`` has a worker that ran ``sorter``: later sorts of it go there first."""
+        (self.root / WARM / f"{job_id}.{sorter}").touch()
+
+    def warm_for(self, sorter: str | None) -> set[str]:
+        """The allocations whose service has run ``sorter``."""
+        if not sorter:
+            return set()
+        return {path.name.split(".", 1)[0] for path in (self.root / WARM).glob(f"*.{sorter}")}
+
     def claims(self) -> dict[str, list[Path]]:
         """Claims by allocation job id."""
         by_job: dict[str, list[Path]] = {}
@@ -274,6 +297,15 @@ class Pool:
         for mark in (self.root / CLOSING).iterdir():
             if mark.name not in listed:
                 mark.unlink(missing_ok=True)
+        for mark in (self.root / WARM).iterdir():
+            if mark.name.split(".", 1)[0] not in listed:
+                mark.unlink(missing_ok=True)
+        for folder in (self.root / SERVICES).glob("*"):
+            try:
+                if folder.name not in listed and now - folder.stat().st_mtime > SERVICE_FOLDER_KEEP_S:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except FileNotFoundError:
+                pass
 
     def request_allocation(self) -> str:
         """``sbatch`` one allocation; returns its job id or raises naming Slurm's refusal."""
@@ -322,7 +354,7 @@ class Slot:
             time.sleep(WAIT_POLL_S)
 
 
-def acquire_slot(pool: Pool, label: str, needed_s: float | None = None) -> Slot:
+def acquire_slot(pool: Pool, label: str, needed_s: float | None = None, sorter: str | None = None) -> Slot:
     """Claim a free slot for one sort, requesting an allocation if none is free; waits if M are busy.
 
     Parameters
@@ -333,6 +365,8 @@ def acquire_slot(pool: Pool, label: str, needed_s: float | None = None) -> Slot:
         the sort's label, written into the claim (for people reading the folder).
     needed_s : float | None
         the sort's timeout; allocations with less walltime left are passed over.
+    sorter : str or None
+        the sort's sorter; a running allocation whose service has run it is preferred.
 
     Returns
     -------
@@ -351,7 +385,7 @@ def acquire_slot(pool: Pool, label: str, needed_s: float | None = None) -> Slot:
         owner = claim_owner()
         if owner.is_gone():
             raise EnvironmentSortFailure(f"the launch {owner} that this sort ({label}) was for has ended")
-        slot = _try_claim(pool, label, needed_s)
+        slot = _try_claim(pool, label, needed_s, sorter)
         if slot is None:
             time.sleep(WAIT_POLL_S)
             continue
@@ -364,11 +398,12 @@ def acquire_slot(pool: Pool, label: str, needed_s: float | None = None) -> Slot:
         slot.release()
 
 
-def _try_claim(pool: Pool, label: str, needed_s: float | None) -> Slot | None:
+def _try_claim(pool: Pool, label: str, needed_s: float | None, sorter: str | None = None) -> Slot | None:
     with pool.locked():
         listed = pool.allocations(max_age_s=WAIT_POLL_S)
         pool.forget_ended(listed)
         claims = pool.claims()
+        warm = pool.warm_for(sorter)
         candidates = []
         for job_id, (state, left_s) in listed.items():
             if state not in LIVE_STATES or pool.is_closing(job_id):
@@ -377,10 +412,11 @@ def _try_claim(pool: Pool, label: str, needed_s: float | None) -> Slot | None:
                 continue  # too little walltime left: it drains and ends when idle
             taken = len(claims.get(job_id, []))
             if taken < pool.slots:
-                # Running first, then the busiest (fills one allocation before the next).
-                candidates.append((state != "RUNNING", -taken, int(job_id), job_id))
+                # Running first, then warm for this sorter, then the busiest (fills one
+                # allocation before the next).
+                candidates.append((state != "RUNNING", job_id not in warm, -taken, int(job_id), job_id))
         if candidates:
-            job_id = min(candidates)[3]
+            job_id = min(candidates)[-1]
         elif len(listed) < max(1, int(pool.slurm.max_simultaneous_allocations)):
             job_id = pool.request_allocation()
             pool.allocations()  # the answer others reuse must list it

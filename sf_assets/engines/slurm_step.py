@@ -1,4 +1,8 @@
-"""Runs on the Slurm node, between ``srun`` and the sort worker.
+"""Runs on the Slurm node, between ``srun`` and the sort worker (a sort that is a job step of its own).
+
+Sorts in the campaign's allocations go to the allocation's sort service
+instead (:mod:`sf_assets.engines.slurm_service`); this wrapper serves the
+sorts that are steps of allocations a user holds (``slurm_allocation_id``).
 
 ``srun`` relays the worker's console, but not what the local engine reads
 from the kernel when it reaps the worker: its CPU time and how it ended.
@@ -32,20 +36,14 @@ STEP_FILE = "slurm_step.json"
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-# The allocation slot (``JOB-INDEX``) the submitting side placed this step in, if any.
-SLOT_ENV = "SF_ASSETS_SLURM_SLOT"
-
 
 def step_identity() -> dict[str, str | None]:
-    """Where this step runs, from the variables Slurm sets for every task (and its slot, if placed in one)."""
-    identity = {
+    """Where this step runs, from the variables Slurm sets for every task."""
+    return {
         "job_id": os.environ.get("SLURM_JOB_ID"),
         "step_id": os.environ.get("SLURM_STEP_ID"),
         "node": socket.gethostname(),
     }
-    if os.environ.get(SLOT_ENV):
-        identity["slot"] = os.environ[SLOT_ENV]
-    return identity
 
 
 def run_step(work_dir: Path, worker_argv: list[str]) -> dict:
@@ -74,7 +72,7 @@ def run_step(work_dir: Path, worker_argv: list[str]) -> dict:
     _, status, usage = os.wait4(worker.pid, 0)
     outcome = {
         **identity,
-        "worker_pid": worker.pid,  # which worker process sorted (one per step until slots keep warm ones)
+        "worker_pid": worker.pid,  # a fresh worker per step
         "exit_code": os.waitstatus_to_exitcode(status),
         "cpu_time_s": usage.ru_utime + usage.ru_stime,
     }

@@ -24,7 +24,9 @@ them, and needs no scheduler, nanny or extra dependency.
 
 Protocol (``multiprocessing.connection`` over a Unix socket, authenticated
 with the key in the service's private folder, see
-:mod:`sf_assets.engines.service_address`): a client sends one request,
+:mod:`sf_assets.engines.service_address`; or over TCP with the same key, for
+the service inside a Slurm allocation, whose clients run on another host,
+see :mod:`sf_assets.engines.slurm_service`): a client sends one request,
 ``{"op": "sort", "work_dir": ..., "timeout_s": ..., "canary_timeout_s": ...}``
 for a job prepared in ``work_dir``, and receives ``("started", info)``, the
 :class:`~sf_assets.engines.job.CanaryReport` as soon as the worker decides
@@ -49,6 +51,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import sys
 import threading
 import time
@@ -90,12 +93,27 @@ def client_gone(conn: Connection) -> bool:
     return False
 
 
+def slot_gpus(gpus: tuple[str, ...], index: int, slots: int) -> list[str]:
+    """Slot ``index``'s GPUs: every ``slots``-th of ``gpus`` from ``index`` on, else one shared round-robin.
+
+    Four GPUs and two slots: slot 0 gets 0 and 2, slot 1 gets 1 and 3; one GPU and
+    two slots: both get it.
+    """
+    if not gpus:
+        return []
+    if len(gpus) >= slots:
+        return [gpu for j, gpu in enumerate(gpus) if j % slots == index]
+    return [gpus[index % len(gpus)]]
+
+
 @dataclass
 class SortService:
     """The slots, the queue of waiting sorts, and who is connected."""
 
     settings: ServiceSettings
     worker_env: dict[str, str]
+    # GPU ids the service may use (a Slurm allocation's): each slot's worker sees its share.
+    gpus: tuple[str, ...] = ()
     queue: AffinityQueue = field(default_factory=AffinityQueue)
     lock: threading.Condition = field(default_factory=threading.Condition)
     clients: int = 0
@@ -104,6 +122,11 @@ class SortService:
     def __post_init__(self):
         self.slots = [Slot(i) for i in range(self.settings.slots)]
         self.runs = RunHost()
+
+    def env_for(self, slot: Slot) -> dict[str, str]:
+        """The worker environment of ``slot``: its share of :attr:`gpus` as ``CUDA_VISIBLE_DEVICES``."""
+        mine = slot_gpus(self.gpus, slot.index, len(self.slots))
+        return {**self.worker_env, "CUDA_VISIBLE_DEVICES": ",".join(mine)} if mine else self.worker_env
 
     # --- dispatch (called with the lock held) ---
 
@@ -181,14 +204,14 @@ class SortService:
     def _run_on(self, slot: Slot, conn: Connection, job: SortJob, work_dir: Path, request: dict) -> None:
         warm = slot.worker is not None and slot.worker.alive() and not self.queue.running[slot.index][1]
         if slot.worker is None or not slot.worker.alive():
-            slot.worker = WarmWorker(self.worker_env)
+            slot.worker = WarmWorker(self.env_for(slot))
         kept: list[WarmWorker] = []
         started = (time.time(), time.monotonic())
         try:
             try:
                 run = slot.worker.submit(work_dir, on_idle=kept.append)
             except OSError:  # the worker died while idle
-                slot.worker = WarmWorker(self.worker_env)
+                slot.worker = WarmWorker(self.env_for(slot))
                 warm = False
                 run = slot.worker.submit(work_dir, on_idle=kept.append)
             _send(conn, ("started", {"slot": slot.index, "worker_pid": slot.worker.pid, "warm": warm}))
@@ -295,10 +318,10 @@ class SortService:
             return time.monotonic() - self.last_active
 
     def close_workers(self) -> None:
-        """Stop every warm worker, as the service exits."""
+        """Let idle workers exit; stop busy ones at once (the service is going: a SIGTERM, its allocation ending)."""
         for slot in self.slots:
             if slot.worker is not None:
-                slot.worker.close()
+                slot.worker.close(wait_s=0.0 if slot.task is not None else 5.0)
 
 
 def _send(conn: Connection, message) -> None:
@@ -323,8 +346,15 @@ def _exit_on_sigterm(_signum, _frame) -> None:
     raise SystemExit(0)
 
 
-def serve(folder: Path, settings: ServiceSettings) -> int:
-    """Run the service in ``folder`` until it has been idle for ``settings.idle_exit_s``."""
+def serve(folder: Path, settings: ServiceSettings, tcp: bool = False, gpus: tuple[str, ...] = ()) -> int:
+    """Run the service in ``folder`` until it has been idle for ``settings.idle_exit_s`` (or SIGTERM).
+
+    ``tcp``: listen on a TCP port of every interface instead of the folder's
+    Unix socket, and publish ``[this host's name, port]`` as ``address`` in
+    ``service.json`` (removed again on exit): what the service inside a Slurm
+    allocation does, as its clients run on the submit host.  ``gpus``: the GPU
+    ids to share out between the slots (see :func:`slot_gpus`).
+    """
     lock_fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -334,11 +364,18 @@ def serve(folder: Path, settings: ServiceSettings) -> int:
     key = secrets.token_bytes(32)
     write_bytes_atomic(folder / KEY_NAME, key, mode=0o600)
     socket_path = folder / SOCKET_NAME
-    socket_path.unlink(missing_ok=True)
-    listener = Listener(str(socket_path), family="AF_UNIX", authkey=key)
-    service = SortService(settings, thread_limited_env(settings.threads_per_sort, os.environ))
-    write_json_atomic(folder / INFO_NAME, {"pid": os.getpid(), "started": time.time(), "settings": settings.__dict__})
-    print(f"sort service {os.getpid()} listening on {socket_path} with {settings.slots} slot(s)", flush=True)
+    info: dict = {"pid": os.getpid(), "started": time.time(), "settings": settings.__dict__}
+    if tcp:
+        listener = Listener(("0.0.0.0", 0), family="AF_INET", authkey=key)
+        info["address"] = [socket.gethostname(), listener.address[1]]
+        where = f"{info['address'][0]}:{info['address'][1]}"
+    else:
+        socket_path.unlink(missing_ok=True)
+        listener = Listener(str(socket_path), family="AF_UNIX", authkey=key)
+        where = str(socket_path)
+    service = SortService(settings, thread_limited_env(settings.threads_per_sort, os.environ), gpus=gpus)
+    write_json_atomic(folder / INFO_NAME, info)
+    print(f"sort service {os.getpid()} listening on {where} with {settings.slots} slot(s)", flush=True)
     threading.Thread(target=_accept_forever, args=(listener, service), daemon=True).start()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
@@ -348,8 +385,8 @@ def serve(folder: Path, settings: ServiceSettings) -> int:
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:
-        # Socket first: a client that connects from now on starts a new service.
-        socket_path.unlink(missing_ok=True)
+        # Socket (or published address) first: a client that connects from now on starts a new service.
+        (folder / INFO_NAME if tcp else socket_path).unlink(missing_ok=True)
         listener.close()
         service.close_workers()
         print(f"sort service {os.getpid()} exiting", flush=True)
@@ -374,9 +411,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slots", type=int, required=True)
     parser.add_argument("--threads-per-sort", type=int, required=True)
     parser.add_argument("--idle-exit-s", type=float, required=True)
+    parser.add_argument("--tcp", action="store_true", help="listen on TCP (every interface), not the folder's socket")
+    parser.add_argument("--gpus", default="", help="GPU ids (comma-separated) to share out between the slots")
     args = parser.parse_args(argv)
     settings = ServiceSettings(slots=args.slots, threads_per_sort=args.threads_per_sort, idle_exit_s=args.idle_exit_s)
-    return serve(Path(args.folder), settings)
+    gpus = tuple(gpu for gpu in args.gpus.split(",") if gpu)
+    return serve(Path(args.folder), settings, tcp=args.tcp, gpus=gpus)
 
 
 if __name__ == "__main__":

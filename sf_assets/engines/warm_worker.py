@@ -21,8 +21,9 @@ What a fresh process guarantees still holds:
 
 A sorter's helper processes that outlive one job (loky's reusable workers,
 with ``n_jobs > 1``) keep writing to the console of the job that started them.
-Engines whose worker runs elsewhere (Slurm steps, containers) keep a fresh
-process per sort.
+Sorts on Slurm use the same service, run inside their allocation
+(:mod:`sf_assets.engines.slurm_service`); local container sorts and Slurm
+steps in allocations a user holds keep a fresh process per sort.
 """
 from __future__ import annotations
 

@@ -1,0 +1,174 @@
+"""The host's sort service, run inside each Slurm allocation: warm slots on the cluster.
+
+Each pool allocation's holder (:mod:`sf_assets.engines.slurm_holder`) starts
+the same sort service that serves local sorts
+(:mod:`sf_assets.engines.sort_service`), with one slot per sort the
+allocation runs at once (``--slurm-jobs-per-allocation``) and the
+allocation's CPUs shared out between them as threads per sort.  A sort placed
+in the allocation (its claim, :mod:`sf_assets.engines.slurm_pool`) is sent
+to that service by the run process on the submit host, exactly as a local
+sort is sent to the host's service: the slot's warm worker keeps a sorter
+compiled from one sort to the next, and the per-sort timeout, console, CPU
+time, crash isolation, canary and the connection-as-lease are the service's
+own code.
+
+Transport: TCP.  The run processes are on the submit host and the service is
+on the allocation's node, so a Unix socket would not reach it on a real
+cluster.  The service listens on a port of every interface of its node and
+publishes ``[node name, port]`` in ``POOL/services/JOB_ID/service.json``; the
+key clients authenticate with (``multiprocessing.connection``'s HMAC
+challenge, before anything is unpickled) is written next to it, mode 0600, in a
+0700 folder on the shared filesystem that sorts need anyway.  ``srun`` already
+needs the submit host and the nodes to reach each other over TCP (its step
+daemons connect back to it), so this adds no network requirement.  Without a
+step per sort there is no ``srun`` per sort either: Slurm lists the allocation
+(its batch step runs the holder, the service and the warm workers), and
+each sort's placement is recorded in its work folder (:data:`SLOT_FILE`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client, Connection
+from pathlib import Path
+
+from sf_assets.core.errors import EnvironmentSortFailure
+from sf_assets.engines.service_address import (
+    INFO_NAME,
+    KEY_NAME,
+    LOG_NAME,
+    require_private,
+)
+
+SERVICES = "services"
+# In the sort's work folder: which allocation, slot and worker sorted it, and how it ended.
+SLOT_FILE = "slurm_slot.json"
+# The service never exits for being idle: the holder ends it with the allocation.
+NEVER_IDLE_EXIT_S = 10 * 365 * 86400.0
+CONNECT_POLL_S = 0.2
+# How long a published address may refuse connections before the sort gives up on it.
+CONNECT_TIMEOUT_S = 60.0
+
+
+def service_folder(pool_root: Path, job_id: str, create: bool = False) -> Path:
+    """``POOL/services/JOB_ID``: the allocation's service folder (private to this user)."""
+    folder = Path(pool_root) / SERVICES / job_id
+    if create:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)  # the parents' umask must not loosen it
+        require_private(folder)
+    return folder
+
+
+def allocation_cpus(env: Mapping[str, str]) -> int:
+    """The CPUs this allocation has on its node (``SLURM_CPUS_ON_NODE``), else the ones we may run on."""
+    cpus = env.get("SLURM_CPUS_ON_NODE", "")
+    return int(cpus) if cpus.isdigit() and int(cpus) > 0 else len(os.sched_getaffinity(0))
+
+
+def allocation_gpus(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The GPUs Slurm gave this allocation on its node (``CUDA_VISIBLE_DEVICES``, set with ``--gpus-per-node``)."""
+    return tuple(gpu.strip() for gpu in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if gpu.strip())
+
+
+def start_service(
+    pool_root: Path, job_id: str, slots: int, cpus: int, gpus: tuple[str, ...] = ()
+) -> subprocess.Popen:
+    """Start the allocation's sort service (run by its holder, on the node).
+
+    ``slots`` sorts at once, each with ``cpus // slots`` threads (at least
+    one) and its share of ``gpus`` as ``CUDA_VISIBLE_DEVICES``: the share of
+    the allocation a step of 1/N of it had.  Its output goes to
+    ``service.log`` in its folder.
+    """
+    folder = service_folder(pool_root, job_id, create=True)
+    threads = max(1, cpus // max(1, slots))
+    argv = [
+        sys.executable, "-m", "sf_assets.engines.sort_service", "--tcp", "--folder", str(folder),
+        "--slots", str(slots), "--threads-per-sort", str(threads), "--idle-exit-s", f"{NEVER_IDLE_EXIT_S:g}",
+        "--gpus", ",".join(gpus),
+    ]  # fmt: skip
+    with open(folder / LOG_NAME, "ab") as log:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+
+
+def published_address(pool_root: Path, job_id: str) -> tuple[str, int] | None:
+    """The ``(node, port)`` the allocation's service listens on, once it does; else None."""
+    try:
+        info = json.loads((service_folder(pool_root, job_id) / INFO_NAME).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    address = info.get("address")
+    return (str(address[0]), int(address[1])) if address else None
+
+
+class AllocationServiceGone(RuntimeError):
+    """The allocation's service cannot be reached: the allocation ended, or its service did."""
+
+
+def connect_to_allocation(
+    pool_root: Path, job_id: str, still_there: Callable[[], bool], timeout_s: float = CONNECT_TIMEOUT_S
+) -> Connection:
+    """A connection to the service of allocation ``job_id``, waiting while it starts.
+
+    ``still_there`` (the allocation still runs) is asked while no address is
+    published or the address does not answer; False raises
+    :class:`AllocationServiceGone`, with the service's log.
+
+    Raises
+    ------
+    EnvironmentSortFailure
+        The address was published but refused connections for ``timeout_s``
+        while the allocation ran: this host cannot reach the node (a firewall,
+        a node name it cannot resolve), which another allocation would not
+        change.
+    """
+    folder = service_folder(pool_root, job_id)
+    refused_since: float | None = None
+    while True:
+        address = published_address(pool_root, job_id)
+        if address is not None:
+            try:
+                return Client(address, family="AF_INET", authkey=(folder / KEY_NAME).read_bytes())
+            except (OSError, EOFError, AuthenticationError) as exc:  # exiting, or restarting: look again
+                refused_since = refused_since or time.monotonic()
+                if time.monotonic() - refused_since > timeout_s and still_there():
+                    raise EnvironmentSortFailure(
+                        f"the sort service of Slurm allocation {job_id} listens on {address[0]}:{address[1]} "
+                        f"({folder / INFO_NAME}), but this host could not connect to it for {timeout_s:g} s "
+                        f"({exc}): the submit host must be able to open TCP connections to the nodes"
+                    ) from exc
+        if not still_there():
+            raise AllocationServiceGone(
+                f"allocation {job_id} ended before its sort service answered; its log:\n"
+                f"{service_log_tail(pool_root, job_id)}"
+            )
+        time.sleep(CONNECT_POLL_S)
+
+
+def service_log_tail(pool_root: Path, job_id: str, chars: int = 2000) -> str:
+    """The end of an allocation's sort service log, for an error message.
+
+    Parameters
+    ----------
+    pool_root : Path
+        The pool's folder.
+    job_id : str
+        The allocation.
+    chars : int
+        How much of the end.
+
+    Returns
+    -------
+    str
+        The log's last ``chars`` characters ("" if it cannot be read).
+    """
+    try:
+        return (service_folder(pool_root, job_id) / LOG_NAME).read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
