@@ -32,14 +32,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from sf_assets.core.atomic import write_json_atomic
 from sf_assets.core.errors import EnvironmentSortFailure
-from sf_assets.engines.job import (
-    CONSOLE_FILE,
-    CanaryReport,
-    SortJob,
-    SortReport,
-    write_json_atomic,
-)
+from sf_assets.engines.job import CONSOLE_FILE, CanaryReport, SortJob, SortReport
 from sf_assets.engines.service_client import SortRefused, SortServiceError, sort_over
 from sf_assets.engines.slurm import SlurmLaunch, srun_environment
 from sf_assets.engines.slurm_pool import (
