@@ -6,8 +6,8 @@ method has a docstring; section headers are underlined; a summary line ends
 with a period), and, read here with :mod:`ast`, what ruff does not see:
 no Google- or Sphinx-style sections, each ``Parameters``/``Attributes`` item
 written ``name : type``, and a ``Parameters`` section on every public
-function with parameters (and a ``Returns`` section when it returns a value)
-in the modules converted so far.
+function with parameters (and a ``Returns`` or ``Yields`` section when it
+returns a value), in every module.
 """
 from __future__ import annotations
 
@@ -27,20 +27,6 @@ NUMPYDOC_SECTIONS = (
 FOREIGN_SECTION = re.compile(r"^\s*(Args|Arguments|Parameters|Returns|Yields|Raises|Attributes|Example|Examples|Note|Notes):\s*$")
 SPHINX_FIELD = re.compile(r"^\s*:(param|type|returns?|rtype|raises?)\b")
 ITEM = re.compile(r"^\*{0,2}\w+(, \*{0,2}\w+)*( : \S.*)?$")
-# Modules whose public functions do not all have Parameters/Returns sections yet
-# (package-relative paths). Remove a module from this list when it is done; never add one.
-SECTIONS_TO_DO: set[str] = {
-    "engines/slurm.py",
-    "engines/slurm_allocations.py",
-    "engines/slurm_campaign.py",
-    "engines/slurm_config.py",
-    "engines/slurm_holder.py",
-    "engines/slurm_pool.py",
-    "engines/slurm_step.py",
-    "engines/sort_service.py",
-    "engines/slurm_service.py",
-    "engines/service_client.py",
-}
 
 
 def _ruff() -> list[str]:
@@ -135,10 +121,8 @@ def test_docstrings_are_numpydoc_only():
 
 
 def test_public_functions_document_their_parameters_and_returns():
-    paths = sorted(p for p in PACKAGE.rglob("*.py") if str(p.relative_to(PACKAGE)) not in SECTIONS_TO_DO)
-    problems = [p for path in paths for p in missing_sections(path, PACKAGE)]
+    problems = [p for path in sorted(PACKAGE.rglob("*.py")) for p in missing_sections(path, PACKAGE)]
     assert problems == [], f"{len(problems)} missing sections:\n" + "\n".join(problems)
-    assert all((PACKAGE / name).exists() for name in SECTIONS_TO_DO), "a listed module no longer exists"
 
 
 def test_the_checks_catch_other_styles_and_missing_sections(tmp_path):

@@ -234,13 +234,13 @@ def sort_on_service(
     Yields
     ------
     dict or CanaryReport or SortReport
-        A dict when a slot takes the sort (``slot``, ``worker_pid``, ``warm``),
-        the canary report as soon as it is decided, and the final sort report.
+        As :func:`sort_over`: the slot's description, the canary report, the sort report.
 
     Raises
     ------
     SortServiceError
-        The service could not be reached, or went away before reporting.
+        The service could not be reached, or went away before reporting
+        (:class:`SortRefused` when it refused the request).
     """
     yield from sort_over(
         connect(settings),
@@ -269,12 +269,47 @@ def sort_over(
 ) -> Iterator[dict | CanaryReport | SortReport]:
     """The sort request on an open connection to a service, and what comes back; closes ``conn``.
 
-    ``group``, ``group_limit``, ``submitted_at``: see :func:`sort_on_service`.
-    ``describe_end`` says why the service may have ended (its log's tail), for
-    the error.  ``still_there`` is asked every ``check_every_s`` while no
-    answer comes: a service on another machine (a Slurm allocation) may vanish
-    without closing its connection (a node that fails), and False then ends
-    the wait with :class:`SortServiceError`.
+    The connection is the lease on the sort: it is closed however this ends
+    (the report, an error, the generator closed by an interrupted step), and a
+    sort still running then stops.
+
+    Parameters
+    ----------
+    conn : Connection
+        An authenticated connection to a sort service (this host's, or a Slurm allocation's over TCP).
+    work_dir : Path
+        The prepared job's folder, as the service sees it (a shared filesystem on Slurm).
+    timeout_s : float or None
+        The sort's timeout in seconds, counted from when a slot takes it.
+    canary_timeout_s : float or None
+        Seconds after which a canary counts as hung.
+    group : str or None
+        The launch the sort belongs to (see :func:`sort_on_service`).
+    group_limit : int
+        That launch's sorts at once (0: no limit but the slots).
+    submitted_at : float or None
+        When the sort was submitted (epoch seconds), which orders the waiting sorts.
+    describe_end : Callable[[], str]
+        Says why the service may have ended (its log's tail), for the error.
+    still_there : Callable[[], bool] or None
+        Asked every ``check_every_s`` while no answer comes: a service on another
+        machine (a Slurm allocation) may vanish without closing its connection (a
+        node that fails), and False then ends the wait.  None: not asked.
+    check_every_s : float
+        Seconds between two calls of ``still_there``.
+
+    Yields
+    ------
+    dict or CanaryReport or SortReport
+        A dict when a slot takes the sort (``slot``, ``worker_pid``, ``warm``),
+        the canary report as soon as it is decided, and the final sort report.
+
+    Raises
+    ------
+    SortRefused
+        The service answered with an error (it stays up).
+    SortServiceError
+        The connection ended before the report (``describe_end`` is quoted), or ``still_there`` said False.
     """
     try:
         conn.send(

@@ -62,14 +62,36 @@ SLURM_CLIENT_TIMEOUT_S = 15.0
 
 
 def slurm_time_limit(timeout_s: float | None) -> str | None:
-    """``--time`` in whole minutes (Slurm's resolution), rounded up."""
+    """``--time`` in whole minutes (Slurm's resolution), rounded up, so the job never ends before the sort's timeout.
+
+    Parameters
+    ----------
+    timeout_s : float or None
+        The sort's timeout in seconds; None or 0: none.
+
+    Returns
+    -------
+    str or None
+        Minutes, at least 1, for ``--time``; None to leave the partition's default.
+    """
     if not timeout_s:
         return None
     return str(max(1, math.ceil(timeout_s / 60.0)))
 
 
 def step_name(job: SortJob) -> str:
-    """A job/step name unique to this sort's work folder: what ``scancel --name`` targets."""
+    """A job/step name unique to this sort's work folder: what ``scancel --name`` targets.
+
+    Parameters
+    ----------
+    job : SortJob
+        The sort (its label and work folder).
+
+    Returns
+    -------
+    str
+        ``sf-assets/<label>/<10 hex digits of the work folder's sha1>``.
+    """
     digest = hashlib.sha1(str(Path(job.work_dir).resolve()).encode()).hexdigest()[:10]
     return f"sf-assets/{job.label}/{digest}"
 
@@ -109,16 +131,22 @@ def srun_command(
     Parameters
     ----------
     worker : Sequence[str]
-        the worker's argv; its first item (the Python interpreter, on the shared filesystem) also runs the
+        The worker's argv; its first item (the Python interpreter, on the shared filesystem) also runs the
         node-side wrapper.
     slurm : SlurmSettings
-        :class:`~sf_assets.engines.engine.SlurmSettings`.
+        :class:`~sf_assets.engines.slurm_settings.SlurmSettings` (partition, shared nodes, GPUs per node, jobs
+        per allocation).
     job : SortJob
-        the sort (its work folder and label).
-    timeout_s : float | None
-        the run's timeout; becomes ``--time`` in minutes, rounded up.
-    placement : StepPlacement | None
-        the allocation step to run in; None: a job of its own.
+        The sort (its work folder and label).
+    timeout_s : float or None
+        The run's timeout in seconds; becomes ``--time`` in minutes, rounded up.
+    placement : StepPlacement or None
+        The allocation step to run in; None: a job of its own.
+
+    Returns
+    -------
+    list[str]
+        ``srun`` with its options, then the step wrapper and the worker's argv.
     """
     command = ["srun", f"--job-name={step_name(job)}", "--ntasks=1", "--nodes=1", "--quiet"]
     if placement is None:
@@ -144,6 +172,16 @@ def srun_environment(base: Mapping[str, str]) -> dict[str, str]:
     srun reads SLURM_JOB_ID, SLURM_NTASKS, SLURM_MEM_PER_CPU, ... as defaults
     for its options; inside a Slurm job they would turn every sort into a
     step of that job.  SLURM_CONF (which cluster) is kept.
+
+    Parameters
+    ----------
+    base : Mapping[str, str]
+        An environment, usually this process's.
+
+    Returns
+    -------
+    dict[str, str]
+        A copy without the ``SLURM_*`` variables but ``SLURM_CONF``.
     """
     return {key: value for key, value in base.items() if not key.startswith("SLURM_") or key == "SLURM_CONF"}
 
@@ -166,7 +204,34 @@ class SlurmLaunch:
         timeout_s: float | None,
         placement: StepPlacement | None = None,
     ) -> "SlurmLaunch":
-        """The launch of ``job``: in ``placement``, else in the least busy of ``slurm.allocation_id``, else a job."""
+        """The launch of ``job``: in ``placement``, else in the least busy of ``slurm.allocation_id``, else a job.
+
+        Parameters
+        ----------
+        worker : Sequence[str]
+            The worker's argv (see :func:`srun_command`).
+        slurm : SlurmSettings
+            The Slurm settings; ``allocation_id`` names allocations a user holds.
+        job : SortJob
+            The sort.
+        timeout_s : float or None
+            The sort's timeout in seconds (``--time``).
+        placement : StepPlacement or None
+            Where to run; None: placed by :func:`~sf_assets.engines.slurm_allocations.place_step` when
+            allocations are named, else a job of its own.
+
+        Returns
+        -------
+        SlurmLaunch
+            The srun line, its environment (without an enclosing job's variables), the work folder and the
+            step's name.
+
+        Raises
+        ------
+        EnvironmentSortFailure
+            ``srun``, ``scancel`` or ``squeue`` is not on PATH, ``allocation_id`` is not a list of job ids, or a
+            named allocation is not running.
+        """
         env = srun_environment(os.environ)
         require_slurm_clients("srun", "scancel", "squeue", env=env)
         allocation_ids = parse_allocation_ids(slurm.allocation_id)
@@ -179,7 +244,19 @@ class SlurmLaunch:
         return read_json_if_present(self.work_dir / STEP_FILE) or {}
 
     def stop(self, proc: subprocess.Popen, grace_s: float) -> None:
-        """End the step: SIGTERM to the worker through Slurm, then srun, then scancel by name."""
+        """End the step: SIGTERM to the worker through Slurm, then srun, then scancel by name.
+
+        The worker gets SIGTERM first so that it stops as under the local engine and
+        the node-side wrapper still records its CPU time.  Never raises: it runs
+        while a sort is being stopped.
+
+        Parameters
+        ----------
+        proc : subprocess.Popen
+            The ``srun`` process.
+        grace_s : float
+            Seconds the worker has to end after SIGTERM before srun is terminated.
+        """
         step = self._step()
         if step.get("job_id") and "exit_code" not in step:
             target = f"{step['job_id']}.{step['step_id']}" if step.get("step_id") else step["job_id"]
@@ -200,7 +277,24 @@ class SlurmLaunch:
         self._scancel(f"--name={self.name}", f"--user={user}")
 
     def worker_outcome(self, exit_code: int | None, cpu_time_s: float | None) -> tuple[int | None, float | None]:
-        """The worker's exit status and CPU time as recorded on the node, else srun's status and no CPU time."""
+        """The worker's exit status and CPU time as recorded on the node, else srun's status and no CPU time.
+
+        srun's own exit status and CPU time say nothing reliable about the worker's,
+        so the step file written on the node wins; after a clean exit it is waited
+        for up to :data:`STEP_FILE_WAIT_S`, as a shared filesystem may show it late.
+
+        Parameters
+        ----------
+        exit_code : int or None
+            srun's exit status.
+        cpu_time_s : float or None
+            The CPU seconds measured on the submit host (srun's; not used).
+
+        Returns
+        -------
+        tuple[int or None, float or None]
+            The exit status and the worker's CPU seconds (None when the node did not record them).
+        """
         step = self._step()
         if exit_code == 0 and "exit_code" not in step:
             deadline = time.monotonic() + STEP_FILE_WAIT_S

@@ -62,7 +62,23 @@ class StepPlacement:
 
 
 def parse_allocation_ids(text: str | None) -> list[str]:
-    """``"12,13"`` -> ``["12", "13"]``; refuses anything but Slurm job ids."""
+    """``"12,13"`` -> ``["12", "13"]``; refuses anything but Slurm job ids, before any of them reaches ``srun``.
+
+    Parameters
+    ----------
+    text : str or None
+        Job ids separated by commas (``SlurmSettings.allocation_id``); None or "": none.
+
+    Returns
+    -------
+    list[str]
+        The ids in their order, blanks dropped.
+
+    Raises
+    ------
+    EnvironmentSortFailure
+        A part is not a number.
+    """
     ids = [part.strip() for part in (text or "").split(",") if part.strip()]
     bad = [part for part in ids if not part.isdigit()]
     if bad:
@@ -77,6 +93,16 @@ def node_options(slurm: SlurmSettings) -> list[str]:
 
     What every job that holds a node gets: an allocation (``salloc``,
     ``sbatch``) or a sort that is a job of its own (``srun``).
+
+    Parameters
+    ----------
+    slurm : SlurmSettings
+        ``partition``, ``accept_shared_nodes``, ``gpus_per_node``.
+
+    Returns
+    -------
+    list[str]
+        The options, in that order; empty when none applies.
     """
     options = []
     if slurm.partition:
@@ -89,7 +115,20 @@ def node_options(slurm: SlurmSettings) -> list[str]:
 
 
 def salloc_command(slurm: SlurmSettings, time_limit_min: int | None) -> list[str]:
-    """The ``salloc`` that holds one node for up to ``jobs_per_allocation`` concurrent sorts."""
+    """The ``salloc`` that holds one node for up to ``jobs_per_allocation`` concurrent sorts.
+
+    Parameters
+    ----------
+    slurm : SlurmSettings
+        ``jobs_per_allocation`` (the ``--ntasks``) and the node options (:func:`node_options`).
+    time_limit_min : int or None
+        The allocation's ``--time`` in minutes; None or 0: the partition's default.
+
+    Returns
+    -------
+    list[str]
+        The ``salloc --no-shell`` argv.
+    """
     command = [
         "salloc",
         "--no-shell",
@@ -104,7 +143,20 @@ def salloc_command(slurm: SlurmSettings, time_limit_min: int | None) -> list[str
 
 
 def require_slurm_clients(*names: str, env: Mapping[str, str] | None = None) -> None:
-    """Raise EnvironmentSortFailure naming the Slurm commands missing from PATH."""
+    """Fail early, with the names, when Slurm commands are missing from PATH, instead of at the first sort.
+
+    Parameters
+    ----------
+    *names : str
+        The commands needed (``srun``, ``scancel``, ...).
+    env : Mapping[str, str] or None
+        The environment whose ``PATH`` is searched (None: this process's).
+
+    Raises
+    ------
+    EnvironmentSortFailure
+        Naming the commands not found and the PATH searched.
+    """
     path = (env or os.environ).get("PATH")
     missing = [name for name in names if shutil.which(name, path=path) is None]
     if missing:
@@ -121,7 +173,20 @@ def _client(argv: Sequence[str], env: Mapping[str, str] | None) -> subprocess.Co
 
 
 def cancel_jobs(job_ids: Sequence[str], env: Mapping[str, str] | None = None) -> None:
-    """``scancel`` the given jobs (allocations); already-finished ones are fine."""
+    """``scancel`` the given jobs (allocations); already-finished ones are fine.
+
+    Parameters
+    ----------
+    job_ids : Sequence[str]
+        Slurm job ids; empty: nothing is run.
+    env : Mapping[str, str] or None
+        Environment of ``scancel`` (None: this process's).
+
+    Raises
+    ------
+    EnvironmentSortFailure
+        ``scancel`` is not on PATH.
+    """
     if job_ids:
         _client(["scancel", "--quiet", *job_ids], env)
 
@@ -135,25 +200,31 @@ def slurm_allocations(
 ) -> Iterator[list[str]]:
     """Hold ``slurm.max_simultaneous_allocations`` allocations while the block runs.
 
+    All requests go out at once; the block starts when every one is granted.
+    On exit (normally, on error, on interrupt) every allocation is cancelled,
+    and a request still waiting is withdrawn.
+
     Parameters
     ----------
     slurm : SlurmSettings
         :class:`~sf_assets.engines.slurm_settings.SlurmSettings` (partition, shared nodes, jobs per
         allocation, allocation count, GPUs per node).
-    time_limit_min : int | None
-        the allocations' ``--time`` (the whole campaign's wall time, not one sort's); None: the partition's
-        default.
-    env : Mapping[str, str] | None
-        environment of the Slurm commands (None: this process's).
+    time_limit_min : int or None
+        The allocations' ``--time`` in minutes (the whole campaign's wall time, not one sort's); None: the
+        partition's default.
+    env : Mapping[str, str] or None
+        Environment of the Slurm commands (None: this process's).
 
     Yields
     ------
-    The allocations' job ids, once Slurm has granted all of them; join them
-    with commas for ``SlurmSettings.allocation_id``.
+    list[str]
+        The allocations' job ids, once Slurm has granted all of them; join them
+        with commas for ``SlurmSettings.allocation_id``.
 
-    All requests go out at once; the block starts when every one is granted.
-    On exit (normally, on error, on interrupt) every allocation is cancelled,
-    and a request still waiting is withdrawn.
+    Raises
+    ------
+    EnvironmentSortFailure
+        ``salloc`` or ``scancel`` is not on PATH, or Slurm refused a request (its message is quoted).
     """
     count = max(1, int(slurm.max_simultaneous_allocations))
     command = salloc_command(slurm, time_limit_min)
@@ -212,7 +283,27 @@ def _memory_mb(value: str | None) -> int | None:
 
 
 def running_steps(job_ids: Sequence[str], env: Mapping[str, str] | None = None) -> dict[str, int]:
-    """How many sort steps each allocation runs now (``squeue --steps``)."""
+    """How many sort steps each allocation runs now (``squeue --steps``), to place the next sort.
+
+    The batch script, the allocation's holder and other service steps do not count.
+
+    Parameters
+    ----------
+    job_ids : Sequence[str]
+        The allocations.
+    env : Mapping[str, str] or None
+        Environment of ``squeue`` (None: this process's).
+
+    Returns
+    -------
+    dict[str, int]
+        Steps per allocation; 0 for one Slurm does not list.
+
+    Raises
+    ------
+    EnvironmentSortFailure
+        ``squeue`` is not on PATH.
+    """
     counts = {job_id: 0 for job_id in job_ids}
     proc = _client(["squeue", "--steps", "--noheader", "--format=%i", f"--jobs={','.join(job_ids)}"], env)
     for step in proc.stdout.split():
@@ -225,13 +316,53 @@ def running_steps(job_ids: Sequence[str], env: Mapping[str, str] | None = None) 
 def place_step(
     allocation_ids: Sequence[str], jobs_per_allocation: int, env: Mapping[str, str] | None = None
 ) -> StepPlacement:
-    """Choose the least busy allocation and size one step at 1/N of it."""
+    """Choose the least busy allocation and size one step at 1/N of it.
+
+    Parameters
+    ----------
+    allocation_ids : Sequence[str]
+        The allocations a user holds (not empty).
+    jobs_per_allocation : int
+        N, the sorts one allocation runs at once.
+    env : Mapping[str, str] or None
+        Environment of the Slurm commands (None: this process's).
+
+    Returns
+    -------
+    StepPlacement
+        The allocation with the fewest running steps (the first on a tie) and the step's share.
+
+    Raises
+    ------
+    EnvironmentSortFailure
+        A Slurm command is missing, or the chosen allocation is not running.
+    """
     counts = running_steps(allocation_ids, env)
     return step_placement(min(allocation_ids, key=lambda job: counts[job]), jobs_per_allocation, env)
 
 
 def step_placement(job_id: str, jobs_per_allocation: int, env: Mapping[str, str] | None = None) -> StepPlacement:
-    """One step in allocation ``job_id``, sized at 1/N of its CPUs (and memory, where tracked)."""
+    """One step in allocation ``job_id``, sized at 1/N of its CPUs (and memory, where tracked).
+
+    Parameters
+    ----------
+    job_id : str
+        The allocation.
+    jobs_per_allocation : int
+        N; below 1 counts as 1.
+    env : Mapping[str, str] or None
+        Environment of ``scontrol`` (None: this process's).
+
+    Returns
+    -------
+    StepPlacement
+        At least 1 CPU and, where Slurm tracks memory, at least 1 MB per step.
+
+    Raises
+    ------
+    EnvironmentSortFailure
+        ``scontrol`` is missing, or the allocation's state is not RUNNING (the state is named).
+    """
     cpus, memory_mb = _allocation_resources(job_id, env)
     share = max(1, int(jobs_per_allocation))
     return StepPlacement(

@@ -62,7 +62,20 @@ ALIVE_CHECK_S = 2.0
 
 
 def pool_for(settings) -> Pool:
-    """The pool of allocations for ``settings`` (an :class:`~sf_assets.engines.engine.EngineSettings`)."""
+    """The pool of allocations for these engine settings, shared by every process that sorts with them.
+
+    Parameters
+    ----------
+    settings : EngineSettings
+        :class:`~sf_assets.engines.engine.EngineSettings` with ``slurm`` set (``work_root``,
+        ``timeout_min``).
+
+    Returns
+    -------
+    Pool
+        The pool of the allocation shape, its folder created; the Slurm clients run without an enclosing
+        job's variables.
+    """
     return Pool.for_settings(settings.work_root, settings.slurm, settings.timeout_min, srun_environment(os.environ))
 
 
@@ -72,10 +85,38 @@ def run_slurm_sort(
     """Sort ``job`` on Slurm; yields the slot's description, the canary report once, then the sort report.
 
     ``job.work_dir`` must have been prepared.  In the pool's allocations the
-    sort goes to the allocation's sort service (a warm slot); with
-    ``settings.slurm.allocation_id`` set (allocations a user holds, which
-    run no service) it is a job step running ``worker`` (argv) afresh, and is
-    not retried.
+    sort goes to the allocation's sort service (a warm slot) and is run again
+    from a clean work folder, up to :data:`MAX_ATTEMPTS` times, when its
+    allocation ends under it; with ``settings.slurm.allocation_id`` set
+    (allocations a user holds, which run no service) it is a job step running
+    ``worker`` (argv) afresh, and is not retried.
+
+    Parameters
+    ----------
+    job : SortJob
+        The sort, its work folder prepared.
+    settings : EngineSettings
+        :class:`~sf_assets.engines.engine.EngineSettings` with ``slurm`` set; ``timeout_s`` is the sort's
+        timeout.
+    worker : Sequence[str]
+        The worker's argv, for a step in allocations a user holds.
+    canary_timeout_s : float or None
+        Seconds after which the canary counts as hung.
+
+    Yields
+    ------
+    dict or CanaryReport or SortReport
+        A dict each time a service slot takes the sort, the canary report once
+        (from the first attempt that decides it), and last the sort report: the
+        sort's own, or one with failure class :data:`ALLOCATION_LOST` naming the
+        allocations lost.
+
+    Raises
+    ------
+    SortRefused
+        The allocation's service refused the request (another would too).
+    EnvironmentSortFailure
+        A Slurm client is missing, Slurm refused an allocation, or the launch this sort was for has ended.
     """
     slurm = settings.slurm
     if slurm.allocation_id:
@@ -133,10 +174,38 @@ def sort_in_allocation(
     in its work folder (allocation, service slot, node, worker process), how
     it ended (exit status, CPU seconds) and when (epoch seconds) it asked for
     a slot, had its claim, reached the service and was taken by a slot: what
-    placing it on Slurm cost.  Raises
-    :class:`~sf_assets.engines.slurm_service.AllocationServiceGone` or
-    :class:`~sf_assets.engines.service_client.SortServiceError` when the
-    allocation or its service goes away before the sort's report.
+    placing it on Slurm cost.  A slot that takes the sort marks the allocation
+    warm for its sorter.
+
+    Parameters
+    ----------
+    job : SortJob
+        The sort, its work folder prepared.
+    slot : Slot
+        The claimed slot; its allocation runs.
+    timeout_s : float or None
+        The sort's timeout in seconds, counted from when a service slot takes it.
+    canary_timeout_s : float or None
+        Seconds after which the canary counts as hung.
+    requested_at : float or None
+        When the sort asked for a slot (epoch seconds); None: when the claim was had.
+
+    Yields
+    ------
+    dict or CanaryReport or SortReport
+        As :func:`~sf_assets.engines.service_client.sort_over`: the slot's
+        description, the canary report, the sort report.
+
+    Raises
+    ------
+    AllocationServiceGone
+        The allocation ended before its service could be reached.
+    EnvironmentSortFailure
+        The service's published address refused connections while the allocation ran: this host cannot
+        reach the node.
+    SortServiceError
+        The allocation or its service went away before the sort's report
+        (:class:`~sf_assets.engines.service_client.SortRefused` when it refused the request).
     """
     pool = slot.pool
 
@@ -232,11 +301,22 @@ def _supervised(job: SortJob, launch: SlurmLaunch, timeout_s: float | None) -> I
 def campaign_allocations(settings) -> Iterator[Pool | None]:
     """Around a campaign: on exit or interrupt, end the allocations of its pool that no sort holds.
 
-    ``settings`` is an :class:`~sf_assets.engines.engine.EngineSettings`; without
-    Slurm, or with allocations the user holds, nothing happens.  Run processes
-    started inside the block place their sorts for this process: if it is
-    killed, their claims go stale and the allocations end one idle time later,
-    even while those processes still run.
+    Without Slurm, or with allocations the user holds, nothing happens.  Run
+    processes started inside the block place their sorts for this process: if
+    it is killed, their claims go stale and the allocations end one idle time
+    later, even while those processes still run.  If Slurm cannot be reached
+    on exit, the holders end the allocations after their idle time, and the
+    block's own error is the one raised.
+
+    Parameters
+    ----------
+    settings : EngineSettings
+        :class:`~sf_assets.engines.engine.EngineSettings` of the campaign.
+
+    Yields
+    ------
+    Pool or None
+        The campaign's pool, or None when it has none.
     """
     if settings.slurm is None or settings.slurm.allocation_id:
         yield None

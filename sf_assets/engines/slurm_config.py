@@ -36,6 +36,16 @@ KEYS: dict[str, tuple[str, type, float]] = {
 def slurm_resource_config(env: Mapping[str, str]) -> dict[str, Any]:
     """The ``sorting_engine`` resource fields ``SF_ASSETS_SLURM`` asks for; {} when it is unset or off.
 
+    Parameters
+    ----------
+    env : Mapping[str, str]
+        The environment the code location loads in (``SF_ASSETS_SLURM``).
+
+    Returns
+    -------
+    dict[str, Any]
+        ``use_slurm`` and the ``slurm_*`` fields given, typed; {} for an unset, empty or false variable.
+
     Raises
     ------
     SfAssetsError

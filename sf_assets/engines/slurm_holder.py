@@ -40,7 +40,20 @@ SERVICE_STOP_GRACE_S = 10.0
 
 
 def claim_times(pool_dir: Path, job_id: str) -> dict[str, float]:
-    """Modification time of each claim of this allocation."""
+    """Modification time of each claim of this allocation: a change means a sort still uses it.
+
+    Parameters
+    ----------
+    pool_dir : Path
+        The pool's folder.
+    job_id : str
+        The allocation.
+
+    Returns
+    -------
+    dict[str, float]
+        Claim file name -> modification time (epoch seconds); a claim removed meanwhile is left out.
+    """
     times = {}
     for path in (pool_dir / CLAIMS).glob(f"{job_id}-*.json"):
         try:
@@ -83,7 +96,24 @@ class IdleClock:
 def hold(pool_dir: Path, job_id: str, idle_s: float, service_alive: Callable[[], bool] = lambda: True) -> str:
     """Return once the allocation has been idle for ``idle_s`` (or its service died) and is marked closing.
 
-    Returns why: ``"idle"`` or ``"service ended"``.
+    The mark is made under the pool's lock after looking at the claims once
+    more, so a sort placed meanwhile keeps the allocation.
+
+    Parameters
+    ----------
+    pool_dir : Path
+        The pool's folder.
+    job_id : str
+        The allocation.
+    idle_s : float
+        Seconds without a claim changing, on this node's clock, after which the allocation ends.
+    service_alive : Callable[[], bool]
+        Does the allocation's sort service still run?  False ends the allocation at once.
+
+    Returns
+    -------
+    str
+        Why: ``"idle"`` or ``"service ended"``.
     """
     import fcntl
 
@@ -103,7 +133,14 @@ def hold(pool_dir: Path, job_id: str, idle_s: float, service_alive: Callable[[],
 
 
 def stop_service(service: subprocess.Popen) -> None:
-    """SIGTERM the service (it stops its workers), SIGKILL it after a grace period."""
+    """SIGTERM the service (it stops its workers), SIGKILL it after a grace period.
+
+    Parameters
+    ----------
+    service : subprocess.Popen
+        The service's process; nothing is sent if it has ended.  It is given
+        :data:`SERVICE_STOP_GRACE_S` seconds.
+    """
     if service.poll() is None:
         service.send_signal(signal.SIGTERM)
         try:
@@ -124,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        0 once the allocation has been idle for ``IDLE_S``; 2 for bad usage.
+        0 once the allocation is marked closing (idle for ``IDLE_S``, or its service ended); 2 for bad
+        usage.
     """
     argv = sys.argv[1:] if argv is None else argv
     job_id = os.environ.get("SLURM_JOB_ID")

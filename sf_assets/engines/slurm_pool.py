@@ -98,6 +98,19 @@ def allocation_time_min(slurm: SlurmSettings, timeout_min: float) -> int | None:
     An allocation serves many sorts one after the other, so its walltime is an
     upper bound, not a budget: the holder ends it when it is idle, and a sort
     is only placed where its whole timeout still fits.
+
+    Parameters
+    ----------
+    slurm : SlurmSettings
+        ``allocation_time_min``, used when above 0.
+    timeout_min : float
+        One sort's timeout in minutes (0 or less: none).
+
+    Returns
+    -------
+    int or None
+        Whole minutes, rounded up (the timeout plus :data:`ALLOCATION_TIME_MARGIN_MIN`); None: the
+        partition's default.
     """
     if slurm.allocation_time_min and slurm.allocation_time_min > 0:
         return int(math.ceil(slurm.allocation_time_min))
@@ -107,12 +120,30 @@ def allocation_time_min(slurm: SlurmSettings, timeout_min: float) -> int | None:
 
 
 def claim_owner() -> LauncherIdentity:
-    """The launcher this process places sorts for: :data:`OWNER_ENV`, else this process."""
+    """The launcher this process places sorts for: :data:`OWNER_ENV`, else this process.
+
+    Returns
+    -------
+    LauncherIdentity
+        The launch that set :data:`OWNER_ENV` for its run processes, or this process when it is unset or
+        unreadable.
+    """
     return LauncherIdentity.parse(os.environ.get(OWNER_ENV, "")) or this_process()
 
 
 def heartbeat_interval_s(idle_release_s: float) -> float:
-    """How often a claim is touched: often enough that a live one never looks idle to a holder."""
+    """How often a claim is touched: often enough that a live one never looks idle to a holder.
+
+    Parameters
+    ----------
+    idle_release_s : float
+        The holders' idle time in seconds.
+
+    Returns
+    -------
+    float
+        A quarter of it, between 0.2 and 5 seconds.
+    """
     return max(0.2, min(5.0, idle_release_s / 4.0))
 
 
@@ -183,7 +214,14 @@ class Pool:
         return max(1, int(self.slurm.jobs_per_allocation))
 
     def sbatch_command(self) -> list[str]:
-        """The ``sbatch`` that starts one allocation, its holder as the batch script."""
+        """The ``sbatch`` that starts one allocation, its holder as the batch script.
+
+        Returns
+        -------
+        list[str]
+            ``sbatch --parsable`` with the pool's job name, one node and one task per slot, the node options,
+            the walltime when set, and ``--wrap`` running :mod:`sf_assets.engines.slurm_holder`.
+        """
         slurm = self.slurm
         command = [
             "sbatch",
@@ -203,7 +241,13 @@ class Pool:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the pool's lock: placement, requests and closing never interleave."""
+        """Hold the pool's lock: placement, requests and closing never interleave, across processes and hosts.
+
+        Yields
+        ------
+        None
+            While the exclusive ``flock`` of ``<pool>/lock`` is held.
+        """
         with open(self.root / LOCK, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -214,9 +258,24 @@ class Pool:
     def allocations(self, max_age_s: float = 0.0) -> dict[str, tuple[str, float | None]]:
         """This pool's allocations that Slurm lists: job id -> (state, seconds left or None).
 
-        ``max_age_s``: an answer that old or younger, from any process of the
-        pool, will do (``QUEUE_CACHE``): sorts waiting for a slot then ask
-        ``squeue`` about once per ``max_age_s`` in all, not once each.
+        Parameters
+        ----------
+        max_age_s : float
+            An answer that old or younger, from any process of the pool, will do
+            (:data:`QUEUE_CACHE`): sorts waiting for a slot then ask ``squeue``
+            about once per ``max_age_s`` in all, not once each.  0: ask now.
+
+        Returns
+        -------
+        dict[str, tuple[str, float or None]]
+            Job id -> (Slurm state, walltime left in seconds or None for no limit).
+
+        Raises
+        ------
+        EnvironmentSortFailure
+            ``squeue`` is not on PATH or failed (its message is quoted).
+        subprocess.TimeoutExpired
+            ``squeue`` did not answer within :data:`CLIENT_TIMEOUT_S`.
         """
         cache = self.root / QUEUE_CACHE
         if max_age_s > 0:
@@ -266,24 +325,60 @@ class Pool:
         (self.root / CLOSING / job_id).write_text(str(time.time()))
 
     def mark_warm(self, job_id: str, sorter: str) -> None:
-        """The service of ``job_id`` has a worker that ran ``sorter``: later sorts of it go there first."""
+        """The service of ``job_id`` has a worker that ran ``sorter``: later sorts of it go there first.
+
+        Parameters
+        ----------
+        job_id : str
+            The allocation.
+        sorter : str
+            The sorter's name (as :attr:`SortJob.si_sorter_name`).
+        """
         (self.root / WARM / f"{job_id}.{sorter}").touch()
 
     def warm_for(self, sorter: str | None) -> set[str]:
-        """The allocations whose service has run ``sorter``."""
+        """The allocations whose service has run ``sorter``, where its workers need no compiling.
+
+        Parameters
+        ----------
+        sorter : str or None
+            The sorter's name; None or "": none.
+
+        Returns
+        -------
+        set[str]
+            Their job ids.
+        """
         if not sorter:
             return set()
         return {path.name.split(".", 1)[0] for path in (self.root / WARM).glob(f"*.{sorter}")}
 
     def claims(self) -> dict[str, list[Path]]:
-        """Claims by allocation job id."""
+        """Claims by allocation job id, to count each allocation's busy slots.
+
+        Returns
+        -------
+        dict[str, list[Path]]
+            Job id -> its claim files; an allocation without claims is absent.
+        """
         by_job: dict[str, list[Path]] = {}
         for path in (self.root / CLAIMS).glob("*.json"):
             by_job.setdefault(path.stem.split("-", 1)[0], []).append(path)
         return by_job
 
     def forget_ended(self, listed: Mapping[str, tuple[str, float | None]]) -> None:
-        """Drop claims and closing marks of allocations Slurm no longer lists, and dead claims."""
+        """Drop claims and marks of allocations Slurm no longer lists, and dead claims.
+
+        A claim is dead once untouched for longer than the idle time plus two
+        heartbeats.  An ended allocation's service folder is removed only
+        :data:`SERVICE_FOLDER_KEEP_S` after it last changed, so its log can still
+        be quoted.
+
+        Parameters
+        ----------
+        listed : Mapping[str, tuple[str, float or None]]
+            Slurm's answer, as :meth:`allocations` returns it.
+        """
         stale_after = self.slurm.idle_release_s + 2 * heartbeat_interval_s(self.slurm.idle_release_s)
         now = time.time()
         for job_id, paths in self.claims().items():
@@ -308,7 +403,18 @@ class Pool:
                 pass
 
     def request_allocation(self) -> str:
-        """``sbatch`` one allocation; returns its job id or raises naming Slurm's refusal."""
+        """``sbatch`` one allocation of this pool's shape.
+
+        Returns
+        -------
+        str
+            The new allocation's job id.
+
+        Raises
+        ------
+        EnvironmentSortFailure
+            ``sbatch`` is not on PATH, or Slurm refused (its exit status and message are quoted).
+        """
         command = self.sbatch_command()
         proc = _client(command, self.env)
         job_id = proc.stdout.strip().split(";", 1)[0]
@@ -339,12 +445,39 @@ class Slot:
         self.claim.unlink(missing_ok=True)
 
     def state(self, max_age_s: float = 0.0) -> str | None:
-        """The allocation's Slurm state (``max_age_s``: see :meth:`Pool.allocations`); None once not listed."""
+        """The allocation's Slurm state, or None once Slurm no longer lists it.
+
+        Parameters
+        ----------
+        max_age_s : float
+            How old a cached ``squeue`` answer may be (see :meth:`Pool.allocations`).
+
+        Returns
+        -------
+        str or None
+            ``PENDING``, ``RUNNING``, ... ; None when not listed.
+
+        Raises
+        ------
+        EnvironmentSortFailure
+            ``squeue`` is not on PATH or failed.
+        """
         listed = self.pool.allocations(max_age_s)
         return listed[self.job_id][0] if self.job_id in listed else None
 
     def wait_until_running(self) -> bool:
-        """Block until the allocation runs (True) or has gone without running (False)."""
+        """Block until the allocation runs (True) or has gone without running (False).
+
+        Returns
+        -------
+        bool
+            True once it runs; False once it is no longer pending or configuring (cancelled, refused).
+
+        Raises
+        ------
+        EnvironmentSortFailure
+            ``squeue`` is not on PATH or failed.
+        """
         while True:
             state = self.state(max_age_s=WAIT_POLL_S)
             if state == "RUNNING":
@@ -433,10 +566,26 @@ def _try_claim(pool: Pool, label: str, needed_s: float | None, sorter: str | Non
 
 
 def release_idle(pool: Pool) -> list[str]:
-    """End this pool's allocations that no sort holds now; returns their job ids.
+    """End this pool's allocations that no sort holds now.
 
     What a launch does on exit and on interrupt (after its sorts were stopped),
-    rather than leaving them to their holders' idle time.
+    rather than leaving them to their holders' idle time.  They are marked
+    closing first, under the pool's lock, so no sort is placed in them meanwhile.
+
+    Parameters
+    ----------
+    pool : Pool
+        The pool.
+
+    Returns
+    -------
+    list[str]
+        The job ids cancelled.
+
+    Raises
+    ------
+    EnvironmentSortFailure
+        ``squeue`` or ``scancel`` is not on PATH, or ``squeue`` failed.
     """
     with pool.locked():
         listed = pool.allocations()
@@ -450,7 +599,18 @@ def release_idle(pool: Pool) -> list[str]:
 
 
 def parse_time_left(text: str) -> float | None:
-    """squeue's ``%L`` (``[days-]hours:minutes:seconds``, ``minutes:seconds``) in seconds; None: no limit."""
+    """squeue's ``%L`` (``[days-]hours:minutes:seconds``, ``minutes:seconds``) in seconds: does a timeout fit?
+
+    Parameters
+    ----------
+    text : str
+        The field as squeue prints it.
+
+    Returns
+    -------
+    float or None
+        Seconds left; None for no limit (``UNLIMITED``, ``NOT_SET``, ``INVALID``).
+    """
     match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", text.strip())
     if not match:
         return None  # UNLIMITED, NOT_SET, INVALID

@@ -56,7 +56,27 @@ CONNECT_TIMEOUT_S = 60.0
 
 
 def service_folder(pool_root: Path, job_id: str, create: bool = False) -> Path:
-    """``POOL/services/JOB_ID``: the allocation's service folder (private to this user)."""
+    """``POOL/services/JOB_ID``: the allocation's service folder, private to this user as it holds the key.
+
+    Parameters
+    ----------
+    pool_root : Path
+        The pool's folder.
+    job_id : str
+        The allocation.
+    create : bool
+        Create it, mode 0700, and check that it is private.
+
+    Returns
+    -------
+    Path
+        The folder.
+
+    Raises
+    ------
+    ServiceFolderError
+        With ``create``: the folder is not a directory of this user with mode 0700.
+    """
     folder = Path(pool_root) / SERVICES / job_id
     if create:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -66,13 +86,37 @@ def service_folder(pool_root: Path, job_id: str, create: bool = False) -> Path:
 
 
 def allocation_cpus(env: Mapping[str, str]) -> int:
-    """The CPUs this allocation has on its node (``SLURM_CPUS_ON_NODE``), else the ones we may run on."""
+    """The CPUs this allocation has on its node (``SLURM_CPUS_ON_NODE``), else the ones we may run on.
+
+    The service's slots share them out as threads per sort.
+
+    Parameters
+    ----------
+    env : Mapping[str, str]
+        The holder's environment (Slurm's variables of the batch step).
+
+    Returns
+    -------
+    int
+        The CPU count, at least 1.
+    """
     cpus = env.get("SLURM_CPUS_ON_NODE", "")
     return int(cpus) if cpus.isdigit() and int(cpus) > 0 else len(os.sched_getaffinity(0))
 
 
 def allocation_gpus(env: Mapping[str, str]) -> tuple[str, ...]:
-    """The GPUs Slurm gave this allocation on its node (``CUDA_VISIBLE_DEVICES``, set with ``--gpus-per-node``)."""
+    """The GPUs Slurm gave this allocation on its node (``CUDA_VISIBLE_DEVICES``, set with ``--gpus-per-node``).
+
+    Parameters
+    ----------
+    env : Mapping[str, str]
+        The holder's environment.
+
+    Returns
+    -------
+    tuple[str, ...]
+        The GPU ids in Slurm's order; empty without GPUs.
+    """
     return tuple(gpu.strip() for gpu in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if gpu.strip())
 
 
@@ -83,8 +127,32 @@ def start_service(
 
     ``slots`` sorts at once, each with ``cpus // slots`` threads (at least
     one) and its share of ``gpus`` as ``CUDA_VISIBLE_DEVICES``: the share of
-    the allocation a step of 1/N of it had.  Its output goes to
-    ``service.log`` in its folder.
+    the allocation a step of 1/N of it had.  It listens on TCP and never exits
+    for being idle (the holder ends it with the allocation).  Its output goes
+    to ``service.log`` in its folder.
+
+    Parameters
+    ----------
+    pool_root : Path
+        The pool's folder (on the filesystem shared with the submit host).
+    job_id : str
+        The allocation.
+    slots : int
+        Sorts at once (``--slurm-jobs-per-allocation``).
+    cpus : int
+        The allocation's CPUs on the node (:func:`allocation_cpus`).
+    gpus : tuple[str, ...]
+        The allocation's GPUs (:func:`allocation_gpus`).
+
+    Returns
+    -------
+    subprocess.Popen
+        The service's process.
+
+    Raises
+    ------
+    ServiceFolderError
+        The service folder exists but is not private to this user.
     """
     folder = service_folder(pool_root, job_id, create=True)
     threads = max(1, cpus // max(1, slots))
@@ -98,7 +166,20 @@ def start_service(
 
 
 def published_address(pool_root: Path, job_id: str) -> tuple[str, int] | None:
-    """The ``(node, port)`` the allocation's service listens on, once it does; else None."""
+    """The ``(node, port)`` the allocation's service listens on, once it does; else None.
+
+    Parameters
+    ----------
+    pool_root : Path
+        The pool's folder.
+    job_id : str
+        The allocation.
+
+    Returns
+    -------
+    tuple[str, int] or None
+        Node name and TCP port; None while the service has not published them (or the file is half-read).
+    """
     try:
         info = json.loads((service_folder(pool_root, job_id) / INFO_NAME).read_text())
     except (FileNotFoundError, ValueError):
@@ -116,12 +197,27 @@ def connect_to_allocation(
 ) -> Connection:
     """A connection to the service of allocation ``job_id``, waiting while it starts.
 
-    ``still_there`` (the allocation still runs) is asked while no address is
-    published or the address does not answer; False raises
-    :class:`AllocationServiceGone`, with the service's log.
+    Parameters
+    ----------
+    pool_root : Path
+        The pool's folder.
+    job_id : str
+        The allocation.
+    still_there : Callable[[], bool]
+        Does the allocation still run?  Asked while no address is published or
+        the address does not answer.
+    timeout_s : float
+        How long, in seconds, a published address may refuse connections while the allocation runs.
+
+    Returns
+    -------
+    Connection
+        An authenticated TCP connection to the service.
 
     Raises
     ------
+    AllocationServiceGone
+        ``still_there`` said False; the message quotes the service's log.
     EnvironmentSortFailure
         The address was published but refused connections for ``timeout_s``
         while the allocation ran: this host cannot reach the node (a firewall,

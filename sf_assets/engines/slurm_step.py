@@ -38,7 +38,13 @@ FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def step_identity() -> dict[str, str | None]:
-    """Where this step runs, from the variables Slurm sets for every task."""
+    """Where this step runs, from the variables Slurm sets for every task: what the submit host needs to stop it.
+
+    Returns
+    -------
+    dict[str, str or None]
+        ``job_id`` and ``step_id`` (None outside Slurm) and ``node`` (this host's name).
+    """
     return {
         "job_id": os.environ.get("SLURM_JOB_ID"),
         "step_id": os.environ.get("SLURM_STEP_ID"),
@@ -47,7 +53,21 @@ def step_identity() -> dict[str, str | None]:
 
 
 def run_step(work_dir: Path, worker_argv: list[str]) -> dict:
-    """Start the worker, pass signals on, reap it; returns what was written to the step file."""
+    """Start the worker, pass signals on, reap it; records its identity first and its outcome last in the step file.
+
+    Parameters
+    ----------
+    work_dir : Path
+        The sort's work folder (shared with the submit host), where :data:`STEP_FILE` is written.
+    worker_argv : list[str]
+        The worker's argv; it runs with the step's CPUs as its threads.
+
+    Returns
+    -------
+    dict
+        What was written to the step file: the identity, ``worker_pid``,
+        ``exit_code`` and ``cpu_time_s`` (the worker's user and system CPU seconds).
+    """
     identity = step_identity()
     step_file = work_dir / STEP_FILE
     write_json_atomic(step_file, identity)

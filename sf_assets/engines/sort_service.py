@@ -83,7 +83,18 @@ class Slot:
 
 
 def client_gone(conn: Connection) -> bool:
-    """Has the client closed its connection (or asked to cancel)?  Never blocks."""
+    """Has the client closed its connection (or asked to cancel)?  Never blocks, so the sort loop can poll it.
+
+    Parameters
+    ----------
+    conn : Connection
+        The client's connection.
+
+    Returns
+    -------
+    bool
+        True when the connection ended or a cancel request came (it is consumed).
+    """
     try:
         if conn.poll(0):
             conn.recv()  # a cancel request: either way the client is done with this sort
@@ -98,6 +109,20 @@ def slot_gpus(gpus: tuple[str, ...], index: int, slots: int) -> list[str]:
 
     Four GPUs and two slots: slot 0 gets 0 and 2, slot 1 gets 1 and 3; one GPU and
     two slots: both get it.
+
+    Parameters
+    ----------
+    gpus : tuple[str, ...]
+        The GPU ids the service may use.
+    index : int
+        The slot.
+    slots : int
+        The service's slot count.
+
+    Returns
+    -------
+    list[str]
+        The slot's GPU ids; empty without GPUs.
     """
     if not gpus:
         return []
@@ -124,7 +149,19 @@ class SortService:
         self.runs = RunHost()
 
     def env_for(self, slot: Slot) -> dict[str, str]:
-        """The worker environment of ``slot``: its share of :attr:`gpus` as ``CUDA_VISIBLE_DEVICES``."""
+        """The worker environment of ``slot``: its share of :attr:`gpus` as ``CUDA_VISIBLE_DEVICES``.
+
+        Parameters
+        ----------
+        slot : Slot
+            The slot whose worker is about to start.
+
+        Returns
+        -------
+        dict[str, str]
+            :attr:`worker_env` with ``CUDA_VISIBLE_DEVICES`` set to the slot's
+            GPUs; :attr:`worker_env` itself when the service has none.
+        """
         mine = slot_gpus(self.gpus, slot.index, len(self.slots))
         return {**self.worker_env, "CUDA_VISIBLE_DEVICES": ",".join(mine)} if mine else self.worker_env
 
@@ -349,11 +386,24 @@ def _exit_on_sigterm(_signum, _frame) -> None:
 def serve(folder: Path, settings: ServiceSettings, tcp: bool = False, gpus: tuple[str, ...] = ()) -> int:
     """Run the service in ``folder`` until it has been idle for ``settings.idle_exit_s`` (or SIGTERM).
 
-    ``tcp``: listen on a TCP port of every interface instead of the folder's
-    Unix socket, and publish ``[this host's name, port]`` as ``address`` in
-    ``service.json`` (removed again on exit): what the service inside a Slurm
-    allocation does, as its clients run on the submit host.  ``gpus``: the GPU
-    ids to share out between the slots (see :func:`slot_gpus`).
+    Parameters
+    ----------
+    folder : Path
+        The service's private folder (key, socket, ``service.json``, lock).
+    settings : ServiceSettings
+        Slots, threads per sort and idle exit.
+    tcp : bool
+        Listen on a TCP port of every interface instead of the folder's Unix
+        socket, and publish ``[this host's name, port]`` as ``address`` in
+        ``service.json`` (removed again on exit): what the service inside a
+        Slurm allocation does, as its clients run on the submit host.
+    gpus : tuple[str, ...]
+        The GPU ids to share out between the slots (see :func:`slot_gpus`).
+
+    Returns
+    -------
+    int
+        0 once it exits (idle or SIGTERM), or at once when another service already holds the folder's lock.
     """
     lock_fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -399,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     Parameters
     ----------
     argv : list[str] or None
-        ``--folder``, ``--slots``, ``--threads-per-sort``, ``--idle-exit-s`` (None: ``sys.argv[1:]``).
+        ``--folder``, ``--slots``, ``--threads-per-sort``, ``--idle-exit-s``,
+        and for a Slurm allocation's service ``--tcp`` and ``--gpus`` (None: ``sys.argv[1:]``).
 
     Returns
     -------
