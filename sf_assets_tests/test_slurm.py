@@ -30,7 +30,8 @@ from sf_assets.core.labels import sorting_label
 from sf_assets.core.manifest import parse_manifest
 from sf_assets.core.sorter_catalog import resolve_sorter
 from sf_assets.stores.data import load_sorting_object
-from sf_assets.engines.engine import EngineSettings, SlurmSettings, run_sort
+from sf_assets.engines.engine import EngineSettings, run_sort
+from sf_assets.engines.slurm_settings import SlurmSettings
 from sf_assets.engines.job import CanaryReport, SortJob, SortReport
 from sf_assets.engines.slurm import SlurmLaunch, slurm_time_limit, srun_command, srun_environment, step_name
 from sf_assets.engines.slurm_allocations import (

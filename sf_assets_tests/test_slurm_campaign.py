@@ -31,7 +31,8 @@ from sf_assets.core.errors import EnvironmentSortFailure, SfAssetsError
 from sf_assets.core.folder_names import pair_folder
 from sf_assets.core.manifest import parse_manifest
 from sf_assets.definitions import defs
-from sf_assets.engines.engine import EngineSettings, SlurmSettings, run_sort
+from sf_assets.engines.engine import EngineSettings, run_sort
+from sf_assets.engines.slurm_settings import SlurmSettings
 from sf_assets.engines.job import CanaryReport, SortJob, SortReport
 from sf_assets.engines.slurm import srun_environment
 from sf_assets.engines.slurm_config import SLURM_ENV, slurm_resource_config
@@ -423,7 +424,8 @@ def test_a_service_this_host_cannot_reach_fails_the_sort_with_what_to_fix(slurm_
 # process it starts (as the launch's slots are) places one long sort.
 KILLED_LAUNCHER = """
 import subprocess, sys
-from sf_assets.engines.engine import EngineSettings, SlurmSettings
+from sf_assets.engines.engine import EngineSettings
+from sf_assets.engines.slurm_settings import SlurmSettings
 from sf_assets.engines.slurm_campaign import campaign_allocations
 
 work_root, idle_s, run_process, job_file = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -435,7 +437,8 @@ with campaign_allocations(EngineSettings(work_root=work_root, slurm=slurm)):
 RUN_PROCESS = """
 import sys
 from pathlib import Path
-from sf_assets.engines.engine import EngineSettings, SlurmSettings
+from sf_assets.engines.engine import EngineSettings
+from sf_assets.engines.slurm_settings import SlurmSettings
 from sf_assets.engines.job import SortJob
 from sf_assets.engines.slurm_campaign import run_slurm_sort
 from sf_assets.engines.supervisor import prepare_work_dir

@@ -17,7 +17,8 @@ partition (sorting and its comparison).
 """
 import dagster as dg
 
-from sf_assets.orchestration.assets.sortings import SORTING_KEY, sorting
+from sf_assets.orchestration.assets.keys import SORTING_KEY
+from sf_assets.orchestration.assets.sortings import sorting
 from sf_assets.core.campaign import Campaign
 from sf_assets.core.errors import SfAssetsError
 from sf_assets.orchestration.jobs import sorting_job

@@ -226,8 +226,11 @@ def sorting(
         container_image=image,
         container_engine=settings.container_engine,
         kachery_local_only=store.local_only,
-        # Fixed and recorded: a score must not depend on how many sorts ran beside it. A Slurm
-        # step takes its own CPUs.
+        # Fixed and recorded: a score must not depend on how many sorts ran beside it. On Slurm
+        # the worker keeps the threads it was started with: in the pool's allocations, the
+        # allocation's sort service gives each slot its CPUs divided by its slots
+        # (engines/slurm_service.py); in allocations a user holds, the step's own CPUs
+        # (engines/slurm_step.py).
         threads=settings.threads_per_sort if settings.slurm is None else None,
     )
     context.log.info(f"sorting {label} on the {settings.kind} engine (work folder {job.work_dir})")
