@@ -288,3 +288,22 @@ def test_each_private_dagster_import_names_the_missing_public_api(tmp_path):
         "    from dagster._cli.api import _execute_run_command_body  # no public API runs it in-process\n"
     )
     assert unexplained_private_dagster_imports(pkg) == ["pkg/a.py:7 imports dagster._core.launcher"]
+
+
+def test_every_module_imports():
+    """A name moved between modules breaks only the lazy importers, which the walk above reads
+    but does not run: import every module, as a launch or a worker would."""
+    import importlib
+    import subprocess
+    import sys
+
+    modules = sorted(
+        ".".join(path.relative_to(REPO).with_suffix("").parts)
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "__main__.py"
+    )
+    modules = [m.removesuffix(".__init__") for m in modules]
+    script = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+    done = subprocess.run([sys.executable, "-c", script, *modules], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert importlib.util.find_spec(modules[0]) is not None
