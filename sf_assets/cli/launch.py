@@ -531,6 +531,11 @@ def launch_campaign(
             "(run_launcher: sf_assets.orchestration.run_launcher.SortServiceRunLauncher, as in the checkout's dagster.yaml) "
             "or another that starts runs itself (DockerRunLauncher)"
         )
+    from sf_assets.orchestration.run_launcher import SortServiceRunLauncher
+
+    if isinstance(instance.run_launcher, SortServiceRunLauncher):
+        # Errors surface where the first run is launched; this only starts the service sooner.
+        threading.Thread(target=_quietly, args=(instance.run_launcher.start_service,), daemon=True).start()
     say = progress or (lambda _msg: None)
     outcome = CampaignOutcome()
     register_partitions(instance, campaign)
@@ -615,6 +620,12 @@ def launch_campaign(
             tracker.stop_all()
             raise
     return outcome
+
+
+def _quietly(start: Callable[[], None]) -> None:
+    """Run ``start``; an error is left for the first run's launch to report, with its context."""
+    with contextlib.suppress(Exception):
+        start()
 
 
 def _queue_capacity(instance: dg.DagsterInstance) -> int:

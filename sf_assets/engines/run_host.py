@@ -44,6 +44,10 @@ DEFINITIONS_MODULE = "sf_assets.definitions"
 TERMINATE_GRACE_S = 20.0
 
 
+def _nothing() -> None:
+    """The warm-up process's whole work: being forked is the point."""
+
+
 def execute_run(run_id: str, instance_ref_json: str, environ: dict[str, str], cwd: str) -> None:
     """Execute one launched run in this (forked) process; runs in the child only.
 
@@ -103,11 +107,23 @@ class RunHost:
         self._runs: dict[str, HostedRun] = {}
 
     def _fork_context(self):
-        if self._context is None:
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(list(PRELOAD))
-            self._context = context
-        return self._context
+        with self._lock:
+            if self._context is None:
+                context = multiprocessing.get_context("forkserver")
+                context.set_forkserver_preload(list(PRELOAD))
+                self._context = context
+            return self._context
+
+    def start_fork_server(self) -> None:
+        """Start the fork server (its preload takes seconds) now, not at the first run.
+
+        The service calls it in the background as it starts: the first run of
+        a launch then forks at once instead of waiting for Dagster, the code
+        location and spikeinterface to import.
+        """
+        process = self._fork_context().Process(target=_nothing, name="sf-assets-fork-server-warm-up")
+        process.start()
+        process.join()
 
     def launch_run(self, run_id: str, instance_ref: str, environ: dict[str, str], cwd: str, lease: str = "") -> dict:
         """Start ``run_id`` in a process of its own; refused when its lease has already ended.

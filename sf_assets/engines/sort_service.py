@@ -148,6 +148,17 @@ class SortService:
         self.slots = [Slot(i) for i in range(self.settings.slots)]
         self.runs = RunHost()
 
+    def start_workers(self) -> None:
+        """Start every slot's worker now: its imports (Python, spikeinterface) overlap whatever comes first.
+
+        Without this a slot's first sort waited for them (seconds), after the
+        recordings it needed had already waited for the service itself.
+        """
+        with self.lock:
+            for slot in self.slots:
+                if slot.worker is None:
+                    slot.worker = WarmWorker(self.env_for(slot))
+
     def env_for(self, slot: Slot) -> dict[str, str]:
         """The worker environment of ``slot``: its share of :attr:`gpus` as ``CUDA_VISIBLE_DEVICES``.
 
@@ -427,6 +438,9 @@ def serve(folder: Path, settings: ServiceSettings, tcp: bool = False, gpus: tupl
     write_json_atomic(folder / INFO_NAME, info)
     print(f"sort service {os.getpid()} listening on {where} with {settings.slots} slot(s)", flush=True)
     threading.Thread(target=_accept_forever, args=(listener, service), daemon=True).start()
+    service.start_workers()
+    if not tcp:  # a Slurm allocation's service hosts no runs
+        threading.Thread(target=service.runs.start_fork_server, daemon=True).start()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         while service.idle_for_s() < settings.idle_exit_s:

@@ -28,7 +28,7 @@ from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 from sf_assets.core.launcher_identity import LauncherIdentity
 from sf_assets.engines.engine import EngineSettings
-from sf_assets.engines.service_client import SortServiceError, call_service
+from sf_assets.engines.service_client import SortServiceError, call_service, connect
 
 LEASE_TAG = "sf-assets/lease"
 """Identity (host:pid:start) of a command line whose runs end when it does."""
@@ -48,6 +48,20 @@ class SortServiceRunLauncher(RunLauncher, ConfigurableClass):
         self._inst_data = inst_data
         self._service = EngineSettings(work_root="", **service_config).service()
         super().__init__()
+
+    def start_service(self) -> None:
+        """Start the host's sort service now if none runs (its fork server and workers warm up at once).
+
+        A command-line launch calls it first, in the background, so that the
+        service's start overlaps the launch's own planning instead of delaying
+        its first run.
+
+        Raises
+        ------
+        SortServiceError
+            If the service did not start.
+        """
+        connect(self._service).close()
 
     @property
     def inst_data(self) -> ConfigurableClassData | None:
