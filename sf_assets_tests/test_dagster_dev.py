@@ -187,12 +187,21 @@ def test_a_command_line_run_beside_dagster_dev_is_terminated_from_the_ui(deploym
         cli = subprocess.Popen(command, env={**os.environ, **deployment.env}, stdout=stream, stderr=subprocess.STDOUT)
     try:
         def cli_sorting():
+            """The started run whose sort a worker is running (others may wait in the service for
+            the launch's one sort at a time), and that worker."""
+            status = service_status(deployment.service) or {"slots": []}
+            busy = [s["worker_pid"] for s in status["slots"] if s["busy"] and "spykingcircus2" in s["sorters"]]
+            if not busy:
+                return None
             runs = deployment.instance.get_runs(
                 dg.RunsFilter(job_name="sorting_job", statuses=[dg.DagsterRunStatus.STARTED])
             )
-            status = service_status(deployment.service) or {"slots": []}
-            busy = [s["worker_pid"] for s in status["slots"] if s["busy"] and "spykingcircus2" in s["sorters"]]
-            return (runs[0].run_id, busy[0]) if runs and busy else None
+            for run in runs:
+                for record in deployment.instance.get_records_for_run(run.run_id).records:
+                    message = record.event_log_entry.user_message or ""
+                    if "sort service slot" in message and message.split("worker pid ")[-1].split()[0] == str(busy[0]):
+                        return run.run_id, busy[0]
+            return None
 
         run_id, worker_pid = deployment.dev.wait_for(cli_sorting, 120, "a command-line sorting run sorting", poll_s=0.2)
         assert "sf-assets/lease" in deployment.instance.get_run_by_id(run_id).tags, "launched by the command line"

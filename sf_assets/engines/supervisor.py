@@ -325,7 +325,7 @@ def watch(
     work_dir = Path(job.work_dir)
     start_time, started = start or (time.time(), time.monotonic())
     canary: CanaryReport | None = None
-    timed_out = False
+    timed_out = hung = False
     try:
         while True:
             done = run.finished()
@@ -343,6 +343,7 @@ def watch(
                 break
             if canary is None and canary_timeout_s and time.monotonic() - started > canary_timeout_s:
                 canary = _hung_canary(canary_timeout_s)
+                hung = True
                 yield canary
                 run.stop(KILL_GRACE_S)
                 break
@@ -359,7 +360,16 @@ def watch(
         if canary is not None:
             yield canary
     yield _final_report(
-        work_dir, canary, exit_code, cpu_time_s, timed_out, timeout_s, start_time, end_time, time.monotonic() - started
+        work_dir,
+        canary,
+        exit_code,
+        cpu_time_s,
+        timed_out,
+        timeout_s,
+        start_time,
+        end_time,
+        time.monotonic() - started,
+        hung=hung,
     )
 
 
@@ -398,8 +408,12 @@ def _read_canary(work_dir: Path) -> CanaryReport | None:
     return None if data is None else CanaryReport(**data)
 
 
-def _final_report(work_dir, canary, exit_code, cpu_time_s, timed_out, timeout_s, start_time, end_time, elapsed_s):
-    result = read_json_if_present(work_dir / RESULT_FILE) or {}
+def _final_report(
+    work_dir, canary, exit_code, cpu_time_s, timed_out, timeout_s, start_time, end_time, elapsed_s, hung=False
+):
+    # A hung canary is decided here: a worker that still finished during the stop's grace
+    # (a slow machine) does not turn a canary already reported as hung into a sorting.
+    result = {} if hung else (read_json_if_present(work_dir / RESULT_FILE) or {})
     console_path = str(work_dir / CONSOLE_FILE)
     common = dict(
         start_time=start_time,
