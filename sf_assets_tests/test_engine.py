@@ -47,11 +47,11 @@ def test_canary_then_full_sort_in_one_worker(synthetic_studyset, tmp_path):
 def test_a_hung_canary_is_stopped_and_blocks_the_full_sort(synthetic_studyset, tmp_path):
     job = _job(synthetic_studyset, tmp_path)
     work_dir = prepare_work_dir(job)
-    # The worker cannot even import the sorter in 0.5 s: the canary is "hung".
-    events = list(supervise(job, worker_command(sys.executable, work_dir), canary_timeout_s=0.5))
+    # The worker cannot even import the sorter in 0.1 s: the canary is "hung".
+    events = list(supervise(job, worker_command(sys.executable, work_dir), canary_timeout_s=0.1))
     canary, report = events
     assert canary.status == "failed" and canary.failure_class == "resource"
-    assert "did not finish within 0.5 s" in canary.message
+    assert "did not finish within 0.1 s" in canary.message
     assert report.errored and report.failure_class == "resource"
     assert not (work_dir / "sorter").exists()
     assert report.exit_code is not None and report.exit_code < 0, "the worker was signalled"

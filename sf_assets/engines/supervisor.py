@@ -342,6 +342,10 @@ def watch(
                 run.stop(KILL_GRACE_S)
                 break
             if canary is None and canary_timeout_s and time.monotonic() - started > canary_timeout_s:
+                canary = _read_canary(work_dir)  # it may have finished since the loop's first look
+                if canary is not None:
+                    yield canary
+                    continue
                 canary = _hung_canary(canary_timeout_s)
                 hung = True
                 yield canary
