@@ -65,6 +65,8 @@ def _gone(pid: int, within_s: float = 10.0) -> bool:
 
 def test_two_sorts_of_one_sorter_reuse_one_warm_worker(synthetic_studyset, tmp_path, settings):
     first_slot, first = _sort(_job(synthetic_studyset, tmp_path, "first"), settings)
+    # The slot is free by the time its client has the outcome, so a next sort sent at once finds it.
+    assert not any(s["busy"] for s in service_status(settings.service())["slots"])
     second_slot, second = _sort(_job(synthetic_studyset, tmp_path, "second"), settings)
     assert not first.errored and not second.errored
     assert first_slot["warm"] is False and second_slot["warm"] is True

@@ -255,6 +255,7 @@ class SortService:
             slot.worker = WarmWorker(self.env_for(slot))
         kept: list[WarmWorker] = []
         started = (time.time(), time.monotonic())
+        released = False
         try:
             try:
                 run = slot.worker.submit(work_dir, on_idle=kept.append)
@@ -271,11 +272,18 @@ class SortService:
                 start=started,
                 cancelled=lambda: client_gone(conn),
             ):
+                if isinstance(event, SortReport):
+                    # Free the slot before the client hears the outcome: a client that
+                    # sends its next sort at once finds this slot idle, warm for the
+                    # sorter, instead of a cold one beside it.
+                    self._release(slot, time.monotonic() - started[1], worker_kept=bool(kept))
+                    released = True
                 _send(conn, ("event", event))
         except SortCancelled:
             pass
         finally:
-            self._release(slot, time.monotonic() - started[1], worker_kept=bool(kept))
+            if not released:
+                self._release(slot, time.monotonic() - started[1], worker_kept=bool(kept))
 
     def _release(self, slot: Slot, elapsed_s: float, worker_kept: bool) -> None:
         with self.lock:
