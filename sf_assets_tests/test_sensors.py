@@ -291,14 +291,16 @@ def _run_options(deployed):
     return RunOptions.from_settings(settings, spec_source=str(deployed.spec), manifest_source=str(deployed.manifest))
 
 
-def _land_a_comparison(deployed) -> None:
-    """A comparison lands (about a second: no sort)."""
+def _land_a_comparison(deployed, tags: dict[str, str] | None = None) -> None:
+    """A comparison lands (about a second: no sort), from a run with ``tags``."""
     resources = {
         "studyset": StudysetResource(spec_source=str(deployed.spec), manifest_source=str(deployed.manifest)),
         "kachery": KacheryResource(root_dir=deployed.kachery_dir),
     }
     key = dg.MultiPartitionKey({"recording": f"{STUDY_A}.001_synth", "sorter": SORTER})
-    assert dg.materialize([sorting_comparison], instance=deployed.instance, partition_key=key, resources=resources).success
+    assert dg.materialize(
+        [sorting_comparison], instance=deployed.instance, partition_key=key, resources=resources, tags=tags
+    ).success
 
 
 def _land_a_comparison_during_the_fan_ins_run(deployed, options) -> None:
@@ -367,3 +369,35 @@ def test_the_tick_after_a_request_asks_again_when_its_run_missed_a_result(deploy
     _land_a_comparison_during_the_fan_ins_run(deployed, options)  # the requested run, missing one result
     after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=requesting.cursor)
     assert SUMMARY in {r.key for r in after.results if r.true_subset.size > 0}
+
+
+def _requested_assets(result) -> set[dg.AssetKey]:
+    return {r.key for r in result.results if r.true_subset.size > 0}
+
+
+def test_the_fan_ins_wait_for_the_last_run_of_a_launch(deployed, monkeypatch):
+    """A result of a launch that still has a run queued waits for that run (a backfill's eight sorts
+    gave six fan-in runs on the cores they needed); once the launch has nothing in flight, or the
+    fan-in is older than the refresh period, the fan-ins catch up."""
+    from sf_assets.orchestration.assets import automation
+    from sf_assets.orchestration.launches import LEASE_TAG
+
+    instance = deployed.instance
+    options = _run_options(deployed)
+    assert execute_partition_run(instance.get_ref(), "results_job", None, options.run_config()).success
+    start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert not FAN_INS & _requested_assets(start), "up to date to begin with"
+    launch = {LEASE_TAG: "launch-with-a-sort-to-come"}
+    running = instance.create_run_for_job(
+        job_def=defs.resolve_job_def("sorting_job"), tags=launch, status=dg.DagsterRunStatus.STARTED
+    )
+    _land_a_comparison(deployed, tags=launch)
+    waiting = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
+    assert not FAN_INS & _requested_assets(waiting), "its launch still has a sort running"
+    monkeypatch.setattr(automation, "REFRESH_WHILE_SORTING_S", 0.0)
+    refresh = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=waiting.cursor)
+    assert SUMMARY in _requested_assets(refresh), "a fan-in older than the refresh period catches up anyway"
+    monkeypatch.undo()
+    instance.report_run_canceled(running)  # the launch's last run ends
+    settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=waiting.cursor)
+    assert SUMMARY in _requested_assets(settled), "the launch has settled"

@@ -522,7 +522,7 @@ def launch_campaign(
     from sf_assets.orchestration.assets.studysets import register_partitions
     from sf_assets.orchestration.planning import plan_sorts, stages
     from sf_assets.stores.kachery import KacheryStore
-    from sf_assets.orchestration.run_launcher import LEASE_TAG
+    from sf_assets.orchestration.launches import LEASE_TAG
 
     if type(instance.run_launcher) is dg.DefaultRunLauncher:
         # It launches only through a code server, which a command-line launch does not start.

@@ -47,6 +47,7 @@ from sf_assets.core.manifest import Recording, parse_manifest
 from sf_assets.core.spec import SorterSpec, parse_spec, validate_spec
 from sf_assets.core.studyset_cursor import StudysetCursor, sources_digest
 from sf_assets.stores.inputs import manifest_source_of, read_source
+from sf_assets.orchestration.launches import SOURCES_TAG, TRIGGER_TAG
 from sf_assets.orchestration.jobs import comparison_job, recordings_job, sorting_job, studysets_job
 from sf_assets.orchestration.partitions import recording_key, sorter_key
 from sf_assets.orchestration.planning import plan_sorts, recordings_in_flight, stages
@@ -54,9 +55,6 @@ from sf_assets.orchestration.resources import KacheryResource, SortingEngineReso
 from sf_assets.stores.kachery import KacheryStore
 
 STUDYSET_SENSOR = "studyset_sensor"
-TRIGGER_TAG = "sf-assets/trigger"
-SOURCES_TAG = "sf-assets/sources"
-"""The first 12 hex digits of the sources' digest the run was requested for."""
 SENSOR_INTERVAL_S = 5
 """The sensor daemon's own loop time: a shorter interval would not tick sooner."""
 MAX_NEW_PAIRS_PER_TICK = 16

@@ -7,10 +7,33 @@ Dagster's ``any_deps_updated().since_last_handled()`` counts the fan-in's own
 materialization as handling every update before it, so a comparison that
 lands while the summary's run is in progress was never summarized
 (reproduced by ``test_a_result_that_lands_during_the_fan_ins_run_requests_them_again``).
+
+A fan-in also waits for a launch to settle (:class:`ALaunchSettled`): while a
+backfill still has sorts queued or running, summarizing after each result
+cost a fan-in run every automation tick, on the cores the sorts need (on the
+benchmark's two cores: six fan-in runs during an eight-sort backfill).  It
+runs once some launch that landed an unread result has nothing left in flight,
+and at least every :data:`REFRESH_WHILE_SORTING_S` during a long campaign.
 """
 from __future__ import annotations
 
+import time
+
 import dagster as dg
+
+from sf_assets.orchestration.launches import launch_of
+
+REFRESH_WHILE_SORTING_S = 60.0
+"""During a campaign, the fan-ins catch up at least this often (seconds), so the UI shows progress."""
+LANDED_RUNS_LOOKED_AT = 500
+"""The newest unread results whose launches are looked at per input (the refresh covers the rest)."""
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 
 
 def _latest_event_timestamp(instance: dg.DagsterInstance, key: dg.AssetKey) -> float:
@@ -61,12 +84,82 @@ class BehindItsInputs(dg.AutomationCondition):
         return dg.AutomationResult(context=context, true_subset=context.candidate_subset if behind else context.get_empty_subset())
 
 
+def _landed_run_ids(instance: dg.DagsterInstance, keys, since: float) -> set[str]:
+    """The runs that materialized or observed any of ``keys`` after ``since`` (the newest ones)."""
+    run_ids: set[str] = set()
+    for key in keys:
+        for fetch in (instance.fetch_materializations, instance.fetch_observations):
+            records = fetch(
+                dg.AssetRecordsFilter(asset_key=key, after_timestamp=since), limit=LANDED_RUNS_LOOKED_AT, ascending=False
+            ).records
+            run_ids.update(r.run_id for r in records if r.run_id)
+    return run_ids
+
+
+def a_landed_launch_is_done(instance: dg.DagsterInstance, keys, since: float) -> bool:
+    """Has some launch that landed a result in ``keys`` after ``since`` nothing left queued or running?
+
+    Parameters
+    ----------
+    instance : DagsterInstance
+        The instance.
+    keys : iterable of AssetKey
+        The fan-in's inputs.
+    since : float
+        When the run behind the fan-in's latest materialization started (epoch seconds).
+
+    Returns
+    -------
+    bool
+        True when one of those launches (:func:`~sf_assets.orchestration.launches.launch_of`) has no run in
+        flight, or when no run landed anything (nothing to wait for).
+    """
+    run_ids = _landed_run_ids(instance, keys, since)
+    if not run_ids:
+        return True
+    landed = {launch_of(r.dagster_run.run_id, r.dagster_run.tags) for r in instance.get_run_records(dg.RunsFilter(run_ids=sorted(run_ids)))}
+    busy = {launch_of(r.dagster_run.run_id, r.dagster_run.tags) for r in instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT))}
+    return bool(landed - busy)
+
+
+class ALaunchSettled(dg.AutomationCondition):
+    """True when a launch behind an unread input has nothing left in flight, or the fan-in is old."""
+
+    @property
+    def name(self) -> str:
+        """The condition's name in the UI's automation view."""
+        return "a_launch_settled"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        """True for the fan-in when it may catch up now rather than after the launch's next result.
+
+        Parameters
+        ----------
+        context : AutomationContext
+            Dagster's evaluation context for one asset.
+
+        Returns
+        -------
+        AutomationResult
+            All candidates when never materialized, older than :data:`REFRESH_WHILE_SORTING_S`, or when
+            :func:`a_landed_launch_is_done`; none otherwise.
+        """
+        instance = context.asset_graph_view.instance
+        read_from = _read_from_timestamp(instance, context.key)
+        settled = (
+            read_from is None
+            or time.time() - read_from >= REFRESH_WHILE_SORTING_S
+            or a_landed_launch_is_done(instance, context.asset_graph.get(context.key).parent_keys, read_from)
+        )
+        return dg.AutomationResult(context=context, true_subset=context.candidate_subset if settled else context.get_empty_subset())
+
+
 # A request of the previous tick whose run has already materialized the fan-in no longer
 # holds it back: a result that landed during that run is requested at this tick, not one
 # tick later (seen on dagster dev: 27 s instead of 11 s after the last comparison).
 _REQUEST_PENDING = dg.AutomationCondition.newly_requested() & ~dg.AutomationCondition.newly_updated()
 
-AS_RESULTS_LAND = (BehindItsInputs() & ~dg.AutomationCondition.in_progress() & ~_REQUEST_PENDING).with_label(
-    "behind its inputs, not already requested or running"
-)
-"""Run a fan-in when it is behind its inputs and not already requested or running."""
+AS_RESULTS_LAND = (
+    BehindItsInputs() & ALaunchSettled() & ~dg.AutomationCondition.in_progress() & ~_REQUEST_PENDING
+).with_label("behind its inputs, a launch settled, not already requested or running")
+"""Run a fan-in when it is behind its inputs, a launch that fed it settled, and it is not already requested or running."""

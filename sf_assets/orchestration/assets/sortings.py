@@ -35,7 +35,7 @@ from sf_assets.engines.work_dirs import claim_attempt_dir
 from sf_assets.orchestration.partitions import recording_key, sorting_partitions, split_pair_key
 from sf_assets.orchestration.planning import expected_cache_key
 from sf_assets.orchestration.resources import KacheryResource, SortingEngineResource, StudysetResource
-from sf_assets.orchestration.run_launcher import LEASE_TAG
+from sf_assets.orchestration.launches import launch_of
 
 CANARY = "canary"
 SORTING_FORMAT = "mda"
@@ -242,7 +242,7 @@ def sorting(
         attempt = claim_attempt_dir(Path(job.work_dir))  # this attempt's alone; held until the step ends
         require_runnable(entry, in_container=image is not None)
         submitted_at = context.instance.get_run_record_by_id(context.run.run_id).create_timestamp.timestamp()
-        with contextlib.closing(run_sort(job, settings, launch=_launch_of(context.run), submitted_at=submitted_at)) as events:
+        with contextlib.closing(run_sort(job, settings, launch=launch_of(context.run.run_id, context.run.tags), submitted_at=submitted_at)) as events:
             for event in events:
                 if isinstance(event, CanaryReport):
                     if not event.blocks_full_sort:
@@ -401,12 +401,3 @@ def sorting_comparison(context: dg.AssetExecutionContext, studyset: StudysetReso
             ),
         }
     )
-
-
-def _launch_of(run: dg.DagsterRun) -> str:
-    """The launch a run belongs to, whose sorts at once ``sorts_at_once`` limits.
-
-    A command line's runs share its lease tag, a backfill's runs its id; any
-    other run is a launch of its own.
-    """
-    return run.tags.get(LEASE_TAG) or run.tags.get("dagster/backfill") or run.run_id
