@@ -10,7 +10,8 @@ not after each one: ``sf_assets.orchestration.assets.automation``).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 LEASE_TAG = "sf-assets/lease"
 """A command-line launch's runs: the launching process (see ``sf_assets.orchestration.run_launcher``)."""
@@ -44,3 +45,48 @@ def launch_of(run_id: str, tags: Mapping[str, str]) -> str:
         if tags.get(tag):
             return f"{tag}={tags[tag]}"
     return f"run={run_id}"
+
+
+@dataclass(frozen=True)
+class RunInFlight:
+    """A queued or running run, as far as the fan-ins care.
+
+    ``feeds``: the fan-in's inputs this run materializes (its asset selection
+    among them); ``landed``: those it has already landed.
+    """
+
+    launch: str
+    feeds: frozenset[str] = frozenset()
+    landed: frozenset[str] = frozenset()
+
+    def may_land_more(self) -> bool:
+        """Can this run still bring the fan-in a result, or start runs that do?
+
+        Returns
+        -------
+        bool
+            False only for a run that has landed every input it feeds: what
+            is left of it (its step's end, the run's teardown) changes nothing
+            the fan-in reads.  A run that feeds none (a recording's run) may
+            still lead to sorts of its launch: True.
+        """
+        return not self.feeds or not self.feeds <= self.landed
+
+
+def some_launch_settled(landed_launches: Iterable[str], in_flight: Iterable[RunInFlight]) -> bool:
+    """Has one of the launches that landed unread results nothing left that may land more?
+
+    Parameters
+    ----------
+    landed_launches : iterable of str
+        The launches (:func:`launch_of`) of the runs that landed results the fan-in has not read.
+    in_flight : iterable of RunInFlight
+        Every queued or running run.
+
+    Returns
+    -------
+    bool
+        True when some landed launch has no run in flight that :meth:`RunInFlight.may_land_more`.
+    """
+    busy = {run.launch for run in in_flight if run.may_land_more()}
+    return bool(set(landed_launches) - busy)

@@ -21,7 +21,7 @@ import time
 
 import dagster as dg
 
-from sf_assets.orchestration.launches import launch_of
+from sf_assets.orchestration.launches import RunInFlight, launch_of, some_launch_settled
 
 REFRESH_WHILE_SORTING_S = 60.0
 """During a campaign, the fan-ins catch up at least this often (seconds), so the UI shows progress."""
@@ -84,20 +84,22 @@ class BehindItsInputs(dg.AutomationCondition):
         return dg.AutomationResult(context=context, true_subset=context.candidate_subset if behind else context.get_empty_subset())
 
 
-def _landed_run_ids(instance: dg.DagsterInstance, keys, since: float) -> set[str]:
-    """The runs that materialized or observed any of ``keys`` after ``since`` (the newest ones)."""
-    run_ids: set[str] = set()
+def _landed_by_run(instance: dg.DagsterInstance, keys, since: float) -> dict[str, set[str]]:
+    """The inputs each run materialized or observed after ``since`` (the newest events of each input)."""
+    landed: dict[str, set[str]] = {}
     for key in keys:
         for fetch in (instance.fetch_materializations, instance.fetch_observations):
             records = fetch(
                 dg.AssetRecordsFilter(asset_key=key, after_timestamp=since), limit=LANDED_RUNS_LOOKED_AT, ascending=False
             ).records
-            run_ids.update(r.run_id for r in records if r.run_id)
-    return run_ids
+            for record in records:
+                if record.run_id:
+                    landed.setdefault(record.run_id, set()).add(key.to_user_string())
+    return landed
 
 
 def a_landed_launch_is_done(instance: dg.DagsterInstance, keys, since: float) -> bool:
-    """Has some launch that landed a result in ``keys`` after ``since`` nothing left queued or running?
+    """Has some launch that landed a result in ``keys`` after ``since`` nothing left that may land more?
 
     Parameters
     ----------
@@ -111,15 +113,26 @@ def a_landed_launch_is_done(instance: dg.DagsterInstance, keys, since: float) ->
     Returns
     -------
     bool
-        True when one of those launches (:func:`~sf_assets.orchestration.launches.launch_of`) has no run in
-        flight, or when no run landed anything (nothing to wait for).
+        :func:`~sf_assets.orchestration.launches.some_launch_settled` over the runs in flight, or True when
+        no run landed anything (nothing to wait for).
     """
-    run_ids = _landed_run_ids(instance, keys, since)
-    if not run_ids:
+    keys = set(keys)
+    landed = _landed_by_run(instance, keys, since)
+    if not landed:
         return True
-    landed = {launch_of(r.dagster_run.run_id, r.dagster_run.tags) for r in instance.get_run_records(dg.RunsFilter(run_ids=sorted(run_ids)))}
-    busy = {launch_of(r.dagster_run.run_id, r.dagster_run.tags) for r in instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT))}
-    return bool(landed - busy)
+    names = {key.to_user_string() for key in keys}
+    landed_launches = [
+        launch_of(r.dagster_run.run_id, r.dagster_run.tags)
+        for r in instance.get_run_records(dg.RunsFilter(run_ids=sorted(landed)))
+    ]
+    in_flight = []
+    for record in instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT)):
+        run = record.dagster_run
+        feeds = {key.to_user_string() for key in run.asset_selection or ()} & names
+        in_flight.append(
+            RunInFlight(launch_of(run.run_id, run.tags), frozenset(feeds), frozenset(landed.get(run.run_id, ())))
+        )
+    return some_launch_settled(landed_launches, in_flight)
 
 
 class ALaunchSettled(dg.AutomationCondition):
