@@ -157,6 +157,8 @@ class ALaunchSettled(dg.AutomationCondition):
             All candidates when never materialized, older than :data:`REFRESH_WHILE_SORTING_S`, or when
             :func:`a_landed_launch_is_done`; none otherwise.
         """
+        if context.candidate_subset.is_empty:
+            return dg.AutomationResult(context=context, true_subset=context.get_empty_subset())  # nothing to ask
         instance = context.asset_graph_view.instance
         read_from = _read_from_timestamp(instance, context.key)
         settled = (
