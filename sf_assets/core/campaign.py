@@ -6,6 +6,8 @@ the assets, the sensor, the schedule and the command line agree.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 from sf_assets.core.errors import SpecError
@@ -31,6 +33,23 @@ class Campaign:
         object.__setattr__(self, "_recordings", {r.label: r for r in self.manifest.recordings()})
         object.__setattr__(self, "_sorters", {s.name: s for s in self.spec.sorters})
         object.__setattr__(self, "_pairs", {(s.name, r.label) for s, r in self.jobs})
+
+    def digest(self) -> str:
+        """What the campaign asks for, as 40 hex digits: two launchers given the same spec and manifest agree.
+
+        Independent of where the files were read from (a command line's
+        relative path, the sensor's absolute one): the (sorter, params,
+        recording, URIs) of every job, in order.
+
+        Returns
+        -------
+        str
+            A sha1 hex digest.
+        """
+        jobs = [
+            [s.name, s.params, r.label, r.recording_uri, r.sorting_true_uri] for s, r in self.jobs
+        ]
+        return hashlib.sha1(json.dumps(jobs, sort_keys=True, default=str).encode()).hexdigest()
 
     def recording(self, label: str) -> Recording:
         """The manifest's recording with this label.

@@ -19,6 +19,9 @@ TRIGGER_TAG = "sf-assets/trigger"
 """What requested a run that no backfill or command line did (the studyset sensor)."""
 SOURCES_TAG = "sf-assets/sources"
 """The first 12 hex digits of the sources' digest the studyset sensor requested the run for."""
+CAMPAIGN_TAG = "sf-assets/campaign"
+"""A command-line launch's campaign (the first 12 hex digits of ``Campaign.digest``): the studyset
+sensor leaves a campaign to the command line that is sorting it."""
 BACKFILL_TAG = "dagster/backfill"
 SCHEDULE_TAG = "dagster/schedule_name"
 

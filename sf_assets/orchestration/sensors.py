@@ -47,10 +47,10 @@ from sf_assets.core.manifest import Recording, parse_manifest
 from sf_assets.core.spec import SorterSpec, parse_spec, validate_spec
 from sf_assets.core.studyset_cursor import StudysetCursor, sources_digest
 from sf_assets.stores.inputs import manifest_source_of, read_source
-from sf_assets.orchestration.launches import SOURCES_TAG, TRIGGER_TAG
+from sf_assets.orchestration.launches import CAMPAIGN_TAG, LEASE_TAG, SOURCES_TAG, TRIGGER_TAG
 from sf_assets.orchestration.jobs import comparison_job, recordings_job, sorting_job, studysets_job
 from sf_assets.orchestration.partitions import recording_key, sorter_key
-from sf_assets.orchestration.planning import plan_sorts, recordings_in_flight, stages
+from sf_assets.orchestration.planning import UNFINISHED_RUN_STATUSES, plan_sorts, recordings_in_flight, stages
 from sf_assets.orchestration.resources import KacheryResource, SortingEngineResource, StudysetResource
 from sf_assets.stores.kachery import KacheryStore
 
@@ -121,6 +121,27 @@ def parse_campaign(spec_source: tuple[str, bytes], manifest_source: tuple[str, b
     return Campaign(manifest, spec)
 
 
+def command_line_launch_of(instance: dg.DagsterInstance, campaign: Campaign) -> str | None:
+    """The lease of a command-line launch with runs in flight for this very campaign, if any.
+
+    Parameters
+    ----------
+    instance : DagsterInstance
+        The instance.
+    campaign : Campaign
+        The campaign the sensor's sources validate to.
+
+    Returns
+    -------
+    str or None
+        The launch's lease tag (its process), or None when no command line is sorting it.
+    """
+    runs = instance.get_run_records(
+        dg.RunsFilter(statuses=UNFINISHED_RUN_STATUSES, tags={CAMPAIGN_TAG: campaign.digest()[:12]}), limit=1
+    )
+    return next((r.dagster_run.tags.get(LEASE_TAG, "") for r in runs), None)
+
+
 def _pair(sorter_spec: SorterSpec, rec: Recording) -> tuple[str, str]:
     """A pair as the cursor keeps it: (sorter key, recording key)."""
     return sorter_key(sorter_spec.name), recording_key(rec)
@@ -155,6 +176,12 @@ def studyset_sensor(
     except SfAssetsError as exc:
         return dg.SkipReason(" ".join(str(exc).splitlines()))
 
+    lease = command_line_launch_of(context.instance, campaign)
+    if lease is not None:
+        # Its waiting pairs (sorts whose recording is still running) are in its memory, not in
+        # the queue: planning now would request them a second time.  The cursor stays, so the
+        # first tick after it ends plans what it left (nothing, unless it was stopped).
+        return dg.SkipReason(f"a command-line launch ({lease}) is sorting this campaign; its pairs are left to it")
     changed = digest != cursor.digest
     if changed:
         # Registered here, in bulk, rather than returned as partition requests: the daemon
