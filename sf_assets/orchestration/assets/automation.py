@@ -55,16 +55,37 @@ def _read_from_timestamp(instance: dg.DagsterInstance, key: dg.AssetKey) -> floa
     return (record.start_time if record is not None and record.start_time else None) or latest.timestamp
 
 
-class BehindItsInputs(dg.AutomationCondition):
-    """True when an input landed after the start of the run that made the latest materialization."""
+class _FanInCondition(dg.AutomationCondition):
+    """A yes/no for the whole fan-in, decided from the start of the run behind its latest materialization."""
+
+    label = ""
 
     @property
     def name(self) -> str:
         """The condition's name in the UI's automation view."""
-        return "behind_its_inputs"
+        return self.label
+
+    def holds(self, instance: dg.DagsterInstance, context: dg.AutomationContext, read_from: float | None) -> bool:
+        """Does the condition hold for the fan-in (subclasses say how)?
+
+        Parameters
+        ----------
+        instance : DagsterInstance
+            The instance.
+        context : AutomationContext
+            Dagster's evaluation context for the fan-in.
+        read_from : float or None
+            When the run behind its latest materialization started (None: never materialized).
+
+        Returns
+        -------
+        bool
+            True to keep every candidate.
+        """
+        raise NotImplementedError
 
     def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
-        """True for the fan-in when an input landed after the start of the run behind its latest materialization.
+        """All candidates when :meth:`holds`, none otherwise (nothing is asked of the instance without candidates).
 
         Parameters
         ----------
@@ -74,14 +95,36 @@ class BehindItsInputs(dg.AutomationCondition):
         Returns
         -------
         AutomationResult
-            All candidates when behind, none otherwise.
+            The candidates kept.
         """
+        if context.candidate_subset.is_empty:
+            return dg.AutomationResult(context=context, true_subset=context.get_empty_subset())
         instance = context.asset_graph_view.instance
-        read_from = _read_from_timestamp(instance, context.key)
+        keep = self.holds(instance, context, _read_from_timestamp(instance, context.key))
+        return dg.AutomationResult(context=context, true_subset=context.candidate_subset if keep else context.get_empty_subset())
+
+
+class BehindItsInputs(_FanInCondition):
+    """True when an input landed after the start of the run that made the latest materialization."""
+
+    label = "behind_its_inputs"
+
+    def holds(self, instance: dg.DagsterInstance, context: dg.AutomationContext, read_from: float | None) -> bool:
+        """Has an input landed after the start of the run behind the fan-in's latest materialization?
+
+        Parameters
+        ----------
+        instance, context, read_from
+            See :meth:`_FanInCondition.holds`.
+
+        Returns
+        -------
+        bool
+            True when behind.
+        """
         parents = context.asset_graph.get(context.key).parent_keys
         newest = max((_latest_event_timestamp(instance, p) for p in parents), default=0.0)
-        behind = newest > 0.0 and (read_from is None or newest > read_from)
-        return dg.AutomationResult(context=context, true_subset=context.candidate_subset if behind else context.get_empty_subset())
+        return newest > 0.0 and (read_from is None or newest > read_from)
 
 
 def _landed_by_run(instance: dg.DagsterInstance, keys, since: float) -> dict[str, set[str]]:
@@ -135,38 +178,30 @@ def a_landed_launch_is_done(instance: dg.DagsterInstance, keys, since: float) ->
     return some_launch_settled(landed_launches, in_flight)
 
 
-class ALaunchSettled(dg.AutomationCondition):
+class ALaunchSettled(_FanInCondition):
     """True when a launch behind an unread input has nothing left in flight, or the fan-in is old."""
 
-    @property
-    def name(self) -> str:
-        """The condition's name in the UI's automation view."""
-        return "a_launch_settled"
+    label = "a_launch_settled"
 
-    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
-        """True for the fan-in when it may catch up now rather than after the launch's next result.
+    def holds(self, instance: dg.DagsterInstance, context: dg.AutomationContext, read_from: float | None) -> bool:
+        """May the fan-in catch up now rather than after its launch's next result?
 
         Parameters
         ----------
-        context : AutomationContext
-            Dagster's evaluation context for one asset.
+        instance, context, read_from
+            See :meth:`_FanInCondition.holds`.
 
         Returns
         -------
-        AutomationResult
-            All candidates when never materialized, older than :data:`REFRESH_WHILE_SORTING_S`, or when
-            :func:`a_landed_launch_is_done`; none otherwise.
+        bool
+            True when never materialized, older than :data:`REFRESH_WHILE_SORTING_S`, or when
+            :func:`a_landed_launch_is_done`.
         """
-        if context.candidate_subset.is_empty:
-            return dg.AutomationResult(context=context, true_subset=context.get_empty_subset())  # nothing to ask
-        instance = context.asset_graph_view.instance
-        read_from = _read_from_timestamp(instance, context.key)
-        settled = (
+        return (
             read_from is None
             or time.time() - read_from >= REFRESH_WHILE_SORTING_S
             or a_landed_launch_is_done(instance, context.asset_graph.get(context.key).parent_keys, read_from)
         )
-        return dg.AutomationResult(context=context, true_subset=context.candidate_subset if settled else context.get_empty_subset())
 
 
 # A request of the previous tick whose run has already materialized the fan-in no longer
