@@ -21,7 +21,7 @@ import dagster as dg
 # No public API: the filter DagsterInstance.get_backfills takes, and backfill statuses.
 from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 
-from sf_assets.orchestration.assets.history import latest_partition_events, plain_metadata
+from sf_assets.orchestration.assets.history import UNFINISHED_RUN_STATUSES, latest_partition_events, plain_metadata
 from sf_assets.orchestration.assets.keys import SORTING_KEY
 from sf_assets.core.campaign import Campaign
 from sf_assets.core.manifest import Recording
@@ -35,12 +35,6 @@ from sf_assets.stores.kachery import KacheryStore
 PARTITION_TAG = "dagster/partition"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
-UNFINISHED_RUN_STATUSES = [
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
 
 
 @dataclass

@@ -32,7 +32,7 @@ request.  A UI backfill of a sorter's partitions remains the way to sort
 them by hand (``BackfillPolicy.multi_run(1)``: one run per pair).
 
 ``results_automation`` evaluates the automation conditions
-(``sorting_comparison`` eager, and the fan-ins under ``BehindItsInputs``), so
+(``sorting_comparison`` eager, and the fan-ins under ``BehindItsInputsAfterALaunch``), so
 comparisons, records, summary and workspace follow the sortings as they land.
 """
 import dagster as dg
@@ -50,7 +50,8 @@ from sf_assets.stores.inputs import manifest_source_of, read_source
 from sf_assets.orchestration.launches import CAMPAIGN_TAG, LEASE_TAG, SOURCES_TAG, TRIGGER_TAG
 from sf_assets.orchestration.jobs import comparison_job, recordings_job, sorting_job, studysets_job
 from sf_assets.orchestration.partitions import recording_key, sorter_key
-from sf_assets.orchestration.planning import UNFINISHED_RUN_STATUSES, plan_sorts, recordings_in_flight, stages
+from sf_assets.orchestration.assets.history import UNFINISHED_RUN_STATUSES
+from sf_assets.orchestration.planning import plan_sorts, recordings_in_flight, stages
 from sf_assets.orchestration.resources import KacheryResource, SortingEngineResource, StudysetResource
 from sf_assets.stores.kachery import KacheryStore
 
@@ -265,7 +266,7 @@ results_automation = dg.AutomationConditionSensorDefinition(
     default_status=dg.DefaultSensorStatus.RUNNING,
     # The asset daemon's own loop (5 s): results land at most one loop after the last sort.
     minimum_interval_seconds=SENSOR_INTERVAL_S,
-    # The fan-ins' condition (BehindItsInputs) is Python of ours: it runs on the code server.
+    # The fan-ins' condition (BehindItsInputsAfterALaunch) is Python of ours: it runs on the code server.
     use_user_code_server=True,
     description="Compares, records, summarizes and syncs to the workspace as sortings land.",
 )

@@ -8,12 +8,14 @@ materialization as handling every update before it, so a comparison that
 lands while the summary's run is in progress was never summarized
 (reproduced by ``test_a_result_that_lands_during_the_fan_ins_run_requests_them_again``).
 
-A fan-in also waits for a launch to settle (:class:`ALaunchSettled`): while a
+A fan-in also waits for a launch to settle: while a
 backfill still has sorts queued or running, summarizing after each result
 cost a fan-in run every automation tick, on the cores the sorts need (on the
 benchmark's two cores: six fan-in runs during an eight-sort backfill).  It
 runs once some launch that landed an unread result has nothing left in flight,
 and at least every :data:`REFRESH_WHILE_SORTING_S` during a long campaign.
+Both are decided by one condition (:class:`BehindItsInputsAfterALaunch`) from
+one read of the inputs' events since the fan-in's run started.
 """
 from __future__ import annotations
 
@@ -21,19 +23,13 @@ import time
 
 import dagster as dg
 
+from sf_assets.orchestration.assets.history import UNFINISHED_RUN_STATUSES
 from sf_assets.orchestration.launches import RunInFlight, launch_of, some_launch_settled
 
 REFRESH_WHILE_SORTING_S = 60.0
 """During a campaign, the fan-ins catch up at least this often (seconds), so the UI shows progress."""
 LANDED_RUNS_LOOKED_AT = 500
 """The newest unread results whose launches are looked at per input (the refresh covers the rest)."""
-IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-]
 
 
 def _latest_event_timestamp(instance: dg.DagsterInstance, key: dg.AssetKey) -> float:
@@ -55,76 +51,8 @@ def _read_from_timestamp(instance: dg.DagsterInstance, key: dg.AssetKey) -> floa
     return (record.start_time if record is not None and record.start_time else None) or latest.timestamp
 
 
-class _FanInCondition(dg.AutomationCondition):
-    """A yes/no for the whole fan-in, decided from the start of the run behind its latest materialization."""
-
-    label = ""
-
-    @property
-    def name(self) -> str:
-        """The condition's name in the UI's automation view."""
-        return self.label
-
-    def holds(self, instance: dg.DagsterInstance, context: dg.AutomationContext, read_from: float | None) -> bool:
-        """Does the condition hold for the fan-in (subclasses say how)?
-
-        Parameters
-        ----------
-        instance : DagsterInstance
-            The instance.
-        context : AutomationContext
-            Dagster's evaluation context for the fan-in.
-        read_from : float or None
-            When the run behind its latest materialization started (None: never materialized).
-
-        Returns
-        -------
-        bool
-            True to keep every candidate.
-        """
-        raise NotImplementedError
-
-    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
-        """All candidates when :meth:`holds`, none otherwise (nothing is asked of the instance without candidates).
-
-        Parameters
-        ----------
-        context : AutomationContext
-            Dagster's evaluation context for one asset.
-
-        Returns
-        -------
-        AutomationResult
-            The candidates kept.
-        """
-        if context.candidate_subset.is_empty:
-            return dg.AutomationResult(context=context, true_subset=context.get_empty_subset())
-        instance = context.asset_graph_view.instance
-        keep = self.holds(instance, context, _read_from_timestamp(instance, context.key))
-        return dg.AutomationResult(context=context, true_subset=context.candidate_subset if keep else context.get_empty_subset())
-
-
-class BehindItsInputs(_FanInCondition):
-    """True when an input landed after the start of the run that made the latest materialization."""
-
-    label = "behind_its_inputs"
-
-    def holds(self, instance: dg.DagsterInstance, context: dg.AutomationContext, read_from: float | None) -> bool:
-        """Has an input landed after the start of the run behind the fan-in's latest materialization?
-
-        Parameters
-        ----------
-        instance, context, read_from
-            See :meth:`_FanInCondition.holds`.
-
-        Returns
-        -------
-        bool
-            True when behind.
-        """
-        parents = context.asset_graph.get(context.key).parent_keys
-        newest = max((_latest_event_timestamp(instance, p) for p in parents), default=0.0)
-        return newest > 0.0 and (read_from is None or newest > read_from)
+RUNLESS = ""
+"""The run id under which :func:`_landed_by_run` files an event no run made (a runless observation)."""
 
 
 def _landed_by_run(instance: dg.DagsterInstance, keys, since: float) -> dict[str, set[str]]:
@@ -136,13 +64,12 @@ def _landed_by_run(instance: dg.DagsterInstance, keys, since: float) -> dict[str
                 dg.AssetRecordsFilter(asset_key=key, after_timestamp=since), limit=LANDED_RUNS_LOOKED_AT, ascending=False
             ).records
             for record in records:
-                if record.run_id:
-                    landed.setdefault(record.run_id, set()).add(key.to_user_string())
+                landed.setdefault(record.run_id or RUNLESS, set()).add(key.to_user_string())
     return landed
 
 
-def a_landed_launch_is_done(instance: dg.DagsterInstance, keys, since: float) -> bool:
-    """Has some launch that landed a result in ``keys`` after ``since`` nothing left that may land more?
+def a_landed_launch_is_done(instance: dg.DagsterInstance, keys, landed: dict[str, set[str]]) -> bool:
+    """Has some launch that landed a result in ``keys`` nothing left that may land more?
 
     Parameters
     ----------
@@ -150,18 +77,16 @@ def a_landed_launch_is_done(instance: dg.DagsterInstance, keys, since: float) ->
         The instance.
     keys : iterable of AssetKey
         The fan-in's inputs.
-    since : float
-        When the run behind the fan-in's latest materialization started (epoch seconds).
+    landed : dict[str, set[str]]
+        What :func:`_landed_by_run` found: the inputs each run landed since the fan-in's run started.
 
     Returns
     -------
     bool
-        :func:`~sf_assets.orchestration.launches.some_launch_settled` over the runs in flight, or True when
-        no run landed anything (nothing to wait for).
+        :func:`~sf_assets.orchestration.launches.some_launch_settled` over the runs in flight; True for a
+        runless event (no launch to wait for).
     """
-    keys = set(keys)
-    landed = _landed_by_run(instance, keys, since)
-    if not landed:
+    if RUNLESS in landed:
         return True
     names = {key.to_user_string() for key in keys}
     landed_launches = [
@@ -169,7 +94,7 @@ def a_landed_launch_is_done(instance: dg.DagsterInstance, keys, since: float) ->
         for r in instance.get_run_records(dg.RunsFilter(run_ids=sorted(landed)))
     ]
     in_flight = []
-    for record in instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT)):
+    for record in instance.get_run_records(dg.RunsFilter(statuses=UNFINISHED_RUN_STATUSES)):
         run = record.dagster_run
         feeds = {key.to_user_string() for key in run.asset_selection or ()} & names
         in_flight.append(
@@ -178,30 +103,60 @@ def a_landed_launch_is_done(instance: dg.DagsterInstance, keys, since: float) ->
     return some_launch_settled(landed_launches, in_flight)
 
 
-class ALaunchSettled(_FanInCondition):
-    """True when a launch behind an unread input has nothing left in flight, or the fan-in is old."""
+def fan_in_should_run(instance: dg.DagsterInstance, key: dg.AssetKey, inputs) -> bool:
+    """Is the fan-in behind its inputs, and has a launch that fed it settled (or is it old)?
 
-    label = "a_launch_settled"
+    Parameters
+    ----------
+    instance : DagsterInstance
+        The instance.
+    key : AssetKey
+        The fan-in.
+    inputs : iterable of AssetKey
+        Its parents.
 
-    def holds(self, instance: dg.DagsterInstance, context: dg.AutomationContext, read_from: float | None) -> bool:
-        """May the fan-in catch up now rather than after its launch's next result?
+    Returns
+    -------
+    bool
+        Never materialized: True once any input has an event.  Else True when an input landed after the
+        start of the run behind its latest materialization, and that run is older than
+        :data:`REFRESH_WHILE_SORTING_S` or :func:`a_landed_launch_is_done`.
+    """
+    inputs = list(inputs)
+    read_from = _read_from_timestamp(instance, key)
+    if read_from is None:
+        return any(_latest_event_timestamp(instance, p) > 0.0 for p in inputs)
+    landed = _landed_by_run(instance, inputs, read_from)
+    if not landed:
+        return False
+    return time.time() - read_from >= REFRESH_WHILE_SORTING_S or a_landed_launch_is_done(instance, inputs, landed)
+
+
+class BehindItsInputsAfterALaunch(dg.AutomationCondition):
+    """True when the fan-in is behind its inputs and a launch that fed it settled (:func:`fan_in_should_run`)."""
+
+    @property
+    def name(self) -> str:
+        """The condition's name in the UI's automation view."""
+        return "behind_its_inputs_after_a_launch"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        """All candidates when :func:`fan_in_should_run`, none otherwise (nothing asked without candidates).
 
         Parameters
         ----------
-        instance, context, read_from
-            See :meth:`_FanInCondition.holds`.
+        context : AutomationContext
+            Dagster's evaluation context for one asset.
 
         Returns
         -------
-        bool
-            True when never materialized, older than :data:`REFRESH_WHILE_SORTING_S`, or when
-            :func:`a_landed_launch_is_done`.
+        AutomationResult
+            The candidates kept.
         """
-        return (
-            read_from is None
-            or time.time() - read_from >= REFRESH_WHILE_SORTING_S
-            or a_landed_launch_is_done(instance, context.asset_graph.get(context.key).parent_keys, read_from)
+        keep = not context.candidate_subset.is_empty and fan_in_should_run(
+            context.asset_graph_view.instance, context.key, context.asset_graph.get(context.key).parent_keys
         )
+        return dg.AutomationResult(context=context, true_subset=context.candidate_subset if keep else context.get_empty_subset())
 
 
 # A request of the previous tick whose run has already materialized the fan-in no longer
@@ -210,6 +165,6 @@ class ALaunchSettled(_FanInCondition):
 _REQUEST_PENDING = dg.AutomationCondition.newly_requested() & ~dg.AutomationCondition.newly_updated()
 
 AS_RESULTS_LAND = (
-    BehindItsInputs() & ALaunchSettled() & ~dg.AutomationCondition.in_progress() & ~_REQUEST_PENDING
+    BehindItsInputsAfterALaunch() & ~dg.AutomationCondition.in_progress() & ~_REQUEST_PENDING
 ).with_label("behind its inputs, a launch settled, not already requested or running")
 """Run a fan-in when it is behind its inputs, a launch that fed it settled, and it is not already requested or running."""

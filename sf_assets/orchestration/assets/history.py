@@ -17,6 +17,13 @@ from sf_assets.core.records import SortingRecord
 from sf_assets.orchestration.assets.keys import SORTING_KEY
 
 PAGE = 1000
+UNFINISHED_RUN_STATUSES = [
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+"""A run in one of these may still land materializations (queued, starting or running)."""
 
 
 def _metadata_value(value: Any) -> Any:
