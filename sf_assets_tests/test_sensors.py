@@ -408,14 +408,14 @@ def test_a_campaign_a_command_line_is_sorting_is_left_to_it(deployed, synthetic_
     sources at once, but the command line's pairs waiting for their recordings live in its memory,
     not in the queue: the sensor had requested 19 of the demo's 24 pairs a second time."""
     from sf_assets.core.campaign import Campaign
-    from sf_assets.orchestration.launches import CAMPAIGN_TAG, LEASE_TAG
+    from sf_assets.orchestration.launches import CAMPAIGN_TAG, LEASE_TAG, campaign_tag_value
     from sf_assets.stores.inputs import load_config
     from sf_assets.stores.kachery import KacheryStore
 
     instance = deployed.instance
     manifest = synthetic_studyset.manifest_path
     campaign = Campaign(*load_config(str(manifest), str(deployed.spec), KacheryStore(deployed.kachery_dir)))
-    launch = {LEASE_TAG: "host:4242:1", CAMPAIGN_TAG: campaign.digest()[:12]}
+    launch = {LEASE_TAG: "host:4242:1", CAMPAIGN_TAG: campaign_tag_value(campaign.digest())}
     running = instance.create_run_for_job(
         job_def=defs.resolve_job_def("recordings_job"), tags=launch, status=dg.DagsterRunStatus.STARTED
     )

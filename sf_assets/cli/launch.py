@@ -522,7 +522,7 @@ def launch_campaign(
     from sf_assets.orchestration.assets.studysets import register_partitions
     from sf_assets.orchestration.planning import plan_sorts, stages
     from sf_assets.stores.kachery import KacheryStore
-    from sf_assets.orchestration.launches import CAMPAIGN_TAG, LEASE_TAG
+    from sf_assets.orchestration.launches import CAMPAIGN_TAG, LEASE_TAG, campaign_tag_value
 
     if type(instance.run_launcher) is dg.DefaultRunLauncher:
         # It launches only through a code server, which a command-line launch does not start.
@@ -561,7 +561,7 @@ def launch_campaign(
     ready += [("comparison_job", key) for key in order.comparisons]
     ready += [("sorting_job", key) for key in order.sorts]
     total_sorts = len(to_sort)
-    lease = {LEASE_TAG: str(this_process()), CAMPAIGN_TAG: campaign.digest()[:12]}
+    lease = {LEASE_TAG: str(this_process()), CAMPAIGN_TAG: campaign_tag_value(campaign.digest())}
     options = dataclasses.replace(options, sorts_at_once=max(1, workers))
     # Sorts on Slurm or in containers run outside the sort service, which enforces sorts_at_once:
     # for them, runs in flight are what bounds it.

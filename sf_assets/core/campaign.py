@@ -46,9 +46,7 @@ class Campaign:
         str
             A sha1 hex digest.
         """
-        jobs = [
-            [s.name, s.params, r.label, r.recording_uri, r.sorting_true_uri] for s, r in self.jobs
-        ]
+        jobs = [[s.name, s.params, r.label, r.recording_uri, r.sorting_true_uri] for s, r in self.jobs]
         return hashlib.sha1(json.dumps(jobs, sort_keys=True, default=str).encode()).hexdigest()
 
     def recording(self, label: str) -> Recording:

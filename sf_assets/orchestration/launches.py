@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 LEASE_TAG = "sf-assets/lease"
-"""A command-line launch's runs: the launching process (see ``sf_assets.orchestration.run_launcher``)."""
+"""Identity (host:pid:start) of the command line that launched the run, whose runs end when it does
+(see ``sf_assets.orchestration.run_launcher``)."""
 TRIGGER_TAG = "sf-assets/trigger"
 """What requested a run that no backfill or command line did (the studyset sensor)."""
 SOURCES_TAG = "sf-assets/sources"
@@ -26,6 +27,22 @@ BACKFILL_TAG = "dagster/backfill"
 SCHEDULE_TAG = "dagster/schedule_name"
 
 _LAUNCH_TAGS = (LEASE_TAG, BACKFILL_TAG, SOURCES_TAG, SCHEDULE_TAG)
+
+
+def campaign_tag_value(campaign_digest: str) -> str:
+    """The :data:`CAMPAIGN_TAG` value of a campaign (the first 12 hex digits of ``Campaign.digest()``).
+
+    Parameters
+    ----------
+    campaign_digest : str
+        ``Campaign.digest()``.
+
+    Returns
+    -------
+    str
+        The tag's value.
+    """
+    return campaign_digest[:12]
 
 
 def launch_of(run_id: str, tags: Mapping[str, str]) -> str:

@@ -31,7 +31,6 @@ from sf_assets.engines.engine import EngineSettings
 from sf_assets.engines.service_client import SortServiceError, call_service, connect
 from sf_assets.orchestration.launches import LEASE_TAG
 
-"""Identity (host:pid:start) of a command line whose runs end when it does."""
 RUN_WORKER_TAG = "sf-assets/run-worker"
 """Identity of the process executing the run, for health checks when the service is gone."""
 

@@ -47,7 +47,7 @@ from sf_assets.core.manifest import Recording, parse_manifest
 from sf_assets.core.spec import SorterSpec, parse_spec, validate_spec
 from sf_assets.core.studyset_cursor import StudysetCursor, sources_digest
 from sf_assets.stores.inputs import manifest_source_of, read_source
-from sf_assets.orchestration.launches import CAMPAIGN_TAG, LEASE_TAG, SOURCES_TAG, TRIGGER_TAG
+from sf_assets.orchestration.launches import CAMPAIGN_TAG, LEASE_TAG, SOURCES_TAG, TRIGGER_TAG, campaign_tag_value
 from sf_assets.orchestration.jobs import comparison_job, recordings_job, sorting_job, studysets_job
 from sf_assets.orchestration.partitions import recording_key, sorter_key
 from sf_assets.orchestration.assets.history import UNFINISHED_RUN_STATUSES
@@ -138,7 +138,7 @@ def command_line_launch_of(instance: dg.DagsterInstance, campaign: Campaign) -> 
         The launch's lease tag (its process), or None when no command line is sorting it.
     """
     runs = instance.get_run_records(
-        dg.RunsFilter(statuses=UNFINISHED_RUN_STATUSES, tags={CAMPAIGN_TAG: campaign.digest()[:12]}), limit=1
+        dg.RunsFilter(statuses=UNFINISHED_RUN_STATUSES, tags={CAMPAIGN_TAG: campaign_tag_value(campaign.digest())}), limit=1
     )
     return next((r.dagster_run.tags.get(LEASE_TAG, "") for r in runs), None)
 

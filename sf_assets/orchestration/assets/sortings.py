@@ -242,7 +242,8 @@ def sorting(
         attempt = claim_attempt_dir(Path(job.work_dir))  # this attempt's alone; held until the step ends
         require_runnable(entry, in_container=image is not None)
         submitted_at = context.instance.get_run_record_by_id(context.run.run_id).create_timestamp.timestamp()
-        with contextlib.closing(run_sort(job, settings, launch=launch_of(context.run.run_id, context.run.tags), submitted_at=submitted_at)) as events:
+        launch = launch_of(context.run.run_id, context.run.tags)
+        with contextlib.closing(run_sort(job, settings, launch=launch, submitted_at=submitted_at)) as events:
             for event in events:
                 if isinstance(event, CanaryReport):
                     if not event.blocks_full_sort:
