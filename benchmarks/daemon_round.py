@@ -221,6 +221,6 @@ def new_sorter_latency(dev, instance, state: dict, round_dir: Path, spec: Path, 
 
 
 def _sensor_interval() -> float:
-    from sf_assets.orchestration.sensors import studyset_sensor
+    from sf_assets.orchestration.sensors import TICK_PERIOD_S
 
-    return float(studyset_sensor.minimum_interval_seconds)
+    return float(TICK_PERIOD_S)

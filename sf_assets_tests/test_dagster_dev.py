@@ -22,12 +22,12 @@ from sf_assets.orchestration.assets.history import latest_partition_events, plai
 from harness.dagster_dev import campaign_backfill, summary_covering
 from sf_assets.engines.service_client import service_status
 from sf_assets.orchestration.partitions import pair_key
-from sf_assets.orchestration.sensors import results_automation
+from sf_assets.orchestration.sensors import TICK_PERIOD_S
 from sf_assets_tests.deployment_harness import Deployment, dev_deployment
 
 SORTER = "MountainSort5"
 STOPPED_SORTER = "SpykingCircus2"
-TICK_S = results_automation.minimum_interval_seconds
+TICK_S = TICK_PERIOD_S
 TICK_EVALUATION_S = 8.0
 # From the automation tick's request to the summary's materialization: the tick's own
 # evaluation, the queue's dequeue (1 s) and the summary run, on two shared cores.

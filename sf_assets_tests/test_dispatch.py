@@ -135,3 +135,66 @@ def test_a_group_at_its_limit_waits_while_other_groups_take_the_free_slots():
 def test_no_group_or_a_zero_limit_means_only_the_slots_limit():
     queue = _queue(*(Task(f"MS5/r{i}", i, "MS5", group="cli" if i % 2 else None) for i in range(4)))
     assert [queue.take(slot).key for slot in range(4)] == ["MS5/r0", "MS5/r1", "MS5/r2", "MS5/r3"]
+
+
+def test_a_slot_waits_for_a_sort_on_its_way_rather_than_compile_a_sorter_twice():
+    """A UI backfill's runs reach the service sorter-major: SC2's sorts arrive first, MS5's on their way."""
+    queue = AffinityQueue()
+    queue.expect("run-ms5", "MS5", until=100.0)
+    queue.add(Task("SC2/r1", 0, "SC2"))
+    queue.add(Task("SC2/r2", 1, "SC2"))
+    assert queue.take(0).key == "SC2/r1"
+    assert queue.take(1) is None, "MS5, compiled by no slot, is on its way: SC2 is not compiled a second time"
+    queue.add(Task("MS5/r1", 2, "MS5"))
+    assert not queue.expected, "the run's sort arrived"
+    assert queue.take(1).key == "MS5/r1"
+    # Each slot goes on with the sorter it compiled.
+    queue.finished(0, 20.0)
+    assert queue.take(0).key == "SC2/r2"
+
+
+def test_a_sort_on_its_way_never_holds_back_a_sort_a_slot_would_take_anyway():
+    queue = AffinityQueue()
+    queue.expect("run-ms5", "MS5", until=100.0)
+    queue.add(Task("SC2/r1", 0, "SC2"))
+    assert queue.take(0).key == "SC2/r1", "rule 3: SC2 compiled by no slot"
+    queue.finished(0, 20.0)
+    queue.add(Task("SC2/r2", 1, "SC2"))
+    assert queue.take(0).key == "SC2/r2", "rule 2: warm here"
+    queue = AffinityQueue()
+    queue.expect("run-sc2", "SC2", until=100.0)
+    queue.add(Task("SC2/r1", 0, "SC2"))
+    queue.add(Task("SC2/r2", 1, "SC2"))
+    assert queue.take(0).key == "SC2/r1"
+    assert queue.take(1).key == "SC2/r2", "the sort on its way is SC2 too: waiting for it would not spare a compile"
+
+
+def test_a_slot_stops_waiting_for_a_sort_past_its_time_or_whose_run_ended():
+    queue = AffinityQueue()
+    queue.expect("late", "MS5", until=10.0)
+    queue.expect("ended", "TDC2", until=100.0)
+    queue.add(Task("SC2/r1", 0, "SC2"))
+    queue.add(Task("SC2/r2", 1, "SC2"))
+    assert queue.take(0).key == "SC2/r1"
+    assert queue.take(1) is None
+    assert not queue.forget(now=5.0), "neither is over yet"
+    assert queue.forget(now=10.0) and set(queue.expected) == {"ended"}
+    assert queue.take(1) is None
+    assert queue.forget(now=11.0, gone=lambda key: key == "ended") and not queue.expected
+    assert queue.take(1).key == "SC2/r2", "nothing on its way: compiled here, as before"
+
+
+def test_a_second_compile_waits_a_moment_for_other_sorters_to_arrive():
+    """Runs reach the service a second or so apart: the first two sorts are often of one sorter."""
+    from sf_assets.core.dispatch import FIRST_COMPILE_GRACE_S
+
+    queue = _queue(Task("SC2/r1", 0, "SC2"), Task("SC2/r2", 1, "SC2"))
+    assert queue.take(0, now=100.0).key == "SC2/r1"
+    assert queue.take(1, now=101.0) is None, "SC2's first compile only just started on slot 0"
+    queue.add(Task("MS5/r1", 2, "MS5"))
+    assert queue.take(1, now=101.5).key == "MS5/r1"
+    # With nothing else arriving, the grace ends and the idle slot compiles SC2 too, as before.
+    queue = _queue(Task("SC2/r1", 0, "SC2"), Task("SC2/r2", 1, "SC2"))
+    assert queue.take(0, now=100.0).key == "SC2/r1"
+    assert queue.take(1, now=100.0 + FIRST_COMPILE_GRACE_S - 0.1) is None
+    assert queue.take(1, now=100.0 + FIRST_COMPILE_GRACE_S).key == "SC2/r2"

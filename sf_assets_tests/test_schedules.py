@@ -12,7 +12,7 @@ import pytest
 
 from sf_assets.definitions import defs
 from sf_assets.engines.job import SORT_ENGINE_VERSION
-from sf_assets.orchestration.planning import PARTITION_TAG
+from sf_assets.orchestration.partitions import PARTITION_TAG
 from sf_assets.orchestration.resources import KacheryResource, StudysetResource
 from sf_assets.orchestration.schedules import (
     ERRORED,

@@ -129,6 +129,27 @@ def test_a_launch_runs_no_more_sorts_at_once_than_its_limit(synthetic_studyset, 
     assert second[0] >= first[1] - 0.2, f"the launch's two sorts overlapped: {spans}"
 
 
+def test_a_sort_on_its_way_is_forgotten_when_its_run_ends_without_it(synthetic_studyset, tmp_path, settings):
+    """A launched sorting run announces its sort (``sorter``): idle slots may wait for it (core.dispatch),
+    but only while the run's process lives.  Here the process ends at once (its instance reference is not
+    one), as a job-cache hit's run ends without sorting; the next sort the service places forgets it,
+    instead of letting slots wait for it until its time is up."""
+    from sf_assets.engines.service_client import call_service
+    from sf_assets.engines.sort_service import EXPECT_SORT_S
+
+    began = time.monotonic()
+    answer = call_service(
+        settings.service(), "launch_run", run_id="never-sorts", instance_ref="not a reference",
+        environ=dict(os.environ), cwd=str(tmp_path), lease="", sorter="simple",
+    )
+    assert answer["launched"] and service_status(settings.service())["expected"] == ["simple"]
+    _gone(answer["pid"])
+    _, report = _sort(_job(synthetic_studyset, tmp_path, "a"), settings)
+    assert not report.errored
+    assert service_status(settings.service())["expected"] == []
+    assert time.monotonic() - began < EXPECT_SORT_S, "forgotten because its run ended, not because its time was up"
+
+
 def test_a_client_that_goes_away_stops_its_sort(synthetic_studyset, tmp_path, settings):
     """The connection is the lease: a terminated run's step closes it, and the worker goes."""
     job = _job(synthetic_studyset, tmp_path, "interrupted", canary_first_n_s=3.0)

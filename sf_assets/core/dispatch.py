@@ -26,6 +26,16 @@ is idle too.  A sort left waiting never
 waits for nothing: a slot that has its sorter warm exists, and takes it by
 rule 2 as soon as it is idle.
 
+Rule 4 also waits while a sorter's very first compile is under way on another
+slot, for at most :data:`FIRST_COMPILE_GRACE_S`: runs reach the sort service
+a second or two apart (Dagster's queue hands them out once a second), so
+the first sorts to arrive are often of one sorter, and the sorts of the
+others are on their way.  A sort known to be on its way counts too
+(:meth:`AffinityQueue.expect`: the sort service launched a sorting run and its
+sort has not arrived yet): a slot that would compile a sorter a second time
+waits for it instead, while its run's process lives.  Without these, a UI
+backfill whose runs arrived sorter-major compiled each sorter on every slot.
+
 Within each rule the earliest in plan order wins.  A task may belong to a
 *group* (one launch: a command line's, or a backfill) with a limit on its
 sorts at once (``-w``): a task whose group has that many running is not
@@ -35,8 +45,14 @@ launch (``sf_assets.cli.launch``) owns the processes and the runs.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from statistics import mean
+
+# How long an idle slot leaves a sorter whose first compile runs on another slot to the sorts
+# still arriving (rule 4): Dagster's queue hands out runs once a second and a run takes about
+# as long to reach its sort step.  Costs at most this, once per sorter, where no other comes.
+FIRST_COMPILE_GRACE_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -81,14 +97,25 @@ class SorterTimes:
         return max(0.0, mean(self.cold) - warm), warm
 
 
+@dataclass(frozen=True)
+class Expected:
+    """A sort on its way: its run was launched; ``until`` (monotonic s) is when to stop waiting for it."""
+
+    key: str
+    sorter: str
+    until: float
+
+
 @dataclass
 class AffinityQueue:
-    """Ready tasks, the sorters each slot has run, and what each slot runs now."""
+    """Ready tasks, the sorters each slot has run, what each slot runs now, and the sorts on their way."""
 
     ready: list[Task] = field(default_factory=list)
     seen: dict[int, set[str]] = field(default_factory=dict)
     running: dict[int, tuple[Task, bool]] = field(default_factory=dict)
     times: dict[str, SorterTimes] = field(default_factory=dict)
+    expected: dict[str, Expected] = field(default_factory=dict)
+    started: dict[int, float] = field(default_factory=dict)
 
     def add(self, task: Task) -> None:
         """Queue a task; :meth:`take` decides which slot runs it.
@@ -99,17 +126,58 @@ class AffinityQueue:
             The task.
         """
         self.ready.append(task)
+        if task.sorter is not None:
+            # The sort a launched run was expected to send (the oldest of its sorter's).
+            on_its_way = [e for e in self.expected.values() if e.sorter == task.sorter]
+            if on_its_way:
+                del self.expected[min(on_its_way, key=lambda e: e.until).key]
+
+    def expect(self, key: str, sorter: str, until: float) -> None:
+        """A sort of ``sorter`` is on its way (a sorting run ``key`` was launched); wait for it until ``until``.
+
+        Parameters
+        ----------
+        key : str
+            What names the expectation (the run's id), for :meth:`forget`.
+        sorter : str
+            The sorter of the sort it will send.
+        until : float
+            Monotonic seconds after which slots stop waiting for it.
+        """
+        self.expected[key] = Expected(key, sorter, until)
+
+    def forget(self, now: float, gone: Callable[[str], bool] = lambda _key: False) -> bool:
+        """Stop expecting sorts past their time or whose run ``gone(key)`` says ended without sending one.
+
+        Parameters
+        ----------
+        now : float
+            Monotonic seconds.
+        gone : Callable[[str], bool]
+            Whether an expectation's run has ended.
+
+        Returns
+        -------
+        bool
+            True when an expectation was dropped (an idle slot may now take what it waited beside).
+        """
+        dropped = [k for k, e in self.expected.items() if e.until <= now or gone(k)]
+        for key in dropped:
+            del self.expected[key]
+        return bool(dropped)
 
     def __len__(self) -> int:
         return len(self.ready)
 
-    def take(self, slot: int) -> Task | None:
+    def take(self, slot: int, now: float | None = None) -> Task | None:
         """The task ``slot`` should run next (removed from the queue), or None if it should wait.
 
         Parameters
         ----------
         slot : int
             An idle slot.
+        now : float or None
+            Monotonic seconds, for the first-compile grace; None: no grace (a caller without a clock).
 
         Returns
         -------
@@ -125,12 +193,16 @@ class AffinityQueue:
             lambda t: t.is_recording,
             lambda t: t.sorter in mine,
             lambda t: t.sorter not in anyone,
-            self._worth_compiling,
         )
         for prefer in preferences:
             candidates = [t for t in eligible if prefer(t)]
             if candidates:
-                return self._start(slot, min(candidates, key=lambda t: t.order))
+                return self._start(slot, min(candidates, key=lambda t: t.order), now)
+        if any(e.sorter in mine or e.sorter not in anyone for e in self.expected.values()):
+            return None  # a sort this slot has warm, or one nobody has compiled, is on its way
+        candidates = [t for t in eligible if self._worth_compiling(t, now)]
+        if candidates:
+            return self._start(slot, min(candidates, key=lambda t: t.order), now)
         # Whatever is left waits for a slot that has its sorter warm: that slot takes it
         # when idle (rule 2), now in this same round or when its current run ends.
         return None
@@ -156,12 +228,15 @@ class AffinityQueue:
             Seconds its task took.
         """
         task, cold = self.running.pop(slot)
+        self.started.pop(slot, None)
         if task.sorter is not None:
             times = self.times.setdefault(task.sorter, SorterTimes())
             (times.cold if cold else times.warm).append(elapsed_s)
 
-    def _start(self, slot: int, task: Task) -> Task:
+    def _start(self, slot: int, task: Task, now: float | None) -> Task:
         self.ready.remove(task)
+        if now is not None:
+            self.started[slot] = now
         cold = False
         if task.sorter is not None:
             mine = self.seen.setdefault(slot, set())
@@ -170,13 +245,21 @@ class AffinityQueue:
         self.running[slot] = (task, cold)
         return task
 
-    def _worth_compiling(self, task: Task) -> bool:
+    def _worth_compiling(self, task: Task, now: float | None) -> bool:
         holding = [slot for slot, sorters in self.seen.items() if task.sorter in sorters]
         if any(slot not in self.running for slot in holding):
             return False  # a slot that has it warm is idle: it takes it in this same round
         estimate = self.times.get(task.sorter, SorterTimes()).compile_and_sort_s()
         if estimate is None:
-            return True
+            if now is None:
+                return True
+            # Nothing measured: compile it here unless its first compile only just started elsewhere.
+            return not any(
+                self.running[slot][0].sorter == task.sorter
+                and self.running[slot][1]
+                and now - self.started.get(slot, now) < FIRST_COMPILE_GRACE_S
+                for slot in holding
+            )
         compile_s, sort_s = estimate
         holders = len(holding)
         queued = sum(1 for t in self.ready if t.sorter == task.sorter)

@@ -70,6 +70,13 @@ from sf_assets.engines.warm_worker import MAX_JOBS_PER_WORKER, WarmWorker
 
 WAIT_POLL_S = 0.05
 IDLE_CHECK_S = 1.0
+# How long idle slots may wait for the sort of a sorting run this service launched (see
+# core.dispatch): its process starts, Dagster starts the run and the step, the step sends it.
+EXPECT_SORT_S = 20.0
+# How often a waiting client has the idle slots choose again: a slot may be waiting for a sort
+# on its way whose run has since ended, or for a sorter's first compile elsewhere to be under way
+# long enough (core.dispatch).
+RECHECK_S = 0.5
 
 
 @dataclass
@@ -143,6 +150,7 @@ class SortService:
     lock: threading.Condition = field(default_factory=threading.Condition)
     clients: int = 0
     last_active: float = field(default_factory=time.monotonic)
+    dispatched_at: float = 0.0
 
     def __post_init__(self):
         self.slots = [Slot(i) for i in range(self.settings.slots)]
@@ -192,9 +200,33 @@ class SortService:
                 return 0
             return 1 if not compiled else 2
 
+        now = self.dispatched_at = time.monotonic()
+        if self.queue.expected:  # drop the sorts on their way past their time or whose run ended without one
+            self.queue.forget(now, gone=lambda run_id: not self.runs.run_status(run_id)["alive"])
         for slot in sorted((s for s in self.slots if s.task is None), key=rank):
-            slot.task = self.queue.take(slot.index)
+            slot.task = self.queue.take(slot.index, now)
         self.lock.notify_all()
+
+    def launch_run(self, sorter: str = "", **run) -> dict:
+        """Launch a run (:meth:`RunHost.launch_run`); a sorting run's sort is then expected.
+
+        Parameters
+        ----------
+        sorter : str
+            The spikeinterface sorter of the sort the run will send; empty when it sorts nothing.
+        **run
+            :meth:`RunHost.launch_run`'s arguments.
+
+        Returns
+        -------
+        dict
+            :meth:`RunHost.launch_run`'s answer.
+        """
+        answer = self.runs.launch_run(**run)
+        if answer["launched"] and sorter:
+            with self.lock:
+                self.queue.expect(run["run_id"], sorter, time.monotonic() + EXPECT_SORT_S)
+        return answer
 
     def _slot_of(self, task: Task) -> Slot | None:
         return next((s for s in self.slots if s.task is task), None)
@@ -236,6 +268,8 @@ class SortService:
                 slot = self._slot_of(task)
                 if slot is None:
                     self.lock.wait(WAIT_POLL_S)
+                    if time.monotonic() - self.dispatched_at > RECHECK_S and any(s.task is None for s in self.slots):
+                        self._dispatch()  # an idle slot's reason to wait may have ended
                     slot = self._slot_of(task)
                 if slot is not None:
                     return slot
@@ -304,13 +338,15 @@ class SortService:
         Returns
         -------
         dict
-            Pid, settings, queued sorts, clients, and each slot's task, worker, compiled sorters and jobs done.
+            Pid, settings, queued sorts, the sorters of the sorts on their way (launched runs'), clients,
+            and each slot's task, worker, compiled sorters and jobs done.
         """
         with self.lock:
             return {
                 "pid": os.getpid(),
                 "settings": self.settings.__dict__,
                 "queued": len(self.queue),
+                "expected": sorted(e.sorter for e in self.queue.expected.values()),
                 "clients": self.clients,
                 "slots": [
                     {
@@ -343,6 +379,8 @@ class SortService:
                 self.handle_sort(conn, request)
             elif op == "status":
                 _send(conn, ("status", self.status()))
+            elif op == "launch_run":
+                _send(conn, (op, self.launch_run(**request.get("args", {}))))
             elif op in RunHost.OPS:
                 _send(conn, (op, getattr(self.runs, op)(**request.get("args", {}))))
             else:

@@ -8,6 +8,7 @@ containing ``|`` from multi-partition spaces, commas break UI backfills and
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 
 import dagster as dg
 
@@ -21,6 +22,10 @@ from sf_assets.core.manifest import Recording
 
 RECORDINGS = "recordings"
 SORTERS = "sorters"
+
+PARTITION_TAG = "dagster/partition"
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 recordings_partitions = dg.DynamicPartitionsDefinition(name=RECORDINGS)
 sorters_partitions = dg.DynamicPartitionsDefinition(name=SORTERS)
@@ -94,6 +99,28 @@ def split_pair_key(key: str | dg.MultiPartitionKey) -> tuple[str, str]:
         key = sorting_partitions.get_partition_key_from_str(key)
     dims = key.keys_by_dimension
     return partition_key_to_label(dims["sorter"]), partition_key_to_label(dims["recording"])
+
+
+def single_partition_of(run_tags: Mapping[str, str]) -> str | None:
+    """The one partition a run materializes, from its tags; None for an unpartitioned run or a wider range.
+
+    A run names its partition in ``dagster/partition`` or, when a backfill
+    launched it, in a one-partition range (``BackfillPolicy.multi_run(1)``).
+
+    Parameters
+    ----------
+    run_tags : Mapping[str, str]
+        The run's tags.
+
+    Returns
+    -------
+    str or None
+        The partition key.
+    """
+    if PARTITION_TAG in run_tags:
+        return run_tags[PARTITION_TAG]
+    start = run_tags.get(RANGE_START_TAG)
+    return start if start is not None and start == run_tags.get(RANGE_END_TAG) else None
 
 
 def recording_label_of_key(key: str) -> str:

@@ -29,12 +29,8 @@ from sf_assets.core.sorter_catalog import resolve_sorter
 from sf_assets.core.spec import SorterSpec
 from sf_assets.engines.engine import EngineSettings, cache_key, container_image_for
 from sf_assets.engines.job_cache import job_cache_verdict
-from sf_assets.orchestration.partitions import pair_key, recording_key
+from sf_assets.orchestration.partitions import PARTITION_TAG, pair_key, recording_key, single_partition_of
 from sf_assets.stores.kachery import KacheryStore
-
-PARTITION_TAG = "dagster/partition"
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 @dataclass
@@ -112,9 +108,6 @@ def is_cache_hit(metadata: dict | None, expected_key: str, store: KacheryStore) 
 def partitions_in_flight(instance: dg.DagsterInstance) -> set[str]:
     """Sorting partitions that a queued or running run, or an unfinished backfill, will sort.
 
-    A run names its partition in ``dagster/partition`` or, when a backfill
-    launched it, in a one-partition range (``BackfillPolicy.multi_run(1)``).
-
     Parameters
     ----------
     instance : DagsterInstance
@@ -130,11 +123,9 @@ def partitions_in_flight(instance: dg.DagsterInstance) -> set[str]:
         run = record.dagster_run
         if run.asset_selection is not None and SORTING_KEY not in run.asset_selection:
             continue
-        tags = run.tags
-        if PARTITION_TAG in tags:
-            busy.add(tags[PARTITION_TAG])
-        elif tags.get(RANGE_START_TAG) is not None and tags.get(RANGE_START_TAG) == tags.get(RANGE_END_TAG):
-            busy.add(tags[RANGE_START_TAG])
+        partition = single_partition_of(run.tags)
+        if partition is not None:
+            busy.add(partition)
     for backfill in instance.get_backfills(filters=BulkActionsFilter(statuses=[BulkActionStatus.REQUESTED])):
         data = backfill.asset_backfill_data
         if data is not None and SORTING_KEY in data.target_subset.asset_keys:

@@ -16,9 +16,12 @@ with it) is marked failed, so no partition shows in progress forever.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from dagster import Field, Float, Int, String, serialize_value
+# No public API: the error Dagster raises for a key that is not a (recording, sorter) key.
+from dagster._check import CheckError
 
 # No public API: a run launcher's base class, its health-check types and the
 # ConfigurableClass protocol that dagster.yaml's module/class loading expects
@@ -26,10 +29,14 @@ from dagster import Field, Float, Int, String, serialize_value
 from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
+from sf_assets.core.errors import SfAssetsError
 from sf_assets.core.launcher_identity import LauncherIdentity
+from sf_assets.core.sorter_catalog import resolve_sorter
 from sf_assets.engines.engine import EngineSettings
 from sf_assets.engines.service_client import SortServiceError, call_service, connect
+from sf_assets.orchestration.assets.keys import SORTING_KEY
 from sf_assets.orchestration.launches import LEASE_TAG
+from sf_assets.orchestration.partitions import single_partition_of, split_pair_key
 
 RUN_WORKER_TAG = "sf-assets/run-worker"
 """Identity of the process executing the run, for health checks when the service is gone."""
@@ -120,6 +127,7 @@ class SortServiceRunLauncher(RunLauncher, ConfigurableClass):
             environ=dict(os.environ),
             cwd=os.getcwd(),
             lease=run.tags.get(LEASE_TAG, ""),
+            sorter=sorter_it_sorts(run.asset_selection, run.tags) or "",
         )
         if not answer["launched"]:
             self._instance.report_run_failed(run, f"not started: {answer['reason']}")
@@ -192,6 +200,33 @@ class SortServiceRunLauncher(RunLauncher, ConfigurableClass):
         if identity is not None and not identity.is_gone():
             return CheckRunHealthResult(WorkerStatus.RUNNING, msg="the sort service is gone; its run process is not")
         return CheckRunHealthResult(WorkerStatus.NOT_FOUND, msg="no process is executing this run")
+
+
+def sorter_it_sorts(asset_selection, tags: Mapping[str, str]) -> str | None:
+    """The spikeinterface sorter whose sort a run will send to the service, if it sorts one.
+
+    The service's slots wait for it (:meth:`sf_assets.core.dispatch.AffinityQueue.expect`)
+    rather than compile a sorter a second time.
+
+    Parameters
+    ----------
+    asset_selection : AbstractSet[AssetKey] or None
+        The run's assets.
+    tags : Mapping[str, str]
+        The run's tags.
+
+    Returns
+    -------
+    str or None
+        The sorter's spikeinterface name; None for a run that sorts nothing or more than one pair.
+    """
+    partition = single_partition_of(tags)
+    if not asset_selection or SORTING_KEY not in asset_selection or partition is None:
+        return None
+    try:
+        return resolve_sorter(split_pair_key(partition)[0]).si_name
+    except (SfAssetsError, CheckError):
+        return None  # not a pair key, or a sorter the catalog does not know: its run fails on its own
 
 
 def _hostname() -> str:

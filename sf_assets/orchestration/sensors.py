@@ -56,8 +56,14 @@ from sf_assets.orchestration.resources import KacheryResource, SortingEngineReso
 from sf_assets.stores.kachery import KacheryStore
 
 STUDYSET_SENSOR = "studyset_sensor"
-SENSOR_INTERVAL_S = 5
-"""The sensor daemon's own loop time: a shorter interval would not tick sooner."""
+SENSOR_DAEMON_LOOP_S = 5
+"""Dagster's sensor daemon evaluates the sensors that are due once per loop of this many seconds."""
+SENSOR_INTERVAL_S = SENSOR_DAEMON_LOOP_S - 1
+"""Below the daemon's loop, so that every loop ticks: with an interval equal to the loop, a tick
+recorded a few milliseconds into one loop is not yet due at the next one and waits a whole loop
+more (automation ticks 10 s apart were measured); shorter would not tick sooner."""
+TICK_PERIOD_S = max(SENSOR_INTERVAL_S, SENSOR_DAEMON_LOOP_S)
+"""How often the sensors tick: the longest wait between a change and the tick that sees it."""
 MAX_NEW_PAIRS_PER_TICK = 16
 """New pairs taken on per tick; the rest wait for the next ticks (the sources count as changed until then).
 
@@ -264,7 +270,7 @@ results_automation = dg.AutomationConditionSensorDefinition(
     "results_automation",
     target=dg.AssetSelection.assets(sorting_comparison, sorting_records, sorter_summary, workspace_sync),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    # The asset daemon's own loop (5 s): results land at most one loop after the last sort.
+    # Every loop of the sensor daemon (5 s): results land at most one loop after the last sort.
     minimum_interval_seconds=SENSOR_INTERVAL_S,
     # The fan-ins' condition (BehindItsInputsAfterALaunch) is Python of ours: it runs on the code server.
     use_user_code_server=True,
