@@ -189,20 +189,18 @@ class AffinityQueue:
             return None
         mine = self.seen.setdefault(slot, set())
         anyone = set().union(*self.seen.values())
+        # A sort this slot has warm, or one nobody has compiled, on its way: no second compile (rule 4) now.
+        awaited = any(e.sorter in mine or e.sorter not in anyone for e in self.expected.values())
         preferences = (
             lambda t: t.is_recording,
             lambda t: t.sorter in mine,
             lambda t: t.sorter not in anyone,
+            lambda t: not awaited and self._worth_compiling(t, now),
         )
         for prefer in preferences:
             candidates = [t for t in eligible if prefer(t)]
             if candidates:
                 return self._start(slot, min(candidates, key=lambda t: t.order), now)
-        if any(e.sorter in mine or e.sorter not in anyone for e in self.expected.values()):
-            return None  # a sort this slot has warm, or one nobody has compiled, is on its way
-        candidates = [t for t in eligible if self._worth_compiling(t, now)]
-        if candidates:
-            return self._start(slot, min(candidates, key=lambda t: t.order), now)
         # Whatever is left waits for a slot that has its sorter warm: that slot takes it
         # when idle (rule 2), now in this same round or when its current run ends.
         return None
