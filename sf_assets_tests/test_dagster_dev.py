@@ -22,7 +22,7 @@ from sf_assets.orchestration.assets.history import latest_partition_events, plai
 from harness.dagster_dev import campaign_backfill, summary_covering
 from sf_assets.engines.service_client import service_status
 from sf_assets.orchestration.partitions import pair_key
-from sf_assets.orchestration.sensors import TICK_PERIOD_S
+from sf_assets.orchestration.sensors import FAN_IN_RUN_TAGS, TICK_PERIOD_S
 from sf_assets_tests.deployment_harness import Deployment, dev_deployment
 
 SORTER = "MountainSort5"
@@ -106,6 +106,8 @@ def test_the_summary_covers_every_pair_within_one_automation_tick(deployment, ba
     # later, and creates the run once it has evaluated (seconds on two shared cores).
     assert run.create_timestamp.timestamp() - backfill["last_landed"] <= TICK_S + TICK_EVALUATION_S
     assert summary.timestamp - backfill["last_landed"] <= TICK_S + SUMMARY_RUN_ALLOWANCE_S
+    # Requested by the daemon's automation tick with the priority that puts it ahead of queued sorts.
+    assert FAN_IN_RUN_TAGS.items() <= run.dagster_run.tags.items()
     md = plain_metadata(summary)
     assert md["num_comparisons"] == len(backfill["pairs"]) == 4
     rows = {(r.data["sorter"], r.data["study"], r.data["recordings"]) for r in md["summary"].records}

@@ -64,6 +64,10 @@ recorded a few milliseconds into one loop is not yet due at the next one and wai
 more (automation ticks 10 s apart were measured); shorter would not tick sooner."""
 TICK_PERIOD_S = max(SENSOR_INTERVAL_S, SENSOR_DAEMON_LOOP_S)
 """How often the sensors tick: the longest wait between a change and the tick that sees it."""
+FAN_IN_RUN_TAGS = {"dagster/priority": "1"}
+"""The results' runs leave the queue before the sorting runs queued ahead of them (Dagster's
+queue takes higher priorities first): they take seconds, and without it the demo campaign
+through the sensor showed no summary until its last sorts had left the queue (129 s)."""
 MAX_NEW_PAIRS_PER_TICK = 16
 """New pairs taken on per tick; the rest wait for the next ticks (the sources count as changed until then).
 
@@ -272,6 +276,7 @@ results_automation = dg.AutomationConditionSensorDefinition(
     default_status=dg.DefaultSensorStatus.RUNNING,
     # Every loop of the sensor daemon (5 s): results land at most one loop after the last sort.
     minimum_interval_seconds=SENSOR_INTERVAL_S,
+    run_tags=FAN_IN_RUN_TAGS,
     # The fan-ins' condition (BehindItsInputsAfterALaunch) is Python of ours: it runs on the code server.
     use_user_code_server=True,
     description="Compares, records, summarizes and syncs to the workspace as sortings land.",
