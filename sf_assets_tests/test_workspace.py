@@ -171,6 +171,21 @@ def test_missing_workspace_names_the_uri_and_the_database(store, db_path):
     assert not store.workspace_exists(absent)
 
 
+def test_a_database_in_a_folder_not_made_yet_is_made_on_the_first_write_only(tmp_path):
+    """workspace_sync can run before anything else has written to the data folder (a fresh instance)."""
+    db_path = tmp_path / "data" / "not-yet" / "workspace.db"
+    store = WorkspaceStore(f"sqlite:///{db_path}")
+    try:
+        with pytest.raises(WorkspaceError, match="does not exist"):
+            store.require_workspace("workspace://" + "0" * 32)
+        assert not db_path.parent.exists(), "a read makes nothing"
+        uri = store.create_workspace()
+        assert store.sync(uri, _entries([1])).added == ["MS5/study/rec_00001"]
+        assert db_path.is_file()
+    finally:
+        store.dispose()
+
+
 def test_malformed_workspace_uri_is_refused(store, db_path):
     store.create_workspace()
     for bad in ("workspace://XYZ", "http://example.org", "workspace://" + "A" * 32):

@@ -16,6 +16,7 @@ import os
 import re
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterable, Iterator
@@ -438,6 +439,11 @@ class WorkspaceStore:
         if self._schema_ready:
             return
         if self._dialect == "sqlite":
+            database = self._engine.url.database
+            if database and database != ":memory:":
+                # The first write makes the file, as every output of the data folder is made on
+                # first use (workspace_sync may run before anything else has written there).
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
             # WAL lets readers go on while one process writes; the mode is stored
             # in the database file, so setting it once per store is enough.
             with self._writing("switch to WAL journal mode") as conn:
