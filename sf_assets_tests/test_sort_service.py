@@ -235,3 +235,34 @@ def test_a_service_folder_open_to_others_is_refused(tmp_path):
     base.chmod(0o777)
     with pytest.raises(ServiceFolderError, match="mode 0700"):
         service_folder(ServiceSettings(base_dir=str(base)))
+
+
+def test_a_forked_run_imports_nothing_heavy_on_first_use_of_the_catalog_or_the_snr_filter():
+    """Every run validates the spec against spikeinterface's sorters and a recording run filters for SNRs.
+
+    Both import modules on first use (spikeinterface.sorters, scipy.signal: seconds of CPU
+    per run); the run host's fork server must already hold them, or every run pays again.
+    """
+    import subprocess
+    import sys
+
+    probe = """
+import sys
+from sf_assets.engines.run_host import PRELOAD
+for name in PRELOAD:
+    try:
+        __import__(name)
+    except ImportError:
+        pass
+import spikeinterface.core as si
+from sf_assets.core.comparison import true_unit_snrs
+from sf_assets.core.sorter_catalog import merge_params, resolve_sorter
+recording, sorting = si.generate_ground_truth_recording(durations=[1.0], num_channels=2, num_units=2, seed=0)
+before = set(sys.modules)
+merge_params(resolve_sorter("MountainSort5"), {}, "spec.yaml")
+true_unit_snrs(recording, sorting)
+heavy = sorted(m for m in set(sys.modules) - before if m.split(".")[0] in ("scipy", "spikeinterface", "numba", "sklearn"))
+print(len(heavy), heavy[:10])
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("0 "), out

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import sys
 import threading
@@ -292,6 +293,43 @@ def dequeuing(context, instance: dg.DagsterInstance, settings: EngineSettings):
         os.close(lock_fd)  # releases the lock
 
 
+@functools.cache
+def _graphql_schema():
+    """The webserver's GraphQL schema, built once per process as the webserver builds it.
+
+    ``dagster_graphql.cli.execute_query`` builds it anew for every query: about
+    0.4 s of CPU per launched run, taken from the sorts on a small machine.
+    """
+    from dagster_graphql.schema import create_schema
+
+    return create_schema()
+
+
+def execute_graphql(context, query: str, variables: dict) -> dict:
+    """Run one GraphQL operation against the code location, as a request to the webserver would.
+
+    Parameters
+    ----------
+    context : WorkspaceProcessContext
+        The code location and instance.
+    query : str
+        The operation.
+    variables : dict
+        Its variables.
+
+    Returns
+    -------
+    dict
+        The answer: ``data`` and, where it failed, ``errors``.
+    """
+    import asyncio
+
+    result = asyncio.run(
+        _graphql_schema().execute_async(query, context_value=context.create_request_context(), variable_values=variables)
+    )
+    return result.formatted
+
+
 @dataclass
 class Submitter:
     """Creates and queues runs of the project's jobs, as the UI's Launch button does."""
@@ -315,8 +353,6 @@ class Submitter:
         str
             The run id.
         """
-        from dagster_graphql.cli import execute_query
-
         tags = dict(self.tags)
         if partition_key is not None:
             tags["dagster/partition"] = partition_key
@@ -329,7 +365,7 @@ class Submitter:
             "runConfigData": self.run_config,
             "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
         }
-        answer = execute_query(self.context, LAUNCH_RUN, {"executionParams": params})
+        answer = execute_graphql(self.context, LAUNCH_RUN, {"executionParams": params})
         result = (answer.get("data") or {}).get("launchRun") or {}
         if result.get("__typename") == "LaunchRunSuccess":
             return result["run"]["runId"]
