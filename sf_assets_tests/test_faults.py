@@ -31,7 +31,7 @@ from sf_assets.stores.data import RAW_LABEL, load_sorting_object, store_ground_t
 from sf_assets.engines.job import CONSOLE_FILE, WORKER_FILE
 from sf_assets.orchestration.partitions import pair_key, recording_key, sorter_key, sorting_partitions
 from sf_assets.engines.engine import EngineSettings
-from sf_assets.engines.service_client import service_status
+from sf_assets.engines.service_client import call_service, service_status
 from sf_assets.stores.workspace import WorkspaceStore
 from harness.automation import write_manifest
 from sf_assets_tests.graph_harness import make_env, write_spec
@@ -147,8 +147,8 @@ def _describe(pid: int) -> str:
     return f"{state} {cmdline[:120]}"
 
 
-def _run_processes(instance) -> dict[str, int]:
-    """The live processes executing this instance's unfinished runs (their run launcher tags them)."""
+def _unfinished_runs(instance) -> dict[str, int]:
+    """This instance's unfinished runs, and the run process executing each (its run launcher tags it)."""
     from sf_assets.orchestration.run_launcher import RUN_WORKER_TAG
 
     alive = {}
@@ -205,15 +205,14 @@ def killed_launch(synthetic_studyset, tmp_path, dagster_home):
             if "sort service slot" in (r.event_log_entry.user_message or "")
         )
         worker_pid = int(slot_line.split("worker pid ")[1].split()[0])
-        run_pids = _run_processes(instance)
-        assert second_run.run_id in run_pids, "the second run executes in a process of its own"
+        run_pids = _unfinished_runs(instance)
+        assert second_run.run_id in run_pids, "the second run executes in a run process of the host's service"
     finally:
         if launcher.poll() is None:
             os.kill(launcher.pid, signal.SIGKILL)  # the launching process only, as the OOM killer does
         launcher.wait(timeout=30)
     assert launcher.returncode == -signal.SIGKILL
     killed_at = time.monotonic()
-    gone = lambda pid: not os.path.exists(f"/proc/{pid}")  # noqa: E731
     service = EngineSettings(work_root="").service()  # the session's service (SF_ASSETS_SERVICE_DIR)
 
     def sorting_for_the_launch() -> bool:
@@ -222,16 +221,20 @@ def killed_launch(synthetic_studyset, tmp_path, dagster_home):
         status = service_status(service) or {"slots": []}
         return any(slot["busy"] and slot["worker_pid"] == worker_pid for slot in status["slots"])
 
-    while time.monotonic() - killed_at < 10 and (
-        sorting_for_the_launch() or not all(map(gone, run_pids.values()))
-    ):
+    def still_running() -> list[str]:
+        # The runs' process may live on (other runs share it); the runs themselves must end.
+        return [
+            run_id for run_id in run_pids
+            if call_service(service, "run_status", start=False, run_id=run_id)["alive"]
+        ]
+
+    while time.monotonic() - killed_at < 10 and (sorting_for_the_launch() or still_running()):
         time.sleep(0.1)
-    leftover = {pid: _describe(pid) for pid in run_pids.values() if not gone(pid)}
+    leftover = {run_id: f"run still executing in {_describe(run_pids[run_id])}" for run_id in still_running()}
     if sorting_for_the_launch():
         leftover[worker_pid] = "still sorting: " + _describe(worker_pid)
-    for pid in leftover:  # do not leave a sorter running if the assertion fails
-        _kill_group(pid)
-    assert not leftover, f"a process of the killed launch outlived it by more than 10 s: {leftover}"
+        _kill_group(worker_pid)  # do not leave a sorter running if the assertion fails
+    assert not leftover, f"a run or sort of the killed launch outlived it by more than 10 s: {leftover}"
     return env, second_run.run_id
 
 

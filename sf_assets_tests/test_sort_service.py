@@ -131,7 +131,7 @@ def test_a_launch_runs_no_more_sorts_at_once_than_its_limit(synthetic_studyset, 
 
 def test_a_sort_on_its_way_is_forgotten_when_its_run_ends_without_it(synthetic_studyset, tmp_path, settings):
     """A launched sorting run announces its sort (``sorter``): idle slots may wait for it (core.dispatch),
-    but only while the run's process lives.  Here the process ends at once (its instance reference is not
+    but only while the run lives.  Here the run ends at once (its instance reference is not
     one), as a job-cache hit's run ends without sorting; the next sort the service places forgets it,
     instead of letting slots wait for it until its time is up."""
     from sf_assets.engines.service_client import call_service
@@ -143,7 +143,10 @@ def test_a_sort_on_its_way_is_forgotten_when_its_run_ends_without_it(synthetic_s
         environ=dict(os.environ), cwd=str(tmp_path), lease="", sorter="simple",
     )
     assert answer["launched"] and service_status(settings.service())["expected"] == ["simple"]
-    _gone(answer["pid"])
+    deadline = time.monotonic() + 30
+    while call_service(settings.service(), "run_status", run_id="never-sorts")["alive"]:
+        assert time.monotonic() < deadline, "the run with no instance never ended"
+        time.sleep(0.1)
     _, report = _sort(_job(synthetic_studyset, tmp_path, "a"), settings)
     assert not report.errored
     assert service_status(settings.service())["expected"] == []

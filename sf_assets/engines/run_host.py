@@ -1,19 +1,40 @@
-"""Dagster run processes forked from a preloaded zygote inside the sort service.
+"""Dagster runs executed as threads of a few run processes forked from a preloaded zygote.
 
 Dagster's default launcher starts each run in a fresh interpreter (the code
 server spawns ``dagster api execute_run``), which imports Dagster, the code
 location and spikeinterface again for every run: about 2 s of CPU, as much
 as a small sort.  The project's run launcher
-(:class:`sf_assets.orchestration.run_launcher.SortServiceRunLauncher`) instead hands each run
-to the sort service, which forks it from a multiprocessing fork server that
-imported all of that once (:data:`PRELOAD`).  Forking the single-threaded fork
-server is safe where forking the threaded service would not be.
+(:class:`sf_assets.orchestration.run_launcher.SortServiceRunLauncher`) instead
+hands each run to the sort service, which executes it in a *run process*
+forked from a multiprocessing fork server that imported all of that once
+(:data:`PRELOAD`).  Forking the single-threaded fork server is safe where
+forking the threaded service would not be.
 
-The forked process takes the environment and folder of the process that
-launched the run (the daemon, the webserver or the command line), as a
-spawned run process would inherit them, then reloads the code location's
-definitions module so that its resources read that environment, and executes
-the run exactly as ``dagster api execute_run`` does.
+A run process executes up to :data:`RUNS_PER_PROCESS` runs at once, one
+thread each.  A sorting run spends its life waiting for its sort on a sort
+service (this host's or a Slurm allocation's), so a process per run would
+hold a full Python interpreter with Dagster loaded (about 280 MB resident)
+per sort in flight: 32 sorts in flight on Slurm cost 9 GB of the submit
+host's memory that way, and SpikeForest keeps hundreds in flight.  The
+runs' own work (Dagster's events, storing a result, the comparison) is
+short, and the sorts themselves run in the services' workers, so sharing a
+process costs little concurrency and keeps each sorter's crash out of it.
+
+Runs share a process only when they were launched with the same environment
+and working folder (the daemon's, the webserver's, one command line's): the
+process takes them, as a spawned run process would inherit them, and
+reloads the code location's definitions module once so that its resources
+read that environment.  Each run executes exactly as ``dagster api
+execute_run`` does, with one difference: Dagster's capture of a run's
+standard output and error swaps the process's file descriptors, which
+threads cannot share, so the runs' instance captures none
+(``NoOpComputeLogManager``); what sorters print is captured per sort by the
+sort service, and the runs' own messages go to Dagster's event log.
+
+Terminating a run raises Dagster's interrupt in its thread (as Ctrl-C does
+in a run process of its own): the step's sort connection closes, which
+stops its sort, and Dagster marks the run canceled.  A process whose runs
+have all ended exits after :data:`RETIRE_IDLE_S`.
 
 A run may carry a lease (``sf-assets/lease``, the identity of a command-line
 process that launched it): when that process is gone, its runs are
@@ -21,12 +42,14 @@ terminated, so a killed command line leaves nothing sorting behind it.
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
-import signal
 import sys
 import threading
-from dataclasses import dataclass
+import time
+import traceback
+from dataclasses import dataclass, field
 
 from sf_assets.core.launcher_identity import LauncherIdentity, process_start_ticks
 
@@ -46,63 +69,208 @@ PRELOAD = (
     "scipy.signal",
 )
 DEFINITIONS_MODULE = "sf_assets.definitions"
+# Runs one process executes at once.  Past it a second process is forked: the runs' Python
+# work (events, results, comparisons) shares one interpreter lock per process.
+RUNS_PER_PROCESS = 16
+# A run process with no run left exits after this long (the next launch may reuse it before).
+RETIRE_IDLE_S = 60.0
 TERMINATE_GRACE_S = 20.0
+# A terminated run's interrupt is raised again this often until its thread ends (it may land
+# where it is caught, or while the thread waits in C).
+INTERRUPT_AGAIN_S = 2.0
+NO_COMPUTE_LOGS = ("dagster._core.storage.noop_compute_log_manager", "NoOpComputeLogManager")
 
 
 def _nothing() -> None:
     """The warm-up process's whole work: being forked is the point."""
 
 
-def execute_run(run_id: str, instance_ref_json: str, environ: dict[str, str], cwd: str) -> None:
-    """Execute one launched run in this (forked) process; runs in the child only.
+_LOGGING_SETUP = threading.Lock()
+_yaml_handlers: list | None = None
+
+
+def _instance_for_threads(instance_ref_json: str):
+    """The launching instance, as concurrent runs in one process can share it.
+
+    Two of its per-run habits are process-wide: the compute-log capture (see
+    the module), and the Python logging handlers that ``dagster.yaml``'s
+    ``python_logs`` section defines, which Dagster makes for every run with
+    ``logging.config.dictConfig``: that resets the process's logging while
+    other runs log, and deadlocks against them.  Here the handlers are made
+    once per process and every run gets the same ones.
+    """
+    from dagster import DagsterInstance, deserialize_value
+    # No public API: the instance's serialized reference, and the class data naming its compute log manager.
+    from dagster._core.instance.ref import InstanceRef
+    from dagster._serdes import ConfigurableClassData
+
+    ref = deserialize_value(instance_ref_json, InstanceRef)
+    instance = DagsterInstance.from_ref(ref._replace(compute_logs_data=ConfigurableClassData(*NO_COMPUTE_LOGS, "{}")))
+    make_handlers = instance.get_yaml_python_handlers
+
+    def shared_yaml_handlers() -> list:
+        global _yaml_handlers
+        with _LOGGING_SETUP:
+            if _yaml_handlers is None:
+                _yaml_handlers = list(make_handlers())
+            return _yaml_handlers
+
+    # No public API: the instance method Dagster's log manager calls per run.
+    instance.get_yaml_python_handlers = shared_yaml_handlers
+    return instance
+
+
+def _execute_one(run_id: str, instance_ref_json: str) -> int:
+    """Execute one launched run in this thread, as ``dagster api execute_run`` does; its exit code."""
+    # No public API executes a launched run in-process.
+    from dagster._cli.api import _execute_run_command_body
+
+    with _instance_for_threads(instance_ref_json) as instance:
+        return _execute_run_command_body(run_id, instance, lambda _event: None, set_exit_code_on_failure=True)
+
+
+def _interrupt(thread: threading.Thread) -> bool:
+    """Raise Dagster's interrupt in ``thread`` at its next Python instruction (a run's Ctrl-C)."""
+    # No public API: the error Dagster's run worker turns a Ctrl-C into, and cancels a run on.
+    from dagster._core.errors import DagsterExecutionInterruptedError
+
+    if thread.ident is None or not thread.is_alive():
+        return False
+    raised = ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread.ident), ctypes.py_object(DagsterExecutionInterruptedError)
+    )
+    return raised == 1
+
+
+def serve_runs(conn, environ: dict[str, str], cwd: str) -> None:
+    """A run process's life (in the child only): execute the runs the host sends, one thread each.
+
+    Messages from the host: ``("run", run_id, instance_ref_json)``,
+    ``("interrupt", run_id)`` and ``("stop",)``; to the host:
+    ``("ended", run_id, exit_code)``.  At ``stop``, or when the host is gone,
+    the process takes no more runs, lets those it has finish, and exits.
 
     Parameters
     ----------
-    run_id : str
-        The run.
-    instance_ref_json : str
-        The instance's serialized reference.
+    conn : multiprocessing.connection.Connection
+        Its end of the pipe to the host.
     environ : dict[str, str]
-        The run's environment (the launcher's), set before the code location is imported again.
+        The runs' environment (their launcher's), set before the code location is imported again.
     cwd : str
-        The run's working folder.
+        The runs' working folder.
     """
     os.environ.clear()
     os.environ.update(environ)
     os.chdir(cwd)
-    # Preloaded under the fork server's environment: load it again under the run's.
+    # Preloaded under the fork server's environment: load it again under the runs'.
     sys.modules.pop(DEFINITIONS_MODULE, None)
+    send_lock = threading.Lock()
+    threads: dict[str, threading.Thread] = {}
 
-    from dagster import DagsterInstance, deserialize_value
+    def execute(run_id: str, instance_ref_json: str) -> None:
+        code = 1
+        try:
+            code = _execute_one(run_id, instance_ref_json)
+        except BaseException:  # noqa: BLE001 - an interrupt that landed outside Dagster's handling, say
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            with send_lock:
+                try:
+                    conn.send(("ended", run_id, code))
+                except (OSError, EOFError):
+                    pass  # the host is gone; the run's end is in Dagster's event log
 
-    # No public API executes a launched run in-process, names an instance's serialized
-    # reference, or turns SIGINT into Dagster's interrupt as its run worker does.
-    from dagster._cli.api import _execute_run_command_body
-    from dagster._core.instance.ref import InstanceRef
-    from dagster._utils.interrupts import capture_interrupts
-
-    with capture_interrupts():
-        with DagsterInstance.from_ref(deserialize_value(instance_ref_json, InstanceRef)) as instance:
-            code = _execute_run_command_body(run_id, instance, lambda _event: None, set_exit_code_on_failure=True)
-    # Exit now: an interrupted step's generators (and so its sort's connection, its lease)
-    # may only be closed at garbage collection, and a thread left behind would hold up a
-    # normal exit; the kernel closes every socket of an exited process at once.
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            break
+        if message[0] == "run":
+            _, run_id, instance_ref_json = message
+            thread = threading.Thread(
+                target=execute, args=(run_id, instance_ref_json), name=f"dagster-run-{run_id[:8]}", daemon=True
+            )
+            threads[run_id] = thread
+            thread.start()
+        elif message[0] == "interrupt":
+            thread = threads.get(message[1])
+            if thread is not None:
+                _interrupt(thread)
+        elif message[0] == "stop":
+            break
+    for thread in threads.values():
+        thread.join()
+    # Exit now: an interrupted step's generators may only be closed at garbage collection,
+    # and the kernel closes every socket of an exited process at once.
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    os._exit(0)
+
+
+class RunProcess:
+    """One run process, seen from the host: its pipe, and a thread that hears its runs end."""
+
+    def __init__(self, context, key: tuple, environ: dict[str, str], cwd: str, on_ended):
+        self.key = key
+        self.live: set[str] = set()
+        self.idle_since = time.monotonic()
+        self.accepting = True
+        self._on_ended = on_ended
+        self._send_lock = threading.Lock()
+        self._conn, child = context.Pipe()
+        self.process = context.Process(target=serve_runs, args=(child, environ, cwd), name="sf-assets-run-process")
+        self.process.start()
+        child.close()
+        threading.Thread(target=self._hear, daemon=True, name=f"run-process-{self.process.pid}").start()
+
+    def send(self, message: tuple) -> bool:
+        """Send ``message`` to the process.
+
+        Parameters
+        ----------
+        message : tuple
+            ``("run", ...)``, ``("interrupt", run_id)`` or ``("stop",)`` (see :func:`serve_runs`).
+
+        Returns
+        -------
+        bool
+            False when the process is gone.
+        """
+        with self._send_lock:
+            try:
+                self._conn.send(message)
+                return True
+            except (OSError, EOFError):
+                return False
+
+    def _hear(self) -> None:
+        while True:
+            try:
+                _, run_id, code = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            self._on_ended(self, run_id, code)
+        # The process ended: its runs with it (killed, or a crash that took every thread).
+        self.process.join(5.0)
+        code = self.process.exitcode if self.process.exitcode is not None else -9
+        for run_id in list(self.live):
+            self._on_ended(self, run_id, code if code else -9)
 
 
 @dataclass
 class HostedRun:
-    """A run executing in a forked process, with the lease that ends it when its launcher dies."""
+    """A run executing in a thread of a run process, with the lease that ends it when its launcher dies."""
 
-    process: multiprocessing.process.BaseProcess
+    process: RunProcess
     lease: LauncherIdentity | None
     terminating: bool = False
+    exitcode: int | None = None
+    ended: threading.Event = field(default_factory=threading.Event)
 
 
 class RunHost:
-    """The runs this service executes, keyed by run id."""
+    """The runs this service executes, keyed by run id, and the run processes executing them."""
 
     OPS = ("launch_run", "terminate_run", "run_status")
 
@@ -110,6 +278,7 @@ class RunHost:
         self._lock = threading.Lock()
         self._context = None
         self._runs: dict[str, HostedRun] = {}
+        self._processes: list[RunProcess] = []
 
     def _fork_context(self):
         with self._lock:
@@ -130,8 +299,29 @@ class RunHost:
         process.start()
         process.join()
 
+    def _ended(self, process: RunProcess, run_id: str, code: int) -> None:
+        with self._lock:
+            hosted = self._runs.get(run_id)
+            process.live.discard(run_id)
+            if not process.live:
+                process.idle_since = time.monotonic()
+        if hosted is not None and hosted.exitcode is None:
+            hosted.exitcode = code
+            hosted.ended.set()
+
+    def _process_for(self, environ: dict[str, str], cwd: str) -> RunProcess:
+        """A run process for this environment with room for one more run (called with the lock held)."""
+        key = (tuple(sorted(environ.items())), cwd)
+        for process in self._processes:
+            if process.key == key and process.accepting and len(process.live) < RUNS_PER_PROCESS:
+                if process.process.is_alive():
+                    return process
+        process = RunProcess(self._context, key, environ, cwd, self._ended)
+        self._processes.append(process)
+        return process
+
     def launch_run(self, run_id: str, instance_ref: str, environ: dict[str, str], cwd: str, lease: str = "") -> dict:
-        """Start ``run_id`` in a process of its own; refused when its lease has already ended.
+        """Start ``run_id`` in a thread of a run process; refused when its lease has already ended.
 
         Parameters
         ----------
@@ -149,21 +339,29 @@ class RunHost:
         Returns
         -------
         dict
-            ``launched``, and the ``pid`` and ``start_ticks`` of its process or the ``reason`` it was refused.
+            ``launched``, and the ``pid`` and ``start_ticks`` of its run process or the ``reason`` it was refused.
         """
         identity = LauncherIdentity.parse(lease) if lease else None
         if identity is not None and identity.is_gone():
             return {"launched": False, "reason": f"the process that launched it ({lease}) is gone"}
-        process = self._fork_context().Process(
-            target=execute_run, args=(run_id, instance_ref, environ, cwd), name=f"dagster-run-{run_id[:8]}"
-        )
-        process.start()
+        self._fork_context()
         with self._lock:
+            process = self._process_for(environ, cwd)
+            process.live.add(run_id)
             self._runs[run_id] = HostedRun(process, identity)
-        return {"launched": True, "pid": process.pid, "start_ticks": process_start_ticks(process.pid) or 0}
+            sent = process.send(("run", run_id, instance_ref))
+        if not sent:
+            self._ended(process, run_id, -9)
+            return {"launched": False, "reason": "its run process ended before it could take the run"}
+        pid = process.process.pid
+        return {"launched": True, "pid": pid, "start_ticks": process_start_ticks(pid) or 0}
 
     def terminate_run(self, run_id: str, grace_s: float = TERMINATE_GRACE_S) -> dict:
-        """Interrupt the run as Ctrl-C would (Dagster cancels it cleanly); kill it after ``grace_s``.
+        """Interrupt the run as Ctrl-C would (Dagster cancels it cleanly), again until it ends.
+
+        Past ``grace_s``, a run process executing nothing else is killed; one
+        that executes other runs is not (its other runs are not the user's
+        to lose), and the interrupt keeps being raised until the run ends.
 
         Parameters
         ----------
@@ -179,19 +377,22 @@ class RunHost:
         """
         with self._lock:
             hosted = self._runs.get(run_id)
-        if hosted is None or not hosted.process.is_alive():
+        if hosted is None or hosted.ended.is_set():
             return {"terminated": False, "known": hosted is not None}
         hosted.terminating = True
-        os.kill(hosted.process.pid, signal.SIGINT)
-        threading.Thread(target=self._kill_after, args=(hosted, grace_s), daemon=True).start()
+        hosted.process.send(("interrupt", run_id))
+        threading.Thread(target=self._insist, args=(run_id, hosted, grace_s), daemon=True).start()
         return {"terminated": True, "known": True}
 
-    @staticmethod
-    def _kill_after(hosted: HostedRun, grace_s: float) -> None:
-        hosted.process.join(grace_s)
-        if hosted.process.is_alive():
-            hosted.process.kill()
-            hosted.process.join(5.0)
+    def _insist(self, run_id: str, hosted: HostedRun, grace_s: float) -> None:
+        deadline = time.monotonic() + grace_s
+        while not hosted.ended.wait(INTERRUPT_AGAIN_S):
+            with self._lock:
+                alone = hosted.process.live == {run_id}
+            if time.monotonic() >= deadline and alone:
+                hosted.process.process.kill()
+                return  # its pipe closes: the host hears the run end
+            hosted.process.send(("interrupt", run_id))
 
     def run_status(self, run_id: str) -> dict:
         """What the run monitor needs to know about a run.
@@ -210,8 +411,7 @@ class RunHost:
             hosted = self._runs.get(run_id)
         if hosted is None:
             return {"known": False, "alive": False, "exitcode": None}
-        alive = hosted.process.is_alive()
-        return {"known": True, "alive": alive, "exitcode": None if alive else hosted.process.exitcode}
+        return {"known": True, "alive": not hosted.ended.is_set(), "exitcode": hosted.exitcode}
 
     def active(self) -> bool:
         """Is any run still executing here?
@@ -221,11 +421,43 @@ class RunHost:
         Returns
         -------
         bool
-            True while a run's process is alive.
+            True while a run has not ended.
         """
         with self._lock:
             runs = list(self._runs.values())
-        return any(hosted.process.is_alive() for hosted in runs)
+        return any(not hosted.ended.is_set() for hosted in runs)
+
+    def stop_processes(self) -> None:
+        """Tell every run process to exit once its runs end (the service is exiting)."""
+        with self._lock:
+            processes, self._processes = self._processes, []
+            for process in processes:
+                process.accepting = False
+        for process in processes:
+            process.send(("stop",))
+
+    def retire_idle_processes(self, idle_s: float = RETIRE_IDLE_S) -> int:
+        """Let the run processes that have had no run for ``idle_s`` exit.
+
+        Parameters
+        ----------
+        idle_s : float
+            Seconds without a run.
+
+        Returns
+        -------
+        int
+            How many were told to exit.
+        """
+        now = time.monotonic()
+        with self._lock:
+            idle = [p for p in self._processes if not p.live and now - p.idle_since >= idle_s]
+            for process in idle:
+                process.accepting = False
+                self._processes.remove(process)
+        for process in idle:
+            process.send(("stop",))
+        return len(idle)
 
     def end_runs_whose_lease_ended(self) -> list[str]:
         """Terminate the runs whose launching command line is gone.
@@ -239,8 +471,7 @@ class RunHost:
             leased = [(rid, h) for rid, h in self._runs.items() if h.lease is not None and not h.terminating]
         ended = []
         for run_id, hosted in leased:
-            if hosted.process.is_alive() and hosted.lease.is_gone():
+            if not hosted.ended.is_set() and hosted.lease.is_gone():
                 self.terminate_run(run_id, grace_s=5.0)
                 ended.append(run_id)
         return ended
-

@@ -35,9 +35,9 @@ lease: when its connection closes (its run was terminated, or its process
 died), a queued sort is dropped and a running one is stopped at once, its
 worker discarded.  ``{"op": "status"}`` describes the slots.
 
-The service also hosts Dagster run processes for the project's run launcher
-(:mod:`sf_assets.engines.run_host`): ``launch_run``, ``terminate_run`` and
-``run_status`` requests.
+The service also hosts the Dagster runs of the project's run launcher, as
+threads of a few run processes (:mod:`sf_assets.engines.run_host`):
+``launch_run``, ``terminate_run`` and ``run_status`` requests.
 
 The service starts on demand (:mod:`sf_assets.engines.service_client`, under
 a lock so that only one starts) and exits after ``idle_exit_s`` with no sort
@@ -492,13 +492,18 @@ def serve(folder: Path, settings: ServiceSettings, tcp: bool = False, gpus: tupl
         while service.idle_for_s() < settings.idle_exit_s:
             time.sleep(IDLE_CHECK_S)
             service.runs.end_runs_whose_lease_ended()
+            service.runs.retire_idle_processes()
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:
         # Socket (or published address) first: a client that connects from now on starts a new service.
         (folder / INFO_NAME if tcp else socket_path).unlink(missing_ok=True)
-        listener.close()
+        try:
+            listener.close()
+        except FileNotFoundError:
+            pass  # the Unix socket's file, removed above
         service.close_workers()
+        service.runs.stop_processes()  # exiting waits for them: they finish the runs they have
         print(f"sort service {os.getpid()} exiting", flush=True)
     return 0
 

@@ -3,12 +3,12 @@
 ``dagster.yaml`` names this class as the instance's run launcher, so the runs
 of a UI backfill, of the studyset sensor, of the schedule and of the command
 line all leave Dagster's run queue the same way: the queue's daemon calls
-:meth:`SortServiceRunLauncher.launch_run`, and the sort service forks the run
-from a process that has Dagster, the code location and spikeinterface loaded
-(:mod:`sf_assets.engines.run_host`).  The run's sorting step then hands its
-sort to the same service's warm workers.  Terminating a run in the UI
-interrupts its process, which closes its lease on the sort, which stops the
-sort.
+:meth:`SortServiceRunLauncher.launch_run`, and the sort service executes the
+run in a thread of a run process forked from one that has Dagster, the code
+location and spikeinterface loaded (:mod:`sf_assets.engines.run_host`).  The
+run's sorting step then hands its sort to the same service's warm workers.
+Terminating a run in the UI interrupts its thread, which closes its lease on
+the sort, which stops the sort.
 
 Dagster's run monitoring asks :meth:`check_run_worker_health` about started
 runs: a run whose process is gone without finishing (killed, the service gone
@@ -135,7 +135,8 @@ class SortServiceRunLauncher(RunLauncher, ConfigurableClass):
         identity = LauncherIdentity(_hostname(), answer["pid"], answer["start_ticks"])
         self._instance.add_run_tags(run.run_id, {RUN_WORKER_TAG: str(identity)})
         self._instance.report_engine_event(
-            f"Run handed to the sort service: process {answer['pid']}, forked from its preloaded run host.",
+            f"Run handed to the sort service: a thread of run process {answer['pid']}, forked from its "
+            "preloaded run host (runs launched with the same environment share it).",
             run,
             cls=self.__class__,
         )
