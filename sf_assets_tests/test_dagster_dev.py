@@ -159,6 +159,55 @@ def test_the_ui_terminate_button_stops_a_running_sort(deployment, backfill):
     )
 
 
+def _run_process_of(deployment: Deployment, run_id: str) -> int | None:
+    """The run process executing a run, from the tag its run launcher sets."""
+    from sf_assets.core.launcher_identity import LauncherIdentity
+    from sf_assets.orchestration.run_launcher import RUN_WORKER_TAG
+
+    identity = LauncherIdentity.parse(deployment.instance.get_run_by_id(run_id).tags.get(RUN_WORKER_TAG, ""))
+    return identity.pid if identity is not None else None
+
+
+def test_the_backfills_runs_are_threads_of_one_run_process(deployment, backfill):
+    """Every run of the backfill (recordings, ground truths, sortings) was launched by the daemon, so with
+    one environment: one run process executed them all, not a process each."""
+    runs = deployment.instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill["id"]}))
+    processes = {run.run_id: _run_process_of(deployment, run.run_id) for run in runs}
+    assert len(runs) >= len(backfill["pairs"]) and None not in processes.values(), processes
+    assert len(set(processes.values())) == 1, processes
+
+
+def test_terminating_a_run_leaves_the_runs_sharing_its_process_running(deployment, backfill):
+    """Two SpykingCircus2 sorts from the UI at once, one on each slot, their runs threads of one run
+    process; the UI terminates one: it is canceled and its sort stopped, the other sorts to the end."""
+    first, second = [r for r in deployment.campaign.recordings() if r.study_set_name == "SYNTH_SET_A"][:2]
+    stopped, kept = (
+        deployment.dev.launch_partition_run(["sorting"], str(pair_key(STOPPED_SORTER, rec))) for rec in (first, second)
+    )
+
+    def both_sorting():
+        runs = [deployment.instance.get_run_by_id(run_id) for run_id in (stopped, kept)]
+        status = service_status(deployment.service) or {"slots": []}
+        busy = [s["worker_pid"] for s in status["slots"] if s["busy"]]
+        if any(r.status != dg.DagsterRunStatus.STARTED for r in runs) or len(busy) < 2:
+            return None
+        return busy
+
+    deployment.dev.wait_for(both_sorting, 120, "both SpykingCircus2 runs sorting", poll_s=0.2)
+    assert _run_process_of(deployment, stopped) == _run_process_of(deployment, kept)
+    process = _run_process_of(deployment, stopped)
+    deployment.dev.terminate_run(stopped)
+    finished = lambda run_id: (r := deployment.instance.get_run_by_id(run_id)).is_finished and r.status  # noqa: E731
+    assert deployment.dev.wait_for(lambda: finished(stopped), 60, "the terminated run finished") == (
+        dg.DagsterRunStatus.CANCELED
+    )
+    assert _alive(process), "the run process of the terminated run lives on: another run is executing in it"
+    assert deployment.dev.wait_for(lambda: finished(kept), 180, "the other run finished") == dg.DagsterRunStatus.SUCCESS
+    materialized = deployment.instance.get_materialized_partitions(dg.AssetKey("sorting"))
+    assert str(pair_key(STOPPED_SORTER, second)) in materialized
+    assert str(pair_key(STOPPED_SORTER, first)) not in materialized
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
