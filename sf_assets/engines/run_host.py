@@ -34,7 +34,7 @@ sort service, and the runs' own messages go to Dagster's event log.
 Terminating a run raises Dagster's interrupt in its thread (as Ctrl-C does
 in a run process of its own): the step's sort connection closes, which
 stops its sort, and Dagster marks the run canceled.  A process whose runs
-have all ended exits after :data:`RETIRE_IDLE_S`.
+have all ended exits after :data:`RETIRE_IDLE_S` (:meth:`RunHost.stop_processes`).
 
 A run may carry a lease (``sf-assets/lease``, the identity of a command-line
 process that launched it): when that process is gone, its runs are
@@ -86,7 +86,7 @@ def _nothing() -> None:
 
 
 _LOGGING_SETUP = threading.Lock()
-_yaml_handlers: list | None = None
+_yaml_handlers: dict[str, list] = {}  # by instance reference: the handlers its dagster.yaml defines
 
 
 def _instance_for_threads(instance_ref_json: str):
@@ -109,11 +109,10 @@ def _instance_for_threads(instance_ref_json: str):
     make_handlers = instance.get_yaml_python_handlers
 
     def shared_yaml_handlers() -> list:
-        global _yaml_handlers
         with _LOGGING_SETUP:
-            if _yaml_handlers is None:
-                _yaml_handlers = list(make_handlers())
-            return _yaml_handlers
+            if instance_ref_json not in _yaml_handlers:
+                _yaml_handlers[instance_ref_json] = list(make_handlers())
+            return _yaml_handlers[instance_ref_json]
 
     # No public API: the instance method Dagster's log manager calls per run.
     instance.get_yaml_python_handlers = shared_yaml_handlers
@@ -129,17 +128,15 @@ def _execute_one(run_id: str, instance_ref_json: str) -> int:
         return _execute_run_command_body(run_id, instance, lambda _event: None, set_exit_code_on_failure=True)
 
 
-def _interrupt(thread: threading.Thread) -> bool:
+def _interrupt(thread: threading.Thread) -> None:
     """Raise Dagster's interrupt in ``thread`` at its next Python instruction (a run's Ctrl-C)."""
     # No public API: the error Dagster's run worker turns a Ctrl-C into, and cancels a run on.
     from dagster._core.errors import DagsterExecutionInterruptedError
 
-    if thread.ident is None or not thread.is_alive():
-        return False
-    raised = ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread.ident), ctypes.py_object(DagsterExecutionInterruptedError)
-    )
-    return raised == 1
+    if thread.ident is not None and thread.is_alive():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(thread.ident), ctypes.py_object(DagsterExecutionInterruptedError)
+        )
 
 
 def serve_runs(conn, environ: dict[str, str], cwd: str) -> None:
@@ -188,6 +185,7 @@ def serve_runs(conn, environ: dict[str, str], cwd: str) -> None:
             break
         if message[0] == "run":
             _, run_id, instance_ref_json = message
+            threads = {rid: t for rid, t in threads.items() if t.is_alive()}  # a process may live for days
             thread = threading.Thread(
                 target=execute, args=(run_id, instance_ref_json), name=f"dagster-run-{run_id[:8]}", daemon=True
             )
@@ -215,7 +213,6 @@ class RunProcess:
         self.key = key
         self.live: set[str] = set()
         self.idle_since = time.monotonic()
-        self.accepting = True
         self._on_ended = on_ended
         self._send_lock = threading.Lock()
         self._conn, child = context.Pipe()
@@ -251,11 +248,10 @@ class RunProcess:
             except (EOFError, OSError):
                 break
             self._on_ended(self, run_id, code)
-        # The process ended: its runs with it (killed, or a crash that took every thread).
+        # The process ended with runs still in it: killed, or a crash that took every thread.
         self.process.join(5.0)
-        code = self.process.exitcode if self.process.exitcode is not None else -9
         for run_id in list(self.live):
-            self._on_ended(self, run_id, code if code else -9)
+            self._on_ended(self, run_id, self.process.exitcode or -9)
 
 
 @dataclass
@@ -313,9 +309,8 @@ class RunHost:
         """A run process for this environment with room for one more run (called with the lock held)."""
         key = (tuple(sorted(environ.items())), cwd)
         for process in self._processes:
-            if process.key == key and process.accepting and len(process.live) < RUNS_PER_PROCESS:
-                if process.process.is_alive():
-                    return process
+            if process.key == key and len(process.live) < RUNS_PER_PROCESS and process.process.is_alive():
+                return process
         process = RunProcess(self._context, key, environ, cwd, self._ended)
         self._processes.append(process)
         return process
@@ -427,22 +422,14 @@ class RunHost:
             runs = list(self._runs.values())
         return any(not hosted.ended.is_set() for hosted in runs)
 
-    def stop_processes(self) -> None:
-        """Tell every run process to exit once its runs end (the service is exiting)."""
-        with self._lock:
-            processes, self._processes = self._processes, []
-            for process in processes:
-                process.accepting = False
-        for process in processes:
-            process.send(("stop",))
-
-    def retire_idle_processes(self, idle_s: float = RETIRE_IDLE_S) -> int:
-        """Let the run processes that have had no run for ``idle_s`` exit.
+    def stop_processes(self, idle_s: float | None = None) -> int:
+        """Tell run processes to exit once their runs end; no run goes to them any more.
 
         Parameters
         ----------
-        idle_s : float
-            Seconds without a run.
+        idle_s : float or None
+            Only those that have had no run for this many seconds (the service's
+            idle checks, with :data:`RETIRE_IDLE_S`); None: every one (the service is exiting).
 
         Returns
         -------
@@ -451,13 +438,13 @@ class RunHost:
         """
         now = time.monotonic()
         with self._lock:
-            idle = [p for p in self._processes if not p.live and now - p.idle_since >= idle_s]
-            for process in idle:
-                process.accepting = False
-                self._processes.remove(process)
-        for process in idle:
+            stopped = [
+                p for p in self._processes if idle_s is None or (not p.live and now - p.idle_since >= idle_s)
+            ]
+            self._processes = [p for p in self._processes if p not in stopped]
+        for process in stopped:
             process.send(("stop",))
-        return len(idle)
+        return len(stopped)
 
     def end_runs_whose_lease_ended(self) -> list[str]:
         """Terminate the runs whose launching command line is gone.

@@ -60,7 +60,7 @@ from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 
 from sf_assets.core.dispatch import AffinityQueue, Task
-from sf_assets.engines.run_host import RunHost
+from sf_assets.engines.run_host import RETIRE_IDLE_S, RunHost
 from sf_assets.core.atomic import write_bytes_atomic, write_json_atomic
 from sf_assets.engines.job import JOB_FILE, SortJob, SortReport
 from sf_assets.engines.service_address import INFO_NAME, KEY_NAME, LOCK_NAME, SOCKET_NAME, ServiceSettings
@@ -492,7 +492,7 @@ def serve(folder: Path, settings: ServiceSettings, tcp: bool = False, gpus: tupl
         while service.idle_for_s() < settings.idle_exit_s:
             time.sleep(IDLE_CHECK_S)
             service.runs.end_runs_whose_lease_ended()
-            service.runs.retire_idle_processes()
+            service.runs.stop_processes(idle_s=RETIRE_IDLE_S)
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:
