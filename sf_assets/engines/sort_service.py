@@ -4,7 +4,9 @@ Every sorting step on a host, whoever launched its run (the command line, a
 UI backfill, the studyset sensor, the schedule, ``dagster asset
 materialize``), hands its sort to this one long-lived process instead of
 starting a worker of its own.  The service keeps one warm worker per slot
-(:class:`~sf_assets.engines.warm_worker.WarmWorker`), so a sorter's imports
+(:class:`~sf_assets.engines.warm_worker.WarmWorker`, forked from one
+process that imported spikeinterface once,
+:mod:`sf_assets.engines.worker_template`), so a sorter's imports
 and numba compilation are paid once per slot, not once per sort or per run,
 and it decides which slot takes which sort
 (:class:`~sf_assets.core.dispatch.AffinityQueue`): a sort goes where its
@@ -67,6 +69,7 @@ from sf_assets.engines.service_address import INFO_NAME, KEY_NAME, LOCK_NAME, SO
 from sf_assets.engines.supervisor import SortCancelled, watch
 from sf_assets.engines.threads import thread_limited_env
 from sf_assets.engines.warm_worker import MAX_JOBS_PER_WORKER, WarmWorker
+from sf_assets.engines.worker_template import WorkerTemplate
 
 WAIT_POLL_S = 0.05
 IDLE_CHECK_S = 1.0
@@ -155,17 +158,24 @@ class SortService:
     def __post_init__(self):
         self.slots = [Slot(i) for i in range(self.settings.slots)]
         self.runs = RunHost()
+        # One import of spikeinterface per service, not per worker: workers are forked from it.
+        self.template = WorkerTemplate(self.worker_env)
 
     def start_workers(self) -> None:
-        """Start every slot's worker now: its imports (Python, spikeinterface) overlap whatever comes first.
+        """Start every slot's worker now: the template's imports overlap whatever comes first.
 
         Without this a slot's first sort waited for them (seconds), after the
-        recordings it needed had already waited for the service itself.
+        recordings it needed had already waited for the service itself.  The
+        lock is not held while the first fork waits for the template; a slot
+        that got a worker (or a sort) in the meantime keeps it.
         """
-        with self.lock:
-            for slot in self.slots:
-                if slot.worker is None:
-                    slot.worker = WarmWorker(self.env_for(slot))
+        for slot in self.slots:
+            worker = WarmWorker(self.env_for(slot), self.template)
+            with self.lock:
+                if slot.worker is None and slot.task is None:
+                    slot.worker = worker
+                    continue
+            worker.close()
 
     def env_for(self, slot: Slot) -> dict[str, str]:
         """The worker environment of ``slot``: its share of :attr:`gpus` as ``CUDA_VISIBLE_DEVICES``.
@@ -286,7 +296,7 @@ class SortService:
     def _run_on(self, slot: Slot, conn: Connection, job: SortJob, work_dir: Path, request: dict) -> None:
         warm = slot.worker is not None and slot.worker.alive() and not self.queue.running[slot.index][1]
         if slot.worker is None or not slot.worker.alive():
-            slot.worker = WarmWorker(self.env_for(slot))
+            slot.worker = WarmWorker(self.env_for(slot), self.template)
         kept: list[WarmWorker] = []
         started = (time.time(), time.monotonic())
         released = False
@@ -294,7 +304,7 @@ class SortService:
             try:
                 run = slot.worker.submit(work_dir, on_idle=kept.append)
             except OSError:  # the worker died while idle
-                slot.worker = WarmWorker(self.env_for(slot))
+                slot.worker = WarmWorker(self.env_for(slot), self.template)
                 warm = False
                 run = slot.worker.submit(work_dir, on_idle=kept.append)
             _send(conn, ("started", {"slot": slot.index, "worker_pid": slot.worker.pid, "warm": warm}))
@@ -416,6 +426,7 @@ class SortService:
         for slot in self.slots:
             if slot.worker is not None:
                 slot.worker.close(wait_s=0.0 if slot.task is not None else 5.0)
+        self.template.close()
 
 
 def _send(conn: Connection, message) -> None:

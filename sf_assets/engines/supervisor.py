@@ -137,6 +137,9 @@ def reap(proc: subprocess.Popen) -> tuple[int | None, float | None]:
     tuple[int | None, float | None]
         The exit code and CPU seconds (None when Popen reaped it first).
     """
+    if not isinstance(proc, subprocess.Popen):  # a worker forked by the template: its report
+        exit_code, cpu_time_s = proc.exit_status(timeout=None)
+        return exit_code, cpu_time_s
     try:
         _, status, usage = os.wait4(proc.pid, 0)
     except ChildProcessError:  # already reaped by Popen.poll()
@@ -390,6 +393,8 @@ def poll_without_reaping(proc: subprocess.Popen) -> int | None:
     int or None
         Its exit code, or None while it runs.
     """
+    if not isinstance(proc, subprocess.Popen):  # a worker forked by the template: its report
+        return proc.poll()
     try:
         result = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:

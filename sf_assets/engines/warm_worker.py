@@ -4,9 +4,11 @@ A fresh worker process per sort pays the sorter's imports and numba
 compilation every time: about 20 s for spykingcircus2 and 40 s for
 tridesclous2, more than the whole sort of a small recording.  The host's sort
 service (:mod:`sf_assets.engines.sort_service`) therefore keeps one worker per
-slot: each :class:`WarmWorker` runs ``python -m sf_assets.engines.worker
---serve`` and takes one job after another, so a sorter is compiled once per
-worker, not once per sort.
+slot: each :class:`WarmWorker` serves one job after another (the ``--serve``
+loop of :mod:`sf_assets.engines.worker`), so a sorter is compiled once per
+worker, not once per sort.  Workers are forked from the service's template
+(:mod:`sf_assets.engines.worker_template`), which has already imported
+spikeinterface, so a new worker costs milliseconds, not seconds of CPU.
 
 What a fresh process guarantees still holds:
 
@@ -28,30 +30,22 @@ steps in allocations a user holds keep a fresh process per sort.
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from sf_assets.engines.job import CONSOLE_FILE, EXIT_FILE, WORKER_FILE, read_json_if_present
 from sf_assets.engines.supervisor import abandon_process, poll_without_reaping, reap, stop_process_group
+from sf_assets.engines.worker_template import WorkerTemplate
 
 MAX_JOBS_PER_WORKER = 20
 
 
 class WarmWorker:
-    """One ``worker --serve`` process, in its own session (so its group can be stopped)."""
+    """One serving worker, forked by the service's template, in its own session (so its group can be stopped)."""
 
-    def __init__(self, env: Mapping[str, str]):
+    def __init__(self, env: Mapping[str, str], template: WorkerTemplate):
         self.jobs_done = 0
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sf_assets.engines.worker", "--serve"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            text=True,
-            env=dict(env),
-        )
+        self.proc = template.spawn(env)
 
     @property
     def pid(self) -> int:

@@ -272,23 +272,26 @@ def _sort_recording(job: SortJob, work_dir: Path, store, recording, provenance: 
     return EXIT_SORTED
 
 
-def _die_with_parent(poll_s: float = 1.0) -> None:
+def _die_with_parent(parent: int | None = None, poll_s: float = 1.0) -> None:
     """End this worker (and its sorter's children) when its supervisor dies.
 
-    The worker runs in its own session so a timeout can stop its whole group;
-    the other side of that is that a SIGKILLed supervisor would leave it
-    sorting as an orphan, writing into a folder a re-run is about to reuse.
+    The worker runs in its own process group so a timeout can stop the whole
+    group; the other side of that is that a SIGKILLed supervisor would leave
+    it sorting as an orphan, writing into a folder a re-run is about to reuse.
+    ``parent`` is the process it must outlive (None: the current parent); a
+    worker forked by the template names the template, which may already be
+    gone by the time the worker looks.
     """
     import signal
     import threading
 
-    parent = os.getppid()
+    parent = os.getppid() if parent is None else parent
 
     def watch() -> None:
         while True:
-            time.sleep(poll_s)
             if os.getppid() != parent:
                 os.killpg(0, signal.SIGKILL)
+            time.sleep(poll_s)
 
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
@@ -363,7 +366,7 @@ class _ConsoleTo:
         return False
 
 
-def _preload() -> None:
+def preload() -> None:
     """Import what every sort needs while no job waits for it (a warm worker starts early).
 
     A failure here is not reported: the first job imports the same modules
@@ -391,7 +394,7 @@ def serve(commands) -> int:
     int
         0 once the stream ends.
     """
-    _preload()
+    preload()
     jobs_done = 0
     while True:
         line = commands.readline()
@@ -414,6 +417,24 @@ def _commands_from_stdin():
     os.dup2(devnull, 0)
     os.close(devnull)
     return os.fdopen(private, "r", encoding="utf-8")
+
+
+def serve_forked(parent: int) -> int:
+    """The ``--serve`` loop in a worker forked by the template (:mod:`sf_assets.engines.worker_template`).
+
+    Parameters
+    ----------
+    parent : int
+        The template's pid: the worker stops when it is gone.
+
+    Returns
+    -------
+    int
+        0 once the command stream ends.
+    """
+    _die_with_parent(parent)
+    with _commands_from_stdin() as commands:
+        return serve(commands)
 
 
 def main(argv: list[str] | None = None) -> int:

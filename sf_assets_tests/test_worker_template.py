@@ -1,0 +1,107 @@
+"""Sort workers forked from the service's template: a process group each, exits reported, dying with it.
+
+These start a real template (it imports spikeinterface once) and real
+forked workers; the sort service's own tests (``test_sort_service.py``) run
+real sorts on them.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from sf_assets.engines.supervisor import poll_without_reaping, reap, stop_process_group
+from sf_assets.engines.worker_template import TEMPLATE_GONE_CODE, WorkerTemplate
+
+
+@pytest.fixture
+def template():
+    template = WorkerTemplate(dict(os.environ))
+    yield template
+    template.close(wait_s=5.0)
+
+
+def _ppid(pid: int) -> int:
+    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+
+
+def _gone(pid: int, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":  # dead, waiting for whoever adopted it to reap it
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _within(seconds: float, call):
+    """``call()``'s value, or a test failure if it has not returned after ``seconds`` (instead of a hung suite)."""
+    box: list = []
+    thread = threading.Thread(target=lambda: box.append(call()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert box, f"{call} did not return within {seconds} s"
+    return box[0]
+
+
+def test_workers_are_forked_from_one_template_each_leading_its_own_group(template):
+    first = template.spawn({**os.environ, "SF_ASSETS_TEST_SLOT": "0"})
+    second = template.spawn({**os.environ, "SF_ASSETS_TEST_SLOT": "1"})
+    assert _ppid(first.pid) == _ppid(second.pid) != os.getpid(), "both forked by one template, not started here"
+    assert os.getpgid(first.pid) == first.pid and os.getpgid(second.pid) == second.pid
+    assert poll_without_reaping(first) is None
+    first.stdin.close()  # the end of its command stream: a warm worker exits
+    assert first.wait(30) == 0
+    assert reap(first)[0] == 0 and reap(first)[1] is not None, "the template's report: exit code and CPU seconds"
+
+
+def test_a_worker_stopped_right_after_it_was_forked_is_stopped_and_reported(template):
+    """The service may stop a worker at once (a timeout, an interrupted step): its group must already exist."""
+    for _ in range(5):
+        worker = template.spawn(dict(os.environ))
+        _within(30, lambda: stop_process_group(worker, 1.0))
+        code, cpu_s = _within(30, lambda: reap(worker))
+        assert code == -signal.SIGTERM and cpu_s is not None
+
+
+def test_a_killed_worker_reports_the_signal(template):
+    worker = template.spawn(dict(os.environ))
+    os.kill(worker.pid, signal.SIGKILL)
+    assert _within(30, lambda: reap(worker))[0] == -signal.SIGKILL
+
+
+def test_workers_die_with_their_template_and_the_next_spawn_starts_a_new_one(template):
+    worker = template.spawn(dict(os.environ))
+    template_pid = _ppid(worker.pid)
+    os.kill(template_pid, signal.SIGKILL)
+    assert _within(30, lambda: worker.wait()) == TEMPLATE_GONE_CODE
+    assert _gone(worker.pid, within_s=10), "a worker stops when its template is gone"
+    again = template.spawn(dict(os.environ))
+    assert _ppid(again.pid) != template_pid
+    again.stdin.close()
+    assert again.wait(30) == 0
+
+
+def test_closing_the_template_ends_it_and_its_workers():
+    template = WorkerTemplate(dict(os.environ))
+    worker = template.spawn(dict(os.environ))
+    template_pid = _ppid(worker.pid)
+    template.close(wait_s=10)
+    assert _gone(template_pid, within_s=1)
+    assert _gone(worker.pid, within_s=10)
+
+
+def test_waiting_on_a_running_worker_times_out_as_popen_does(template):
+    worker = template.spawn(dict(os.environ))
+    with pytest.raises(subprocess.TimeoutExpired):
+        worker.wait(0.0)
+    worker.stdin.close()
+    assert worker.wait(30) == 0
