@@ -196,5 +196,35 @@ def test_a_second_compile_waits_a_moment_for_other_sorters_to_arrive():
     # With nothing else arriving, the grace ends and the idle slot compiles SC2 too, as before.
     queue = _queue(Task("SC2/r1", 0, "SC2"), Task("SC2/r2", 1, "SC2"))
     assert queue.take(0, now=100.0).key == "SC2/r1"
+    assert queue.take(1, now=100.5) is None
     assert queue.take(1, now=100.0 + FIRST_COMPILE_GRACE_S - 0.1) is None
     assert queue.take(1, now=100.0 + FIRST_COMPILE_GRACE_S).key == "SC2/r2"
+
+
+def test_unmeasured_an_idle_slot_waits_for_the_warm_slot_no_longer_than_its_cold_sort_had_run():
+    """make bench's campaign end: slot 0 is out of MountainSort5 sorts 47 s into slot 1's first SpykingCircus2.
+
+    Compiling SpykingCircus2 on slot 0 took 31-43 s; slot 1, once warm, sorted
+    the three left in 6 s each.  Slot 0 waits, and the measured times then say
+    compiling does not pay.
+    """
+    queue = _queue(*(Task(f"SC2/r{i}", i, "SC2") for i in range(4)))
+    assert queue.take(1, now=100.0).key == "SC2/r0"
+    for i in range(4):
+        queue.add(Task(f"MS5/r{i}", 10 + i, "MS5"))
+    for i in range(4):
+        assert queue.take(0, now=100.0 + 11 * i).key == f"MS5/r{i}"
+        queue.finished(0, 11.0)
+    assert queue.take(0, now=147.0) is None, "SC2's cold sort has run 47 s: compiling here costs at least that"
+    queue.finished(1, 49.4)
+    assert queue.take(1, now=149.4).key == "SC2/r1"
+    assert queue.take(0, now=150.0) is None, "one cold SC2 measured, no warm one yet: still waiting"
+    queue.finished(1, 5.5)
+    assert queue.take(0, now=155.0) is None, "measured: 2 x 5.5 s on the warm slot against 44 + 5.5 s here"
+    assert [queue.take(1, now=155.0).key] == ["SC2/r2"]
+    # The wait is bounded: had nothing been measured by then, slot 0 compiles at 147 + 47 s.
+    queue = _queue(*(Task(f"SC2/r{i}", i, "SC2") for i in range(3)))
+    assert queue.take(1, now=100.0).key == "SC2/r0"
+    assert queue.take(0, now=147.0) is None
+    assert queue.take(0, now=193.9) is None
+    assert queue.take(0, now=194.0).key == "SC2/r1"

@@ -20,17 +20,24 @@ compile time.  Compiling here pays when the slots that have it warm would need
 at least as long for its queued sorts as this slot needs to compile it and
 sort one: at the end of a campaign, the last sort of a slow-compiling sorter
 waits a few seconds for its warm slot instead of starting a 20-second
-compilation on an idle one.  Before both are measured, a ready sort is
-taken (as ``run_sorter_jobs`` would), unless a slot that has its sorter warm
-is idle too.  A sort left waiting never
-waits for nothing: a slot that has its sorter warm exists, and takes it by
-rule 2 as soon as it is idle.
+compilation on an idle one.  A sort left waiting never waits for nothing: a
+slot that has its sorter warm exists, and takes it by rule 2 as soon as it
+is idle.
 
-Rule 4 also waits while a sorter's very first compile is under way on another
-slot, for at most :data:`FIRST_COMPILE_GRACE_S`: runs reach the sort service
-a second or two apart (Dagster's queue hands them out once a second), so
-the first sorts to arrive are often of one sorter, and the sorts of the
-others are on their way.  A sort known to be on its way counts too
+Before both are measured, an idle slot waits for the slot that has the
+sorter, for at most as long as that sorter's cold sort had run (or took)
+when this slot first found nothing else to do: compiling here would take at
+least about that long, so waiting never costs more than compiling, and a
+campaign's last few sorts of a slow-compiling sorter (spykingcircus2 on two
+slots: 40-50 s cold against 6 s warm) go to its warm slot instead of a
+second compile that ends after the warm slot would have finished them all.
+Then the ready sort is taken, as ``run_sorter_jobs`` would; by then a cold
+and a warm sort have usually been measured and the rule above decides.
+
+That wait is at least :data:`FIRST_COMPILE_GRACE_S` from the sorter's very
+first compile: runs reach the sort service a second or two apart (Dagster's
+queue hands them out once a second), so the first sorts to arrive are often
+of one sorter, and the sorts of the others are on their way.  A sort known to be on its way counts too
 (:meth:`AffinityQueue.expect`: the sort service launched a sorting run and its
 sort has not arrived yet): a slot that would compile a sorter a second time
 waits for it instead, while its run's process lives.  Without these, a UI
@@ -116,6 +123,8 @@ class AffinityQueue:
     times: dict[str, SorterTimes] = field(default_factory=dict)
     expected: dict[str, Expected] = field(default_factory=dict)
     started: dict[int, float] = field(default_factory=dict)
+    # (slot, sorter): when that idle slot may compile the sorter while nothing measured says whether it pays.
+    compile_after: dict[tuple[int, str], float] = field(default_factory=dict)
 
     def add(self, task: Task) -> None:
         """Queue a task; :meth:`take` decides which slot runs it.
@@ -195,7 +204,7 @@ class AffinityQueue:
             lambda t: t.is_recording,
             lambda t: t.sorter in mine,
             lambda t: t.sorter not in anyone,
-            lambda t: not awaited and self._worth_compiling(t, now),
+            lambda t: not awaited and self._worth_compiling(slot, t, now),
         )
         for prefer in preferences:
             candidates = [t for t in eligible if prefer(t)]
@@ -233,6 +242,7 @@ class AffinityQueue:
 
     def _start(self, slot: int, task: Task, now: float | None) -> Task:
         self.ready.remove(task)
+        self.compile_after = {k: t for k, t in self.compile_after.items() if k[0] != slot}
         if now is not None:
             self.started[slot] = now
         cold = False
@@ -243,22 +253,32 @@ class AffinityQueue:
         self.running[slot] = (task, cold)
         return task
 
-    def _worth_compiling(self, task: Task, now: float | None) -> bool:
-        holding = [slot for slot, sorters in self.seen.items() if task.sorter in sorters]
-        if any(slot not in self.running for slot in holding):
+    def _worth_compiling(self, slot: int, task: Task, now: float | None) -> bool:
+        holding = [s for s, sorters in self.seen.items() if task.sorter in sorters]
+        if any(s not in self.running for s in holding):
             return False  # a slot that has it warm is idle: it takes it in this same round
         estimate = self.times.get(task.sorter, SorterTimes()).compile_and_sort_s()
         if estimate is None:
-            if now is None:
-                return True
-            # Nothing measured: compile it here unless its first compile only just started elsewhere.
-            return not any(
-                self.running[slot][0].sorter == task.sorter
-                and self.running[slot][1]
-                and now - self.started.get(slot, now) < FIRST_COMPILE_GRACE_S
-                for slot in holding
-            )
+            # Nothing measured (no clock: take it, as run_sorter_jobs would).
+            return now is None or now >= self._compile_after(slot, task.sorter, holding, now)
         compile_s, sort_s = estimate
         holders = len(holding)
         queued = sum(1 for t in self.ready if t.sorter == task.sorter)
         return queued * sort_s / holders >= compile_s + sort_s
+
+    def _compile_after(self, slot: int, sorter: str, holding: list[int], now: float) -> float:
+        """When idle ``slot`` may compile ``sorter`` itself, fixed the first time it is asked (rule 4, unmeasured).
+
+        It waits as long as the sorter's cold sort had run, or took, by then
+        (what compiling here costs at least), and at least the grace from its
+        first compile's start.
+        """
+        key = (slot, sorter)
+        if key not in self.compile_after:
+            cold_starts = [
+                self.started[s] for s in holding if s in self.started and self.running[s][0].sorter == sorter and self.running[s][1]
+            ]
+            cold_s = max([now - start for start in cold_starts] + self.times.get(sorter, SorterTimes()).cold, default=0.0)
+            first_compile = min(cold_starts, default=now - FIRST_COMPILE_GRACE_S)
+            self.compile_after[key] = max(now + cold_s, first_compile + FIRST_COMPILE_GRACE_S)
+        return self.compile_after[key]
