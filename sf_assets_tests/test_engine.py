@@ -110,14 +110,19 @@ def test_a_warm_worker_dead_before_it_took_the_job_is_an_errored_report(syntheti
     from sf_assets.engines.supervisor import watch
     from sf_assets.engines.threads import thread_limited_env
     from sf_assets.engines.warm_worker import WarmWorker
+    from sf_assets.engines.worker_template import WorkerTemplate
 
     job = _job(synthetic_studyset, tmp_path, canary_first_n_s=0.0)
     prepare_work_dir(job)
-    worker = WarmWorker(thread_limited_env(1, os.environ))
-    os.kill(worker.pid, signal.SIGSTOP)  # it cannot read the job, let alone open its console
-    run = worker.submit(Path(job.work_dir))
-    os.kill(worker.pid, signal.SIGKILL)
-    [report] = list(watch(job, run))
+    template = WorkerTemplate(thread_limited_env(1, os.environ))
+    try:
+        worker = WarmWorker(template.env, template)
+        os.kill(worker.pid, signal.SIGSTOP)  # it cannot read the job, let alone open its console
+        run = worker.submit(Path(job.work_dir))
+        os.kill(worker.pid, signal.SIGKILL)
+        [report] = list(watch(job, run))
+    finally:
+        template.close()
     assert report.errored and "killed by signal SIGKILL" in report.error_message
     assert Path(report.console_path).read_text() == ""
     assert not os.path.exists(f"/proc/{worker.pid}"), "reaped"

@@ -293,7 +293,9 @@ def test_the_timeout_holds_per_sort_inside_an_allocation_and_leaves_no_job(
 
     assert report.errored and report.timed_out and report.failure_class == "timeout"
     assert "timed out after 3 s" in report.error_message
-    assert elapsed_s < 3.0 + 8.0
+    # 3 s of sort, then the allocation's own start (salloc, its service, the workers' template importing
+    # spikeinterface): 8 s was exceeded by 0.03 s once under a full suite's load; the recording sorts for ~60 s.
+    assert elapsed_s < 3.0 + 12.0
     # The worker's process group got SIGTERM, as under the local service, and its CPU time was kept.
     assert report.exit_code == -15 and report.cpu_time_s > 0
     assert Path(report.console_path).exists()
