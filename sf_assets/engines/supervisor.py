@@ -138,8 +138,7 @@ def reap(proc: subprocess.Popen) -> tuple[int | None, float | None]:
         The exit code and CPU seconds (None when Popen reaped it first).
     """
     if not isinstance(proc, subprocess.Popen):  # a worker forked by the template: its report
-        exit_code, cpu_time_s = proc.exit_status(timeout=None)
-        return exit_code, cpu_time_s
+        return proc.exit_status(timeout=None)
     try:
         _, status, usage = os.wait4(proc.pid, 0)
     except ChildProcessError:  # already reaped by Popen.poll()

@@ -156,18 +156,18 @@ class WorkerTemplate:
             A new template could not start a worker either.
         """
         with self._lock:
-            for attempt in (1, 2):
-                if self._current is None or self._current.gone or self._current.proc.poll() is not None:
-                    self._current = _Template(self.env)
-                try:
-                    pid, write_end = self._current.spawn(env)
-                    return ForkedWorker(self._current, pid, write_end)
-                except OSError:
-                    if attempt == 2:
-                        raise
-                    self._current.close(wait_s=0.0)
-                    self._current = None
-        raise AssertionError("unreachable")
+            try:
+                return self._spawn_once(env)
+            except OSError:  # the template died: a new one, once
+                self._current.close(wait_s=0.0)
+                self._current = None
+                return self._spawn_once(env)
+
+    def _spawn_once(self, env: Mapping[str, str]) -> "ForkedWorker":
+        if self._current is None or self._current.gone or self._current.proc.poll() is not None:
+            self._current = _Template(self.env)
+        pid, write_end = self._current.spawn(env)
+        return ForkedWorker(self._current, pid, write_end)
 
     def close(self, wait_s: float = 5.0) -> None:
         """End the template (its idle workers were closed first; any left stop with it).
