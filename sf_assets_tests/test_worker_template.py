@@ -91,10 +91,19 @@ def test_workers_die_with_their_template_and_the_next_spawn_starts_a_new_one(tem
 
 
 def test_closing_the_template_ends_it_and_its_workers():
+    """It exits by itself at the end of its socket, at once: not killed once ``wait_s`` has passed.
+
+    A busy allocation's service closes its template as the allocation ends, so
+    its end (and ``squeue``'s) waits for this.
+    """
     template = WorkerTemplate(dict(os.environ))
     worker = template.spawn(dict(os.environ))
     template_pid = _ppid(worker.pid)
+    process = template._current.proc
+    started = time.monotonic()
     template.close(wait_s=10)
+    assert time.monotonic() - started < 5.0
+    assert process.returncode == 0, "it ended itself, not killed"
     assert _gone(template_pid, within_s=1)
     assert _gone(worker.pid, within_s=10)
 

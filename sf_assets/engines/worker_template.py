@@ -121,7 +121,14 @@ class _Template:
         return pid, write_end
 
     def close(self, wait_s: float) -> None:
-        self.sock.close()  # the template exits at the end of its socket
+        # The template exits at the end of its socket.  A close() alone would not end it:
+        # the listening thread's recv() holds the socket open until it returns, so the
+        # template would see no end and be killed after ``wait_s``.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # the template already closed its end
+        self.sock.close()
         try:
             self.proc.wait(wait_s)
         except subprocess.TimeoutExpired:
