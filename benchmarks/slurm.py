@@ -22,8 +22,9 @@ Per sort, from what the launch leaves behind:
   an allocation slot, the trip to the allocation's sort service, the warm
   worker's start (paid once per slot, by its first sort), storing the result;
 * which worker process sorted it, in which slot of which allocation's service
-  (``slurm_slot.json``): compiles per sorter per slot is the number of worker
-  processes that ran a sorter in one slot (each compiles the sorter anew).
+  (``slurm_slot.json``): compiles per sorter per slot counts the sorts that
+  found no warm worker in their slot (each compiled the sorter); a slot whose
+  worker is a copy of a warm one (``copy_of``) compiled nothing.
 
 Last line: ``slurm_overhead_per_sort_s=A orchestrator_peak_rss_mb=B compiles_per_sorter_per_slot=C``
 (A: mean over sorts; B: peak of the sum of RSS over the launch's processes,
@@ -159,14 +160,14 @@ def per_sort(
     from sf_assets.engines.slurm_service import SLOT_FILE
 
     overheads: dict[bool, list[float]] = {True: [], False: []}
-    workers: dict[tuple[str, str], set] = defaultdict(set)
+    workers: dict[tuple[str, str], list] = defaultdict(list)
     placing: dict[str, list[float]] = defaultdict(list)
     for job_file in work_root.rglob("job.json"):
         job = json.loads(job_file.read_text())
         result = json.loads((job_file.parent / "result.json").read_text())
         placed = json.loads((job_file.parent / SLOT_FILE).read_text())
         overheads[bool(placed["warm"])].append(elapsed_by_label[job["label"]] - result["sort_elapsed_s"])
-        workers[(job["sorter_name"], placed["slot"])].add((placed["node"], placed["worker_pid"]))
+        workers[(job["sorter_name"], placed["slot"])].append(placed)
         placing["claim"].append(placed["claimed_at"] - placed["requested_at"])
         placing["connect"].append(placed["connected_at"] - placed["claimed_at"])
         placing["slot"].append(placed["started_at"] - placed["connected_at"])
@@ -277,12 +278,15 @@ def main(argv=None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     by_warmth, overheads = overheads, overheads[True] + overheads[False]
     overhead = statistics.mean(overheads)
-    compiles = statistics.mean(len(pids) for pids in workers.values())
+    compiles = statistics.mean(sum(not p["warm"] for p in placed) for placed in workers.values())
+    processes = statistics.mean(len({p["worker_pid"] for p in placed}) for placed in workers.values())
+    copies = sum(1 for placed in workers.values() for p in placed if p.get("copy_of"))
     names = allocations.split()
     print(f"wall {wall_s:.1f} s; {sum(1 for n in names if n.startswith('sf-assets-allocation-'))} allocations, "
           f"{sum(1 for n in names if not n.startswith('sf-assets-allocation-'))} other Slurm jobs; "
           f"overhead per sort {overhead:.2f} s (median {statistics.median(overheads):.2f}, "
-          f"max {max(overheads):.2f}); {len(workers)} (sorter, slot) pairs")  # fmt: skip
+          f"max {max(overheads):.2f}); {len(workers)} (sorter, slot) pairs, {processes:.2f} worker processes "
+          f"each; {copies} sorts on a copy of a warm worker")  # fmt: skip
     print(f"  of which {outside_s:.2f} s outside the service's report (Dagster's run and step, the slot, the trip "
           f"to the allocation) and {inside_s:.2f} s inside it beyond run_sorter "
           "(the worker loading, storing)")  # fmt: skip

@@ -1,7 +1,7 @@
 """The order in which idle launch slots take ready runs (sorter affinity)."""
 from __future__ import annotations
 
-from sf_assets.core.dispatch import AffinityQueue, Task
+from sf_assets.core.dispatch import AffinityQueue, SorterTimes, Task
 
 
 def _queue(*tasks: Task) -> AffinityQueue:
@@ -228,3 +228,49 @@ def test_unmeasured_an_idle_slot_waits_for_the_warm_slot_no_longer_than_its_cold
     assert queue.take(0, now=147.0) is None
     assert queue.take(0, now=193.9) is None
     assert queue.take(0, now=194.0).key == "SC2/r1"
+
+
+def test_an_idle_slot_takes_a_copy_of_the_busy_warm_worker_once_the_first_compile_had_its_grace():
+    queue = AffinityQueue(copies=True)
+    for i in range(3):
+        queue.add(Task(f"SC2/r{i}", i, "SC2"))
+    assert queue.take(0, now=0.0).key == "SC2/r0"  # slot 0 compiles SC2
+    assert queue.take(1, now=1.0) is None, "within the grace: the sorts of other sorters may still arrive"
+    assert 1 not in queue.copy_from
+    task = queue.take(1, now=10.0)
+    assert task.key == "SC2/r1"
+    assert queue.copy_from[1] == (0, set()), "a copy of slot 0's worker; slot 1 had nothing compiled"
+    assert queue.seen[1] == {"SC2"} and queue.running[1] == (task, False), "a copy's sort is warm"
+
+
+def test_without_copies_the_idle_slot_waits_for_the_warm_slot_as_before():
+    queue = AffinityQueue()
+    for i in range(3):
+        queue.add(Task(f"SC2/r{i}", i, "SC2"))
+    queue.take(0, now=0.0)
+    assert queue.take(1, now=10.0) is None and not queue.copy_from
+
+
+def test_a_holder_busy_for_longer_than_a_compile_is_not_copied():
+    queue = AffinityQueue(copies=True)
+    queue.times["SC2"] = SorterTimes(cold=[40.0], warm=[10.0])  # compiling: 30 s
+    queue.times["Long"] = SorterTimes(cold=[600.0], warm=[500.0])
+    queue.seen[0] = {"SC2", "Long"}
+    queue.add(Task("Long/r0", 0, "Long"))
+    queue.take(0, now=0.0)  # slot 0 sorts for about 500 s
+    for i in range(4):
+        queue.add(Task(f"SC2/r{i}", 1 + i, "SC2"))
+    assert queue.take(1, now=1.0).key == "SC2/r0", "compiled here (rule 5), not waiting 499 s for a copy"
+    assert 1 not in queue.copy_from and queue.running[1][1] is True
+
+
+def test_a_failed_copy_makes_the_sort_cold_on_the_slots_own_worker():
+    queue = AffinityQueue(copies=True)
+    queue.add(Task("SC2/r0", 0, "SC2"))
+    queue.add(Task("SC2/r1", 1, "SC2"))
+    queue.seen[1] = {"MS5"}
+    queue.take(0, now=0.0)
+    task = queue.take(1, now=10.0)
+    assert queue.copy_from.pop(1) == (0, {"MS5"})
+    queue.copy_failed(1, {"MS5", "SC2"})
+    assert queue.seen[1] == {"MS5", "SC2"} and queue.running[1] == (task, True)

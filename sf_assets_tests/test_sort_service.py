@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from sf_assets.core.manifest import parse_manifest
+from sf_assets.core.sorter_catalog import pinned_seeds
 from sf_assets.engines.engine import EngineSettings, run_sort
 from sf_assets.engines.job import SortJob, SortReport
 from sf_assets.engines.service_address import ServiceFolderError, ServiceSettings, service_folder
@@ -96,6 +97,39 @@ def test_a_sort_goes_to_the_slot_that_has_its_sorter_compiled(synthetic_studyset
     assert results["b"][0]["worker_pid"] == a["worker_pid"] == e["worker_pid"]
     assert c["worker_pid"] == d["worker_pid"] != a["worker_pid"]
     assert d["warm"] and e["warm"]
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_an_idle_slot_sorts_on_a_copy_of_the_warm_worker_made_between_its_sorts(synthetic_studyset, tmp_path, settings):
+    """Rule 4 of core.dispatch: the other slot does not compile mountainsort5 again, nor wait for
+    the warm slot to run both sorts; it gets a copy of the warm worker once its current sort ends,
+    and the copy sorts exactly as the worker it copies."""
+    seeded = {"params": pinned_seeds("MountainSort5")}  # as every sorting step sorts it: deterministic
+    a, _ = _sort(_job(synthetic_studyset, tmp_path, "a", **seeded), settings)  # compiles mountainsort5
+    results: dict[str, tuple] = {}
+    busy = threading.Thread(
+        target=lambda: results.update(b=_sort(_job(synthetic_studyset, tmp_path, "b", **seeded), settings))
+    )
+    busy.start()
+    deadline = time.monotonic() + 30
+    while not any(s["busy"] for s in service_status(settings.service())["slots"]):
+        assert time.monotonic() < deadline, "b never started"
+        time.sleep(0.02)
+    c, c_report = _sort(_job(synthetic_studyset, tmp_path, "c", **seeded), settings)
+    worker_of_c_alive = Path(f"/proc/{c['worker_pid']}").exists()
+    template_of_c = _ppid(c["worker_pid"]) if worker_of_c_alive else None
+    busy.join()
+    b, b_report = results["b"]
+    assert b["worker_pid"] == a["worker_pid"] and b["warm"]
+    assert c["copy_of"] == a["worker_pid"] != c["worker_pid"] and c["warm"] is True
+    assert template_of_c == _ppid(a["worker_pid"]), "the copy is the template's to reap, like the workers it forks"
+    assert not b_report.errored and not c_report.errored
+    assert c_report.sorting_object_uri == b_report.sorting_object_uri, "the same sorting, byte for byte"
+    slots = {s["worker_pid"]: s for s in service_status(settings.service())["slots"]}
+    assert slots[c["worker_pid"]]["sorters"] == ["mountainsort5"] and slots[c["worker_pid"]]["jobs"] == 1
 
 
 def test_a_launch_runs_no_more_sorts_at_once_than_its_limit(synthetic_studyset, tmp_path, settings):

@@ -12,9 +12,19 @@ in order of preference:
 1. a recording run (the sorts waiting on it can then start);
 2. a sort by a sorter this slot has already run (its code is warm there);
 3. a sort by a sorter no slot has run yet (one slot compiles it, not all);
-4. a sort by a sorter another slot has warm, if compiling it here pays.
+4. a sort by a sorter another slot has warm, with a *copy* of that slot's
+   worker, when the service can copy workers (:attr:`AffinityQueue.copies`)
+   and the copy comes sooner than a compile would end;
+5. a sort by a sorter another slot has warm, if compiling it here pays.
 
-Rule 4 is decided from this launch's own timings (:meth:`AffinityQueue.finished`):
+Rule 4: a warm worker forks a copy of itself between two sorts
+(``sf_assets.engines.worker_clone``), compiled sorters included, in
+milliseconds; the slot waits for the worker's current sort to end, not for a
+compile.  The holder whose current sort should end first is copied; it
+should end within the sorter's measured compile time (a holder busy with an
+hour-long sort is not waited for), or, before one is measured, whenever.
+
+Rule 5 is decided from this launch's own timings (:meth:`AffinityQueue.finished`):
 a sorter's first sort on a slot (cold) against its later ones (warm) gives its
 compile time.  Compiling here pays when the slots that have it warm would need
 at least as long for its queued sorts as this slot needs to compile it and
@@ -57,7 +67,7 @@ from dataclasses import dataclass, field
 from statistics import mean
 
 # How long an idle slot leaves a sorter whose first compile runs on another slot to the sorts
-# still arriving (rule 4): Dagster's queue hands out runs once a second and a run takes about
+# still arriving (rule 5): Dagster's queue hands out runs once a second and a run takes about
 # as long to reach its sort step.  Costs at most this, once per sorter, where no other comes.
 FIRST_COMPILE_GRACE_S = 3.0
 
@@ -125,6 +135,10 @@ class AffinityQueue:
     started: dict[int, float] = field(default_factory=dict)
     # (slot, sorter): when that idle slot may compile the sorter while nothing measured says whether it pays.
     compile_after: dict[tuple[int, str], float] = field(default_factory=dict)
+    # Can a slot get a copy of another slot's warm worker (rule 4)?  The service says.
+    copies: bool = False
+    # Slot -> (the slot whose worker it is to copy, the sorters it had before): rule 4's choices, for the service.
+    copy_from: dict[int, tuple[int, set[str]]] = field(default_factory=dict)
 
     def add(self, task: Task) -> None:
         """Queue a task; :meth:`take` decides which slot runs it.
@@ -191,28 +205,78 @@ class AffinityQueue:
         Returns
         -------
         Task or None
-            The task, by the module's four rules.
+            The task, by the module's five rules.
         """
         eligible = self._within_group_limits()
         if not eligible:
             return None
         mine = self.seen.setdefault(slot, set())
         anyone = set().union(*self.seen.values())
-        # A sort this slot has warm, or one nobody has compiled, on its way: no second compile (rule 4) now.
+        # A sort this slot has warm, or one nobody has compiled, on its way: no second compile (rule 5) or copy (rule 4) now.
         awaited = any(e.sorter in mine or e.sorter not in anyone for e in self.expected.values())
+        copyable = {} if awaited or not self.copies else self._copy_sources(slot, eligible, now)
         preferences = (
             lambda t: t.is_recording,
             lambda t: t.sorter in mine,
             lambda t: t.sorter not in anyone,
+            lambda t: t.sorter in copyable,
             lambda t: not awaited and self._worth_compiling(slot, t, now),
         )
         for prefer in preferences:
             candidates = [t for t in eligible if prefer(t)]
             if candidates:
-                return self._start(slot, min(candidates, key=lambda t: t.order), now)
+                task = min(candidates, key=lambda t: t.order)
+                if prefer is preferences[3]:
+                    self.copy_from[slot] = (copyable[task.sorter], set(mine))
+                    self.seen[slot] = set(self.seen[copyable[task.sorter]])
+                return self._start(slot, task, now)
         # Whatever is left waits for a slot that has its sorter warm: that slot takes it
         # when idle (rule 2), now in this same round or when its current run ends.
         return None
+
+    def copy_failed(self, slot: int, sorters: set[str]) -> None:
+        """``slot`` got no copy (rule 4) and sorts on a worker that has compiled ``sorters``: a cold sort.
+
+        Parameters
+        ----------
+        slot : int
+            The slot.
+        sorters : set[str]
+            What its worker has compiled, its current sort's sorter included.
+        """
+        self.seen[slot] = set(sorters)
+        task, _ = self.running[slot]
+        self.running[slot] = (task, True)
+
+    def _copy_sources(self, slot: int, eligible: list[Task], now: float | None) -> dict[str, int]:
+        """Rule 4: sorter -> the busy slot whose worker ``slot`` should copy for it."""
+        sources = {}
+        for sorter in {t.sorter for t in eligible if t.sorter is not None}:
+            holding = [s for s, sorters in self.seen.items() if sorter in sorters and s != slot]
+            if not holding or any(s not in self.running for s in holding):
+                continue  # an idle slot that has it warm takes it in this same round
+            until = {s: self._between_jobs_in(s, now) for s in holding}
+            holder = min(holding, key=lambda s: (until[s], s))
+            estimate = self.times.get(sorter, SorterTimes()).compile_and_sort_s()
+            if estimate is None:
+                # Its first compile is under way: as before a compile here (rule 5), the sorts of
+                # other sorters still arriving get the grace, rather than a slot waiting for a copy.
+                cold_starts = [self.started[s] for s in holding if s in self.started and self.running[s] == (self.running[s][0], True) and self.running[s][0].sorter == sorter]
+                if now is None or not cold_starts or now >= min(cold_starts) + FIRST_COMPILE_GRACE_S:
+                    sources[sorter] = holder
+            elif until[holder] <= estimate[0]:
+                sources[sorter] = holder
+        return sources
+
+    def _between_jobs_in(self, slot: int, now: float | None) -> float:
+        """Seconds until busy ``slot``'s current task should end: its sorter's measured time, else as long again."""
+        if now is None or slot not in self.started:
+            return 0.0
+        task, cold = self.running[slot]
+        ran_s = now - self.started[slot]
+        times = self.times.get(task.sorter, SorterTimes()) if task.sorter is not None else SorterTimes()
+        measured = times.cold if cold else times.warm
+        return max(0.0, (mean(measured) if measured else 2 * ran_s) - ran_s)
 
     def _within_group_limits(self) -> list[Task]:
         """The ready tasks whose group may start one more."""
@@ -225,7 +289,7 @@ class AffinityQueue:
         ]
 
     def finished(self, slot: int, elapsed_s: float) -> None:
-        """``slot``'s task ended after ``elapsed_s`` seconds (a sort's time feeds rule 4).
+        """``slot``'s task ended after ``elapsed_s`` seconds (a sort's time feeds rule 5).
 
         Parameters
         ----------
@@ -248,7 +312,7 @@ class AffinityQueue:
         cold = False
         if task.sorter is not None:
             mine = self.seen.setdefault(slot, set())
-            cold = task.sorter not in mine
+            cold = task.sorter not in mine  # a copy's sorters were set by take (rule 4)
             mine.add(task.sorter)
         self.running[slot] = (task, cold)
         return task
@@ -267,7 +331,7 @@ class AffinityQueue:
         return queued * sort_s / holders >= compile_s + sort_s
 
     def _compile_after(self, slot: int, sorter: str, holding: list[int], now: float) -> float:
-        """When idle ``slot`` may compile ``sorter`` itself, fixed the first time it is asked (rule 4, unmeasured).
+        """When idle ``slot`` may compile ``sorter`` itself, fixed the first time it is asked (rule 5, unmeasured).
 
         It waits as long as the sorter's cold sort had run, or took, by then
         (what compiling here costs at least), and at least the grace from its

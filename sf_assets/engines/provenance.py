@@ -19,7 +19,7 @@ from typing import Any
 
 from sf_assets.core.sorter_catalog import SorterEntry
 from sf_assets.engines.job import SortJob
-from sf_assets.engines.threads import THREAD_LIMIT_VARS
+from sf_assets.engines.threads import NUMBA_LAYER_VAR, THREAD_LIMIT_VARS
 
 LIBRARIES = ("spikeinterface", "numpy", "numba")
 """Distributions whose versions every record carries (the sorter's package is added per sorter)."""
@@ -110,7 +110,8 @@ def threads_in_use(threads: int | None) -> dict[str, Any]:
             ({"api": pool.get("internal_api"), "num_threads": pool.get("num_threads")} for pool in threadpool_info()),
             key=lambda pool: (str(pool["api"]), pool["num_threads"] or 0),
         ),
-        "env": {var: os.environ.get(var) for var in THREAD_LIMIT_VARS},
+        "numba_layer": numba.threading_layer(),
+        "env": {var: os.environ.get(var) for var in (*THREAD_LIMIT_VARS, NUMBA_LAYER_VAR)},
     }
 
 

@@ -243,6 +243,7 @@ def sort_in_allocation(
                 slot=f"{slot.job_id}-{event['slot']}",
                 worker_pid=event["worker_pid"],
                 warm=event["warm"],
+                copy_of=event.get("copy_of"),
                 started_at=time.time(),
             )
             write_json_atomic(placement_file, placement)

@@ -7,11 +7,13 @@ starting a worker of its own.  The service keeps one warm worker per slot
 (:class:`~sf_assets.engines.warm_worker.WarmWorker`, forked from one
 process that imported spikeinterface once,
 :mod:`sf_assets.engines.worker_template`), so a sorter's imports
-and numba compilation are paid once per slot, not once per sort or per run,
+and numba compilation are paid once, not once per sort or per run,
 and it decides which slot takes which sort
 (:class:`~sf_assets.core.dispatch.AffinityQueue`): a sort goes where its
 sorter is already compiled, or waits for that slot when compiling it
-elsewhere would take longer.  Its slots are also the host's limit on sorts
+elsewhere would take longer, or takes a copy of the warm worker, forked
+between two of its sorts (:mod:`sf_assets.engines.worker_clone`), so a
+sorter compiles once per service, not once per slot.  Its slots are also the host's limit on sorts
 at once: a command-line campaign and a UI backfill running together share
 them instead of oversubscribing the cores.
 
@@ -67,7 +69,7 @@ from sf_assets.core.atomic import write_bytes_atomic, write_json_atomic
 from sf_assets.engines.job import JOB_FILE, SortJob, SortReport
 from sf_assets.engines.service_address import INFO_NAME, KEY_NAME, LOCK_NAME, SOCKET_NAME, ServiceSettings
 from sf_assets.engines.supervisor import SortCancelled, watch
-from sf_assets.engines.threads import thread_limited_env
+from sf_assets.engines.threads import FORK_SAFE_NUMBA_LAYER, NUMBA_LAYER_VAR, thread_limited_env
 from sf_assets.engines.warm_worker import MAX_JOBS_PER_WORKER, WarmWorker
 from sf_assets.engines.worker_template import WorkerTemplate
 
@@ -90,6 +92,8 @@ class Slot:
     worker: WarmWorker | None = None
     task: Task | None = None
     jobs: int = 0
+    # Dispatch's rule 4: the worker to copy for this task, and what this slot's worker had compiled.
+    copy_of: tuple[WarmWorker, set[str]] | None = None
 
 
 def client_gone(conn: Connection) -> bool:
@@ -160,6 +164,9 @@ class SortService:
         self.runs = RunHost()
         # One import of spikeinterface per service, not per worker: workers are forked from it.
         self.template = WorkerTemplate(self.worker_env)
+        # A warm worker's copy keeps the environment it started with: only slots that share one
+        # (no GPUs split between them) take copies, and only on numba's fork-safe layer.
+        self.queue.copies = not self.gpus and self.worker_env.get(NUMBA_LAYER_VAR) == FORK_SAFE_NUMBA_LAYER
 
     def start_workers(self) -> None:
         """Start every slot's worker now: the template's imports overlap whatever comes first.
@@ -215,6 +222,9 @@ class SortService:
             self.queue.forget(now, gone=lambda run_id: not self.runs.run_status(run_id)["alive"])
         for slot in sorted((s for s in self.slots if s.task is None), key=rank):
             slot.task = self.queue.take(slot.index, now)
+            if slot.index in self.queue.copy_from:
+                source, had = self.queue.copy_from.pop(slot.index)
+                slot.copy_of = (self.slots[source].worker, had)
         self.lock.notify_all()
 
     def launch_run(self, sorter: str = "", **run) -> dict:
@@ -293,7 +303,43 @@ class SortService:
                 self._release(slot, elapsed_s=0.0, worker_kept=True)
                 return None
 
+    def _take_copy(self, slot: Slot, conn: Connection, sorter: str) -> int | None:
+        """Give ``slot`` the copy of a warm worker that dispatch chose for it (rule 4), made after its current sort.
+
+        Returns
+        -------
+        int or None
+            The copied worker's pid; None when there was nothing to copy or the copy failed (the slot's
+            sort is then cold on its own worker, as dispatch is told).
+
+        Raises
+        ------
+        SortCancelled
+            The client left while the slot waited for the copy.
+        """
+        plan, slot.copy_of = slot.copy_of, None
+        if plan is None:
+            return None
+        source, had = plan
+        copy = source.copy(self.template, gone=lambda: client_gone(conn)) if source is not None else "no worker"
+        if isinstance(copy, WarmWorker):
+            old, slot.worker = slot.worker, copy
+            if old is not None:
+                old.close(wait_s=0.0)
+            return source.pid
+        with self.lock:
+            self.queue.copy_failed(slot.index, had if copy == "the client left" else had | {sorter})
+        if copy == "the client left":
+            raise SortCancelled(copy)
+        print(f"sort service: slot {slot.index} got no copy of a warm worker ({copy}); it compiles {sorter}", flush=True)
+        return None
+
     def _run_on(self, slot: Slot, conn: Connection, job: SortJob, work_dir: Path, request: dict) -> None:
+        try:
+            copied_from = self._take_copy(slot, conn, job.si_sorter_name)
+        except SortCancelled:
+            self._release(slot, elapsed_s=0.0, worker_kept=True)
+            return
         warm = slot.worker is not None and slot.worker.alive() and not self.queue.running[slot.index][1]
         if slot.worker is None or not slot.worker.alive():
             slot.worker = WarmWorker(self.env_for(slot), self.template)
@@ -307,7 +353,8 @@ class SortService:
                 slot.worker = WarmWorker(self.env_for(slot), self.template)
                 warm = False
                 run = slot.worker.submit(work_dir, on_idle=kept.append)
-            _send(conn, ("started", {"slot": slot.index, "worker_pid": slot.worker.pid, "warm": warm}))
+            started_info = {"slot": slot.index, "worker_pid": slot.worker.pid, "warm": warm, "copy_of": copied_from}
+            _send(conn, ("started", started_info))
             for event in watch(
                 job,
                 run,

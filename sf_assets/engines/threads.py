@@ -23,8 +23,19 @@ THREAD_LIMIT_VARS = (
 )
 
 
+# numba's thread pool for parallel functions: the one layer that survives a fork.  The sort
+# service clones a warm worker (its compiled sorters included) by forking it between sorts
+# (:mod:`sf_assets.engines.worker`); numba's OpenMP layer kills a child forked after it ran
+# ("fork() called from a process already using GNU OpenMP").  Every path sorts with the same
+# layer, so where a sort ran does not change its numerics.
+NUMBA_LAYER_VAR, FORK_SAFE_NUMBA_LAYER = "NUMBA_THREADING_LAYER", "workqueue"
+
+
 def thread_limited_env(threads: int, base: Mapping[str, str]) -> dict[str, str]:
     """``base`` with every thread-pool variable it does not set fixed to ``threads`` (at least 1).
+
+    numba's threading layer is set to :data:`FORK_SAFE_NUMBA_LAYER` unless
+    ``base`` names one (a worker on another layer is then never cloned).
 
     Parameters
     ----------
@@ -41,6 +52,7 @@ def thread_limited_env(threads: int, base: Mapping[str, str]) -> dict[str, str]:
     env = dict(base)
     for var in THREAD_LIMIT_VARS:
         env.setdefault(var, str(max(1, threads)))
+    env.setdefault(NUMBA_LAYER_VAR, FORK_SAFE_NUMBA_LAYER)
     return env
 
 

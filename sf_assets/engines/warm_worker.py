@@ -9,6 +9,9 @@ loop of :mod:`sf_assets.engines.worker`), so a sorter is compiled once per
 worker, not once per sort.  Workers are forked from the service's template
 (:mod:`sf_assets.engines.worker_template`), which has already imported
 spikeinterface, so a new worker costs milliseconds, not seconds of CPU.
+A warm worker can also copy itself between two jobs (:meth:`WarmWorker.copy`,
+:mod:`sf_assets.engines.worker_clone`): the copy starts with every sorter the
+worker compiled, so another slot need not compile them again.
 
 What a fresh process guarantees still holds:
 
@@ -29,23 +32,86 @@ steps in allocations a user holds keep a fresh process per sort.
 """
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import tempfile
+import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from sf_assets.engines.job import CONSOLE_FILE, EXIT_FILE, WORKER_FILE, read_json_if_present
 from sf_assets.engines.supervisor import abandon_process, poll_without_reaping, reap, stop_process_group
+from sf_assets.engines.worker_clone import fork_command
 from sf_assets.engines.worker_template import WorkerTemplate
 
 MAX_JOBS_PER_WORKER = 20
+COPY_POLL_S = 0.02
 
 
 class WarmWorker:
     """One serving worker, forked by the service's template, in its own session (so its group can be stopped)."""
 
-    def __init__(self, env: Mapping[str, str], template: WorkerTemplate):
+    def __init__(self, env: Mapping[str, str], template: WorkerTemplate, proc=None):
         self.jobs_done = 0
-        self.proc = template.spawn(env)
+        self.env = dict(env)
+        self.proc = template.spawn(env) if proc is None else proc
+        # A job's folder and a request for a copy may be written from two slots' threads.
+        self._send_lock = threading.Lock()
+
+    def _send(self, line: str) -> None:
+        with self._send_lock:
+            self.proc.stdin.write(line)
+            self.proc.stdin.flush()
+
+    def copy(self, template: WorkerTemplate, gone: Callable[[], bool]) -> "WarmWorker | str":
+        """A copy of this worker, with every sorter it compiled, made once its current job ends.
+
+        The request waits in this worker's command stream behind the job it is
+        running, so the copy is forked between two jobs
+        (:mod:`sf_assets.engines.worker_clone`).
+
+        Parameters
+        ----------
+        template : WorkerTemplate
+            The template that forked this worker (it adopts the copy).
+        gone : Callable[[], bool]
+            Stop waiting when it says so (the client left).
+
+        Returns
+        -------
+        WarmWorker or str
+            The copy; or why there is none (refused, this worker died or was stopped first, the client left).
+        """
+        folder = Path(tempfile.mkdtemp(prefix="sf-assets-copy-"))  # the FIFO and the answer; removed after
+        fifo, reply = folder / "commands.fifo", folder / "answer.json"
+        os.mkfifo(fifo, 0o600)
+        # Read and write: opening does not wait for the copy, and what is written before it opens waits in the FIFO.
+        command_fd = os.open(fifo, os.O_RDWR)
+        try:
+            try:
+                self._send(fork_command(fifo, reply, self.env))
+            except OSError:
+                return "the worker died"
+            while True:
+                answer = read_json_if_present(reply)
+                if answer is not None:
+                    break
+                if not self.alive():
+                    return "the worker ended before it made the copy"
+                if gone():
+                    return "the client left"
+                time.sleep(COPY_POLL_S)
+            if "pid" not in answer:
+                return answer.get("error", "no copy")
+            copy = WarmWorker(self.env, template, proc=template.adopt(answer["pid"], command_fd))
+            command_fd = -1
+            return copy
+        finally:
+            if command_fd >= 0:
+                os.close(command_fd)
+            shutil.rmtree(folder, ignore_errors=True)
 
     @property
     def pid(self) -> int:
@@ -84,8 +150,7 @@ class WarmWorker:
         """
         # The job's console exists even if the worker dies before it opens it.
         (Path(work_dir) / CONSOLE_FILE).touch()
-        self.proc.stdin.write(f"{work_dir}\n")
-        self.proc.stdin.flush()
+        self._send(f"{work_dir}\n")
         return WarmJob(self, Path(work_dir), on_idle)
 
     def close(self, wait_s: float = 5.0) -> None:
@@ -97,7 +162,8 @@ class WarmWorker:
             Seconds to wait before stopping it.
         """
         try:
-            self.proc.stdin.close()
+            with self._send_lock:
+                self.proc.stdin.close()
         except OSError:
             pass
         try:

@@ -15,7 +15,9 @@ reads work folders from its standard input, one per line, sends its console
 to each job's console file while that job runs, and answers each with
 :data:`~sf_assets.engines.job.EXIT_FILE` (the exit code and the job's CPU
 time) instead of exiting.  The compiled code of every sorter it ran stays in
-it, as it does in the reused processes of ``run_sorter_jobs``.
+it, as it does in the reused processes of ``run_sorter_jobs``.  A ``fork``
+line instead of a folder asks it for a copy of itself, made between two jobs
+(:mod:`sf_assets.engines.worker_clone`): another slot then starts warm.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from sf_assets.core.errors import SortFailure
 from sf_assets.core.sorter_catalog import resolve_sorter
 from sf_assets.engines.container import container_run_sorter_kwargs
 from sf_assets.engines.work_dirs import attempt_in_use
+from sf_assets.engines.worker_clone import FORK_COMMAND, fork_copy
 from sf_assets.engines.job import (
     CANARY_FILE,
     CONSOLE_FILE,
@@ -44,6 +47,9 @@ from sf_assets.engines.job import (
     SortJob,
 )
 from sf_assets.engines.provenance import applied_threads, sort_provenance, thread_count
+
+# The template that forked this worker (set by serve_forked): it adopts the worker's copies.
+_TEMPLATE_PID: int | None = None
 
 EXIT_SORTED = 0
 EXIT_SORT_FAILED = 1
@@ -400,6 +406,9 @@ def serve(commands) -> int:
         line = commands.readline()
         if not line:
             return 0
+        if line.startswith(FORK_COMMAND):  # a copy of this warm worker for another slot
+            fork_copy(line, _TEMPLATE_PID, serve, commands)
+            continue
         work_dir = Path(line.strip())
         with attempt_in_use(work_dir), _ConsoleTo(work_dir / CONSOLE_FILE):
             before = cpu_seconds()
@@ -432,6 +441,8 @@ def serve_forked(parent: int) -> int:
     int
         0 once the command stream ends.
     """
+    global _TEMPLATE_PID
+    _TEMPLATE_PID = parent
     _die_with_parent(parent)
     with _commands_from_stdin() as commands:
         return serve(commands)

@@ -27,6 +27,10 @@ What a worker started as its own interpreter guarantees still holds:
   reaped process, through the template's report.  A template that dies
   takes its workers with it; they are reported killed, CPU time unknown.
 
+It is also the child subreaper of its workers' descendants: a warm worker's
+copy of itself (:mod:`sf_assets.engines.worker_clone`) is adopted, reaped
+and reported here like the workers it forks.
+
 Protocol (a ``SOCK_SEQPACKET`` socket pair; one JSON message per packet):
 the service sends ``{"env": {...}}`` with the read end of the worker's
 command pipe attached (``SCM_RIGHTS``); the template answers
@@ -45,7 +49,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import NoReturn
 
 # How long the service waits for a fork: the template's own start (its imports) comes first.
 SPAWN_WAIT_S = 120.0
@@ -120,6 +125,14 @@ class _Template:
             raise OSError(f"the sort-worker template (pid {self.proc.pid}) did not start a worker")
         return pid, write_end
 
+    def adopt(self, pid: int) -> None:
+        """Count ``pid`` (a worker's copy, which this template reaps) among its children."""
+        with self.changed:
+            if self.gone and pid not in self.exits:
+                self.exits[pid] = (TEMPLATE_GONE_CODE, None)
+            self.children.add(pid)
+            self.changed.notify_all()
+
     def close(self, wait_s: float) -> None:
         # The template exits at the end of its socket.  A close() alone would not end it:
         # the listening thread's recv() holds the socket open until it returns, so the
@@ -175,6 +188,33 @@ class WorkerTemplate:
             self._current = _Template(self.env)
         pid, write_end = self._current.spawn(env)
         return ForkedWorker(self._current, pid, write_end)
+
+    def adopt(self, pid: int, command_fd: int) -> "ForkedWorker":
+        """The copy ``pid`` of one of this template's workers, commands written to ``command_fd``.
+
+        Parameters
+        ----------
+        pid : int
+            The copy, which the template reaps (its child subreaper).
+        command_fd : int
+            The write end of its command stream.
+
+        Returns
+        -------
+        ForkedWorker
+            The copy, as :meth:`spawn` returns a worker.
+
+        Raises
+        ------
+        OSError
+            The template that adopted it is gone.
+        """
+        with self._lock:
+            current = self._current
+        if current is None or current.gone:
+            raise OSError("the sort-worker template that adopted the copy is gone")
+        current.adopt(pid)
+        return ForkedWorker(current, pid, command_fd)
 
     def close(self, wait_s: float = 5.0) -> None:
         """End the template (its idle workers were closed first; any left stop with it).
@@ -277,6 +317,19 @@ def _report_exits(sock: socket.socket) -> None:
         sock.send(json.dumps({"exited": pid, "code": code, "cpu_s": usage.ru_utime + usage.ru_stime}).encode())
 
 
+def _adopt_orphans() -> None:
+    """Become the child subreaper of the workers' descendants.
+
+    A worker's copy (:mod:`sf_assets.engines.worker_clone`) is orphaned at
+    birth and must be reaped, and reported, here.
+    """
+    import ctypes
+
+    PR_SET_CHILD_SUBREAPER = 36
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
 def _own_group(pid: int) -> None:
     """Make the new worker lead its own process group before the service hears of it (a stop may follow at once)."""
     try:
@@ -285,12 +338,34 @@ def _own_group(pid: int) -> None:
         pass  # the child got there first, or is already gone
 
 
+def exit_with(body: Callable[[], int]) -> NoReturn:
+    """End a forked child with ``body()``'s exit code (1 if it raised), never returning into the parent's code.
+
+    Parameters
+    ----------
+    body : Callable[[], int]
+        What the child does.
+    """
+    code = 1
+    try:
+        code = body()
+    except BaseException:  # noqa: BLE001 - the child must end here whatever happened
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        os._exit(code)
+
+
 def _become_worker(
     env: Mapping[str, str], command_fd: int, sock: socket.socket, wake_fds: tuple[int, int], template_pid: int
 ) -> None:
     """In the forked child: drop the template's socket and signals, serve jobs; never returns."""
-    code = 1
-    try:
+
+    def serve() -> int:
         os.setpgid(0, 0)  # as the template does for it: whichever runs first
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -303,16 +378,9 @@ def _become_worker(
         os.environ.update(env)
         from sf_assets.engines.worker import serve_forked
 
-        code = serve_forked(template_pid)
-    except BaseException:  # noqa: BLE001 - the child must end here whatever happened
-        traceback.print_exc()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:  # noqa: BLE001
-                pass
-        os._exit(code)
+        return serve_forked(template_pid)
+
+    exit_with(serve)
 
 
 def run_template(fd: int) -> int:
@@ -332,6 +400,7 @@ def run_template(fd: int) -> int:
 
     sock = socket.socket(fileno=fd)
     template_pid = os.getpid()
+    _adopt_orphans()
     preload()
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)

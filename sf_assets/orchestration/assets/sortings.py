@@ -256,7 +256,8 @@ def sorting(
                     worker = event
                     context.log.info(
                         f"{label}: sort service slot {event['slot']}, worker pid {event['worker_pid']} "
-                        f"({'warm: ' + entry.si_name + ' already compiled' if event['warm'] else 'cold'}); "
+                        f"({'warm: ' + entry.si_name + ' already compiled' if event['warm'] else 'cold'}"
+                        f"{'; a copy of worker ' + str(event['copy_of']) if event.get('copy_of') else ''}); "
                         f"stage: {'canary' if job.canary_first_n_s else 'full sort'}"
                     )
     except SortFailure as exc:  # refused before starting (no wrapper, no Docker daemon): an errored record says why
@@ -281,6 +282,7 @@ def sorting(
         "engine": settings.kind,
         "threads_per_sort": settings.threads_per_sort,
         **({"worker_pid": worker["worker_pid"], "warm_worker": worker["warm"]} if worker else {}),
+        **({"worker_copied_from": worker["copy_of"]} if worker and worker.get("copy_of") else {}),
         "cache_key": key,
         "errored": report.errored,
         "work_dir": str(attempt.path),
