@@ -114,3 +114,29 @@ def test_waiting_on_a_running_worker_times_out_as_popen_does(template):
         worker.wait(0.0)
     worker.stdin.close()
     assert worker.wait(30) == 0
+
+
+def test_a_worker_copies_itself_only_when_the_copy_survives_the_fork(monkeypatch):
+    """The service's workers run on numba's workqueue layer; on OpenMP a forked copy would be killed."""
+    from sf_assets.engines.worker_clone import why_not_copyable
+
+    monkeypatch.setenv("NUMBA_THREADING_LAYER", "workqueue")
+    assert why_not_copyable(template_pid=1) is None
+    assert "template" in why_not_copyable(template_pid=None)
+    monkeypatch.setenv("NUMBA_THREADING_LAYER", "omp")
+    assert "threading layer" in why_not_copyable(template_pid=1)
+
+
+def test_a_copy_of_a_worker_is_the_templates_child_in_its_own_group_and_reported_when_it_exits(template):
+    from sf_assets.engines.threads import thread_limited_env
+    from sf_assets.engines.warm_worker import WarmWorker
+
+    env = thread_limited_env(1, os.environ)
+    source = WarmWorker(env, template)
+    copy = source.copy(template, gone=lambda: False)
+    assert isinstance(copy, WarmWorker), copy
+    assert copy.pid != source.pid and _ppid(copy.pid) == _ppid(source.pid), "adopted by the template"
+    assert os.getpgid(copy.pid) == copy.pid
+    copy.proc.stdin.close()  # the end of its command stream (the FIFO): it exits
+    assert copy.proc.wait(30) == 0 and reap(copy.proc)[1] is not None
+    assert source.alive()
