@@ -175,6 +175,7 @@ def _profile(instance, outcome, options, started: float, marks) -> dict:
     run_s = step_s = supervised_s = sorter_s = comparison_s = 0.0
     sorter_run_time: dict[str, float] = {}
     workers_by_sorter: dict[str, set[int]] = {}
+    copies_by_sorter: dict[str, set[int]] = {}  # of them, copies of a warm worker: no compile
     for o in outcome.sortings:
         steps = _step_durations(instance, o.run_id)
         run_s += o.elapsed_s
@@ -187,7 +188,10 @@ def _profile(instance, outcome, options, started: float, marks) -> dict:
         sort_elapsed = json.loads((work_dir / RESULT_FILE).read_text())["sort_elapsed_s"]
         worker_file = work_dir / WORKER_FILE
         if worker_file.exists():  # a warm worker's: which process ran it
-            workers_by_sorter.setdefault(sorter_name, set()).add(json.loads(worker_file.read_text())["pid"])
+            worker = json.loads(worker_file.read_text())
+            workers_by_sorter.setdefault(sorter_name, set()).add(worker["pid"])
+            if worker.get("copy_of"):
+                copies_by_sorter.setdefault(sorter_name, set()).add(worker["pid"])
         sorter_s += sort_elapsed
         sorter_run_time[sorter_name] = sorter_run_time.get(sorter_name, 0.0) + sort_elapsed
     rec_run_s = sum(o.elapsed_s for o in outcome.recordings)
@@ -207,6 +211,7 @@ def _profile(instance, outcome, options, started: float, marks) -> dict:
         "run_sorter_s_by_sorter": sorter_run_time,
         # How many sort workers compiled each sorter (1 each is what sorter affinity aims at).
         "workers_by_sorter": {name: len(pids) for name, pids in workers_by_sorter.items()},
+        "copies_by_sorter": {name: len(pids) for name, pids in copies_by_sorter.items()},
         "num_sortings": len(outcome.sortings),
         "num_recordings": len(outcome.recordings),
     }
@@ -488,7 +493,11 @@ def main(argv=None) -> int:
                 if kind == "plain":
                     extra = f"mean accuracy {report['mean_accuracy']:.2f}"
                 else:
-                    compiled = ", ".join(f"{n} x{c}" for n, c in sorted(report["profile"]["workers_by_sorter"].items()))
+                    copies = report["profile"].get("copies_by_sorter", {})
+                    compiled = ", ".join(
+                        f"{n} x{c}" + (f" ({copies[n]} a copy)" if copies.get(n) else "")
+                        for n, c in sorted(report["profile"]["workers_by_sorter"].items())
+                    )
                     extra = f"{report['sorted']} sorted; workers per sorter: {compiled}"
                 print(
                     f"round {i + 1} {kind:9s}: wall {_fmt(wall_s)}, CPU {_fmt(cpu_s)} (work {report['launch_s']:.1f} s, the rest "

@@ -387,13 +387,16 @@ def preload() -> None:
         pass
 
 
-def serve(commands) -> int:
+def serve(commands, copy_of: int | None = None) -> int:
     """Run the jobs named on ``commands`` (a text stream, one work folder per line) until it ends.
 
     Parameters
     ----------
     commands : TextIO
         The command stream.
+    copy_of : int or None
+        The worker this one is a copy of (:mod:`sf_assets.engines.worker_clone`), for each job's
+        :data:`~sf_assets.engines.job.WORKER_FILE`.
 
     Returns
     -------
@@ -412,7 +415,10 @@ def serve(commands) -> int:
         work_dir = Path(line.strip())
         with attempt_in_use(work_dir), _ConsoleTo(work_dir / CONSOLE_FILE):
             before = cpu_seconds()
-            write_json_atomic(work_dir / WORKER_FILE, {"pid": os.getpid(), "cpu_before_s": before, "jobs_done": jobs_done})
+            write_json_atomic(
+                work_dir / WORKER_FILE,
+                {"pid": os.getpid(), "cpu_before_s": before, "jobs_done": jobs_done, "copy_of": copy_of},
+            )
             code = run_job(work_dir)
             cpu_time_s = cpu_seconds() - before
         jobs_done += 1

@@ -99,7 +99,7 @@ def fork_copy(line: str, template_pid: int | None, serve: Callable[[object], int
     template_pid : int or None
         The template that forked this worker; the copy's adopter.
     serve : Callable
-        The worker's serve loop, which the copy runs on its FIFO.
+        The worker's serve loop, which the copy runs on its FIFO (``copy_of`` set to this worker).
     commands : file
         This worker's command stream, which the copy closes.
     """
@@ -112,12 +112,13 @@ def fork_copy(line: str, template_pid: int | None, serve: Callable[[object], int
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     said, say = os.pipe()
+    source = os.getpid()
     middle = os.fork()
     if middle == 0:  # pragma: no cover - runs in the forked processes
         try:
             if os.fork() == 0:
                 os.close(said)
-                _become_copy(request, template_pid, commands, say, serve)
+                _become_copy(request, template_pid, commands, say, lambda stream: serve(stream, copy_of=source))
         finally:
             os._exit(0)
     os.close(say)
