@@ -89,14 +89,17 @@ def _failures(deployment: Deployment, backfill_id: str) -> str:
 def test_sorts_of_one_sorter_reuse_the_services_warm_workers(deployment, backfill):
     sortings = latest_partition_events(deployment.instance, dg.AssetKey("sorting"), partitions=backfill["pairs"])
     by_time = sorted((entry.timestamp, plain_metadata(entry)) for _, entry in sortings.values())
-    workers = [(md["worker_pid"], md["warm_worker"]) for _, md in by_time]
+    workers = [(md["worker_pid"], md["warm_worker"], md.get("worker_copied_from")) for _, md in by_time]
     slots = len(service_status(deployment.service)["slots"])
-    cold = [pid for pid, warm in workers if not warm]
-    # Each worker compiles mountainsort5 once; every later sort of it in that worker is warm.
+    cold = [pid for pid, warm, _ in workers if not warm]
+    # Each worker compiles mountainsort5 once, or is a copy of one that did; every later sort
+    # of it in that worker is warm.
     assert len(cold) == len(set(cold)) <= slots, workers
     assert len(cold) < len(workers)
-    for i, (pid, warm) in enumerate(workers):
-        assert warm == any(p == pid for p, _ in workers[:i]), workers
+    for i, (pid, warm, copy_of) in enumerate(workers):
+        earlier = {p for p, _, _ in workers[:i]}
+        assert warm == (pid in earlier or copy_of is not None), workers
+        assert copy_of is None or copy_of in earlier, workers
 
 
 def test_the_summary_covers_every_pair_within_one_automation_tick(deployment, backfill):

@@ -410,7 +410,7 @@ def serve(commands, copy_of: int | None = None) -> int:
         if not line:
             return 0
         if line.startswith(FORK_COMMAND):  # a copy of this warm worker for another slot
-            fork_copy(line, _TEMPLATE_PID, serve, commands)
+            fork_copy(line, _TEMPLATE_PID, _serve_as_copy, commands)
             continue
         work_dir = Path(line.strip())
         with attempt_in_use(work_dir), _ConsoleTo(work_dir / CONSOLE_FILE):
@@ -423,6 +423,12 @@ def serve(commands, copy_of: int | None = None) -> int:
             cpu_time_s = cpu_seconds() - before
         jobs_done += 1
         write_json_atomic(work_dir / EXIT_FILE, {"exit_code": code, "cpu_time_s": cpu_time_s})
+
+
+def _serve_as_copy(commands, source: int) -> int:
+    """The ``--serve`` loop in a copy of worker ``source``: it dies with the template that adopted it."""
+    _die_with_parent(_TEMPLATE_PID)
+    return serve(commands, copy_of=source)
 
 
 def _commands_from_stdin():

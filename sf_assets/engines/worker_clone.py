@@ -34,16 +34,39 @@ import os
 import select
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from sf_assets.core.atomic import write_json_atomic
 from sf_assets.engines.threads import FORK_SAFE_NUMBA_LAYER, NUMBA_LAYER_VAR
-from sf_assets.engines.worker_template import exit_with
 
 FORK_COMMAND = "fork "
 # How long the worker waits for its copy to open its command FIFO and say its pid.
 COPY_START_S = 10.0
+
+
+def exit_with(body: Callable[[], int]) -> NoReturn:
+    """End a forked child with ``body()``'s exit code (1 if it raised), never returning into the parent's code.
+
+    Parameters
+    ----------
+    body : Callable[[], int]
+        What the child does.
+    """
+    code = 1
+    try:
+        code = body()
+    except BaseException:  # noqa: BLE001 - the child must end here whatever happened
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        os._exit(code)
 
 
 def fork_command(fifo: Path, reply: Path, env: dict[str, str]) -> str:
@@ -89,7 +112,7 @@ def why_not_copyable(template_pid: int | None) -> str | None:
     return None
 
 
-def fork_copy(line: str, template_pid: int | None, serve: Callable[[object], int], commands) -> None:
+def fork_copy(line: str, template_pid: int | None, serve: Callable[[object, int], int], commands) -> None:
     """Answer a ``fork`` command: fork a copy that serves its own command FIFO, and write its pid.
 
     Parameters
@@ -99,7 +122,8 @@ def fork_copy(line: str, template_pid: int | None, serve: Callable[[object], int
     template_pid : int or None
         The template that forked this worker; the copy's adopter.
     serve : Callable
-        The worker's serve loop, which the copy runs on its FIFO (``copy_of`` set to this worker).
+        What the copy runs: ``serve(commands, source_pid)`` with its FIFO and this worker's pid; it
+        watches the template (the copy dies with it) and serves the FIFO's jobs.
     commands : file
         This worker's command stream, which the copy closes.
     """
@@ -118,7 +142,7 @@ def fork_copy(line: str, template_pid: int | None, serve: Callable[[object], int
         try:
             if os.fork() == 0:
                 os.close(said)
-                _become_copy(request, template_pid, commands, say, lambda stream: serve(stream, copy_of=source))
+                _become_copy(request, template_pid, commands, say, lambda stream: serve(stream, source))
         finally:
             os._exit(0)
     os.close(say)
@@ -152,9 +176,6 @@ def _become_copy(request: dict, template_pid: int, commands, say: int, serve) ->
         os.environ.update(request["env"])
         os.write(say, str(os.getpid()).encode())
         os.close(say)
-        from sf_assets.engines.worker import _die_with_parent
-
-        _die_with_parent(template_pid)
         with stream:
             return serve(stream)
 

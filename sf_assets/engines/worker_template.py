@@ -48,9 +48,9 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
-from collections.abc import Callable, Mapping
-from typing import NoReturn
+from collections.abc import Mapping
+
+from sf_assets.engines.worker_clone import exit_with
 
 # How long the service waits for a fork: the template's own start (its imports) comes first.
 SPAWN_WAIT_S = 120.0
@@ -336,28 +336,6 @@ def _own_group(pid: int) -> None:
         os.setpgid(pid, pid)
     except (PermissionError, ProcessLookupError):
         pass  # the child got there first, or is already gone
-
-
-def exit_with(body: Callable[[], int]) -> NoReturn:
-    """End a forked child with ``body()``'s exit code (1 if it raised), never returning into the parent's code.
-
-    Parameters
-    ----------
-    body : Callable[[], int]
-        What the child does.
-    """
-    code = 1
-    try:
-        code = body()
-    except BaseException:  # noqa: BLE001 - the child must end here whatever happened
-        traceback.print_exc()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:  # noqa: BLE001
-                pass
-        os._exit(code)
 
 
 def _become_worker(
