@@ -243,6 +243,27 @@ def test_an_idle_slot_takes_a_copy_of_the_busy_warm_worker_once_the_first_compil
     assert queue.seen[1] == {"SC2"} and queue.running[1] == (task, False), "a copy's sort is warm"
 
 
+def test_a_slot_still_waiting_for_its_copy_is_never_copied_itself():
+    # Eight slots, one sorter, nothing compiled: what a Slurm allocation's service sees at a campaign's
+    # start.  Slot 1 waits for a copy of slot 0's worker (rule 4); until that copy arrives slot 1's
+    # worker has compiled nothing, so a third slot copies slot 0 too, never slot 1 (which started
+    # later and so looked nearer its end).
+    queue = AffinityQueue(copies=True)
+    for i in range(4):
+        queue.add(Task(f"Simple/r{i}", i, "Simple"))
+    queue.take(0, now=0.0)  # slot 0 compiles Simple
+    queue.take(1, now=4.0)
+    assert queue.copy_from.pop(1) == (0, set())
+    queue.take(2, now=5.0)
+    assert queue.copy_from.pop(2) == (0, set()), "a copy of the compiling worker, not of slot 1's uncompiled one"
+    queue.copied(1)  # slot 1's copy arrived: its worker has Simple compiled and may be copied now
+    queue.take(3, now=6.0)
+    assert queue.copy_from.pop(3)[0] in (0, 1)
+    assert queue.copying == {2: 0, 3: queue.copying[3]}
+    queue.finished(2, 0.2)
+    assert 2 not in queue.copying
+
+
 def test_without_copies_the_idle_slot_waits_for_the_warm_slot_as_before():
     queue = AffinityQueue()
     for i in range(3):

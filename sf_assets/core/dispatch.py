@@ -23,6 +23,9 @@ milliseconds; the slot waits for the worker's current sort to end, not for a
 compile.  The holder whose current sort should end first is copied; it
 should end within the sorter's measured compile time (a holder busy with an
 hour-long sort is not waited for), or, before one is measured, whenever.
+A slot still waiting for its copy is never copied itself: its worker has
+compiled nothing yet (at a campaign's start on a Slurm allocation's eight
+slots, copying it made six of them compile after all).
 
 Rule 5 is decided from this launch's own timings (:meth:`AffinityQueue.finished`):
 a sorter's first sort on a slot (cold) against its later ones (warm) gives its
@@ -139,6 +142,10 @@ class AffinityQueue:
     copies: bool = False
     # Slot -> (the slot whose worker it is to copy, the sorters it had before): rule 4's choices, for the service.
     copy_from: dict[int, tuple[int, set[str]]] = field(default_factory=dict)
+    # Slot -> the slot it copies, until the copy arrives (:meth:`copied`), fails, or its task ends.  Such a
+    # slot counts as having the sorter (rule 2, rule 5) but its worker has compiled nothing yet: it is
+    # never the source of another copy, which would copy that uncompiled worker and compile again.
+    copying: dict[int, int] = field(default_factory=dict)
 
     def add(self, task: Task) -> None:
         """Queue a task; :meth:`take` decides which slot runs it.
@@ -228,11 +235,22 @@ class AffinityQueue:
                 task = min(candidates, key=lambda t: t.order)
                 if prefer is preferences[3]:
                     self.copy_from[slot] = (copyable[task.sorter], set(mine))
+                    self.copying[slot] = copyable[task.sorter]
                     self.seen[slot] = set(self.seen[copyable[task.sorter]])
                 return self._start(slot, task, now)
         # Whatever is left waits for a slot that has its sorter warm: that slot takes it
         # when idle (rule 2), now in this same round or when its current run ends.
         return None
+
+    def copied(self, slot: int) -> None:
+        """``slot`` got its copy (rule 4): its worker now has the copied sorters compiled, and may be copied.
+
+        Parameters
+        ----------
+        slot : int
+            The slot.
+        """
+        self.copying.pop(slot, None)
 
     def copy_failed(self, slot: int, sorters: set[str]) -> None:
         """``slot`` got no copy (rule 4) and sorts on a worker that has compiled ``sorters``: a cold sort.
@@ -244,6 +262,7 @@ class AffinityQueue:
         sorters : set[str]
             What its worker has compiled, its current sort's sorter included.
         """
+        self.copying.pop(slot, None)
         self.seen[slot] = set(sorters)
         task, _ = self.running[slot]
         self.running[slot] = (task, True)
@@ -252,7 +271,7 @@ class AffinityQueue:
         """Rule 4: sorter -> the busy slot whose worker ``slot`` should copy for it."""
         sources = {}
         for sorter in {t.sorter for t in eligible if t.sorter is not None}:
-            holding = [s for s, sorters in self.seen.items() if sorter in sorters and s != slot]
+            holding = [s for s, sorters in self.seen.items() if sorter in sorters and s != slot and s not in self.copying]
             if not holding or any(s not in self.running for s in holding):
                 continue  # an idle slot that has it warm takes it in this same round
             until = {s: self._between_jobs_in(s, now) for s in holding}
@@ -300,6 +319,7 @@ class AffinityQueue:
         """
         task, cold = self.running.pop(slot)
         self.started.pop(slot, None)
+        self.copying.pop(slot, None)
         if task.sorter is not None:
             times = self.times.setdefault(task.sorter, SorterTimes())
             (times.cold if cold else times.warm).append(elapsed_s)

@@ -326,6 +326,8 @@ class SortService:
             old, slot.worker = slot.worker, copy
             if old is not None:
                 old.close(wait_s=0.0)
+            with self.lock:
+                self.queue.copied(slot.index)
             return source.pid
         with self.lock:
             self.queue.copy_failed(slot.index, had if copy == "the client left" else had | {sorter})
