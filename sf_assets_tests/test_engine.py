@@ -1,6 +1,8 @@
 """The local engine: worker + supervisor on a real recording, without Dagster."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from pathlib import Path
 
@@ -104,10 +106,9 @@ def test_sort_threads_are_fixed_not_a_share_of_the_cores(synthetic_studyset, tmp
         assert {pool["num_threads"] for pool in threads["threadpools"]} == {1}
 
 
-def test_a_warm_worker_dead_before_it_took_the_job_is_an_errored_report(synthetic_studyset, tmp_path):
-    import signal
-
-    from sf_assets.engines.supervisor import watch
+@contextlib.contextmanager
+def _prepared_job_on_a_warm_worker(synthetic_studyset, tmp_path):
+    """A prepared job and a warm worker forked from a template of its own (closed after)."""
     from sf_assets.engines.threads import thread_limited_env
     from sf_assets.engines.warm_worker import WarmWorker
     from sf_assets.engines.worker_template import WorkerTemplate
@@ -116,13 +117,38 @@ def test_a_warm_worker_dead_before_it_took_the_job_is_an_errored_report(syntheti
     prepare_work_dir(job)
     template = WorkerTemplate(thread_limited_env(1, os.environ))
     try:
-        worker = WarmWorker(template.env, template)
+        yield job, WarmWorker(template.env, template)
+    finally:
+        template.close()
+
+
+def test_an_earlier_trys_exit_file_in_the_folder_is_not_taken_for_the_jobs(synthetic_studyset, tmp_path):
+    # A Slurm retry empties the folder and sorts again; the lost allocation's worker may still
+    # write its exit file there a moment later.  The watch must wait for this job's own.
+    from sf_assets.engines.job import EXIT_FILE
+    from sf_assets.engines.supervisor import watch
+
+    with _prepared_job_on_a_warm_worker(synthetic_studyset, tmp_path) as (job, worker):
+        run = worker.submit(Path(job.work_dir))
+        stale = {"exit_code": 1, "cpu_time_s": 0.03, "token": "the lost try's"}
+        (Path(job.work_dir) / EXIT_FILE).write_text(json.dumps(stale))
+        *_, report = list(watch(job, run))
+        worker.close()
+    assert not report.errored, report.error_message
+    assert report.num_units > 0 and report.elapsed_s > 0.1
+    assert json.loads((Path(job.work_dir) / EXIT_FILE).read_text())["token"] == run.token
+
+
+def test_a_warm_worker_dead_before_it_took_the_job_is_an_errored_report(synthetic_studyset, tmp_path):
+    import signal
+
+    from sf_assets.engines.supervisor import watch
+
+    with _prepared_job_on_a_warm_worker(synthetic_studyset, tmp_path) as (job, worker):
         os.kill(worker.pid, signal.SIGSTOP)  # it cannot read the job, let alone open its console
         run = worker.submit(Path(job.work_dir))
         os.kill(worker.pid, signal.SIGKILL)
         [report] = list(watch(job, run))
-    finally:
-        template.close()
     assert report.errored and "killed by signal SIGKILL" in report.error_message
     assert Path(report.console_path).read_text() == ""
     assert not os.path.exists(f"/proc/{worker.pid}"), "reaped"

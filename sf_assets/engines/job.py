@@ -22,6 +22,9 @@ CONSOLE_FILE = "console.txt"
 # Written by a warm worker (see sf_assets.engines.warm_worker): when it took the job, and how it ended.
 WORKER_FILE = "worker.json"
 EXIT_FILE = "exit.json"
+# Between a job's folder and its submission's token on a warm worker's command line (the token goes
+# back in EXIT_FILE, so an earlier try's exit file in the same folder is not taken for this one's).
+TOKEN_SEPARATOR = "\t"
 
 # Bump when the worker changes what it produces for the same inputs: the job
 # cache and the schedule that re-runs stale sortings read it.

@@ -22,7 +22,11 @@ What a fresh process guarantees still holds:
   what its earlier jobs used);
 * each job's console output (file descriptors 1 and 2, so C code and child
   processes too) goes to that job's own console file;
-* a worker serves at most :data:`MAX_JOBS_PER_WORKER` jobs.
+* a worker serves at most :data:`MAX_JOBS_PER_WORKER` jobs;
+* a job counts as ended only on its own exit file: each submission carries
+  a token the worker writes back, so the exit file of an earlier try in the
+  same folder (a lost Slurm allocation's worker, still finishing after the
+  retry emptied the folder) is not taken for this job's.
 
 A sorter's helper processes that outlive one job (loky's reusable workers,
 with ``n_jobs > 1``) keep writing to the console of the job that started them.
@@ -38,10 +42,11 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from sf_assets.engines.job import CONSOLE_FILE, EXIT_FILE, WORKER_FILE, read_json_if_present
+from sf_assets.engines.job import CONSOLE_FILE, EXIT_FILE, TOKEN_SEPARATOR, WORKER_FILE, read_json_if_present
 from sf_assets.engines.supervisor import abandon_process, poll_without_reaping, reap, stop_process_group
 from sf_assets.engines.worker_clone import fork_command
 from sf_assets.engines.worker_template import WorkerTemplate
@@ -150,8 +155,9 @@ class WarmWorker:
         """
         # The job's console exists even if the worker dies before it opens it.
         (Path(work_dir) / CONSOLE_FILE).touch()
-        self._send(f"{work_dir}\n")
-        return WarmJob(self, Path(work_dir), on_idle)
+        token = uuid.uuid4().hex
+        self._send(f"{work_dir}{TOKEN_SEPARATOR}{token}\n")
+        return WarmJob(self, Path(work_dir), on_idle, token)
 
     def close(self, wait_s: float = 5.0) -> None:
         """Ask an idle worker to exit (end of its command stream); stop it if it does not.
@@ -180,11 +186,19 @@ class WarmJob:
     survived it, ready for the next job (the sort service's slot keeps it).
     """
 
-    def __init__(self, worker: WarmWorker, work_dir: Path, on_idle: Callable[[WarmWorker], None] | None = None):
-        self.worker, self.work_dir, self._on_idle = worker, work_dir, on_idle
+    def __init__(
+        self,
+        worker: WarmWorker,
+        work_dir: Path,
+        on_idle: Callable[[WarmWorker], None] | None = None,
+        token: str | None = None,
+    ):
+        self.worker, self.work_dir, self._on_idle, self.token = worker, work_dir, on_idle, token
 
     def _answer(self) -> dict | None:
-        return read_json_if_present(self.work_dir / EXIT_FILE)
+        """The exit file this submission's worker wrote (None while absent, or another try's)."""
+        answer = read_json_if_present(self.work_dir / EXIT_FILE)
+        return answer if answer is not None and answer.get("token") == self.token else None
 
     def finished(self) -> bool:
         """Has the job ended: the worker wrote its exit file, or died?
@@ -194,7 +208,7 @@ class WarmJob:
         bool
             True once it has.
         """
-        return (self.work_dir / EXIT_FILE).exists() or not self.worker.alive()
+        return self._answer() is not None or not self.worker.alive()
 
     def stop(self, grace_s: float) -> None:
         """End the job early (timeout, hung canary); its worker does not survive it.

@@ -11,10 +11,11 @@ stopped the full sort, 2 the job itself is unusable.
 
 ``python -m sf_assets.engines.worker --serve`` is the same worker kept warm
 for one sort after another (see :mod:`sf_assets.engines.warm_worker`): it
-reads work folders from its standard input, one per line, sends its console
-to each job's console file while that job runs, and answers each with
-:data:`~sf_assets.engines.job.EXIT_FILE` (the exit code and the job's CPU
-time) instead of exiting.  The compiled code of every sorter it ran stays in
+reads work folders from its standard input, one per line (each with its
+submission's token after a tab), sends its console to each job's console file
+while that job runs, and answers each with
+:data:`~sf_assets.engines.job.EXIT_FILE` (the exit code, the job's CPU time
+and the token) instead of exiting.  The compiled code of every sorter it ran stays in
 it, as it does in the reused processes of ``run_sorter_jobs``.  A ``fork``
 line instead of a folder asks it for a copy of itself, made between two jobs
 (:mod:`sf_assets.engines.worker_clone`): another slot then starts warm.
@@ -42,6 +43,7 @@ from sf_assets.engines.job import (
     EXIT_FILE,
     JOB_FILE,
     RESULT_FILE,
+    TOKEN_SEPARATOR,
     WORKER_FILE,
     CanaryReport,
     SortJob,
@@ -388,7 +390,7 @@ def preload() -> None:
 
 
 def serve(commands, copy_of: int | None = None) -> int:
-    """Run the jobs named on ``commands`` (a text stream, one work folder per line) until it ends.
+    """Run the jobs named on ``commands`` (a text stream, one work folder and its token per line) until it ends.
 
     Parameters
     ----------
@@ -412,7 +414,8 @@ def serve(commands, copy_of: int | None = None) -> int:
         if line.startswith(FORK_COMMAND):  # a copy of this warm worker for another slot
             fork_copy(line, _TEMPLATE_PID, _serve_as_copy, commands)
             continue
-        work_dir = Path(line.strip())
+        folder, _, token = line.rstrip("\n").partition(TOKEN_SEPARATOR)
+        work_dir = Path(folder.strip())
         with attempt_in_use(work_dir), _ConsoleTo(work_dir / CONSOLE_FILE):
             before = cpu_seconds()
             write_json_atomic(
@@ -422,7 +425,7 @@ def serve(commands, copy_of: int | None = None) -> int:
             code = run_job(work_dir)
             cpu_time_s = cpu_seconds() - before
         jobs_done += 1
-        write_json_atomic(work_dir / EXIT_FILE, {"exit_code": code, "cpu_time_s": cpu_time_s})
+        write_json_atomic(work_dir / EXIT_FILE, {"exit_code": code, "cpu_time_s": cpu_time_s, "token": token})
 
 
 def _serve_as_copy(commands, source: int) -> int:
