@@ -556,3 +556,33 @@ def test_a_daemon_launched_backfill_sorts_on_the_allocations(slurm_cluster, stud
     assert slurm_cluster.wait_until_no_jobs(timeout_s=IDLE_S + 15) == []
     (allocation,) = _completed_jobs(slurm_cluster, JOB_NAME_PREFIX + pool_dir.name)
     assert allocation["JobID"] == placed["job_id"] and allocation["State"] == "COMPLETED"  # ended by its holder
+
+
+def test_a_connection_the_service_never_answers_times_out_and_a_real_one_has_no_timeout_left():
+    # A full listen queue drops a connection on the service's side only; the client saw it
+    # established and, with multiprocessing's Client, waited for the challenge forever (a
+    # 64-sort benchmark hung on its last sort that way).
+    from multiprocessing.connection import Listener
+
+    from sf_assets.engines.slurm_service import authenticated_client
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts TCP, never authenticates
+        started = time.monotonic()
+        with pytest.raises(OSError):
+            authenticated_client(silent.getsockname(), b"k" * 32, timeout_s=0.5)
+        assert time.monotonic() - started < 5.0
+
+    with Listener(("127.0.0.1", 0), family="AF_INET", authkey=b"k" * 32) as listener:
+        server: list = []
+        accepting = threading.Thread(target=lambda: server.append(listener.accept()))
+        accepting.start()
+        conn = authenticated_client(listener.address, b"k" * 32, timeout_s=0.5)
+        accepting.join(10)
+        late = threading.Timer(1.5, lambda: server[0].send("after the handshake's timeout"))
+        late.start()
+        try:
+            assert conn.recv() == "after the handshake's timeout", "a blocking receive outlasts the 0.5 s"
+        finally:
+            late.join()
+            conn.close()
+            server[0].close()

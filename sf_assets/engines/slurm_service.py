@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Connection
+from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 from pathlib import Path
 
 from sf_assets.core.errors import EnvironmentSortFailure
@@ -53,6 +55,8 @@ NEVER_IDLE_EXIT_S = 10 * 365 * 86400.0
 CONNECT_POLL_S = 0.2
 # How long a published address may refuse connections before the sort gives up on it.
 CONNECT_TIMEOUT_S = 60.0
+# How long one connection's authentication may wait for the service before it is tried again.
+HANDSHAKE_TIMEOUT_S = 15.0
 
 
 def service_folder(pool_root: Path, job_id: str, create: bool = False) -> Path:
@@ -230,7 +234,7 @@ def connect_to_allocation(
         address = published_address(pool_root, job_id)
         if address is not None:
             try:
-                return Client(address, family="AF_INET", authkey=(folder / KEY_NAME).read_bytes())
+                return authenticated_client(address, (folder / KEY_NAME).read_bytes(), HANDSHAKE_TIMEOUT_S)
             except (OSError, EOFError, AuthenticationError) as exc:  # exiting, or restarting: look again
                 refused_since = refused_since or time.monotonic()
                 if time.monotonic() - refused_since > timeout_s and still_there():
@@ -245,6 +249,58 @@ def connect_to_allocation(
                 f"{service_log_tail(pool_root, job_id)}"
             )
         time.sleep(CONNECT_POLL_S)
+
+
+def _io_timeouts(sock: socket.socket, seconds: float) -> None:
+    """Kernel-level receive and send timeouts on ``sock`` (0: none), which a raw-descriptor read obeys too."""
+    timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+def authenticated_client(address, authkey: bytes, timeout_s: float) -> Connection:
+    """``multiprocessing.connection.Client`` over TCP, except that connecting and authenticating time out.
+
+    A connection the service's listen queue dropped (32 runs connecting at
+    once) stays established on this side only, and ``Client`` would wait
+    for the service's challenge forever; here the wait ends after
+    ``timeout_s`` with an ``OSError``, and the caller connects again.
+
+    Parameters
+    ----------
+    address : tuple[str, int]
+        The service's host and port.
+    authkey : bytes
+        The service's key.
+    timeout_s : float
+        Seconds for the TCP connection, and for each step of the handshake.
+
+    Returns
+    -------
+    Connection
+        The authenticated connection, with no timeout left on it.
+
+    Raises
+    ------
+    OSError
+        Refused, or timed out.
+    AuthenticationError
+        The key did not match.
+    """
+    sock = socket.create_connection((address[0], int(address[1])), timeout=timeout_s)
+    with sock:
+        sock.settimeout(None)  # blocking: the Connection reads the descriptor itself
+        _io_timeouts(sock, timeout_s)
+        conn = Connection(os.dup(sock.fileno()))
+    try:
+        answer_challenge(conn, authkey)
+        deliver_challenge(conn, authkey)
+        with socket.socket(fileno=os.dup(conn.fileno())) as same:
+            _io_timeouts(same, 0.0)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def service_log_tail(pool_root: Path, job_id: str, chars: int = 2000) -> str:

@@ -82,6 +82,9 @@ EXPECT_SORT_S = 20.0
 # on its way whose run has since ended, or for a sorter's first compile elsewhere to be under way
 # long enough (core.dispatch).
 RECHECK_S = 0.5
+# Connections waiting to be accepted (Listener's default is 1): a campaign's runs connect all at
+# once, and over TCP a connection the full queue dropped stays open on the client's side only.
+LISTEN_BACKLOG = 256
 
 
 @dataclass
@@ -533,12 +536,12 @@ def serve(folder: Path, settings: ServiceSettings, tcp: bool = False, gpus: tupl
     socket_path = folder / SOCKET_NAME
     info: dict = {"pid": os.getpid(), "started": time.time(), "settings": settings.__dict__}
     if tcp:
-        listener = Listener(("0.0.0.0", 0), family="AF_INET", authkey=key)
+        listener = Listener(("0.0.0.0", 0), family="AF_INET", authkey=key, backlog=LISTEN_BACKLOG)
         info["address"] = [socket.gethostname(), listener.address[1]]
         where = f"{info['address'][0]}:{info['address'][1]}"
     else:
         socket_path.unlink(missing_ok=True)
-        listener = Listener(str(socket_path), family="AF_UNIX", authkey=key)
+        listener = Listener(str(socket_path), family="AF_UNIX", authkey=key, backlog=LISTEN_BACKLOG)
         where = str(socket_path)
     service = SortService(settings, thread_limited_env(settings.threads_per_sort, os.environ), gpus=gpus)
     write_json_atomic(folder / INFO_NAME, info)
