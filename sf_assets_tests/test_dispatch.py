@@ -295,3 +295,17 @@ def test_a_failed_copy_makes_the_sort_cold_on_the_slots_own_worker():
     assert queue.copy_from.pop(1) == (0, {"MS5"})
     queue.copy_failed(1, {"MS5", "SC2"})
     assert queue.seen[1] == {"MS5", "SC2"} and queue.running[1] == (task, True)
+
+
+def test_a_task_whose_client_left_before_it_ran_records_no_time_and_compiles_nothing():
+    queue = AffinityQueue()
+    for i in range(3):
+        queue.add(Task(f"SC2/r{i}", i, "SC2"))
+    queue.seen[1] = {"MS5"}
+    queue.take(0, now=0.0)  # cold: slot 0 would compile SC2
+    queue.finished(0, None)  # its client left before the sort started
+    assert "SC2" not in queue.seen[0] and "SC2" not in queue.times
+    queue.seen[0] = {"SC2"}
+    queue.take(0, now=1.0)  # warm this time
+    queue.finished(0, None)
+    assert queue.seen[0] == {"SC2"} and "SC2" not in queue.times

@@ -307,22 +307,29 @@ class AffinityQueue:
             t for t in self.ready if t.group is None or t.group_limit <= 0 or running.get(t.group, 0) < t.group_limit
         ]
 
-    def finished(self, slot: int, elapsed_s: float) -> None:
+    def finished(self, slot: int, elapsed_s: float | None) -> None:
         """``slot``'s task ended after ``elapsed_s`` seconds (a sort's time feeds rule 5).
 
         Parameters
         ----------
         slot : int
             The slot.
-        elapsed_s : float
-            Seconds its task took.
+        elapsed_s : float or None
+            Seconds its task took; None when it never ran (its client left
+            while it waited): no time is recorded, and a sorter it would have
+            compiled is not counted as this slot's.
         """
         task, cold = self.running.pop(slot)
         self.started.pop(slot, None)
         self.copying.pop(slot, None)
-        if task.sorter is not None:
-            times = self.times.setdefault(task.sorter, SorterTimes())
-            (times.cold if cold else times.warm).append(elapsed_s)
+        if task.sorter is None:
+            return
+        if elapsed_s is None:
+            if cold:
+                self.seen.get(slot, set()).discard(task.sorter)
+            return
+        times = self.times.setdefault(task.sorter, SorterTimes())
+        (times.cold if cold else times.warm).append(elapsed_s)
 
     def _start(self, slot: int, task: Task, now: float | None) -> Task:
         self.ready.remove(task)

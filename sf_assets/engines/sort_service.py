@@ -303,7 +303,7 @@ class SortService:
                         self.queue.ready.remove(task)
                         return None
                 # Assigned in the meantime: give the slot back at once.
-                self._release(slot, elapsed_s=0.0, worker_kept=True)
+                self._release(slot, elapsed_s=None, worker_kept=True)
                 return None
 
     def _take_copy(self, slot: Slot, conn: Connection, sorter: str) -> int | None:
@@ -343,7 +343,7 @@ class SortService:
         try:
             copied_from = self._take_copy(slot, conn, job.si_sorter_name)
         except SortCancelled:
-            self._release(slot, elapsed_s=0.0, worker_kept=True)
+            self._release(slot, elapsed_s=None, worker_kept=True)
             return
         warm = slot.worker is not None and slot.worker.alive() and not self.queue.running[slot.index][1]
         if slot.worker is None or not slot.worker.alive():
@@ -381,7 +381,7 @@ class SortService:
             if not released:
                 self._release(slot, time.monotonic() - started[1], worker_kept=bool(kept))
 
-    def _release(self, slot: Slot, elapsed_s: float, worker_kept: bool) -> None:
+    def _release(self, slot: Slot, elapsed_s: float | None, worker_kept: bool) -> None:
         with self.lock:
             slot.jobs += 1
             if not worker_kept or (slot.worker is not None and slot.worker.jobs_done >= MAX_JOBS_PER_WORKER):
