@@ -253,15 +253,15 @@ def test_a_slot_still_waiting_for_its_copy_is_never_copied_itself():
         queue.add(Task(f"Simple/r{i}", i, "Simple"))
     queue.take(0, now=0.0)  # slot 0 compiles Simple
     queue.take(1, now=4.0)
-    assert queue.copy_from.pop(1) == (0, set())
+    assert queue.copy_from[1] == (0, set())
     queue.take(2, now=5.0)
-    assert queue.copy_from.pop(2) == (0, set()), "a copy of the compiling worker, not of slot 1's uncompiled one"
+    assert queue.copy_from[2] == (0, set()), "a copy of the compiling worker, not of slot 1's uncompiled one"
     queue.copied(1)  # slot 1's copy arrived: its worker has Simple compiled and may be copied now
+    assert 1 not in queue.copy_from
     queue.take(3, now=6.0)
-    assert queue.copy_from.pop(3)[0] in (0, 1)
-    assert queue.copying == {2: 0, 3: queue.copying[3]}
+    assert queue.copy_from[3][0] in (0, 1)
     queue.finished(2, 0.2)
-    assert 2 not in queue.copying
+    assert 2 not in queue.copy_from
 
 
 def test_without_copies_the_idle_slot_waits_for_the_warm_slot_as_before():

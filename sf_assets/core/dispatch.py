@@ -140,12 +140,11 @@ class AffinityQueue:
     compile_after: dict[tuple[int, str], float] = field(default_factory=dict)
     # Can a slot get a copy of another slot's warm worker (rule 4)?  The service says.
     copies: bool = False
-    # Slot -> (the slot whose worker it is to copy, the sorters it had before): rule 4's choices, for the service.
-    copy_from: dict[int, tuple[int, set[str]]] = field(default_factory=dict)
-    # Slot -> the slot it copies, until the copy arrives (:meth:`copied`), fails, or its task ends.  Such a
+    # Slot -> (the slot whose worker it is to copy, the sorters it had before): rule 4's choices, read by
+    # the service, kept until the copy arrives (:meth:`copied`), fails, or the slot's task ends.  Such a
     # slot counts as having the sorter (rule 2, rule 5) but its worker has compiled nothing yet: it is
     # never the source of another copy, which would copy that uncompiled worker and compile again.
-    copying: dict[int, int] = field(default_factory=dict)
+    copy_from: dict[int, tuple[int, set[str]]] = field(default_factory=dict)
 
     def add(self, task: Task) -> None:
         """Queue a task; :meth:`take` decides which slot runs it.
@@ -235,7 +234,6 @@ class AffinityQueue:
                 task = min(candidates, key=lambda t: t.order)
                 if prefer is preferences[3]:
                     self.copy_from[slot] = (copyable[task.sorter], set(mine))
-                    self.copying[slot] = copyable[task.sorter]
                     self.seen[slot] = set(self.seen[copyable[task.sorter]])
                 return self._start(slot, task, now)
         # Whatever is left waits for a slot that has its sorter warm: that slot takes it
@@ -250,7 +248,7 @@ class AffinityQueue:
         slot : int
             The slot.
         """
-        self.copying.pop(slot, None)
+        self.copy_from.pop(slot, None)
 
     def copy_failed(self, slot: int, sorters: set[str]) -> None:
         """``slot`` got no copy (rule 4) and sorts on a worker that has compiled ``sorters``: a cold sort.
@@ -262,7 +260,7 @@ class AffinityQueue:
         sorters : set[str]
             What its worker has compiled, its current sort's sorter included.
         """
-        self.copying.pop(slot, None)
+        self.copy_from.pop(slot, None)
         self.seen[slot] = set(sorters)
         task, _ = self.running[slot]
         self.running[slot] = (task, True)
@@ -271,7 +269,7 @@ class AffinityQueue:
         """Rule 4: sorter -> the busy slot whose worker ``slot`` should copy for it."""
         sources = {}
         for sorter in {t.sorter for t in eligible if t.sorter is not None}:
-            holding = [s for s, sorters in self.seen.items() if sorter in sorters and s != slot and s not in self.copying]
+            holding = [s for s, sorters in self.seen.items() if sorter in sorters and s != slot and s not in self.copy_from]
             if not holding or any(s not in self.running for s in holding):
                 continue  # an idle slot that has it warm takes it in this same round
             until = {s: self._between_jobs_in(s, now) for s in holding}
@@ -321,7 +319,7 @@ class AffinityQueue:
         """
         task, cold = self.running.pop(slot)
         self.started.pop(slot, None)
-        self.copying.pop(slot, None)
+        self.copy_from.pop(slot, None)
         if task.sorter is None:
             return
         if elapsed_s is None:

@@ -287,19 +287,18 @@ def authenticated_client(address, authkey: bytes, timeout_s: float) -> Connectio
     AuthenticationError
         The key did not match.
     """
-    sock = socket.create_connection((address[0], int(address[1])), timeout=timeout_s)
-    with sock:
+    with socket.create_connection((address[0], int(address[1])), timeout=timeout_s) as sock:
         sock.settimeout(None)  # blocking: the Connection reads the descriptor itself
-        _io_timeouts(sock, timeout_s)
+        _io_timeouts(sock, timeout_s)  # socket options: they hold for the Connection's duplicate too
         conn = Connection(os.dup(sock.fileno()))
-    try:
-        answer_challenge(conn, authkey)
-        deliver_challenge(conn, authkey)
-        with socket.socket(fileno=os.dup(conn.fileno())) as same:
-            _io_timeouts(same, 0.0)
-    except BaseException:
-        conn.close()
-        raise
+        try:
+            # multiprocessing's own handshake, as its Client runs it (module functions, not in its docs).
+            answer_challenge(conn, authkey)
+            deliver_challenge(conn, authkey)
+        except BaseException:
+            conn.close()
+            raise
+        _io_timeouts(sock, 0.0)
     return conn
 
 

@@ -225,8 +225,8 @@ class SortService:
             self.queue.forget(now, gone=lambda run_id: not self.runs.run_status(run_id)["alive"])
         for slot in sorted((s for s in self.slots if s.task is None), key=rank):
             slot.task = self.queue.take(slot.index, now)
-            if slot.index in self.queue.copy_from:
-                source, had = self.queue.copy_from.pop(slot.index)
+            if slot.task is not None and slot.index in self.queue.copy_from:
+                source, had = self.queue.copy_from[slot.index]
                 slot.copy_of = (self.slots[source].worker, had)
         self.lock.notify_all()
 
