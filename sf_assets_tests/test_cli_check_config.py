@@ -104,15 +104,20 @@ def test_parser_lists_check_config():
     assert "check-config" in build_parser().format_help()
 
 
+def _command(work, *argv) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), cwd=work, env=dict(os.environ), capture_output=True, text=True, timeout=120)
+
+
 def test_installed_console_script(work):
-    result = subprocess.run(
-        [str(CONSOLE_SCRIPT), "check-config", "-s", "studysets_tiny.json", "-l", "example-spec.yaml"],
-        cwd=work,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _command(work, str(CONSOLE_SCRIPT), "check-config", "-s", "studysets_tiny.json", "-l", "example-spec.yaml")
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert json.loads(result.stdout)["num_recordings"] == 4
+
+
+def test_the_command_exits_with_mains_code(work):
+    # `python -m sf_assets.cli` is the console script's own entry (console_main): a bad input's
+    # code and its one stderr line come out of the process unchanged.
+    result = _command(work, sys.executable, "-m", "sf_assets.cli", "check-config", "-s", "studysets_tiny.json", "-l", "missing.yaml")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("sf-assets: error: ") and result.stderr.count("\n") == 1

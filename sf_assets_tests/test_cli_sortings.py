@@ -115,7 +115,7 @@ def sorted_once(home):
     """``run-sortings`` of the one assigned pair: a real sort, records to out.json."""
     out = home.root / "out.json"
     code, stdout, stderr = run_cli(
-        ["run-sortings", "-s", home.manifest, "-l", home.spec, "-o", out, "-w", "1", "-T", "5", "-v"]
+        ["run-sortings", "-s", home.manifest, "-l", home.spec, "-o", out, "-w", "1", "-T", "5", "-v", "--canary-s", "2"]
     )
     return code, stdout, stderr, out
 
@@ -145,6 +145,7 @@ def test_check_config_counts_and_defaults_and_writes_nothing(home, fresh_home):
     assert options["slurm_gpus_per_node"] == 0 and options["slurm_partition"] == ""
     assert (options["slurm_idle_release_s"], options["slurm_allocation_time_min"]) == (60.0, 0.0)
     assert options["verbose"] == 0
+    assert options["canary_first_n_s"] == 5.0  # the sorting_engine resource's default
     assert not out.exists() and not fresh_home.exists()
 
 
@@ -156,6 +157,7 @@ def test_check_config_maps_every_flag(home, fresh_home):
             "--use-slurm", "--slurm-partition", "gpu", "--slurm-accept-shared-nodes",
             "--slurm-jobs-per-allocation", "2", "--slurm-max-simultaneous-allocations", "3",
             "--slurm-gpus-per-node", "1", "--slurm-idle-release-s", "5", "--slurm-allocation-time-min", "30",
+            "--canary-s", "0",
         ]
     )
     options = config["options"]
@@ -170,6 +172,7 @@ def test_check_config_maps_every_flag(home, fresh_home):
     assert options["slurm_gpus_per_node"] == 1
     assert (options["slurm_idle_release_s"], options["slurm_allocation_time_min"]) == (5.0, 30.0)
     assert options["verbose"] == 2 and options["log_level"] == "DEBUG"
+    assert options["canary_first_n_s"] == 0.0
     # -s absent: the manifest comes from the spec's studysets.
     assert config["manifest_source"] == str(home.manifest)
     no_cache = _config(["run-sortings", "-l", home.spec, "-o", "/dev/null", "--check-config", "--no-job-cache"])
@@ -265,6 +268,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(home, sorted_once, fres
         ["run-sortings", "-l", "spec.yaml", "-o", "x.json", "-T", "inf"],
         ["run-sortings", "-l", "spec.yaml", "-o", "x.json", "--slurm-jobs-per-allocation", "0"],
         ["run-sortings", "-l", "spec.yaml", "-o", "x.json", "--slurm-idle-release-s", "0"],
+        ["run-sortings", "-l", "spec.yaml", "-o", "x.json", "--canary-s", "-1"],
+        ["run-sortings", "-l", "spec.yaml", "-o", "x.json", "--canary-s", "nan"],
         ["run-sortings", "-l", "spec.yaml"],
         ["prepare-workspace", "-s", "a.json", "-k", "sha1://x", "--create-new-workspace"],
         ["prepare-workspace", "--create-new-workspace"],
@@ -294,6 +299,10 @@ def test_run_sortings_sorts_writes_records_and_tags_every_run(home, sorted_once)
     assert {"studysets_job", "recordings_job", "sorting_job", "results_job"} <= set(jobs)
     for run in home.runs():
         assert run.tags.get("dagster/max_runtime") == "420"  # 300 s + a 120 s margin
+    with home.instance() as instance:
+        key = dg.AssetCheckKey(dg.AssetKey("sorting"), "canary")
+        (canary,) = instance.event_log_storage.get_asset_check_execution_history(key, limit=10)
+    assert canary.event.dagster_event.event_specific_data.metadata["window_s"].value == 2.0  # --canary-s 2
 
 
 def test_a_second_run_sorts_nothing_and_writes_the_same_records(home, sorted_once):

@@ -121,7 +121,7 @@ def test_the_distribution_holds_the_package_only(build_metadata):
     packaged = {name.split("/")[0] for name in files if name.endswith(".py")}
     assert packaged == {"sf_assets"}
     assert "sf_assets/orchestration/assets/sortings.py" in files
-    assert "sf-assets = sf_assets.cli:main" in (build_metadata / "entry_points.txt").read_text()
+    assert "sf-assets = sf_assets.cli.entry:console_main" in (build_metadata / "entry_points.txt").read_text()
 
 
 def test_pip_install_pulls_no_test_dependency(build_metadata):

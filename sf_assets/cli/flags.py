@@ -43,24 +43,25 @@ def _count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def _minutes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected minutes as a number, got {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a finite number of minutes >= 0 (0: no timeout), got {text!r}")
-    return value
+def _number(unit: str, zero_means: str | None = None) -> Callable[[str], float]:
+    """A flag's parser for a finite number of ``unit``: above 0, or 0 too when ``zero_means`` says what 0 does."""
+    bound = f">= 0 (0: {zero_means})" if zero_means else "> 0"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {unit} as a number, got {text!r}") from None
+        if not (math.isfinite(value) and (value > 0 or (zero_means and value == 0))):
+            raise argparse.ArgumentTypeError(f"expected a finite number of {unit} {bound}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds as a number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a finite number of seconds > 0, got {text!r}")
-    return value
+_minutes = _number("minutes", "no timeout")
+_seconds = _number("seconds")
+_window_seconds = _number("seconds", "no canary")
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +111,14 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
         metavar="MINUTES",
         help="cancel a sort after this many minutes (0, the default: no timeout); also each run's "
         f"{MAX_RUNTIME_TAG} tag",
+    )
+    general.add_argument(
+        "--canary-s",
+        type=_window_seconds,
+        metavar="SECONDS",
+        help="sort the first SECONDS of each recording before its full sort, and stop a sort whose canary "
+        "fails in a way the full sort would (default: the sorting_engine resource's canary_first_n_s, 5; "
+        "0: no canary)",
     )
     general.add_argument(
         "--check-config",
@@ -239,27 +248,25 @@ def _source(text: str | None) -> str:
     return text if is_kachery_uri(text) else str(Path(text).resolve())
 
 
-def run_options(args: argparse.Namespace, settings: Settings, **overrides: Any) -> "RunOptions":
-    """The runs' resource configuration from the flags (see :class:`sf_assets.cli.launch.RunOptions`).
+def run_option_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The run options the flags (and ``SF_ASSETS_USE_CONTAINER``) set, checked, without importing Dagster.
 
     Parameters
     ----------
     args : argparse.Namespace
         The parsed flags.
-    settings : Settings
-        The project's folders and stores.
-    **overrides : Any
-        Further ``RunOptions`` fields (the Dagster log level).
 
     Returns
     -------
-    RunOptions
-        What every run of the launch is configured with; source paths made absolute.
-    """
-    from sf_assets.cli.launch import RunOptions
+    dict[str, Any]
+        ``RunOptions`` fields; source paths made absolute.
 
-    return RunOptions.from_settings(
-        settings,
+    Raises
+    ------
+    SfAssetsError
+        If the container variable holds an unknown word.
+    """
+    return dict(
         spec_source=_source(args.sorter_spec_file),
         manifest_source=_source(args.study_source_file),
         timeout_min=args.timeout_min,
@@ -274,8 +281,30 @@ def run_options(args: argparse.Namespace, settings: Settings, **overrides: Any) 
         slurm_gpus_per_node=args.slurm_gpus_per_node or 0,
         slurm_idle_release_s=args.slurm_idle_release_s,
         slurm_allocation_time_min=args.slurm_allocation_time_min,
-        **overrides,
+        **({} if args.canary_s is None else {"canary_first_n_s": args.canary_s}),
     )
+
+
+def run_options(settings: Settings, values: Mapping[str, Any], **overrides: Any) -> "RunOptions":
+    """The runs' resource configuration (see :class:`sf_assets.cli.launch.RunOptions`).
+
+    Parameters
+    ----------
+    settings : Settings
+        The project's folders and stores.
+    values : Mapping[str, Any]
+        What the flags set (:func:`run_option_values`).
+    **overrides : Any
+        Further ``RunOptions`` fields (the Dagster log level).
+
+    Returns
+    -------
+    RunOptions
+        What every run of the launch is configured with.
+    """
+    from sf_assets.cli.launch import RunOptions
+
+    return RunOptions.from_settings(settings, **values, **overrides)
 
 
 def run_tags(args: argparse.Namespace) -> dict[str, str]:

@@ -42,6 +42,7 @@ from sf_assets.core.manifest import Recording
 from sf_assets.core.spec import SorterSpec
 from sf_assets.engines.engine import EngineSettings
 from sf_assets.orchestration.partitions import pair_key
+from sf_assets.cli.environment import start_in_background
 from sf_assets.cli.progress import CampaignCounts
 
 if TYPE_CHECKING:
@@ -571,7 +572,7 @@ def launch_campaign(
 
     if isinstance(instance.run_launcher, SortServiceRunLauncher):
         # Errors surface where the first run is launched; this only starts the service sooner.
-        threading.Thread(target=_quietly, args=(instance.run_launcher.start_service,), daemon=True).start()
+        start_in_background(instance.run_launcher.start_service)
     say = progress or (lambda _msg: None)
     outcome = CampaignOutcome()
     register_partitions(instance, campaign)
@@ -656,12 +657,6 @@ def launch_campaign(
             tracker.stop_all()
             raise
     return outcome
-
-
-def _quietly(start: Callable[[], None]) -> None:
-    """Run ``start``; an error is left for the first run's launch to report, with its context."""
-    with contextlib.suppress(Exception):
-        start()
 
 
 def _queue_capacity(instance: dg.DagsterInstance) -> int:

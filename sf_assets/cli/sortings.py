@@ -32,12 +32,13 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
-from sf_assets.cli.environment import ensure_dagster_home
+from sf_assets.cli.environment import ensure_dagster_home, start_sort_service_early
 from sf_assets.cli.flags import (
     add_config_flags,
     add_shared_flags,
     add_workspace_flags,
     dagster_log_level,
+    run_option_values,
     run_options,
     run_tags,
 )
@@ -173,7 +174,11 @@ def run_sortings(args: argparse.Namespace) -> int:
     settings = load_settings()
     outfile = check_outfile(args.outfile)
     campaign = _load_campaign(args, settings)
-    options = run_options(args, settings, log_level=dagster_log_level(args))
+    values = run_option_values(args)
+    if not args.check_config:
+        # Every input is valid, so a launch follows: the service's start overlaps Dagster's import.
+        start_sort_service_early()
+    options = run_options(settings, values, log_level=dagster_log_level(args))
     if args.check_config:
         summary = config_summary(campaign.manifest, campaign.spec)
         return _print_json({**summary, "outfile": str(outfile), "options": _shown_options(args, options)})
@@ -306,7 +311,7 @@ def sort_sf_recordings(args: argparse.Namespace) -> int:
     outfile = check_outfile(args.outfile) if args.outfile else None
     campaign = _load_campaign(args, settings)
     store = WorkspaceStore(settings.workspace_db_url)
-    options = run_options(args, settings, log_level=dagster_log_level(args))
+    options = run_options(settings, run_option_values(args), log_level=dagster_log_level(args))
     if args.check_config:
         summary = config_summary(campaign.manifest, campaign.spec)
         return _print_json(
@@ -332,6 +337,7 @@ def sort_sf_recordings(args: argparse.Namespace) -> int:
         print_line(f"{uri}: all {len(campaign.jobs)} sortings are in the workspace; nothing to sort")
         return 0
     print_line(f"{uri}: {len(pairs)} sorting(s) missing, {in_workspace} already in the workspace")
+    start_sort_service_early()
     records = RecordsFile(outfile) if outfile else None
 
     def landed(new_records: list[SortingRecord]) -> None:

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +95,28 @@ class EngineSettings:
             idle_exit_s=self.service_idle_exit_s,
             base_dir=self.service_dir,
         )
+
+
+def launcher_service(service_config: Mapping[str, object]) -> ServiceSettings:
+    """The host sort service that the project's run launcher, configured with ``service_config``, runs on.
+
+    One function for the run launcher (which Dagster configures from
+    ``dagster.yaml``) and the command line's early start of the same service
+    (:func:`sf_assets.cli.environment.start_sort_service_early`), so both
+    reach one service.
+
+    Parameters
+    ----------
+    service_config : Mapping[str, object]
+        The launcher's config: ``threads_per_sort``, ``service_slots``, ``service_idle_exit_s``,
+        ``service_dir`` (each optional).
+
+    Returns
+    -------
+    ServiceSettings
+        The service's settings.
+    """
+    return EngineSettings(work_root="", **service_config).service()
 
 
 def container_image_for(entry: SorterEntry, settings: EngineSettings) -> str | None:

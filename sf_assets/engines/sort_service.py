@@ -503,6 +503,18 @@ def _exit_on_sigterm(_signum, _frame) -> None:
     raise SystemExit(0)
 
 
+def _warm_up(service: SortService) -> None:
+    """Start the run host's fork server, then the slots' workers: the order a launch needs them in.
+
+    Both import Dagster or spikeinterface for seconds of CPU.  Side by side,
+    with the launching command's own imports, they shared two cores and the
+    launch's first run waited for both; its sorts come only after its
+    recordings' runs, so the workers start once the fork server is ready.
+    """
+    service.runs.start_fork_server()
+    service.start_workers()
+
+
 def serve(folder: Path, settings: ServiceSettings, tcp: bool = False, gpus: tuple[str, ...] = ()) -> int:
     """Run the service in ``folder`` until it has been idle for ``settings.idle_exit_s`` (or SIGTERM).
 
@@ -547,9 +559,10 @@ def serve(folder: Path, settings: ServiceSettings, tcp: bool = False, gpus: tupl
     write_json_atomic(folder / INFO_NAME, info)
     print(f"sort service {os.getpid()} listening on {where} with {settings.slots} slot(s)", flush=True)
     threading.Thread(target=_accept_forever, args=(listener, service), daemon=True).start()
-    service.start_workers()
-    if not tcp:  # a Slurm allocation's service hosts no runs
-        threading.Thread(target=service.runs.start_fork_server, daemon=True).start()
+    if tcp:  # a Slurm allocation's service hosts no runs
+        service.start_workers()
+    else:
+        threading.Thread(target=_warm_up, args=(service,), name="warm-up", daemon=True).start()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         while service.idle_for_s() < settings.idle_exit_s:

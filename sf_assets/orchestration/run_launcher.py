@@ -32,7 +32,7 @@ from dagster._serdes import ConfigurableClass, ConfigurableClassData
 from sf_assets.core.errors import SfAssetsError
 from sf_assets.core.launcher_identity import LauncherIdentity
 from sf_assets.core.sorter_catalog import resolve_sorter
-from sf_assets.engines.engine import EngineSettings
+from sf_assets.engines.engine import launcher_service
 from sf_assets.engines.service_client import SortServiceError, call_service, connect
 from sf_assets.orchestration.assets.keys import SORTING_KEY
 from sf_assets.orchestration.launches import LEASE_TAG
@@ -52,7 +52,7 @@ class SortServiceRunLauncher(RunLauncher, ConfigurableClass):
 
     def __init__(self, inst_data: ConfigurableClassData | None = None, **service_config: Any):
         self._inst_data = inst_data
-        self._service = EngineSettings(work_root="", **service_config).service()
+        self._service = launcher_service(service_config)
         super().__init__()
 
     def start_service(self) -> None:
