@@ -4,9 +4,12 @@ The same grid (recordings x sorters, default 4 recordings of 4 channels x 60 s,
 MountainSort5 and SpykingCircus2) is sorted and compared with ground truth,
 alternately (A B, then B A, ...):
 
-* **A, sf-assets**: ``launch_campaign`` on a fresh Dagster instance (SQLite,
-  the project's dagster.yaml), ``workers`` runs at a time; canary off unless
-  ``--canary-s`` (for equal work), job cache on but empty (fresh instance);
+* **A, sf-assets**: the command a user types, ``sf-assets run-sortings -s
+  MANIFEST -l SPEC -o RECORDS -w workers --canary-s S``, on a fresh Dagster
+  instance (SQLite, the project's dagster.yaml); canary off unless
+  ``--canary-s`` (for equal work), job cache on but empty (fresh instance).
+  Where its time went is read back afterwards from the instance's run
+  records and event log, untimed;
 * **B, plain**: ``spikeinterface.sorters.run_sorter_jobs`` (engine ``joblib``,
   ``n_jobs=workers``) then ``compare_sorter_to_ground_truth`` per pair, on the
   same recordings loaded from the same kachery store;
@@ -32,7 +35,7 @@ either (imports included; loky's reused workers cannot carry numba's compiled
 code from one plain round to the next), for wall time and for the CPU time of
 the process and everything it started, processes it left behind included
 (which other work on the machine hardly changes).  Then a no-op re-run:
-``launch_campaign`` again on the last sf-assets instance, where every sort is
+the same command again on the last sf-assets instance, where every sort is
 a job-cache hit.
 
 Prints the times per round, the mean of the rounds' sf-assets/plain ratios,
@@ -52,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import os
 import shutil
 import statistics
@@ -60,6 +64,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from daemon_round import daemon_round, new_sorter_latency, print_timeline
 
@@ -89,7 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "compiled code on disk (cache=True by default, through a sitecustomize), warmed once before the rounds",
     )
     p.add_argument("--work-dir", help="keep everything here (default: a temporary folder, removed at the end)")
-    p.add_argument("--child", choices=["sf-assets", "plain", "noop", "warm"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["plain", "profile", "warm"], help=argparse.SUPPRESS)
     p.add_argument("--state", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -102,50 +107,71 @@ def _dagster_home(round_dir: Path) -> Path:
     home = round_dir / "dagster"
     home.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    os.environ["DAGSTER_HOME"] = str(home)
-    os.environ["SF_ASSETS_DAGSTER_DIR"] = str(home / "storage")
     return home
 
 
-def child_sf_assets(state: dict, noop: bool) -> dict:
+SUMMARY_LINE = re.compile(r"^(?P<sorted>\d+) sorted, (?P<cached>\d+) from the job cache, ")
+
+
+def cli_command(state: dict, records: Path) -> list[str]:
+    """``sf-assets run-sortings`` of the grid, as a user types it (``-w``, the round's canary window)."""
+    return [
+        sys.executable, "-m", "sf_assets.cli", "run-sortings",
+        "-s", state["manifest"], "-l", state["spec"], "-o", str(records),
+        "-w", str(state["workers"]), "--canary-s", str(state["canary_s"]),
+    ]  # fmt: skip
+
+
+def cli_env(state: dict, env: dict) -> dict:
+    """The round's folders for the command: its data folder and a fresh Dagster instance (the project's dagster.yaml)."""
+    round_dir = Path(state["round_dir"])
+    home = _dagster_home(round_dir)
+    return {
+        **env,
+        "DAGSTER_HOME": str(home),
+        "SF_ASSETS_DAGSTER_DIR": str(home / "storage"),
+        "SF_ASSETS_HOME": str(round_dir),
+        "SF_ASSETS_KACHERY_DIR": state["kachery_dir"],
+    }
+
+
+class _Run(NamedTuple):
+    """One of the round's runs, from its run record."""
+
+    job_name: str
+    partition_key: str | None
+    run_id: str
+    created: float
+    started: float
+    ended: float
+
+    @property
+    def elapsed_s(self) -> float:
+        return self.ended - self.started
+
+
+def child_profile(state: dict) -> dict:
+    """Read a command-line round back from its instance (not timed): the runs' span and where the time went."""
     import dagster as dg
 
-    from sf_assets.core.campaign import Campaign
-    from sf_assets.stores.inputs import load_config
-    from sf_assets.cli.launch import RunOptions, launch_campaign
-    from sf_assets.stores.kachery import KacheryStore
-
-    round_dir = Path(state["round_dir"])
-    _dagster_home(round_dir)
-    options = RunOptions(
-        spec_source=state["spec"],
-        manifest_source=state["manifest"],
-        kachery_dir=state["kachery_dir"],
-        work_root=str(round_dir / "sorts"),
-        workspace_db_url=f"sqlite:///{round_dir / 'workspace.db'}",
-        outputs_dir=str(round_dir / "outputs"),
-        canary_first_n_s=state["canary_s"],
-        log_level="CRITICAL",  # as `sf-assets run-sortings` without -v
-    )
-    marks: list[tuple[float, str]] = []
+    os.environ.update(cli_env(state, {}))
     with dg.DagsterInstance.get() as instance:
-        started = time.monotonic()
-        campaign = Campaign(*load_config(options.manifest_source, options.spec_source, KacheryStore(options.kachery_dir)))
-        outcome = launch_campaign(
-            instance, campaign, options, workers=state["workers"], progress=lambda m: marks.append((time.monotonic(), m))
+        runs = sorted(
+            (
+                _Run(
+                    r.dagster_run.job_name, r.dagster_run.tags.get("dagster/partition"), r.dagster_run.run_id,
+                    r.create_timestamp.timestamp(), r.start_time or 0.0, r.end_time or 0.0,
+                )
+                for r in instance.get_run_records()
+            ),
+            key=lambda r: r.created,
         )
-        launch_s = time.monotonic() - started
-        failed = [o.error for o in outcome.recordings + outcome.sortings + outcome.results if not o.success]
-        if failed:
-            raise SystemExit(f"sf-assets round failed: {failed}")
-        result = {
-            "launch_s": launch_s,
-            "sorted": len(outcome.sortings),
-            "cached": len(outcome.cached_pairs),
-        }
-        if not noop:
-            result["profile"] = _profile(instance, outcome, options, started, marks)
-    return result
+        since = state.get("since", 0.0)  # the no-op re-run reads only its own runs
+        runs = [r for r in runs if r.created >= since]
+        report = {"launch_s": max(r.ended for r in runs) - min(r.created for r in runs), "runs": len(runs)}
+        if not state.get("noop"):
+            report["profile"] = _profile(instance, runs)
+    return report
 
 
 def _step_durations(instance, run_id: str) -> dict[str, float]:
@@ -162,21 +188,23 @@ def _step_durations(instance, run_id: str) -> dict[str, float]:
     return durations
 
 
-def _profile(instance, outcome, options, started: float, marks) -> dict:
-    """Where the sf-assets round spent its time (seconds, summed over runs unless *_wall_s)."""
+def _profile(instance, runs: list[_Run]) -> dict:
+    """Where the command-line round spent its time (seconds, summed over runs unless *_wall_s)."""
     import dagster as dg
 
     from sf_assets.orchestration.assets.history import latest_partition_events, plain_metadata
     from sf_assets.engines.job import RESULT_FILE, WORKER_FILE
     from sf_assets.orchestration.partitions import split_pair_key
 
-    last_run = max((t for t, m in marks if m.startswith(("[recordings", "[sortings"))), default=started)
+    by_job = {name: [r for r in runs if r.job_name == name] for name in ("studysets_job", "recordings_job", "sorting_job", "results_job")}
+    started = min(r.created for r in runs)
+    last_run = max(r.ended for r in by_job["recordings_job"] + by_job["sorting_job"])
     sorting_md = {k: plain_metadata(v[1]) for k, v in latest_partition_events(instance, dg.AssetKey("sorting")).items()}
     run_s = step_s = supervised_s = sorter_s = comparison_s = 0.0
     sorter_run_time: dict[str, float] = {}
     workers_by_sorter: dict[str, set[int]] = {}
     copies_by_sorter: dict[str, set[int]] = {}  # of them, copies of a warm worker: no compile
-    for o in outcome.sortings:
+    for o in by_job["sorting_job"]:
         steps = _step_durations(instance, o.run_id)
         run_s += o.elapsed_s
         step_s += sum(steps.values())
@@ -194,13 +222,14 @@ def _profile(instance, outcome, options, started: float, marks) -> dict:
                 copies_by_sorter.setdefault(sorter_name, set()).add(worker["pid"])
         sorter_s += sort_elapsed
         sorter_run_time[sorter_name] = sorter_run_time.get(sorter_name, 0.0) + sort_elapsed
-    rec_run_s = sum(o.elapsed_s for o in outcome.recordings)
-    rec_step_s = sum(sum(_step_durations(instance, o.run_id).values()) for o in outcome.recordings)
+    rec_run_s = sum(o.elapsed_s for o in by_job["recordings_job"])
+    rec_step_s = sum(sum(_step_durations(instance, o.run_id).values()) for o in by_job["recordings_job"])
+    studysets_s = by_job["studysets_job"][0].elapsed_s
     return {
-        "studysets_run_s": outcome.results[0].elapsed_s,
-        "results_run_s": outcome.results[-1].elapsed_s,
+        "studysets_run_s": studysets_s,
+        "results_run_s": by_job["results_job"][-1].elapsed_s,
         # From the end of the studysets run to the last recording or sorting run.
-        "runs_wall_s": last_run - started - outcome.results[0].elapsed_s,
+        "runs_wall_s": last_run - started - studysets_s,
         "recording_runs_s": rec_run_s,
         "recording_steps_s": rec_step_s,
         "sorting_runs_s": run_s,
@@ -212,8 +241,8 @@ def _profile(instance, outcome, options, started: float, marks) -> dict:
         # How many sort workers compiled each sorter (1 each is what sorter affinity aims at).
         "workers_by_sorter": {name: len(pids) for name, pids in workers_by_sorter.items()},
         "copies_by_sorter": {name: len(pids) for name, pids in copies_by_sorter.items()},
-        "num_sortings": len(outcome.sortings),
-        "num_recordings": len(outcome.recordings),
+        "num_sortings": len(by_job["sorting_job"]),
+        "num_recordings": len(by_job["recordings_job"]),
     }
 
 
@@ -354,20 +383,23 @@ def run_child(kind: str, state: dict, env: dict) -> tuple[float, float, dict]:
     """
     from harness.dagster_dev import stop_sort_services
 
+    command_line = kind in ("sf-assets", "noop")
+    if command_line:  # the command a user types; its runs are read back from the instance afterwards
+        state = {**state, "noop": kind == "noop", "since": time.time()}
+        records = Path(state["round_dir"]) / f"records-{kind}.json"
+        records.unlink(missing_ok=True)  # -o refuses an existing file
+        command, child_env = cli_command(state, records), cli_env(state, env)
     state_file = Path(state["round_dir"]) / f"{kind}.state.json"
     state_file.parent.mkdir(parents=True, exist_ok=True)
     state_file.write_text(json.dumps(state))
+    if not command_line:
+        command, child_env = [sys.executable, __file__, "--child", kind, "--state", str(state_file)], env
     # The round's own sort service (short path: it holds a Unix socket), stopped when the round
     # ends so that its CPU time is counted and no warm worker serves the next round.
     service_dir = tempfile.mkdtemp(prefix="sfb-", dir="/tmp")
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.monotonic()
-        proc = subprocess.Popen(
-            [sys.executable, __file__, "--child", kind, "--state", str(state_file)],
-            env={**env, "SF_ASSETS_SERVICE_DIR": service_dir},
-            stdout=out,
-            stderr=err,
-        )
+        proc = subprocess.Popen(command, env={**child_env, "SF_ASSETS_SERVICE_DIR": service_dir}, stdout=out, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         wall_s = time.monotonic() - started
         stop_sort_services(Path(service_dir))
@@ -379,7 +411,15 @@ def run_child(kind: str, state: dict, env: dict) -> tuple[float, float, dict]:
         stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
         sys.exit(f"{kind} round failed (exit {proc.returncode}):\n{stdout[-3000:]}\n{stderr[-5000:]}")
-    return wall_s, cpu_s, json.loads(stdout.strip().splitlines()[-1])
+    if not command_line:
+        return wall_s, cpu_s, json.loads(stdout.strip().splitlines()[-1])
+    (summary,) = [m for m in map(SUMMARY_LINE.match, stdout.splitlines()) if m]
+    profiled = subprocess.run(
+        [sys.executable, __file__, "--child", "profile", "--state", str(state_file)],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    report = json.loads(profiled.stdout.strip().splitlines()[-1])
+    return wall_s, cpu_s, {**report, "sorted": int(summary["sorted"]), "cached": int(summary["cached"])}
 
 
 def generate(root: Path, args) -> dict:
@@ -430,7 +470,7 @@ def main(argv=None) -> int:
         elif args.child == "warm":
             report = child_warm(state)
         else:
-            report = child_sf_assets(state, noop=args.child == "noop")
+            report = child_profile(state)
         print(json.dumps(report))
         return 0
 
@@ -531,7 +571,7 @@ def main(argv=None) -> int:
         )
         print(
             f"no-op re-run (every sort a job-cache hit): {noop_wall_s:.1f} s wall, "
-            f"{noop['launch_s']:.1f} s of it in launch_campaign"
+            f"{noop['launch_s']:.1f} s of it from its first run's submission to its last run's end"
         )
         print(
             f"daemon path: first sort to summary {_fmt(statistics.mean(walls['daemon']))}, ratio {daemon_ratio:.2f} "
@@ -571,7 +611,7 @@ def print_profile(reports: dict[str, list[dict]], walls: list[float], workers: i
     n_rec = profiles[0]["num_recordings"]
     print("\nwhere the sf-assets rounds spend their time (mean of rounds):")
     outside = statistics.mean(w - r["launch_s"] for w, r in zip(walls, reports["sf-assets"]))
-    print(f"  launching process outside the launch   {outside:6.1f} s  (interpreter, imports, instance, teardown)")
+    print(f"  the command outside its runs           {outside:6.1f} s  (interpreter, imports, instance, teardown)")
     print(f"  studysets run                          {mean('studysets_run_s'):6.1f} s")
     busy = (mean("recording_runs_s") + mean("sorting_runs_s")) / workers
     print(
