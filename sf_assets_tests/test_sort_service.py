@@ -303,3 +303,25 @@ print(len(heavy), heavy[:10])
 """
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.startswith("0 "), out
+
+
+def test_the_service_warms_its_run_host_before_its_workers_and_starts_them_whatever_happens():
+    # A launch's first run needs the run host; its sorts, the workers, only after its recordings.
+    from sf_assets.engines.sort_service import _warm_up
+
+    calls = []
+
+    class Runs:
+        def start_fork_server(self):
+            calls.append("run host")
+            raise OSError("the fork server's preload failed")
+
+    class Service:
+        runs = Runs()
+
+        def start_workers(self):
+            calls.append("workers")
+
+    with pytest.raises(OSError):
+        _warm_up(Service())
+    assert calls == ["run host", "workers"]

@@ -511,8 +511,10 @@ def _warm_up(service: SortService) -> None:
     launch's first run waited for both; its sorts come only after its
     recordings' runs, so the workers start once the fork server is ready.
     """
-    service.runs.start_fork_server()
-    service.start_workers()
+    try:
+        service.runs.start_fork_server()
+    finally:  # a fork server that failed to start is reported by the first run's launch
+        service.start_workers()
 
 
 def serve(folder: Path, settings: ServiceSettings, tcp: bool = False, gpus: tuple[str, ...] = ()) -> int:
