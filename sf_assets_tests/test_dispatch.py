@@ -309,3 +309,26 @@ def test_a_task_whose_client_left_before_it_ran_records_no_time_and_compiles_not
     queue.take(0, now=1.0)  # warm this time
     queue.finished(0, None)
     assert queue.seen[0] == {"SC2"} and "SC2" not in queue.times
+
+
+def test_a_sort_whose_warm_slot_is_busy_with_a_long_sort_of_another_sorter_compiles_here():
+    queue = AffinityQueue()  # no copies: rule 5 alone
+    queue.times["SC2"] = SorterTimes(cold=[40.0], warm=[10.0])  # compiling: 30 s
+    queue.times["Long"] = SorterTimes(cold=[600.0], warm=[500.0])
+    queue.seen[0] = {"SC2", "Long"}
+    queue.add(Task("Long/r0", 0, "Long"))
+    queue.take(0, now=0.0)  # slot 0 sorts for about 500 s more
+    queue.add(Task("SC2/r0", 1, "SC2"))
+    # One SC2 sort queued: 10 s of work for the warm slot, but only after its 499 s.
+    assert queue.take(1, now=1.0).key == "SC2/r0"
+    assert queue.running[1][1] is True, "a cold sort: compiled here"
+
+
+def test_a_sort_whose_warm_slot_ends_its_sort_soon_waits_for_it():
+    queue = AffinityQueue()
+    queue.times["SC2"] = SorterTimes(cold=[40.0], warm=[10.0])
+    queue.seen[0] = {"SC2"}
+    queue.add(Task("SC2/r0", 0, "SC2"))
+    queue.take(0, now=0.0)  # a warm SC2 sort, about 10 s
+    queue.add(Task("SC2/r1", 1, "SC2"))
+    assert queue.take(1, now=5.0) is None  # 5 s left + 10 s of queue < 30 s compile + 10 s

@@ -30,8 +30,8 @@ slots, copying it made six of them compile after all).
 Rule 5 is decided from this launch's own timings (:meth:`AffinityQueue.finished`):
 a sorter's first sort on a slot (cold) against its later ones (warm) gives its
 compile time.  Compiling here pays when the slots that have it warm would need
-at least as long for its queued sorts as this slot needs to compile it and
-sort one: at the end of a campaign, the last sort of a slow-compiling sorter
+at least as long to end their current runs (the first of them to end) and then
+sort its queued sorts as this slot needs to compile it and sort one: at the end of a campaign, the last sort of a slow-compiling sorter
 waits a few seconds for its warm slot instead of starting a 20-second
 compilation on an idle one.  A sort left waiting never waits for nothing: a
 slot that has its sorter warm exists, and takes it by rule 2 as soon as it
@@ -351,9 +351,10 @@ class AffinityQueue:
             # Nothing measured (no clock: take it, as run_sorter_jobs would).
             return now is None or now >= self._compile_after(slot, task.sorter, holding, now)
         compile_s, sort_s = estimate
-        holders = len(holding)
         queued = sum(1 for t in self.ready if t.sorter == task.sorter)
-        return queued * sort_s / holders >= compile_s + sort_s
+        # The warm slots first end what they run now: maybe an hour-long sort of another sorter.
+        free_in = min(self._between_jobs_in(s, now) for s in holding)
+        return free_in + queued * sort_s / len(holding) >= compile_s + sort_s
 
     def _compile_after(self, slot: int, sorter: str, holding: list[int], now: float) -> float:
         """When idle ``slot`` may compile ``sorter`` itself, fixed the first time it is asked (rule 5, unmeasured).
