@@ -55,8 +55,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -123,9 +123,9 @@ def cli_command(state: dict, records: Path) -> list[str]:
 
 
 def cli_env(state: dict, env: dict) -> dict:
-    """The round's folders for the command: its data folder and a fresh Dagster instance (the project's dagster.yaml)."""
+    """The round's folders for the command: its data folder and its Dagster instance (:func:`_dagster_home`)."""
     round_dir = Path(state["round_dir"])
-    home = _dagster_home(round_dir)
+    home = round_dir / "dagster"
     return {
         **env,
         "DAGSTER_HOME": str(home),
@@ -168,7 +168,7 @@ def child_profile(state: dict) -> dict:
         )
         since = state.get("since", 0.0)  # the no-op re-run reads only its own runs
         runs = [r for r in runs if r.created >= since]
-        report = {"launch_s": max(r.ended for r in runs) - min(r.created for r in runs), "runs": len(runs)}
+        report = {"launch_s": max(r.ended for r in runs) - min(r.created for r in runs)}
         if not state.get("noop"):
             report["profile"] = _profile(instance, runs)
     return report
@@ -388,6 +388,7 @@ def run_child(kind: str, state: dict, env: dict) -> tuple[float, float, dict]:
         state = {**state, "noop": kind == "noop", "since": time.time()}
         records = Path(state["round_dir"]) / f"records-{kind}.json"
         records.unlink(missing_ok=True)  # -o refuses an existing file
+        _dagster_home(Path(state["round_dir"]))
         command, child_env = cli_command(state, records), cli_env(state, env)
     state_file = Path(state["round_dir"]) / f"{kind}.state.json"
     state_file.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sf_assets.cli.environment import launcher_config, start_sort_service_early
+from sf_assets.cli.environment import RUN_LAUNCHER, launcher_config, start_sort_service_early
 from sf_assets.engines.engine import launcher_service
 from sf_assets.engines.service_address import INFO_NAME
 from sf_assets.engines.service_client import SortServiceError, connect, service_status
@@ -54,7 +55,7 @@ def test_an_unreadable_dagster_yaml_gives_none(tmp_path):
 
 
 def test_the_launcher_and_the_early_start_reach_one_service(tmp_path, monkeypatch):
-    base = Path(__import__("tempfile").mkdtemp(prefix="sfe-", dir="/tmp"))  # short: it holds a Unix socket
+    base = Path(tempfile.mkdtemp(prefix="sfe-", dir="/tmp"))  # short: it holds a Unix socket
     config = {"service_dir": str(base), "service_idle_exit_s": 60.0}
     write_yaml(tmp_path, {**OURS, "config": config})
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
@@ -70,20 +71,34 @@ def test_the_launcher_and_the_early_start_reach_one_service(tmp_path, monkeypatc
                 assert time.monotonic() < deadline, "the early start brought up no service"
                 time.sleep(0.2)
         connection.close()
-        # The run launcher that dagster.yaml describes uses that same service.
+        (info,) = base.glob(f"*/{INFO_NAME}")
+        started_early = json.loads(info.read_text())["pid"]
+        # The run launcher that dagster.yaml describes finds that same service: it starts no second one.
         from sf_assets.orchestration.run_launcher import SortServiceRunLauncher
 
-        status = service_status(SortServiceRunLauncher(**config)._service)
-        (info,) = base.glob(f"*/{INFO_NAME}")  # one service, the early start's
-        assert status is not None and status["pid"] == json.loads(info.read_text())["pid"]
+        SortServiceRunLauncher(**config).start_service()
+        (info,) = base.glob(f"*/{INFO_NAME}")
+        assert json.loads(info.read_text())["pid"] == started_early
+        assert service_status(launcher_service(config))["pid"] == started_early
     finally:
         stop_sort_services(base)
 
 
 def test_no_start_for_another_launcher(tmp_path, monkeypatch):
+    base = Path(tempfile.mkdtemp(prefix="sfe-", dir="/tmp"))
     write_yaml(tmp_path, None)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     monkeypatch.setenv("SF_ASSETS_DAGSTER_DIR", str(tmp_path / "storage"))
+    monkeypatch.setenv("SF_ASSETS_SERVICE_DIR", str(base))
     before = {t.name for t in threading.enumerate()}
     start_sort_service_early()
     assert "sort-service-start" not in {t.name for t in threading.enumerate()} - before
+    time.sleep(1.0)  # a start would have made the service's folder by now
+    assert list(base.iterdir()) == []
+    base.rmdir()
+
+
+def test_the_name_read_from_dagster_yaml_is_the_launchers():
+    from sf_assets.orchestration.run_launcher import SortServiceRunLauncher
+
+    assert RUN_LAUNCHER == (SortServiceRunLauncher.__module__, SortServiceRunLauncher.__name__)

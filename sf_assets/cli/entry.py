@@ -18,7 +18,7 @@ import json
 import sys
 from typing import Callable, Sequence
 
-from sf_assets.cli.environment import ensure_dagster_home, start_sort_service_early, storage_locations
+from sf_assets.cli.environment import start_sort_service_early, storage_locations
 from sf_assets.cli.flags import add_config_flags
 from sf_assets.core.config_summary import config_summary
 from sf_assets.core.errors import EXIT_STORAGE_FAULT, SfAssetsError
@@ -74,7 +74,6 @@ def run_demo(args: argparse.Namespace) -> int:
     int
         The demo's exit code.
     """
-    ensure_dagster_home()
     start_sort_service_early()  # its run host loads while Dagster is imported and the studyset generated
     from sf_assets.cli.demo import run_demo as demo
 

@@ -64,7 +64,7 @@ def launcher_config(dagster_yaml) -> dict | None:
 
 
 def start_sort_service_early() -> None:
-    """Start the host's sort service in the background if the instance's runs execute on it.
+    """Find the instance (:func:`ensure_dagster_home`) and start its sort service in the background, if its runs use one.
 
     Before a launch's first run can start, the service's run host imports
     Dagster, the code location and spikeinterface (about 4 s on two busy

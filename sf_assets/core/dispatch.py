@@ -31,9 +31,9 @@ Rule 5 is decided from this launch's own timings (:meth:`AffinityQueue.finished`
 a sorter's first sort on a slot (cold) against its later ones (warm) gives its
 compile time.  Compiling here pays when the slots that have it warm would need
 at least as long to end their current runs (the first of them to end) and then
-sort its queued sorts as this slot needs to compile it and sort one: at the end of a campaign, the last sort of a slow-compiling sorter
-waits a few seconds for its warm slot instead of starting a 20-second
-compilation on an idle one.  A sort left waiting never waits for nothing: a
+sort its queued sorts as this slot needs to compile it and sort one: at the end
+of a campaign, the last sort of a slow-compiling sorter waits a few seconds for
+its warm slot instead of starting a 20-second compilation on an idle one.  A sort left waiting never waits for nothing: a
 slot that has its sorter warm exists, and takes it by rule 2 as soon as it
 is idle.
 
