@@ -90,7 +90,7 @@ def test_sorts_of_one_sorter_reuse_the_services_warm_workers(deployment, backfil
     sortings = latest_partition_events(deployment.instance, dg.AssetKey("sorting"), partitions=backfill["pairs"])
     by_time = sorted((entry.timestamp, plain_metadata(entry)) for _, entry in sortings.values())
     workers = [(md["worker_pid"], md["warm_worker"], md.get("worker_copied_from")) for _, md in by_time]
-    slots = len(service_status(deployment.service)["slots"])
+    slots = deployment.service.slots
     cold = [pid for pid, warm, _ in workers if not warm]
     # Each worker compiles mountainsort5 once, or is a copy of one that did; every later sort
     # of it in that worker is warm.
@@ -158,7 +158,10 @@ def test_the_ui_terminate_button_stops_a_running_sort(deployment, backfill):
     assert gone_s < 10
     assert key not in deployment.instance.get_materialized_partitions(dg.AssetKey("sorting"))
     deployment.dev.wait_for(
-        lambda: not any(s["busy"] for s in service_status(deployment.service)["slots"]), 5, "the stopped sort's slot freed"
+        # A status that could not be read (None) is not yet an answer: ask again.
+        lambda: (status := service_status(deployment.service)) is not None and not any(s["busy"] for s in status["slots"]),
+        5,
+        "the stopped sort's slot freed",
     )
 
 
