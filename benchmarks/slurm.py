@@ -23,8 +23,9 @@ Per sort, from what the launch leaves behind:
   worker's start (paid once per slot, by its first sort), storing the result;
 * which worker process sorted it, in which slot of which allocation's service
   (``slurm_slot.json``): compiles per sorter per slot counts the sorts that
-  found no warm worker in their slot (each compiled the sorter); a slot whose
-  worker is a copy of a warm one (``copy_of``) compiled nothing.
+  found no warm worker in their slot and compiled the sorter (not one that
+  loaded all of its numba functions from the JIT cache, ``result.json``); a
+  slot whose worker is a copy of a warm one (``copy_of``) compiled nothing.
 
 Last line: ``slurm_overhead_per_sort_s=A orchestrator_peak_rss_mb=B compiles_per_sorter_per_slot=C``
 (A: mean over sorts; B: peak of the sum of RSS over the launch's processes,
@@ -167,7 +168,10 @@ def per_sort(
         result = json.loads((job_file.parent / "result.json").read_text())
         placed = json.loads((job_file.parent / SLOT_FILE).read_text())
         overheads[bool(placed["warm"])].append(elapsed_by_label[job["label"]] - result["sort_elapsed_s"])
-        workers[(job["sorter_name"], placed["slot"])].append(placed)
+        # A worker that was not warm compiled the sorter, unless it loaded every function from the JIT cache.
+        jit = result.get("jit_cache")
+        compiled = not placed["warm"] and (jit is None or jit["compiled"] > 0)
+        workers[(job["sorter_name"], placed["slot"])].append({**placed, "compiled": compiled, "jit": jit})
         placing["claim"].append(placed["claimed_at"] - placed["requested_at"])
         placing["connect"].append(placed["connected_at"] - placed["claimed_at"])
         placing["slot"].append(placed["started_at"] - placed["connected_at"])
@@ -278,7 +282,8 @@ def main(argv=None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     by_warmth, overheads = overheads, overheads[True] + overheads[False]
     overhead = statistics.mean(overheads)
-    compiles = statistics.mean(sum(not p["warm"] for p in placed) for placed in workers.values())
+    compiles = statistics.mean(sum(p["compiled"] for p in placed) for placed in workers.values())
+    loaded = sum(1 for placed in workers.values() for p in placed if not p["warm"] and not p["compiled"])
     processes = statistics.mean(len({p["worker_pid"] for p in placed}) for placed in workers.values())
     copies = sum(1 for placed in workers.values() for p in placed if p.get("copy_of"))
     names = allocations.split()
@@ -286,7 +291,8 @@ def main(argv=None) -> int:
           f"{sum(1 for n in names if not n.startswith('sf-assets-allocation-'))} other Slurm jobs; "
           f"overhead per sort {overhead:.2f} s (median {statistics.median(overheads):.2f}, "
           f"max {max(overheads):.2f}); {len(workers)} (sorter, slot) pairs, {processes:.2f} worker processes "
-          f"each; {copies} sorts on a copy of a warm worker")  # fmt: skip
+          f"each; {copies} sorts on a copy of a warm worker; {loaded} new workers loaded the sorter from "
+          "the JIT cache instead of compiling it")  # fmt: skip
     print(f"  of which {outside_s:.2f} s outside the service's report (Dagster's run and step, the slot, the trip "
           f"to the allocation) and {inside_s:.2f} s inside it beyond run_sorter "
           "(the worker loading, storing)")  # fmt: skip

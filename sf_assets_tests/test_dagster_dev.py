@@ -91,6 +91,8 @@ def test_sorts_of_one_sorter_reuse_the_services_warm_workers(deployment, backfil
     by_time = sorted((entry.timestamp, plain_metadata(entry)) for _, entry in sortings.values())
     workers = [(md["worker_pid"], md["warm_worker"], md.get("worker_copied_from")) for _, md in by_time]
     slots = deployment.service.slots
+    # Every sort says what its sorter's numba code cost it (sf_assets/engines/jit_cache.py).
+    assert all({"jit_functions_loaded", "jit_functions_compiled"} <= md.keys() for _, md in by_time), by_time
     cold = [pid for pid, warm, _ in workers if not warm]
     # Each worker compiles mountainsort5 once, or is a copy of one that did; every later sort
     # of it in that worker is warm.

@@ -6,29 +6,16 @@ import json
 import os
 from pathlib import Path
 
-from sf_assets.core.manifest import parse_manifest
 from sf_assets.engines.engine import EngineSettings, canary_timeout_s, run_sort
 from sf_assets.engines.job import CanaryReport, SortJob, SortReport
 from sf_assets.engines.supervisor import prepare_work_dir, supervise, worker_command
+from sf_assets_tests.sort_jobs import sort_job
 
 import sys
 
 
 def _job(synthetic_studyset, tmp_path: Path, **changes) -> SortJob:
-    manifest = parse_manifest(synthetic_studyset.manifest_path.read_bytes(), str(synthetic_studyset.manifest_path))
-    rec = manifest.recordings()[0]
-    base = dict(
-        sorter_name="MountainSort5",
-        si_sorter_name="mountainsort5",
-        params={},
-        recording_uri=rec.recording_uri,
-        label=f"MountainSort5/{rec.study_name}/{rec.name}",
-        kachery_dir=str(synthetic_studyset.store.root_dir),
-        work_dir=str(tmp_path / "work"),
-        canary_first_n_s=3.0,
-    )
-    base.update(changes)
-    return SortJob(**base)
+    return sort_job(synthetic_studyset, **{"work_dir": tmp_path / "work", **changes})
 
 
 def test_canary_then_full_sort_in_one_worker(synthetic_studyset, tmp_path):

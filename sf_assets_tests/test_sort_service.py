@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from sf_assets.core.manifest import parse_manifest
 from sf_assets.core.sorter_catalog import pinned_seeds
 from sf_assets.engines.engine import EngineSettings, run_sort
 from sf_assets.engines.job import SortJob, SortReport
 from sf_assets.engines.service_address import ServiceFolderError, ServiceSettings, service_folder
 from sf_assets.engines.service_client import connect, service_status
+from sf_assets_tests.sort_jobs import sort_job
 
 
 @pytest.fixture
@@ -32,20 +32,7 @@ def settings(tmp_path):
 
 
 def _job(synthetic_studyset, tmp_path: Path, name: str, sorter=("MountainSort5", "mountainsort5"), **changes) -> SortJob:
-    manifest = parse_manifest(synthetic_studyset.manifest_path.read_bytes(), str(synthetic_studyset.manifest_path))
-    rec = manifest.recordings()[0]
-    base = dict(
-        sorter_name=sorter[0],
-        si_sorter_name=sorter[1],
-        params={},
-        recording_uri=rec.recording_uri,
-        label=f"{sorter[0]}/{rec.study_name}/{rec.name}",
-        kachery_dir=str(synthetic_studyset.store.root_dir),
-        work_dir=str(tmp_path / name),
-        canary_first_n_s=0.0,
-    )
-    base.update(changes)
-    return SortJob(**base)
+    return sort_job(synthetic_studyset, tmp_path / name, sorter, **{"canary_first_n_s": 0.0, **changes})
 
 
 def _sort(job: SortJob, settings: EngineSettings) -> tuple[dict, SortReport]:

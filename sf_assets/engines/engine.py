@@ -24,6 +24,9 @@ from sf_assets.engines.slurm_settings import SlurmSettings
 from sf_assets.engines.threads import thread_limited_env
 from sf_assets.engines.supervisor import prepare_work_dir, supervise, worker_command
 
+JIT_CACHE_FOLDER = "numba-cache"
+"""Under the work root, which Slurm nodes share; no sorter's folder has this name (catalog names are capitalized)."""
+
 
 @dataclass(frozen=True)
 class EngineSettings:
@@ -48,6 +51,9 @@ class EngineSettings:
     sorts_at_once : int
         at most this many sorts of one launch (a command line's, a backfill) at once on the host's sort
         service (0: only its slots limit them); the command line's ``-w``.
+    jit_cache : bool
+        workers keep the sorters' numba-compiled code in :data:`JIT_CACHE_FOLDER` under ``work_root``
+        and load it instead of compiling again (see :mod:`sf_assets.engines.jit_cache`).
     """
 
     work_root: str
@@ -63,6 +69,12 @@ class EngineSettings:
     service_dir: str = ""
     job_cache: str = "default-job-cache"
     sorts_at_once: int = 0
+    jit_cache: bool = True
+
+    @property
+    def jit_cache_dir(self) -> str | None:
+        """The folder a sort's worker caches compiled code in (None: ``jit_cache`` is off)."""
+        return str(Path(self.work_root) / JIT_CACHE_FOLDER) if self.jit_cache else None
 
     @property
     def timeout_s(self) -> float | None:

@@ -63,6 +63,9 @@ class SortJob:
     threads : int | None
         the thread count the sort's numerical libraries get (None: the one its worker was started with, see
         :func:`sf_assets.engines.provenance.thread_count`).
+    jit_cache_dir : str | None
+        where the worker keeps the sorter's numba-compiled code for the next worker to load
+        (:mod:`sf_assets.engines.jit_cache`; None: it compiles in every new worker).
     """
 
     sorter_name: str
@@ -77,6 +80,7 @@ class SortJob:
     container_engine: str = "docker"
     kachery_local_only: bool = True
     threads: int | None = None
+    jit_cache_dir: str | None = None
 
     def to_json(self) -> str:
         """The job as the worker reads it from its work folder.

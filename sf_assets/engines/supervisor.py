@@ -445,7 +445,11 @@ def _final_report(
             errored=False,
             sorting_object_uri=result["sorting_object_uri"],
             num_units=result["num_units"],
-            details={"sort_elapsed_s": result.get("sort_elapsed_s"), "provenance": result.get("provenance")},
+            details={
+                "sort_elapsed_s": result.get("sort_elapsed_s"),
+                "provenance": result.get("provenance"),
+                **({"jit_cache": result["jit_cache"]} if result.get("jit_cache") else {}),
+            },
             **common,
         )
     if canary is not None and canary.blocks_full_sort and not result:  # hung canary, stopped here
@@ -455,7 +459,11 @@ def _final_report(
         errored=True,
         error_message=message,
         failure_class=result.get("failure_class"),
-        details={"stage": result.get("stage", "crash"), "provenance": result.get("provenance")},
+        details={
+            "stage": result.get("stage", "crash"),
+            "provenance": result.get("provenance"),
+            **({"jit_cache": result["jit_cache"]} if result.get("jit_cache") else {}),
+        },
         **common,
     )
 

@@ -34,6 +34,7 @@ from sf_assets.core.atomic import write_json_atomic
 from sf_assets.core.canary import CanaryDecision, classify_sort_error, classify_sort_output, plan_canary
 from sf_assets.core.errors import SortFailure
 from sf_assets.core.sorter_catalog import resolve_sorter
+from sf_assets.engines import jit_cache
 from sf_assets.engines.container import container_run_sorter_kwargs
 from sf_assets.engines.work_dirs import attempt_in_use
 from sf_assets.engines.worker_clone import FORK_COMMAND, fork_copy
@@ -209,15 +210,32 @@ def sort(work_dir: Path) -> int:
     from sf_assets.stores.kachery import KacheryStore
 
     job = SortJob.from_json((work_dir / JOB_FILE).read_text())
+    jit = _JitUsage(jit_cache.enable(Path(job.jit_cache_dir)) if job.jit_cache_dir else None)
     store = KacheryStore(job.kachery_dir, local_only=job.kachery_local_only)
     recording = load_recording(job.recording_uri, store)
     threads = thread_count(job, os.environ)
     with applied_threads(threads):
         provenance = sort_provenance(job, resolve_sorter(job.sorter_name), threads)
-        return _sort_recording(job, work_dir, store, recording, provenance)
+        return _sort_recording(job, work_dir, store, recording, provenance, jit)
 
 
-def _sort_recording(job: SortJob, work_dir: Path, store, recording, provenance: dict) -> int:
+class _JitUsage:
+    """What this job's sorter loaded from the JIT cache and compiled (:mod:`sf_assets.engines.jit_cache`)."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = folder
+        self._before = jit_cache.counts()
+
+    def result_fields(self) -> dict:
+        """``{"jit_cache": {...}}`` for the result file, said on the console too; empty without a cache."""
+        if self.folder is None:
+            return {}
+        loaded, compiled = (now - before for now, before in zip(jit_cache.counts(), self._before))
+        _say(f"numba: {loaded} function(s) loaded from the JIT cache ({self.folder}), {compiled} compiled")
+        return {"jit_cache": {"folder": str(self.folder), "loaded": loaded, "compiled": compiled}}
+
+
+def _sort_recording(job: SortJob, work_dir: Path, store, recording, provenance: dict, jit: _JitUsage) -> int:
     import dataclasses
 
     from sf_assets.stores.data import store_sorting
@@ -233,6 +251,7 @@ def _sort_recording(job: SortJob, work_dir: Path, store, recording, provenance: 
                 "failure_class": canary.failure_class,
                 "error_message": canary.message,
                 "provenance": provenance,
+                **jit.result_fields(),
             },
         )
         return EXIT_CANARY_STOPPED
@@ -260,6 +279,7 @@ def _sort_recording(job: SortJob, work_dir: Path, store, recording, provenance: 
                 "failure_class": failure.failure_class if failure else None,
                 "error_message": f"{type(exc).__name__}: {exc}",
                 "provenance": provenance,
+                **jit.result_fields(),
             },
         )
         return EXIT_SORT_FAILED
@@ -274,6 +294,7 @@ def _sort_recording(job: SortJob, work_dir: Path, store, recording, provenance: 
             "num_units": len(sorting.unit_ids),
             "sort_elapsed_s": sort_elapsed_s,
             "provenance": provenance,
+            **jit.result_fields(),
         },
     )
     _say(f"sorted {job.label}: {len(sorting.unit_ids)} units in {sort_elapsed_s:.1f} s")

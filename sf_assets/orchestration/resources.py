@@ -125,6 +125,7 @@ class SortingEngineResource(dg.ConfigurableResource):
     service_idle_exit_s: float = 600.0
     service_dir: str = ""
     sorts_at_once: int = 0
+    jit_cache: bool = True
 
     def settings(self) -> EngineSettings:
         """The engine settings these fields give, for :func:`sf_assets.engines.engine.run_sort`.
@@ -160,6 +161,7 @@ class SortingEngineResource(dg.ConfigurableResource):
             service_dir=self.service_dir,
             job_cache=self.job_cache,
             sorts_at_once=self.sorts_at_once,
+            jit_cache=self.jit_cache,
         )
 
 

@@ -110,6 +110,12 @@ def _record(sorter_spec, rec, report: SortReport, console_uri: str | None) -> So
     )
 
 
+def _jit_metadata(jit: dict | None) -> dict:
+    if not jit:
+        return {}
+    return {"jit_functions_loaded": jit["loaded"], "jit_functions_compiled": jit["compiled"]}
+
+
 def _failure_kind(report: SortReport) -> str:
     if report.details.get("stage") == REFUSED:
         return f"{report.failure_class} failure: "
@@ -232,6 +238,7 @@ def sorting(
         # (engines/slurm_service.py); in allocations a user holds, the step's own CPUs
         # (engines/slurm_step.py).
         threads=settings.threads_per_sort if settings.slurm is None else None,
+        jit_cache_dir=settings.jit_cache_dir,
     )
     context.log.info(f"sorting {label} on the {settings.kind} engine (work folder {job.work_dir})")
     report: SortReport | None = None
@@ -283,6 +290,8 @@ def sorting(
         "threads_per_sort": settings.threads_per_sort,
         **({"worker_pid": worker["worker_pid"], "warm_worker": worker["warm"]} if worker else {}),
         **({"worker_copied_from": worker["copy_of"]} if worker and worker.get("copy_of") else {}),
+        # What the sorter's numba functions cost this sort: loaded from the JIT cache, or compiled.
+        **_jit_metadata(report.details.get("jit_cache")),
         "cache_key": key,
         "errored": report.errored,
         "work_dir": str(attempt.path),
