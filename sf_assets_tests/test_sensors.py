@@ -176,6 +176,23 @@ def test_a_new_sorter_is_sorted_at_once_and_only_its_pairs(deployed):
     assert added == {SORTERS: [NEW_SORTER]}
 
 
+def test_new_params_for_a_sorter_sort_its_pairs_again_and_nothing_else(deployed):
+    spec = write_spec(
+        deployed.root / "spec-new-params.yaml",
+        deployed.manifest,
+        {SORTER: {"studysets": ["SYNTH_SET_A"], "params": {"detect_threshold": 6.0}}},
+    )
+    result = deployed.evaluate(deployed.manifest, spec, deployed.cursor)
+    assert _requested(result, "sorting_job") == {f"{STUDY_A}.001_synth|{SORTER}"}
+    assert _requested(result, "recordings_job") == set()
+    again = deployed.evaluate(deployed.manifest, spec, result.cursor)
+    assert isinstance(again, dg.SkipReason) and "unchanged" in again.skip_message
+    # Back to the params it was sorted with (that request was not run): the job cache holds it.
+    back = deployed.evaluate(deployed.manifest, deployed.spec, result.cursor)
+    assert back.run_requests == []
+    assert "1 assigned: 1 in the job cache" in str(back.skip_reason)
+
+
 def test_a_large_change_is_taken_on_a_bounded_number_of_pairs_per_tick(deployed, synthetic_studyset, monkeypatch):
     import sf_assets.orchestration.sensors as sensors
     from sf_assets.core.studyset_cursor import StudysetCursor

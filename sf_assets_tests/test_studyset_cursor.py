@@ -6,7 +6,7 @@ import zlib
 
 import pytest
 
-from sf_assets.core.studyset_cursor import CURSOR_FORMAT, StudysetCursor, sources_digest
+from sf_assets.core.studyset_cursor import CURSOR_FORMAT, StudysetCursor, params_digest, sources_digest
 
 
 def test_digest_changes_with_any_byte_or_name_and_not_otherwise():
@@ -57,6 +57,28 @@ def test_a_cursor_written_before_waiting_existed_reads_as_waiting_for_nothing():
     assert cursor.requested == {("s", "r")} and cursor.waiting == frozenset()
 
 
+def test_params_digests_round_trip_and_name_the_sorters_whose_params_changed():
+    ms5, simple = params_digest({"whitening_seed": 2, "detect_threshold": 5.5}), params_digest({"seed": 1})
+    assert ms5 == params_digest({"detect_threshold": 5.5, "whitening_seed": 2}), "key order does not count"
+    assert ms5 != params_digest({"whitening_seed": 2, "detect_threshold": 6.0})
+    cursor = StudysetCursor().after_tick("1" * 40, {("A", "r1"), ("B", "r1")}, params={"A": ms5, "B": simple})
+    assert StudysetCursor.decode(cursor.encode()) == cursor
+    # A changed; B unchanged; C new (its pairs are new anyway): only A's pairs are planned again.
+    now = {"A": params_digest({"whitening_seed": 2}), "B": simple, "C": ms5}
+    assert cursor.changed_sorters(now) == {"A"}
+    forgotten = cursor.forget({"A"})
+    assert forgotten.requested == {("B", "r1")} and forgotten.params == cursor.params
+    # A tick that omits params keeps the cursor's; one that gives them replaces them.
+    assert forgotten.after_tick("2" * 40, ()).params == cursor.params
+    assert forgotten.after_tick("2" * 40, {("A", "r1")}, params=now).params == now
+
+
+def test_a_cursor_written_before_params_were_kept_changes_no_sorter():
+    document = b'{"digest": "ab", "recordings": ["r"], "requested": {"s": [0]}, "waiting": {}}'
+    old = StudysetCursor.decode(f"{CURSOR_FORMAT}:" + base64.urlsafe_b64encode(zlib.compress(document)).decode())
+    assert old.params == {} and old.changed_sorters({"s": params_digest({})}) == set()
+
+
 def test_a_full_campaign_cursor_stays_small():
     recordings = [f"HYBRID_JANELIA.hybrid_static_siprobe_rec_{i:04d}_long--name" for i in range(900)]
     sorters = [f"Sorter{i}" for i in range(10)]
@@ -78,6 +100,10 @@ def test_a_full_campaign_cursor_stays_small():
         f"{CURSOR_FORMAT}:"
         + base64.urlsafe_b64encode(
             zlib.compress(b'{"digest": null, "recordings": ["r"], "requested": {"s": [3]}}')
+        ).decode(),
+        f"{CURSOR_FORMAT}:"
+        + base64.urlsafe_b64encode(
+            zlib.compress(b'{"digest": null, "recordings": [], "requested": {}, "params": {"s": 5}}')
         ).decode(),
     ],
 )

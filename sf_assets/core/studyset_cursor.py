@@ -2,10 +2,11 @@
 
 The sensor must request each (sorter, recording) pair once: a tick that finds
 the same manifest and spec requests nothing, and a changed spec requests only
-the pairs it adds.  The cursor therefore holds a digest of the sources' bytes
-(so an unchanged tick is answered without parsing anything) and the pairs
-requested so far, with those still *waiting* for their recording's run
-before their sort is requested.  A full SpikeForest campaign is about 900 recordings x 10
+the pairs it adds, or those of a sorter whose params it changed.  The cursor
+therefore holds a digest of the sources' bytes (so an unchanged tick is
+answered without parsing anything), the pairs requested so far, with those
+still *waiting* for their recording's run before their sort is requested, and
+a digest of each sorter's params as the pairs were planned under.  A full SpikeForest campaign is about 900 recordings x 10
 sorters; the pairs are stored as one list of recording keys plus, per sorter,
 indexes into it, compressed, so the cursor stays a few kilobytes.
 """
@@ -16,8 +17,9 @@ import binascii
 import hashlib
 import json
 import zlib
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 CURSOR_FORMAT = "sf1"
 """Prefix of an encoded cursor; a cursor with another prefix is refused."""
@@ -47,6 +49,22 @@ def sources_digest(sources: Iterable[tuple[str, bytes]]) -> str:
     return digest.hexdigest()
 
 
+def params_digest(params: Mapping[str, Any]) -> str:
+    """A short digest of a sorter's params as the spec gives them (seeds included), whatever their key order.
+
+    Parameters
+    ----------
+    params : Mapping[str, Any]
+        The params (JSON values).
+
+    Returns
+    -------
+    str
+        12 hex digits.
+    """
+    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class StudysetCursor:
     """The sensor's memory between ticks.
@@ -62,13 +80,58 @@ class StudysetCursor:
     waiting : frozenset of (str, str)
         The pairs whose recording run was requested (or was already running)
         and whose sort is requested once that recording is current.
+    params : Mapping[str, str]
+        Per sorter key, :func:`params_digest` of the params its pairs were
+        taken on with (empty in cursors written before it was kept).
     """
 
     digest: str | None = None
     requested: frozenset[Pair] = frozenset()
     waiting: frozenset[Pair] = frozenset()
+    params: Mapping[str, str] = field(default_factory=dict)
 
-    def after_tick(self, digest: str, new_pairs: Iterable[Pair], waiting: Iterable[Pair] = ()) -> "StudysetCursor":
+    def changed_sorters(self, params_now: Mapping[str, str]) -> set[str]:
+        """The sorters whose params differ from those their pairs were taken on with.
+
+        A sorter the cursor has no digest for (new, or a cursor older than the
+        digests) is not among them: its pairs, if any, stay taken.
+
+        Parameters
+        ----------
+        params_now : Mapping[str, str]
+            Per sorter key, :func:`params_digest` of the spec's params now.
+
+        Returns
+        -------
+        set[str]
+            Their sorter keys.
+        """
+        return {key for key, digest in params_now.items() if self.params.get(key, digest) != digest}
+
+    def forget(self, sorters: Iterable[str]) -> "StudysetCursor":
+        """This cursor without the pairs of ``sorters``: the next plan takes them on again.
+
+        Parameters
+        ----------
+        sorters : Iterable[str]
+            Sorter keys.
+
+        Returns
+        -------
+        StudysetCursor
+            A new cursor.
+        """
+        gone = set(sorters)
+        keep = lambda pairs: frozenset(p for p in pairs if p[0] not in gone)  # noqa: E731
+        return StudysetCursor(self.digest, keep(self.requested), keep(self.waiting), self.params)
+
+    def after_tick(
+        self,
+        digest: str,
+        new_pairs: Iterable[Pair],
+        waiting: Iterable[Pair] = (),
+        params: Mapping[str, str] | None = None,
+    ) -> "StudysetCursor":
         """The cursor once a tick over sources ``digest`` has taken on ``new_pairs``, leaving ``waiting``.
 
         Parameters
@@ -79,6 +142,8 @@ class StudysetCursor:
             Pairs this tick requested (remembered: never requested again).
         waiting : Iterable[Pair]
             Pairs left for a later tick (the tick takes on a bounded number).
+        params : Mapping[str, str] or None
+            Per sorter key, the params digest this tick planned with (None: keep the cursor's).
 
         Returns
         -------
@@ -86,7 +151,8 @@ class StudysetCursor:
             A new cursor.
         """
         waiting = frozenset(waiting)
-        return StudysetCursor(digest, self.requested | frozenset(new_pairs) | waiting, waiting)
+        kept_params = dict(self.params if params is None else params)
+        return StudysetCursor(digest, self.requested | frozenset(new_pairs) | waiting, waiting, kept_params)
 
     def encode(self) -> str:
         """A compact string for Dagster to store (see :meth:`decode`).
@@ -110,6 +176,7 @@ class StudysetCursor:
             "recordings": recordings,
             "requested": by_sorter(self.requested),
             "waiting": by_sorter(self.waiting),
+            "params": dict(sorted(self.params.items())),
         }
         packed = zlib.compress(json.dumps(document, separators=(",", ":")).encode("utf-8"), 9)
         return f"{CURSOR_FORMAT}:{base64.urlsafe_b64encode(packed).decode('ascii')}"
@@ -150,6 +217,7 @@ class StudysetCursor:
 
             requested = pairs(document["requested"])
             waiting = pairs(document.get("waiting", {}))  # absent from cursors written before it existed
+            params = dict(document.get("params", {}))  # likewise
             digest = document["digest"]
         except (
             binascii.Error, zlib.error, UnicodeError, ValueError, KeyError, IndexError, TypeError, AttributeError
@@ -160,4 +228,9 @@ class StudysetCursor:
             ) from None
         if digest is not None and not isinstance(digest, str):
             raise ValueError(f"studyset sensor cursor: digest must be a string or null, got {digest!r}")
-        return cls(digest, requested | waiting, waiting)
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in params.items()):
+            raise ValueError(
+                f"studyset sensor cursor: params must map sorter keys to digests, got {params!r}; "
+                "reset the sensor's cursor to start afresh"
+            )
+        return cls(digest, requested | waiting, waiting, params)

@@ -15,7 +15,9 @@ command line (:func:`sf_assets.orchestration.planning.stages`):
   on while they wait even when the sources are unchanged.
 
 Adding a sorter to the spec therefore sorts exactly that sorter's pairs;
-nothing already sorted (or requested, or in the job cache) runs again.  A
+nothing already sorted (or requested, or in the job cache) runs again.
+Changing a sorter's params in the spec plans its pairs again: the job cache,
+whose key holds the params, lets through the pairs the new params change.  A
 manifest or spec that does not validate skips the tick with the validation
 message; the next tick reads the files again.  Every run carries
 ``sf-assets/trigger=studyset_sensor`` and ``sf-assets/sources=<digest>`` tags,
@@ -45,7 +47,7 @@ from sf_assets.core.campaign import Campaign
 from sf_assets.core.errors import SfAssetsError
 from sf_assets.core.manifest import Recording, parse_manifest
 from sf_assets.core.spec import SorterSpec, parse_spec, validate_spec
-from sf_assets.core.studyset_cursor import StudysetCursor, sources_digest
+from sf_assets.core.studyset_cursor import StudysetCursor, params_digest, sources_digest
 from sf_assets.stores.inputs import manifest_source_of, read_source
 from sf_assets.orchestration.launches import CAMPAIGN_TAG, LEASE_TAG, SOURCES_TAG, TRIGGER_TAG, campaign_tag_value
 from sf_assets.orchestration.jobs import comparison_job, recordings_job, sorting_job, studysets_job
@@ -205,6 +207,13 @@ def studyset_sensor(
                 f"registered {len(new_recordings)} recording partition(s) {_sample(new_recordings)} and "
                 f"{len(new_sorters)} sorter partition(s) {_sample(new_sorters)}"
             )
+    # A sorter whose params the spec changed: its pairs are planned again (the job cache keeps
+    # what its new params would not change).
+    params_now = {sorter_key(s.name): params_digest(s.params) for s in campaign.spec.sorters}
+    retuned = cursor.changed_sorters(params_now)
+    if retuned:
+        context.log.info(f"params changed for {_sample(sorted(retuned))}: their pairs are planned again")
+        cursor = cursor.forget(retuned)
     # New: not taken on by an earlier tick. Waiting: taken on, their recording's run requested.
     # Of both, the planner leaves out what the job cache holds and what another run or
     # backfill is sorting already (the command line's, say).
@@ -236,7 +245,9 @@ def studyset_sensor(
     requests += [dg.RunRequest(job_name=sorting_job.name, partition_key=k, tags=tags) for k in order.sorts]
     # Until every new pair is taken on, the sources count as changed: the next tick takes more.
     acted_on = digest if complete else cursor.digest
-    next_cursor = cursor.after_tick(acted_on, [_pair(s, r) for s, r in new_jobs], waiting=still_waiting).encode()
+    next_cursor = cursor.after_tick(
+        acted_on, [_pair(s, r) for s, r in new_jobs], waiting=still_waiting, params=params_now
+    ).encode()
 
     counts = (
         f"{len(campaign.jobs)} assigned: {len(plan.cached)} in the job cache, "
