@@ -171,7 +171,7 @@ def per_sort(
         # A worker that was not warm compiled the sorter, unless it loaded every function from the JIT cache.
         jit = result.get("jit_cache")
         compiled = not placed["warm"] and (jit is None or jit["compiled"] > 0)
-        workers[(job["sorter_name"], placed["slot"])].append({**placed, "compiled": compiled, "jit": jit})
+        workers[(job["sorter_name"], placed["slot"])].append({**placed, "compiled": compiled})
         placing["claim"].append(placed["claimed_at"] - placed["requested_at"])
         placing["connect"].append(placed["connected_at"] - placed["claimed_at"])
         placing["slot"].append(placed["started_at"] - placed["connected_at"])

@@ -7,23 +7,6 @@ from sf_assets.core.manifest import parse_manifest
 from sf_assets.engines.job import SortJob
 
 
-def first_recording(synthetic_studyset):
-    """The studyset's first recording (its manifest entry).
-
-    Parameters
-    ----------
-    synthetic_studyset : SyntheticStudyset
-        The ``synthetic_studyset`` fixture.
-
-    Returns
-    -------
-    Recording
-        The manifest's first recording.
-    """
-    manifest = parse_manifest(synthetic_studyset.manifest_path.read_bytes(), str(synthetic_studyset.manifest_path))
-    return manifest.recordings()[0]
-
-
 def sort_job(
     synthetic_studyset, work_dir: Path, sorter: tuple[str, str] = ("MountainSort5", "mountainsort5"), **changes
 ) -> SortJob:
@@ -45,7 +28,8 @@ def sort_job(
     SortJob
         The job.
     """
-    rec = first_recording(synthetic_studyset)
+    manifest = parse_manifest(synthetic_studyset.manifest_path.read_bytes(), str(synthetic_studyset.manifest_path))
+    rec = manifest.recordings()[0]
     base = dict(
         sorter_name=sorter[0],
         si_sorter_name=sorter[1],

@@ -73,6 +73,13 @@ def test_params_digests_round_trip_and_name_the_sorters_whose_params_changed():
     assert forgotten.after_tick("2" * 40, {("A", "r1")}, params=now).params == now
 
 
+def test_a_sorter_dropped_and_added_back_with_other_params_is_a_change():
+    cursor = StudysetCursor().after_tick("1" * 40, {("A", "r1")}, params={"A": params_digest({"seed": 1})})
+    dropped = cursor.after_tick("2" * 40, (), params={})  # the spec no longer names A
+    assert dropped.changed_sorters({"A": params_digest({"seed": 2})}) == {"A"}
+    assert dropped.changed_sorters({"A": params_digest({"seed": 1})}) == set()
+
+
 def test_a_cursor_written_before_params_were_kept_changes_no_sorter():
     document = b'{"digest": "ab", "recordings": ["r"], "requested": {"s": [0]}, "waiting": {}}'
     old = StudysetCursor.decode(f"{CURSOR_FORMAT}:" + base64.urlsafe_b64encode(zlib.compress(document)).decode())

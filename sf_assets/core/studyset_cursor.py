@@ -143,7 +143,8 @@ class StudysetCursor:
         waiting : Iterable[Pair]
             Pairs left for a later tick (the tick takes on a bounded number).
         params : Mapping[str, str] or None
-            Per sorter key, the params digest this tick planned with (None: keep the cursor's).
+            Per sorter key, the params digest this tick planned with, over the cursor's (a sorter the
+            spec dropped keeps its digest, so adding it back with other params is a change).
 
         Returns
         -------
@@ -151,7 +152,7 @@ class StudysetCursor:
             A new cursor.
         """
         waiting = frozenset(waiting)
-        kept_params = dict(self.params if params is None else params)
+        kept_params = {**self.params, **(params or {})}
         return StudysetCursor(digest, self.requested | frozenset(new_pairs) | waiting, waiting, kept_params)
 
     def encode(self) -> str:

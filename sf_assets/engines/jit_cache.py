@@ -43,7 +43,7 @@ PACKAGES = ("spikeinterface",)
 
 _lock = threading.RLock()
 _folder: Path | None = None
-_dispatchers: list = []  # every function given a cache here, for the counts
+_dispatchers: set = set()  # every function given a cache here, for the counts
 
 
 def _ours(name: str) -> bool:
@@ -75,7 +75,7 @@ def _give_caches(module) -> None:
             value.enable_caching()
         except Exception:  # noqa: BLE001 - numba cannot cache this one (no source file, say): it compiles as before
             continue
-        _dispatchers.append(value)
+        _dispatchers.add(value)
 
 
 class _CachingLoader(importlib.abc.Loader):

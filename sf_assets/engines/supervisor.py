@@ -423,6 +423,10 @@ def _final_report(
     # (a slow machine) does not turn a canary already reported as hung into a sorting.
     result = {} if hung else (read_json_if_present(work_dir / RESULT_FILE) or {})
     console_path = str(work_dir / CONSOLE_FILE)
+    # What the worker says of any attempt, sorted or not: provenance, and the JIT cache's use where it had one.
+    worker_details = {"provenance": result.get("provenance")}
+    if result.get("jit_cache"):
+        worker_details["jit_cache"] = result["jit_cache"]
     common = dict(
         start_time=start_time,
         end_time=end_time,
@@ -445,11 +449,7 @@ def _final_report(
             errored=False,
             sorting_object_uri=result["sorting_object_uri"],
             num_units=result["num_units"],
-            details={
-                "sort_elapsed_s": result.get("sort_elapsed_s"),
-                "provenance": result.get("provenance"),
-                **({"jit_cache": result["jit_cache"]} if result.get("jit_cache") else {}),
-            },
+            details={"sort_elapsed_s": result.get("sort_elapsed_s"), **worker_details},
             **common,
         )
     if canary is not None and canary.blocks_full_sort and not result:  # hung canary, stopped here
@@ -459,11 +459,7 @@ def _final_report(
         errored=True,
         error_message=message,
         failure_class=result.get("failure_class"),
-        details={
-            "stage": result.get("stage", "crash"),
-            "provenance": result.get("provenance"),
-            **({"jit_cache": result["jit_cache"]} if result.get("jit_cache") else {}),
-        },
+        details={"stage": result.get("stage", "crash"), **worker_details},
         **common,
     )
 
