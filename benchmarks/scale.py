@@ -208,12 +208,12 @@ def child_tick(state: dict) -> dict:
                 "kachery": KacheryResource(root_dir=str(root / "kachery")),
                 "sorting_engine": SortingEngineResource(work_root=str(root / "home" / "sorts")),
             }
-            context = dg.build_sensor_context(
+            with dg.build_sensor_context(
                 instance=scratch, repository_def=defs.get_repository_def(), resources=resources
-            )
-            started = time.monotonic()
-            sensor_result = studyset_sensor(context)
-            elapsed = time.monotonic() - started
+            ) as context:  # closing it closes the instance it opened
+                started = time.monotonic()
+                sensor_result = studyset_sensor(context)
+                elapsed = time.monotonic() - started
             if isinstance(sensor_result, dg.SkipReason):
                 raise SystemExit(f"the sensor skipped its tick: {sensor_result.skip_message}")
             return elapsed

@@ -59,10 +59,12 @@ def _evaluate(env):
         "studyset": StudysetResource(spec_source=env.options.spec_source, manifest_source=env.options.manifest_source),
         "kachery": KacheryResource(root_dir=env.options.kachery_dir),
     }
-    context = dg.build_schedule_context(
+    # As a context manager: the context opens an instance of its own, and left open that
+    # instance stays Dagster's current one after it is gone, failing later code-location loads.
+    with dg.build_schedule_context(
         instance=env.instance, resources=resources, repository_def=defs.get_repository_def()
-    )
-    return rerun_sortings_schedule.evaluate_tick(context)
+    ) as context:
+        return rerun_sortings_schedule.evaluate_tick(context)
 
 
 def test_the_history_holds_one_sorting_one_errored_and_one_refused(history):

@@ -51,10 +51,11 @@ class Deployed:
             "kachery": KacheryResource(root_dir=self.kachery_dir),
             "sorting_engine": SortingEngineResource(work_root=str(self.root / "home" / "sorts")),
         }
-        context = dg.build_sensor_context(
+        # A context manager, as in test_schedules: closing it closes the instance it opened.
+        with dg.build_sensor_context(
             instance=self.instance, cursor=cursor, repository_def=defs.get_repository_def(), resources=resources
-        )
-        return studyset_sensor(context)
+        ) as context:
+            return studyset_sensor(context)
 
 
 def _sensor_cursor(instance: dg.DagsterInstance) -> str:
