@@ -20,7 +20,7 @@ from dagster._core.scheduler.instigation import InstigatorType
 
 from sf_assets.orchestration.assets.sortings import sorting_comparison
 from sf_assets.definitions import defs
-from sf_assets.orchestration.partitions import RECORDINGS, SORTERS
+from sf_assets.orchestration.partitions import PARTITION_TAG, RECORDINGS, SORTERS
 from sf_assets.orchestration.resources import KacheryResource, SortingEngineResource, StudysetResource
 from sf_assets.orchestration.sensors import SENSOR_INTERVAL_S, STUDYSET_SENSOR, TRIGGER_TAG, studyset_sensor
 from harness.automation import deployment, submit_backfill, write_manifest
@@ -192,6 +192,29 @@ def test_new_params_for_a_sorter_sort_its_pairs_again_and_nothing_else(deployed)
     back = deployed.evaluate(deployed.manifest, deployed.spec, result.cursor)
     assert back.run_requests == []
     assert "1 assigned: 1 in the job cache" in str(back.skip_reason)
+
+
+def test_a_pair_sorting_when_its_params_change_is_planned_again_once_that_run_ends(deployed):
+    key = f"{STUDY_A}.001_synth|{SORTER}"
+    spec = write_spec(
+        deployed.root / "spec-params-mid-sort.yaml",
+        deployed.manifest,
+        {SORTER: {"studysets": ["SYNTH_SET_A"], "params": {"detect_threshold": 6.5}}},
+    )
+    # A run sorting the pair on the params it had (started before the edit).
+    run = deployed.instance.create_run_for_job(
+        job_def=defs.resolve_job_def("sorting_job"), status=dg.DagsterRunStatus.STARTED, tags={PARTITION_TAG: key}
+    )
+    try:
+        held = deployed.evaluate(deployed.manifest, spec, deployed.cursor)
+        assert held.run_requests == [] and "held by another run" in str(held.skip_reason)
+        still = deployed.evaluate(deployed.manifest, spec, held.cursor)  # sources unchanged, the pair still waits
+        assert still.run_requests == [] and "held by another run" in str(still.skip_reason)
+    finally:
+        deployed.instance.delete_run(run.run_id)
+    after = deployed.evaluate(deployed.manifest, spec, still.cursor)
+    assert _requested(after, "sorting_job") == {key}
+    assert isinstance(deployed.evaluate(deployed.manifest, spec, after.cursor), dg.SkipReason)
 
 
 def test_a_large_change_is_taken_on_a_bounded_number_of_pairs_per_tick(deployed, synthetic_studyset, monkeypatch):

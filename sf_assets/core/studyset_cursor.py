@@ -78,8 +78,9 @@ class StudysetCursor:
         Every (sorter key, recording key) pair taken on so far: its sort
         requested, or waiting.
     waiting : frozenset of (str, str)
-        The pairs whose recording run was requested (or was already running)
-        and whose sort is requested once that recording is current.
+        The pairs planned again at every tick until their sort is requested:
+        those whose recording run was requested (or was already running), and
+        those another run was sorting when their sorter's params changed.
     params : Mapping[str, str]
         Per sorter key, :func:`params_digest` of the params its pairs were
         taken on with (empty in cursors written before it was kept).

@@ -18,6 +18,8 @@ Adding a sorter to the spec therefore sorts exactly that sorter's pairs;
 nothing already sorted (or requested, or in the job cache) runs again.
 Changing a sorter's params in the spec plans its pairs again: the job cache,
 whose key holds the params, lets through the pairs the new params change.  A
+pair another run is sorting at that moment waits in the cursor until that run
+ends, then is planned again (its sort may have read the old params).  A
 manifest or spec that does not validate skips the tick with the validation
 message; the next tick reads the files again.  Every run carries
 ``sf-assets/trigger=studyset_sensor`` and ``sf-assets/sources=<digest>`` tags,
@@ -51,7 +53,7 @@ from sf_assets.core.studyset_cursor import StudysetCursor, params_digest, source
 from sf_assets.stores.inputs import manifest_source_of, read_source
 from sf_assets.orchestration.launches import CAMPAIGN_TAG, LEASE_TAG, SOURCES_TAG, TRIGGER_TAG, campaign_tag_value
 from sf_assets.orchestration.jobs import comparison_job, recordings_job, sorting_job, studysets_job
-from sf_assets.orchestration.partitions import recording_key, sorter_key
+from sf_assets.orchestration.partitions import pair_key, recording_key, sorter_key
 from sf_assets.orchestration.assets.history import UNFINISHED_RUN_STATUSES
 from sf_assets.orchestration.planning import plan_sorts, recordings_in_flight, stages
 from sf_assets.orchestration.resources import KacheryResource, SortingEngineResource, StudysetResource
@@ -235,6 +237,15 @@ def studyset_sensor(
     to_materialize = [k for k in order.recordings if k not in running and k not in asked_before]
     stalled = [k for k in order.recordings if k not in running and k in asked_before]
     still_waiting = [_pair(s, r) for s, r in plan.to_sort if recording_key(r) in order.waiting]
+    # A pair whose sort another run holds when its sorter's params change may be sorting on the
+    # old ones: it waits in the cursor, and once that run has ended the plan sorts it again unless
+    # the job cache shows it ran on the new params.  A waiting pair another run took on waits too.
+    busy = set(plan.in_flight)
+    rechecked = [
+        _pair(s, r)
+        for s, r in new_jobs + waited
+        if str(pair_key(s.name, r)) in busy and (sorter_key(s.name) in retuned or _pair(s, r) in cursor.waiting)
+    ]
 
     tags = {TRIGGER_TAG: STUDYSET_SENSOR, SOURCES_TAG: digest[:12]}
     work = bool(order.sorts or to_materialize or order.comparisons)
@@ -246,7 +257,7 @@ def studyset_sensor(
     # Until every new pair is taken on, the sources count as changed: the next tick takes more.
     acted_on = digest if complete else cursor.digest
     next_cursor = cursor.after_tick(
-        acted_on, [_pair(s, r) for s, r in new_jobs], waiting=still_waiting, params=params_now
+        acted_on, [_pair(s, r) for s, r in new_jobs], waiting=still_waiting + rechecked, params=params_now
     ).encode()
 
     counts = (
@@ -267,18 +278,26 @@ def studyset_sensor(
                 f"{len(still_waiting)} pair(s) waiting for {len(order.waiting)} recording(s) "
                 f"{_sample(list(order.waiting))}" + (f", {len(stalled)} of them not materialized by their run" if stalled else "")
             )
+        if rechecked:
+            reason += f"; {_rechecked_note(rechecked)}"
         return dg.SensorResult(cursor=next_cursor, skip_reason=reason)
     context.log.info(
         f"sorting {len(order.sorts)} pair(s) now, {len(still_waiting)} once their recording is current "
         f"({len(to_materialize)} recording run(s) requested); {len(order.comparisons)} comparison(s) "
         f"redone; of {counts}"
         + ("" if complete else f"; {len(untaken) - len(new_jobs)} new pair(s) left for the next ticks")
+        + (f"; {_rechecked_note(rechecked)}" if rechecked else "")
     )
     return dg.SensorResult(run_requests=requests, cursor=next_cursor)
 
 
 def _sample(keys: list[str], shown: int = 5) -> str:
     return "[" + ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "") + "]"
+
+
+def _rechecked_note(pairs: list[tuple[str, str]]) -> str:
+    keys = [f"{recording}|{sorter}" for sorter, recording in pairs]
+    return f"{len(pairs)} pair(s) {_sample(keys)} held by another run: planned again once it ends"
 
 
 results_automation = dg.AutomationConditionSensorDefinition(
