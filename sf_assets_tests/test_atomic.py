@@ -8,7 +8,13 @@ import threading
 
 import pytest
 
-from sf_assets.core.atomic import replace_atomically, write_bytes_atomic, write_json_atomic, write_text_atomic
+from sf_assets.core.atomic import (
+    create_json_once,
+    replace_atomically,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 def test_a_file_is_replaced_whole_and_no_temporary_file_is_left(tmp_path):
@@ -60,3 +66,11 @@ def test_threads_writing_one_file_at_once_never_collide(tmp_path):
     assert errors == []
     assert json.loads(path.read_text())["writer"] in range(4)
     assert [p.name for p in tmp_path.iterdir()] == ["listing.json"]
+
+
+def test_of_two_writers_racing_to_decide_the_first_wins_and_the_second_changes_nothing(tmp_path):
+    path = tmp_path / "canary.json"
+    assert create_json_once(path, {"status": "failed", "by": "supervisor"}) is True
+    assert create_json_once(path, {"status": "passed", "by": "worker"}) is False
+    assert json.loads(path.read_text()) == {"by": "supervisor", "status": "failed"}
+    assert [p.name for p in tmp_path.iterdir()] == ["canary.json"]

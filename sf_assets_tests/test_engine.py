@@ -46,6 +46,24 @@ def test_a_hung_canary_is_stopped_and_blocks_the_full_sort(synthetic_studyset, t
     assert report.exit_code is not None and report.exit_code < 0, "the worker was signalled"
 
 
+def test_a_canary_that_ends_after_the_supervisor_called_it_hung_does_not_start_the_full_sort(synthetic_studyset, tmp_path):
+    import subprocess
+
+    from sf_assets.engines.job import CANARY_FILE
+    from sf_assets.engines.worker import EXIT_CANARY_STOPPED
+
+    job = _job(synthetic_studyset, tmp_path)
+    work_dir = prepare_work_dir(job)
+    # The supervisor's verdict, written the moment its canary timeout ran out (as supervise does).
+    verdict = {"status": "failed", "failure_class": "resource", "message": "the canary did not finish"}
+    (work_dir / CANARY_FILE).write_text(json.dumps(verdict))
+    worker = subprocess.run(worker_command(sys.executable, work_dir), capture_output=True, text=True, timeout=300)
+    assert worker.returncode == EXIT_CANARY_STOPPED, worker.stdout + worker.stderr
+    assert "decided by the supervisor" in worker.stdout
+    assert not (work_dir / "sorter").exists(), "the full sort started"
+    assert json.loads((work_dir / CANARY_FILE).read_text()) == verdict, "the verdict stands"
+
+
 def test_canary_timeout_has_a_floor_and_a_ceiling():
     assert canary_timeout_s(None) is None and canary_timeout_s(0) is None and canary_timeout_s(float("nan")) is None
     assert canary_timeout_s(5) == 120.0

@@ -116,3 +116,36 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         What to write; values JSON cannot hold are written as their ``str``.
     """
     write_text_atomic(path, json.dumps(obj, sort_keys=True, default=str))
+
+
+def create_json_once(path: Path, obj: Any) -> bool:
+    """Create ``path`` holding ``obj`` as JSON, whole, unless it exists already.
+
+    For a decision two processes race to make, each from its own side: the
+    first to create the file decides, and the other reads the file instead of
+    acting on its own view.  A sort's canary is one: the worker's result
+    against its supervisor's "hung" verdict.
+
+    Parameters
+    ----------
+    path : Path
+        The file to create.
+    obj : Any
+        What to write (as :func:`write_json_atomic` writes it).
+
+    Returns
+    -------
+    bool
+        True: this call created it; False: it was there first, left as it was.
+    """
+    path = Path(path)
+    tmp = temporary_path(path)
+    tmp.unlink(missing_ok=True)
+    try:
+        tmp.write_text(json.dumps(obj, sort_keys=True, default=str))
+        os.link(tmp, path)  # fails, atomically, where the name exists: unlike a rename
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ before the full sort has finished, then the final :class:`SortReport`.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from sf_assets.core.atomic import create_json_once
 from sf_assets.engines.job import (
     CANARY_FILE,
     CONSOLE_FILE,
@@ -344,11 +346,14 @@ def watch(
                 run.stop(KILL_GRACE_S)
                 break
             if canary is None and canary_timeout_s and time.monotonic() - started > canary_timeout_s:
-                canary = _read_canary(work_dir)  # it may have finished since the loop's first look
-                if canary is not None:
+                verdict = _hung_canary(canary_timeout_s)
+                # The worker writes its canary the same way: whichever is first decides, so a
+                # canary finishing at this very moment cannot go on to the full sort.
+                if not create_json_once(work_dir / CANARY_FILE, dataclasses.asdict(verdict)):
+                    canary = _read_canary(work_dir)
                     yield canary
                     continue
-                canary = _hung_canary(canary_timeout_s)
+                canary = verdict
                 hung = True
                 yield canary
                 run.stop(KILL_GRACE_S)

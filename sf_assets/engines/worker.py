@@ -30,7 +30,7 @@ import time
 import traceback
 from pathlib import Path
 
-from sf_assets.core.atomic import write_json_atomic
+from sf_assets.core.atomic import create_json_once, write_json_atomic
 from sf_assets.core.canary import CanaryDecision, classify_sort_error, classify_sort_output, plan_canary
 from sf_assets.core.errors import SortFailure
 from sf_assets.core.sorter_catalog import resolve_sorter
@@ -241,7 +241,11 @@ def _sort_recording(job: SortJob, work_dir: Path, store, recording, provenance: 
     from sf_assets.stores.data import store_sorting
 
     canary = run_canary(job, recording, work_dir / "_canary")
-    write_json_atomic(work_dir / CANARY_FILE, dataclasses.asdict(canary))
+    if not create_json_once(work_dir / CANARY_FILE, dataclasses.asdict(canary)):
+        # The supervisor's canary timeout came first and its verdict (hung) stands, however
+        # this canary ended: the full sort must not start while the supervisor stops this worker.
+        _say("canary: decided by the supervisor before it finished; the full sort does not start")
+        return EXIT_CANARY_STOPPED
     if canary.blocks_full_sort:
         write_json_atomic(
             work_dir / RESULT_FILE,
