@@ -17,6 +17,32 @@ if TYPE_CHECKING:
     from sf_assets_tests.graph_harness import GraphEnv
 
 
+def pytest_configure(config):
+    """Run as Python runs in a terminal, whatever started pytest.
+
+    A background job of a non-interactive shell (a CI script's ``&``) starts
+    with SIGINT ignored, and Dagster's in-process runs map SIGTERM to it (see
+    ``sf_assets/engines/stop_signals.py``): every worker a test starts would
+    inherit SIGTERM ignored until it undoes that itself, and a stop sent in its
+    first instants (a canary timeout of 0.1 s) would be lost.
+    """
+    from sf_assets.engines import stop_signals
+
+    stop_signals.restore()
+
+
+@pytest.fixture
+def ignoring_stop_signals():
+    """This process ignoring SIGTERM and SIGINT while the test runs, as a background job under Dagster is:
+    what the processes it starts inherit."""
+    import signal
+
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_kachery_cloud_dir(tmp_path_factory):
     """Point KACHERY_CLOUD_DIR at a temporary folder for the whole session.

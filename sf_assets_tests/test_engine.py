@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 from pathlib import Path
 
 from sf_assets.engines.engine import EngineSettings, canary_timeout_s, run_sort
@@ -62,6 +63,17 @@ def test_a_canary_that_ends_after_the_supervisor_called_it_hung_does_not_start_t
     assert "decided by the supervisor" in worker.stdout
     assert not (work_dir / "sorter").exists(), "the full sort started"
     assert json.loads((work_dir / CANARY_FILE).read_text()) == verdict, "the verdict stands"
+
+
+def test_a_worker_started_with_stop_signals_ignored_is_stopped_by_sigterm_at_its_timeout(
+    synthetic_studyset, tmp_path, ignoring_stop_signals
+):
+    job = _job(synthetic_studyset, tmp_path)
+    work_dir = prepare_work_dir(job)
+    # 3 s: well past the worker's start, in its imports or its canary.
+    (report,) = [r for r in supervise(job, worker_command(sys.executable, work_dir), timeout_s=3.0) if isinstance(r, SortReport)]
+    assert report.timed_out and report.errored
+    assert report.exit_code == -signal.SIGTERM, "the worker ignored SIGTERM (sorted on through the grace, or SIGKILL ended it)"
 
 
 def test_canary_timeout_has_a_floor_and_a_ceiling():

@@ -74,6 +74,19 @@ def test_a_worker_stopped_right_after_it_was_forked_is_stopped_and_reported(temp
         assert code == -signal.SIGTERM and cpu_s is not None
 
 
+def test_a_template_started_with_stop_signals_ignored_forks_workers_that_sigterm_stops(ignoring_stop_signals):
+    template = WorkerTemplate(dict(os.environ))  # inherits SIGTERM and SIGINT ignored from this process
+    try:
+        worker = template.spawn(dict(os.environ))
+        asked = time.monotonic()
+        _within(30, lambda: stop_process_group(worker, KILL_GRACE_S))
+        code, _ = _within(30, lambda: reap(worker))
+        assert code == -signal.SIGTERM, "ignored SIGTERM: the grace ran out and SIGKILL ended it"
+        assert time.monotonic() - asked < KILL_GRACE_S
+    finally:
+        template.close(wait_s=5.0)
+
+
 def test_a_killed_worker_reports_the_signal(template):
     worker = template.spawn(dict(os.environ))
     os.kill(worker.pid, signal.SIGKILL)

@@ -71,6 +71,7 @@ from sf_assets.engines.service_address import INFO_NAME, KEY_NAME, LOCK_NAME, SO
 from sf_assets.engines.supervisor import SortCancelled, watch
 from sf_assets.engines.threads import FORK_SAFE_NUMBA_LAYER, NUMBA_LAYER_VAR, thread_limited_env
 from sf_assets.engines.warm_worker import MAX_JOBS_PER_WORKER, WarmWorker
+from sf_assets.engines import stop_signals
 from sf_assets.engines.worker_template import WorkerTemplate
 
 WAIT_POLL_S = 0.05
@@ -608,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tcp", action="store_true", help="listen on TCP (every interface), not the folder's socket")
     parser.add_argument("--gpus", default="", help="GPU ids (comma-separated) to share out between the slots")
     args = parser.parse_args(argv)
+    # First: the template, the run host and the workers inherit what this process ignores.
+    stop_signals.restore()
     settings = ServiceSettings(slots=args.slots, threads_per_sort=args.threads_per_sort, idle_exit_s=args.idle_exit_s)
     gpus = tuple(gpu for gpu in args.gpus.split(",") if gpu)
     return serve(Path(args.folder), settings, tcp=args.tcp, gpus=gpus)

@@ -34,7 +34,7 @@ from sf_assets.core.atomic import create_json_once, write_json_atomic
 from sf_assets.core.canary import CanaryDecision, classify_sort_error, classify_sort_output, plan_canary
 from sf_assets.core.errors import SortFailure
 from sf_assets.core.sorter_catalog import resolve_sorter
-from sf_assets.engines import jit_cache
+from sf_assets.engines import jit_cache, stop_signals
 from sf_assets.engines.container import container_run_sorter_kwargs
 from sf_assets.engines.work_dirs import attempt_in_use
 from sf_assets.engines.worker_clone import FORK_COMMAND, fork_copy
@@ -502,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         The job's exit code, or the serving loop's with ``--serve``; ``EXIT_BAD_JOB`` for bad usage.
     """
     argv = sys.argv[1:] if argv is None else argv
+    stop_signals.restore()  # a stop must stop this worker, whoever started it
     _die_with_parent()
     if argv == ["--serve"]:
         with _commands_from_stdin() as commands:

@@ -50,6 +50,7 @@ import threading
 import time
 from collections.abc import Mapping
 
+from sf_assets.engines import stop_signals
 from sf_assets.engines.worker_clone import exit_with
 
 # How long the service waits for a fork: the template's own start (its imports) comes first.
@@ -376,6 +377,7 @@ def run_template(fd: int) -> int:
     """
     from sf_assets.engines.worker import preload
 
+    stop_signals.restore()  # the workers it forks keep its dispositions: a stop must stop them
     sock = socket.socket(fileno=fd)
     template_pid = os.getpid()
     _adopt_orphans()
