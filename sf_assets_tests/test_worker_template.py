@@ -67,9 +67,7 @@ def test_a_worker_stopped_right_after_it_was_forked_is_stopped_and_reported(temp
     """The service may stop a worker at once (a timeout, an interrupted step): its group must already exist."""
     for _ in range(5):
         worker = template.spawn(dict(os.environ))
-        # The service's grace: a worker busy in the kernel (a fork's pages, a read under a
-        # loaded disk) may take over a second to act on SIGTERM, and then SIGKILL ends it (-9).
-        _within(30, lambda: stop_process_group(worker, KILL_GRACE_S))
+        _within(30, lambda: stop_process_group(worker, 1.0))
         code, cpu_s = _within(30, lambda: reap(worker))
         assert code == -signal.SIGTERM and cpu_s is not None
 
