@@ -7,6 +7,8 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from sf_assets.engines.engine import EngineSettings, canary_timeout_s, run_sort
 from sf_assets.engines.job import CanaryReport, SortJob, SortReport
 from sf_assets.engines.supervisor import prepare_work_dir, supervise, worker_command
@@ -47,22 +49,35 @@ def test_a_hung_canary_is_stopped_and_blocks_the_full_sort(synthetic_studyset, t
     assert report.exit_code is not None and report.exit_code < 0, "the worker was signalled"
 
 
-def test_a_canary_that_ends_after_the_supervisor_called_it_hung_does_not_start_the_full_sort(synthetic_studyset, tmp_path):
+@pytest.mark.parametrize(
+    ("found", "sorts"),
+    [
+        # The supervisor's verdict, written the moment its canary timeout ran out (as supervise does).
+        ({"status": "failed", "failure_class": "resource", "message": "did not finish", "decided_by": "supervisor"}, False),
+        # What a worker of a lost try of this attempt wrote as it died (a Slurm allocation gone).
+        ({"status": "passed", "num_units": 3, "decided_by": "worker"}, True),
+    ],
+    ids=["supervisors-hung-verdict", "lost-trys-canary"],
+)
+def test_a_canary_finishing_after_a_verdict_is_there_starts_the_full_sort_only_over_a_lost_trys(
+    synthetic_studyset, tmp_path, found, sorts
+):
     import subprocess
 
     from sf_assets.engines.job import CANARY_FILE
-    from sf_assets.engines.worker import EXIT_CANARY_STOPPED
+    from sf_assets.engines.worker import EXIT_CANARY_STOPPED, EXIT_SORTED
 
     job = _job(synthetic_studyset, tmp_path)
     work_dir = prepare_work_dir(job)
-    # The supervisor's verdict, written the moment its canary timeout ran out (as supervise does).
-    verdict = {"status": "failed", "failure_class": "resource", "message": "the canary did not finish"}
-    (work_dir / CANARY_FILE).write_text(json.dumps(verdict))
+    (work_dir / CANARY_FILE).write_text(json.dumps(found))
     worker = subprocess.run(worker_command(sys.executable, work_dir), capture_output=True, text=True, timeout=300)
-    assert worker.returncode == EXIT_CANARY_STOPPED, worker.stdout + worker.stderr
-    assert "decided by the supervisor" in worker.stdout
-    assert not (work_dir / "sorter").exists(), "the full sort started"
-    assert json.loads((work_dir / CANARY_FILE).read_text()) == verdict, "the verdict stands"
+    assert worker.returncode == (EXIT_SORTED if sorts else EXIT_CANARY_STOPPED), worker.stdout + worker.stderr
+    assert (work_dir / "sorter").exists() == sorts
+    canary = json.loads((work_dir / CANARY_FILE).read_text())
+    if sorts:
+        assert canary["status"] == "passed" and canary["num_units"] != 3, "this try's canary replaced the lost one's"
+    else:
+        assert canary == found and "decided by the supervisor" in worker.stdout, "the verdict stands"
 
 
 def test_a_worker_started_with_stop_signals_ignored_is_stopped_by_sigterm_at_its_timeout(

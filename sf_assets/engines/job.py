@@ -116,7 +116,8 @@ class CanaryReport:
     ``status`` is one of ``off`` (no window configured), ``skipped`` (recording
     shorter than the window), ``passed``, ``failed`` (a classified failure:
     the full sort does not start) and ``unexpected_error`` (logged; the full
-    sort proceeds).
+    sort proceeds).  ``decided_by`` is ``worker``, or ``supervisor`` for a
+    canary its supervisor called hung (that verdict stands over the worker's).
     """
 
     status: str
@@ -126,6 +127,7 @@ class CanaryReport:
     failure_class: str | None = None
     retry_advice: str | None = None
     message: str | None = None
+    decided_by: str = "worker"
 
     @property
     def blocks_full_sort(self) -> bool:

@@ -413,6 +413,7 @@ def _hung_canary(canary_timeout_s: float) -> CanaryReport:
         elapsed_s=canary_timeout_s,
         retry_advice="skip this recording, or retry with a smaller job",
         message=f"the canary did not finish within {canary_timeout_s:g} s: the sorter hangs on this recording",
+        decided_by="supervisor",
     )
 
 

@@ -48,6 +48,7 @@ from sf_assets.engines.job import (
     WORKER_FILE,
     CanaryReport,
     SortJob,
+    read_json_if_present,
 )
 from sf_assets.engines.provenance import applied_threads, sort_provenance, thread_count
 
@@ -242,10 +243,14 @@ def _sort_recording(job: SortJob, work_dir: Path, store, recording, provenance: 
 
     canary = run_canary(job, recording, work_dir / "_canary")
     if not create_json_once(work_dir / CANARY_FILE, dataclasses.asdict(canary)):
-        # The supervisor's canary timeout came first and its verdict (hung) stands, however
-        # this canary ended: the full sort must not start while the supervisor stops this worker.
-        _say("canary: decided by the supervisor before it finished; the full sort does not start")
-        return EXIT_CANARY_STOPPED
+        earlier = read_json_if_present(work_dir / CANARY_FILE) or {}
+        if earlier.get("decided_by") == "supervisor":
+            # The supervisor's canary timeout came first and its verdict (hung) stands, however
+            # this canary ended: the full sort must not start while the supervisor stops this worker.
+            _say("canary: decided by the supervisor before it finished; the full sort does not start")
+            return EXIT_CANARY_STOPPED
+        # A worker of a lost try of this attempt (its Slurm allocation gone) wrote it as it died.
+        write_json_atomic(work_dir / CANARY_FILE, dataclasses.asdict(canary))
     if canary.blocks_full_sort:
         write_json_atomic(
             work_dir / RESULT_FILE,
