@@ -350,8 +350,9 @@ def watch(
                 # The worker writes its canary the same way: whichever is first decides, so a
                 # canary finishing at this very moment cannot go on to the full sort.
                 if not create_json_once(work_dir / CANARY_FILE, dataclasses.asdict(verdict)):
-                    canary = _read_canary(work_dir)
-                    yield canary
+                    canary = _read_canary(work_dir)  # None only if a retry emptied the folder since
+                    if canary is not None:
+                        yield canary
                     continue
                 canary = verdict
                 hung = True
