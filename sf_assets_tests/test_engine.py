@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sf_assets.engines.engine import EngineSettings, canary_timeout_s, run_sort
-from sf_assets.engines.job import CanaryReport, SortJob, SortReport
+from sf_assets.engines.job import SUPERVISOR, CanaryReport, SortJob, SortReport
 from sf_assets.engines.supervisor import prepare_work_dir, supervise, worker_command
 from sf_assets_tests.sort_jobs import sort_job
 
@@ -53,9 +53,9 @@ def test_a_hung_canary_is_stopped_and_blocks_the_full_sort(synthetic_studyset, t
     ("found", "sorts"),
     [
         # The supervisor's verdict, written the moment its canary timeout ran out (as supervise does).
-        ({"status": "failed", "failure_class": "resource", "message": "did not finish", "decided_by": "supervisor"}, False),
+        ({"status": "failed", "failure_class": "resource", "message": "did not finish", "decided_by": SUPERVISOR}, False),
         # What a worker of a lost try of this attempt wrote as it died (a Slurm allocation gone).
-        ({"status": "passed", "num_units": 3, "decided_by": "worker"}, True),
+        ({"status": "passed", "num_units": 3, "message": "left by a lost try", "decided_by": "worker"}, True),
     ],
     ids=["supervisors-hung-verdict", "lost-trys-canary"],
 )
@@ -75,7 +75,7 @@ def test_a_canary_finishing_after_a_verdict_is_there_starts_the_full_sort_only_o
     assert (work_dir / "sorter").exists() == sorts
     canary = json.loads((work_dir / CANARY_FILE).read_text())
     if sorts:
-        assert canary["status"] == "passed" and canary["num_units"] != 3, "this try's canary replaced the lost one's"
+        assert canary["status"] == "passed" and canary["message"] is None, "this try's canary replaced the lost one's"
     else:
         assert canary == found and "decided by the supervisor" in worker.stdout, "the verdict stands"
 

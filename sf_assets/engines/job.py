@@ -109,6 +109,10 @@ class SortJob:
         return cls(**json.loads(text))
 
 
+SUPERVISOR = "supervisor"
+"""``CanaryReport.decided_by`` of a verdict the supervisor wrote (a hung canary): it stands over the worker's."""
+
+
 @dataclass(frozen=True)
 class CanaryReport:
     """Outcome of the short smoke-test sort that precedes the full sort.
@@ -116,8 +120,7 @@ class CanaryReport:
     ``status`` is one of ``off`` (no window configured), ``skipped`` (recording
     shorter than the window), ``passed``, ``failed`` (a classified failure:
     the full sort does not start) and ``unexpected_error`` (logged; the full
-    sort proceeds).  ``decided_by`` is ``worker``, or ``supervisor`` for a
-    canary its supervisor called hung (that verdict stands over the worker's).
+    sort proceeds).
     """
 
     status: str
@@ -128,6 +131,7 @@ class CanaryReport:
     retry_advice: str | None = None
     message: str | None = None
     decided_by: str = "worker"
+    """``worker``, or :data:`SUPERVISOR` for a hung canary its supervisor decided."""
 
     @property
     def blocks_full_sort(self) -> bool:

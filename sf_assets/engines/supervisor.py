@@ -34,6 +34,7 @@ from sf_assets.engines.job import (
     CONSOLE_FILE,
     JOB_FILE,
     RESULT_FILE,
+    SUPERVISOR,
     CanaryReport,
     SortJob,
     SortReport,
@@ -414,7 +415,7 @@ def _hung_canary(canary_timeout_s: float) -> CanaryReport:
         elapsed_s=canary_timeout_s,
         retry_advice="skip this recording, or retry with a smaller job",
         message=f"the canary did not finish within {canary_timeout_s:g} s: the sorter hangs on this recording",
-        decided_by="supervisor",
+        decided_by=SUPERVISOR,
     )
 
 

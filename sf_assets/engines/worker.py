@@ -45,6 +45,7 @@ from sf_assets.engines.job import (
     JOB_FILE,
     RESULT_FILE,
     TOKEN_SEPARATOR,
+    SUPERVISOR,
     WORKER_FILE,
     CanaryReport,
     SortJob,
@@ -244,7 +245,7 @@ def _sort_recording(job: SortJob, work_dir: Path, store, recording, provenance: 
     canary = run_canary(job, recording, work_dir / "_canary")
     if not create_json_once(work_dir / CANARY_FILE, dataclasses.asdict(canary)):
         earlier = read_json_if_present(work_dir / CANARY_FILE) or {}
-        if earlier.get("decided_by") == "supervisor":
+        if earlier.get("decided_by") == SUPERVISOR:
             # The supervisor's canary timeout came first and its verdict (hung) stands, however
             # this canary ended: the full sort must not start while the supervisor stops this worker.
             _say("canary: decided by the supervisor before it finished; the full sort does not start")

@@ -240,12 +240,12 @@ def studyset_sensor(
     # A pair whose sort another run holds when its sorter's params change may be sorting on the
     # old ones: it waits in the cursor, and once that run has ended the plan sorts it again unless
     # the job cache shows it ran on the new params.  A waiting pair another run took on waits too.
-    busy = set(plan.in_flight)
-    rechecked = [
-        _pair(s, r)
+    held = set(plan.in_flight)
+    rechecked = {  # cursor pair: partition key
+        _pair(s, r): key
         for s, r in new_jobs + waited
-        if str(pair_key(s.name, r)) in busy and (sorter_key(s.name) in retuned or _pair(s, r) in cursor.waiting)
-    ]
+        if (key := str(pair_key(s.name, r))) in held and (sorter_key(s.name) in retuned or _pair(s, r) in cursor.waiting)
+    }
 
     tags = {TRIGGER_TAG: STUDYSET_SENSOR, SOURCES_TAG: digest[:12]}
     work = bool(order.sorts or to_materialize or order.comparisons)
@@ -257,7 +257,7 @@ def studyset_sensor(
     # Until every new pair is taken on, the sources count as changed: the next tick takes more.
     acted_on = digest if complete else cursor.digest
     next_cursor = cursor.after_tick(
-        acted_on, [_pair(s, r) for s, r in new_jobs], waiting=still_waiting + rechecked, params=params_now
+        acted_on, [_pair(s, r) for s, r in new_jobs], waiting=still_waiting + list(rechecked), params=params_now
     ).encode()
 
     counts = (
@@ -295,9 +295,8 @@ def _sample(keys: list[str], shown: int = 5) -> str:
     return "[" + ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "") + "]"
 
 
-def _rechecked_note(pairs: list[tuple[str, str]]) -> str:
-    keys = [f"{recording}|{sorter}" for sorter, recording in pairs]
-    return f"{len(pairs)} pair(s) {_sample(keys)} held by another run: planned again once it ends"
+def _rechecked_note(rechecked: dict[tuple[str, str], str]) -> str:
+    return f"{len(rechecked)} pair(s) {_sample(list(rechecked.values()))} held by another run: planned again once it ends"
 
 
 results_automation = dg.AutomationConditionSensorDefinition(
