@@ -210,7 +210,7 @@ def child_tick(state: dict) -> dict:
             }
             with dg.build_sensor_context(
                 instance=scratch, repository_def=defs.get_repository_def(), resources=resources
-            ) as context:  # closing it closes the instance it opened
+            ) as context:  # closing it tears down the resources it built
                 started = time.monotonic()
                 sensor_result = studyset_sensor(context)
                 elapsed = time.monotonic() - started

@@ -51,7 +51,7 @@ class Deployed:
             "kachery": KacheryResource(root_dir=self.kachery_dir),
             "sorting_engine": SortingEngineResource(work_root=str(self.root / "home" / "sorts")),
         }
-        # A context manager, as in test_schedules: closing it closes the instance it opened.
+        # A context manager, as the daemon evaluates a sensor: closing it tears down the resources it built.
         with dg.build_sensor_context(
             instance=self.instance, cursor=cursor, repository_def=defs.get_repository_def(), resources=resources
         ) as context:
@@ -215,6 +215,41 @@ def test_a_pair_sorting_when_its_params_change_is_planned_again_once_that_run_en
     after = deployed.evaluate(deployed.manifest, spec, still.cursor)
     assert _requested(after, "sorting_job") == {key}
     assert isinstance(deployed.evaluate(deployed.manifest, spec, after.cursor), dg.SkipReason)
+
+
+def test_a_retuned_sorters_pair_held_past_the_first_tick_waits_then_gets_its_recording(
+    deployed, synthetic_studyset, monkeypatch
+):
+    """A params edit over more pairs than a tick takes on: a pair another run holds when a later tick
+    reaches it is held too, and once that run ends its recording's run is requested (never asked before)."""
+    import sf_assets.orchestration.sensors as sensors
+    from sf_assets.core.studyset_cursor import StudysetCursor
+
+    monkeypatch.setattr(sensors, "MAX_NEW_PAIRS_PER_TICK", 2)
+    manifest = synthetic_studyset.manifest_path
+    spec = write_spec(
+        deployed.root / "spec-params-two-ticks.yaml",
+        manifest,
+        {SORTER: {"studysets": ["SYNTH_SET_A", "SYNTH_SET_B"], "params": {"detect_threshold": 6.5}}},
+    )
+    held_pair = f"{STUDY_B}.001_synth|{SORTER}"  # its recording was never materialized here
+    # A run sorting that pair, launched before the edit (by a backfill, say).
+    run = deployed.instance.create_run_for_job(
+        job_def=defs.resolve_job_def("sorting_job"), status=dg.DagsterRunStatus.STARTED, tags={PARTITION_TAG: held_pair}
+    )
+    try:
+        taken = deployed.evaluate(manifest, spec, deployed.cursor)  # params changed: set A's two pairs
+        taken_on = StudysetCursor.decode(taken.cursor).requested
+        assert {(SORTER, f"{STUDY_A}.001_synth"), (SORTER, f"{STUDY_A}.002_synth")} <= taken_on
+        assert not any(recording.startswith(STUDY_B) for _, recording in taken_on)
+        held = deployed.evaluate(manifest, spec, taken.cursor)  # the new params are known now: set B's pairs
+        assert _requested(held, "recordings_job") == {f"{STUDY_B}.002_synth"}, "the other pair's recording"
+        assert StudysetCursor.decode(held.cursor).held == {(SORTER, f"{STUDY_B}.001_synth")}
+    finally:
+        deployed.instance.delete_run(run.run_id)
+    after = deployed.evaluate(manifest, spec, held.cursor)
+    assert f"{STUDY_B}.001_synth" in _requested(after, "recordings_job"), "its recording, never asked for, is now"
+    assert _requested(after, "sorting_job") == set(), "its sort waits for the recording"
 
 
 def test_a_large_change_is_taken_on_a_bounded_number_of_pairs_per_tick(deployed, synthetic_studyset, monkeypatch):

@@ -50,11 +50,25 @@ def test_waiting_pairs_round_trip_and_leave_the_wait_when_a_tick_says_so():
     assert second.waiting == frozenset() and second.requested == first.requested
 
 
+def test_held_pairs_round_trip_apart_from_the_waiting_ones_and_are_forgotten_with_their_sorter():
+    cursor = StudysetCursor().after_tick(
+        "1" * 40, {("A", "r1")}, waiting={("A", "r2")}, held={("A", "r3"), ("B", "r3")}
+    )
+    assert cursor.requested == {("A", "r1"), ("A", "r2"), ("A", "r3"), ("B", "r3")}
+    assert cursor.waiting == {("A", "r2")} and cursor.held == {("A", "r3"), ("B", "r3")}
+    assert cursor.pending == {("A", "r2"), ("A", "r3"), ("B", "r3")}
+    assert StudysetCursor.decode(cursor.encode()) == cursor
+    forgotten = cursor.forget({"A"})
+    assert forgotten.held == {("B", "r3")} and forgotten.waiting == frozenset()
+    # The run holding B's pair ended and the next tick requested its sort: it is no longer held.
+    assert forgotten.after_tick("1" * 40, ()).pending == frozenset()
+
+
 def test_a_cursor_written_before_waiting_existed_reads_as_waiting_for_nothing():
     document = b'{"digest": "ab", "recordings": ["r"], "requested": {"s": [0]}}'
     old = f"{CURSOR_FORMAT}:" + base64.urlsafe_b64encode(zlib.compress(document)).decode()
     cursor = StudysetCursor.decode(old)
-    assert cursor.requested == {("s", "r")} and cursor.waiting == frozenset()
+    assert cursor.requested == {("s", "r")} and cursor.waiting == frozenset() and cursor.held == frozenset()
 
 
 def test_params_digests_round_trip_and_name_the_sorters_whose_params_changed():

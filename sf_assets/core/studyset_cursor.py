@@ -5,9 +5,10 @@ the same manifest and spec requests nothing, and a changed spec requests only
 the pairs it adds, or those of a sorter whose params it changed.  The cursor
 therefore holds a digest of the sources' bytes (so an unchanged tick is
 answered without parsing anything), the pairs requested so far, with those
-still *waiting* for their recording's run before their sort is requested, and
-a digest of each sorter's params as the pairs were planned under.  A full SpikeForest campaign is about 900 recordings x 10
-sorters; the pairs are stored as one list of recording keys plus, per sorter,
+still *waiting* for their recording's run before their sort is requested and
+those *held* by another run when the sensor took them on, and a digest of each
+sorter's params as the pairs were planned under.  A full SpikeForest campaign
+is about 900 recordings x 10 sorters; the pairs are stored as one list of recording keys plus, per sorter,
 indexes into it, compressed, so the cursor stays a few kilobytes.
 """
 from __future__ import annotations
@@ -78,9 +79,13 @@ class StudysetCursor:
         Every (sorter key, recording key) pair taken on so far: its sort
         requested, or waiting.
     waiting : frozenset of (str, str)
-        The pairs planned again at every tick until their sort is requested:
-        those whose recording run was requested (or was already running), and
-        those another run was sorting when their sorter's params changed.
+        The pairs planned again at every tick until their sort is requested,
+        because their recording's run was requested (or was already running).
+    held : frozenset of (str, str)
+        The pairs another run was sorting (or had queued) when the sensor took
+        them on: that run may be sorting on params the spec has since changed,
+        so they are planned again at every tick until it has ended; the job
+        cache then tells whether it sorted what the spec asks now.
     params : Mapping[str, str]
         Per sorter key, :func:`params_digest` of the params its pairs were
         taken on with (empty in cursors written before it was kept).
@@ -89,7 +94,13 @@ class StudysetCursor:
     digest: str | None = None
     requested: frozenset[Pair] = frozenset()
     waiting: frozenset[Pair] = frozenset()
+    held: frozenset[Pair] = frozenset()
     params: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> frozenset[Pair]:
+        """The pairs taken on whose sort is not requested yet: :attr:`waiting` and :attr:`held`."""
+        return self.waiting | self.held
 
     def changed_sorters(self, params_now: Mapping[str, str]) -> set[str]:
         """The sorters whose params differ from those their pairs were taken on with.
@@ -124,16 +135,17 @@ class StudysetCursor:
         """
         gone = set(sorters)
         keep = lambda pairs: frozenset(p for p in pairs if p[0] not in gone)  # noqa: E731
-        return StudysetCursor(self.digest, keep(self.requested), keep(self.waiting), self.params)
+        return StudysetCursor(self.digest, keep(self.requested), keep(self.waiting), keep(self.held), self.params)
 
     def after_tick(
         self,
         digest: str,
         new_pairs: Iterable[Pair],
         waiting: Iterable[Pair] = (),
+        held: Iterable[Pair] = (),
         params: Mapping[str, str] | None = None,
     ) -> "StudysetCursor":
-        """The cursor once a tick over sources ``digest`` has taken on ``new_pairs``, leaving ``waiting``.
+        """The cursor once a tick over sources ``digest`` has taken on ``new_pairs``, leaving ``waiting`` and ``held``.
 
         Parameters
         ----------
@@ -142,7 +154,9 @@ class StudysetCursor:
         new_pairs : Iterable[Pair]
             Pairs this tick requested (remembered: never requested again).
         waiting : Iterable[Pair]
-            Pairs left for a later tick (the tick takes on a bounded number).
+            Pairs left for a later tick until their recording is current.
+        held : Iterable[Pair]
+            Pairs left for a later tick until the run sorting them has ended.
         params : Mapping[str, str] or None
             Per sorter key, the params digest this tick planned with, over the cursor's (a sorter the
             spec dropped keeps its digest, so adding it back with other params is a change).
@@ -152,9 +166,9 @@ class StudysetCursor:
         StudysetCursor
             A new cursor.
         """
-        waiting = frozenset(waiting)
+        waiting, held = frozenset(waiting), frozenset(held)
         kept_params = {**self.params, **(params or {})}
-        return StudysetCursor(digest, self.requested | frozenset(new_pairs) | waiting, waiting, kept_params)
+        return StudysetCursor(digest, self.requested | frozenset(new_pairs) | waiting | held, waiting, held, kept_params)
 
     def encode(self) -> str:
         """A compact string for Dagster to store (see :meth:`decode`).
@@ -178,6 +192,7 @@ class StudysetCursor:
             "recordings": recordings,
             "requested": by_sorter(self.requested),
             "waiting": by_sorter(self.waiting),
+            "held": by_sorter(self.held),
             "params": dict(sorted(self.params.items())),
         }
         packed = zlib.compress(json.dumps(document, separators=(",", ":")).encode("utf-8"), 9)
@@ -219,6 +234,7 @@ class StudysetCursor:
 
             requested = pairs(document["requested"])
             waiting = pairs(document.get("waiting", {}))  # absent from cursors written before it existed
+            held = pairs(document.get("held", {}))  # likewise
             params = dict(document.get("params", {}))  # likewise
             digest = document["digest"]
         except (
@@ -235,4 +251,4 @@ class StudysetCursor:
                 f"studyset sensor cursor: params must map sorter keys to digests, got {params!r}; "
                 "reset the sensor's cursor to start afresh"
             )
-        return cls(digest, requested | waiting, waiting, params)
+        return cls(digest, requested | waiting | held, waiting, held, params)

@@ -185,7 +185,7 @@ def studyset_sensor(
     try:
         spec_source, manifest_source = read_sources(studyset, kachery.store())
         digest = sources_digest([spec_source, manifest_source])
-        if digest == cursor.digest and not cursor.waiting:
+        if digest == cursor.digest and not cursor.pending:
             return dg.SkipReason(f"{spec_source[0]} and {manifest_source[0]} are unchanged")
         campaign = parse_campaign(spec_source, manifest_source)
     except SfAssetsError as exc:
@@ -216,13 +216,13 @@ def studyset_sensor(
     if retuned:
         context.log.info(f"params changed for {_sample(sorted(retuned))}: their pairs are planned again")
         cursor = cursor.forget(retuned)
-    # New: not taken on by an earlier tick. Waiting: taken on, their recording's run requested.
-    # Of both, the planner leaves out what the job cache holds and what another run or
-    # backfill is sorting already (the command line's, say).
+    # New: not taken on by an earlier tick. Pending: taken on, waiting for their recording's run
+    # or held by another run. Of both, the planner leaves out what the job cache holds and what
+    # another run or backfill is sorting already (the command line's, say).
     untaken = [(s, r) for s, r in campaign.jobs if _pair(s, r) not in cursor.requested]
     new_jobs = untaken[:MAX_NEW_PAIRS_PER_TICK]
     complete = len(untaken) == len(new_jobs)
-    waited = [(s, r) for s, r in campaign.jobs if _pair(s, r) in cursor.waiting]
+    waited = [(s, r) for s, r in campaign.jobs if _pair(s, r) in cursor.pending]
     plan = plan_sorts(
         context.instance,
         campaign,
@@ -233,18 +233,17 @@ def studyset_sensor(
     )
     order = stages(plan)
     running = recordings_in_flight(context.instance)
-    asked_before = {recording_key(r) for _, r in waited}
+    asked_before = {recording_key(r) for s, r in waited if _pair(s, r) in cursor.waiting}
     to_materialize = [k for k in order.recordings if k not in running and k not in asked_before]
     stalled = [k for k in order.recordings if k not in running and k in asked_before]
     still_waiting = [_pair(s, r) for s, r in plan.to_sort if recording_key(r) in order.waiting]
-    # A pair whose sort another run holds when its sorter's params change may be sorting on the
-    # old ones: it waits in the cursor, and once that run has ended the plan sorts it again unless
-    # the job cache shows it ran on the new params.  A waiting pair another run took on waits too.
-    held = set(plan.in_flight)
+    # A pair another run is sorting as this tick takes it on may be sorting on params the spec has
+    # since changed (a params edit, or a backfill launched before the edit): it is held in the
+    # cursor, and once that run has ended the plan sorts it again unless the job cache shows it
+    # sorted what the spec asks now (a pair whose run ended without storing a sorting is sorted again).
+    in_flight = set(plan.in_flight)
     rechecked = {  # cursor pair: partition key
-        _pair(s, r): key
-        for s, r in new_jobs + waited
-        if (key := str(pair_key(s.name, r))) in held and (sorter_key(s.name) in retuned or _pair(s, r) in cursor.waiting)
+        _pair(s, r): key for s, r in new_jobs + waited if (key := str(pair_key(s.name, r))) in in_flight
     }
 
     tags = {TRIGGER_TAG: STUDYSET_SENSOR, SOURCES_TAG: digest[:12]}
@@ -257,7 +256,7 @@ def studyset_sensor(
     # Until every new pair is taken on, the sources count as changed: the next tick takes more.
     acted_on = digest if complete else cursor.digest
     next_cursor = cursor.after_tick(
-        acted_on, [_pair(s, r) for s, r in new_jobs], waiting=still_waiting + list(rechecked), params=params_now
+        acted_on, [_pair(s, r) for s, r in new_jobs], waiting=still_waiting, held=rechecked, params=params_now
     ).encode()
 
     counts = (
