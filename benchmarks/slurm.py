@@ -153,6 +153,16 @@ def generate(home: Path, args: argparse.Namespace, env: dict[str, str]) -> Path:
     return Path(out.strip().splitlines()[-1])
 
 
+def final_tries(work_root: Path) -> list[Path]:
+    """The ``job.json`` of each sort's last try: an attempt whose allocation was lost ran again in ``retry-N/``."""
+    from sf_assets.engines.work_dirs import RETRY_PREFIX
+
+    def superseded(folder: Path) -> bool:
+        return any(child.is_dir() and child.name.startswith(RETRY_PREFIX) for child in folder.iterdir())
+
+    return [job for job in work_root.rglob("job.json") if not superseded(job.parent)]
+
+
 def per_sort(
     work_root: Path, elapsed_by_label: dict[str, float]
 ) -> tuple[dict[bool, list[float]], dict[tuple[str, str], set], dict[str, list[float]]]:
@@ -163,7 +173,7 @@ def per_sort(
     overheads: dict[bool, list[float]] = {True: [], False: []}
     workers: dict[tuple[str, str], list] = defaultdict(list)
     placing: dict[str, list[float]] = defaultdict(list)
-    for job_file in work_root.rglob("job.json"):
+    for job_file in final_tries(work_root):
         job = json.loads(job_file.read_text())
         result = json.loads((job_file.parent / "result.json").read_text())
         placed = json.loads((job_file.parent / SLOT_FILE).read_text())
@@ -203,9 +213,9 @@ def breakdown(work: Path, elapsed_by_label: dict[str, float]) -> tuple[float, fl
     """
     outside, inside = [], []
     sort_s = {}
-    for result in (work / "home" / "sorts").rglob("result.json"):
-        job = json.loads((result.parent / "job.json").read_text())
-        sort_s[job["label"]] = json.loads(result.read_text())["sort_elapsed_s"]
+    for job_file in final_tries(work / "home" / "sorts"):
+        job = json.loads(job_file.read_text())
+        sort_s[job["label"]] = json.loads((job_file.parent / "result.json").read_text())["sort_elapsed_s"]
     for record in json.loads((work / "records.json").read_text()):
         label = f"{record['sorterName']}/{record['studyName']}/{record['recordingName']}"
         span = record["endTime"] - record["startTime"]

@@ -74,3 +74,18 @@ def test_of_two_writers_racing_to_decide_the_first_wins_and_the_second_changes_n
     assert create_json_once(path, {"status": "passed", "by": "worker"}) is False
     assert json.loads(path.read_text()) == {"by": "supervisor", "status": "failed"}
     assert [p.name for p in tmp_path.iterdir()] == ["canary.json"]
+
+
+def test_where_hard_links_are_refused_the_first_writer_still_decides(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def refused(src, dst):  # what a filesystem without hard links answers (EPERM on some FUSE mounts)
+        raise OSError(errno.EPERM, "Operation not permitted", str(dst))
+
+    monkeypatch.setattr(os, "link", refused)
+    path = tmp_path / "canary.json"
+    assert create_json_once(path, {"status": "failed", "by": "supervisor"}) is True
+    assert create_json_once(path, {"status": "passed", "by": "worker"}) is False
+    assert json.loads(path.read_text()) == {"by": "supervisor", "status": "failed"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".canary.json.claim", "canary.json"]

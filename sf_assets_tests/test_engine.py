@@ -5,16 +5,15 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
-
-import pytest
 
 from sf_assets.engines.engine import EngineSettings, canary_timeout_s, run_sort
 from sf_assets.engines.job import SUPERVISOR, CanaryReport, SortJob, SortReport
-from sf_assets.engines.supervisor import prepare_work_dir, supervise, worker_command
+from sf_assets.engines.supervisor import SessionChild, prepare_work_dir, supervise, worker_command
 from sf_assets_tests.sort_jobs import sort_job
-
-import sys
 
 
 def _job(synthetic_studyset, tmp_path: Path, **changes) -> SortJob:
@@ -49,35 +48,33 @@ def test_a_hung_canary_is_stopped_and_blocks_the_full_sort(synthetic_studyset, t
     assert report.exit_code is not None and report.exit_code < 0, "the worker was signalled"
 
 
-@pytest.mark.parametrize(
-    ("found", "sorts"),
-    [
-        # The supervisor's verdict, written the moment its canary timeout ran out (as supervise does).
-        ({"status": "failed", "failure_class": "resource", "message": "did not finish", "decided_by": SUPERVISOR}, False),
-        # What a worker of a lost try of this attempt wrote as it died (a Slurm allocation gone).
-        ({"status": "passed", "num_units": 3, "message": "left by a lost try", "decided_by": "worker"}, True),
-    ],
-    ids=["supervisors-hung-verdict", "lost-trys-canary"],
-)
-def test_a_canary_finishing_after_a_verdict_is_there_starts_the_full_sort_only_over_a_lost_trys(
-    synthetic_studyset, tmp_path, found, sorts
-):
-    import subprocess
-
+def test_a_canary_finishing_after_the_supervisors_verdict_does_not_start_the_full_sort(synthetic_studyset, tmp_path):
     from sf_assets.engines.job import CANARY_FILE
-    from sf_assets.engines.worker import EXIT_CANARY_STOPPED, EXIT_SORTED
+    from sf_assets.engines.worker import EXIT_CANARY_STOPPED
 
     job = _job(synthetic_studyset, tmp_path)
     work_dir = prepare_work_dir(job)
-    (work_dir / CANARY_FILE).write_text(json.dumps(found))
+    # The supervisor's verdict, written the moment its canary timeout ran out (as supervise does).
+    verdict = {"status": "failed", "failure_class": "resource", "message": "did not finish", "decided_by": SUPERVISOR}
+    (work_dir / CANARY_FILE).write_text(json.dumps(verdict))
     worker = subprocess.run(worker_command(sys.executable, work_dir), capture_output=True, text=True, timeout=300)
-    assert worker.returncode == (EXIT_SORTED if sorts else EXIT_CANARY_STOPPED), worker.stdout + worker.stderr
-    assert (work_dir / "sorter").exists() == sorts
-    canary = json.loads((work_dir / CANARY_FILE).read_text())
-    if sorts:
-        assert canary["status"] == "passed" and canary["message"] is None, "this try's canary replaced the lost one's"
-    else:
-        assert canary == found and "decided by the supervisor" in worker.stdout, "the verdict stands"
+    assert worker.returncode == EXIT_CANARY_STOPPED, worker.stdout + worker.stderr
+    assert not (work_dir / "sorter").exists(), "the full sort did not start"
+    assert json.loads((work_dir / CANARY_FILE).read_text()) == verdict, "the verdict stands"
+    assert "decided by the supervisor" in worker.stdout
+
+
+def test_the_first_canary_written_stands_and_the_other_side_gets_it(tmp_path):
+    from sf_assets.engines.job import settle_canary
+
+    worker_side = CanaryReport(status="passed", num_units=3)
+    supervisor_side = CanaryReport(status="failed", failure_class="resource", decided_by=SUPERVISOR)
+    assert settle_canary(tmp_path, worker_side) is worker_side
+    assert settle_canary(tmp_path, supervisor_side) == worker_side, "too late: the worker's canary stands"
+    other = tmp_path / "other"
+    other.mkdir()
+    assert settle_canary(other, supervisor_side) is supervisor_side
+    assert settle_canary(other, worker_side) == supervisor_side
 
 
 def test_a_worker_started_with_stop_signals_ignored_is_stopped_by_sigterm_at_its_timeout(
@@ -91,6 +88,20 @@ def test_a_worker_started_with_stop_signals_ignored_is_stopped_by_sigterm_at_its
     assert report.exit_code == -signal.SIGTERM, "the worker ignored SIGTERM (sorted on through the grace, or SIGKILL ended it)"
 
 
+def test_a_child_seen_exited_stays_unreaped_until_its_cpu_time_is_read():
+    child = SessionChild(subprocess.Popen([sys.executable, "-c", "sum(range(3 * 10**7))"], start_new_session=True))
+    assert child.exit_status(timeout=0.0) is None, "still running"
+    while child.poll() is None:
+        time.sleep(0.05)
+    assert child.poll() == 0
+    with open(f"/proc/{child.pid}/stat") as stat:
+        assert stat.read().split(") ")[1][0] == "Z", "seen exited, left for wait4 to reap"
+    code, cpu_s = child.exit_status(timeout=None)
+    assert code == 0 and cpu_s > 0.05, "the kernel's account of the child's CPU time"
+    assert not os.path.exists(f"/proc/{child.pid}"), "reaped"
+    assert child.exit_status(timeout=None) == (0, None), "reaped once: asked again, the CPU time is gone"
+
+
 def test_canary_timeout_has_a_floor_and_a_ceiling():
     assert canary_timeout_s(None) is None and canary_timeout_s(0) is None and canary_timeout_s(float("nan")) is None
     assert canary_timeout_s(5) == 120.0
@@ -100,7 +111,7 @@ def test_canary_timeout_has_a_floor_and_a_ceiling():
 
 def test_a_worker_killed_from_outside_is_an_errored_report(synthetic_studyset, tmp_path):
     job = _job(synthetic_studyset, tmp_path, canary_first_n_s=0.0)
-    work_dir = prepare_work_dir(job)
+    prepare_work_dir(job)
     command = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
     [report] = list(supervise(job, command))
     assert report.errored and "killed by signal SIGKILL" in report.error_message

@@ -34,6 +34,7 @@ from sf_assets.definitions import defs
 from sf_assets.engines.engine import EngineSettings, run_sort
 from sf_assets.engines.slurm_settings import SlurmSettings
 from sf_assets.engines.job import CanaryReport, SortJob, SortReport
+from sf_assets.engines.work_dirs import retry_dir
 from sf_assets.engines.slurm import srun_environment
 from sf_assets.engines.slurm_config import SLURM_ENV, slurm_resource_config
 from sf_assets.engines.slurm_pool import (
@@ -364,10 +365,16 @@ def test_a_cancelled_allocation_fails_only_its_sorts_which_run_again_elsewhere(s
     retried = [label for label, report in reports.items() if report.details.get("slurm_allocations_lost")]
     assert 1 <= len(retried) <= 2, {label: reports[label].details["slurm_allocations_lost"] for label in retried}
     for job in jobs:
-        lost = reports[job.label].details.get("slurm_allocations_lost", [])
+        report = reports[job.label]
+        lost = report.details.get("slurm_allocations_lost", [])
         assert all(entry.startswith(cancelled[0]) for entry in lost)
-        assert _placed(job.work_dir)["job_id"] != cancelled[0]  # the result is the retry's, nothing of the lost one
-        assert _placed(job.work_dir)["exit_code"] == 0
+        # The result is the retry's, from a folder of its own: what the lost try left (or may still
+        # write) stays in the attempt's folder, which nothing reads any more.
+        final_dir = Path(report.console_path).parent
+        assert final_dir == (retry_dir(Path(job.work_dir), len(lost)) if lost else Path(job.work_dir))
+        assert _placed(final_dir)["job_id"] != cancelled[0] and _placed(final_dir)["exit_code"] == 0
+        if lost:
+            assert _placed(job.work_dir)["job_id"] == cancelled[0], "the lost try's placement is where it left it"
     release_idle(pool)
     assert slurm_cluster.wait_until_no_jobs(timeout_s=15) == []
 

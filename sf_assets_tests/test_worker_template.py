@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from sf_assets.engines.supervisor import KILL_GRACE_S, poll_without_reaping, reap, stop_process_group
+from sf_assets.engines.supervisor import KILL_GRACE_S, stop_process_group
 from sf_assets.engines.worker_template import TEMPLATE_GONE_CODE, WorkerTemplate
 
 
@@ -57,10 +57,12 @@ def test_workers_are_forked_from_one_template_each_leading_its_own_group(templat
     second = template.spawn({**os.environ, "SF_ASSETS_TEST_SLOT": "1"})
     assert _ppid(first.pid) == _ppid(second.pid) != os.getpid(), "both forked by one template, not started here"
     assert os.getpgid(first.pid) == first.pid and os.getpgid(second.pid) == second.pid
-    assert poll_without_reaping(first) is None
+    assert first.poll() is None
     first.stdin.close()  # the end of its command stream: a warm worker exits
     assert first.wait(30) == 0
-    assert reap(first)[0] == 0 and reap(first)[1] is not None, "the template's report: exit code and CPU seconds"
+    status = first.exit_status(timeout=None)
+    assert status[0] == 0 and status[1] is not None, "the template's report: exit code and CPU seconds"
+    assert first.exit_status(timeout=None) == status, "asked again: the same report"
 
 
 def test_a_worker_stopped_right_after_it_was_forked_is_stopped_and_reported(template):
@@ -68,7 +70,7 @@ def test_a_worker_stopped_right_after_it_was_forked_is_stopped_and_reported(temp
     for _ in range(5):
         worker = template.spawn(dict(os.environ))
         _within(30, lambda: stop_process_group(worker, 1.0))
-        code, cpu_s = _within(30, lambda: reap(worker))
+        code, cpu_s = _within(30, lambda: worker.exit_status(timeout=None))
         assert code == -signal.SIGTERM and cpu_s is not None
 
 
@@ -78,7 +80,7 @@ def test_a_template_started_with_stop_signals_ignored_forks_workers_that_sigterm
         worker = template.spawn(dict(os.environ))
         asked = time.monotonic()
         _within(30, lambda: stop_process_group(worker, KILL_GRACE_S))
-        code, _ = _within(30, lambda: reap(worker))
+        code, _ = _within(30, lambda: worker.exit_status(timeout=None))
         assert code == -signal.SIGTERM, "ignored SIGTERM: the grace ran out and SIGKILL ended it"
         assert time.monotonic() - asked < KILL_GRACE_S
     finally:
@@ -88,7 +90,7 @@ def test_a_template_started_with_stop_signals_ignored_forks_workers_that_sigterm
 def test_a_killed_worker_reports_the_signal(template):
     worker = template.spawn(dict(os.environ))
     os.kill(worker.pid, signal.SIGKILL)
-    assert _within(30, lambda: reap(worker))[0] == -signal.SIGKILL
+    assert _within(30, lambda: worker.exit_status(timeout=None))[0] == -signal.SIGKILL
 
 
 def test_workers_die_with_their_template_and_the_next_spawn_starts_a_new_one(template):
@@ -151,5 +153,5 @@ def test_a_copy_of_a_worker_is_the_templates_child_in_its_own_group_and_reported
     assert copy.pid != source.pid and _ppid(copy.pid) == _ppid(source.pid), "adopted by the template"
     assert os.getpgid(copy.pid) == copy.pid
     copy.proc.stdin.close()  # the end of its command stream (the FIFO): it exits
-    assert copy.proc.wait(30) == 0 and reap(copy.proc)[1] is not None
+    assert copy.proc.wait(30) == 0 and copy.proc.exit_status(timeout=None)[1] is not None
     assert source.alive()

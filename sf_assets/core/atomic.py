@@ -10,12 +10,15 @@ removed whatever happens.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+_NO_HARD_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS)
 
 
 def temporary_path(path: Path) -> Path:
@@ -136,14 +139,24 @@ def create_json_once(path: Path, obj: Any) -> bool:
     Returns
     -------
     bool
-        True: this call created it; False: it was there first, left as it was.
+        True: this call created it; False: it was there first, left as it was
+        (or, where the filesystem has no hard links, is being written: it
+        appears whole in a moment).
     """
     path = Path(path)
     tmp = temporary_path(path)
     tmp.unlink(missing_ok=True)
     try:
         tmp.write_text(json.dumps(obj, sort_keys=True, default=str))
-        os.link(tmp, path)  # fails, atomically, where the name exists: unlike a rename
+        try:
+            os.link(tmp, path)  # fails, atomically, where the name exists: unlike a rename
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            # No hard links here (some FUSE and SMB mounts): the first to make the claim folder
+            # decides, as atomically, and renames its file into place.
+            os.mkdir(path.parent / f".{path.name}.claim")
+            os.replace(tmp, path)
         return True
     except FileExistsError:
         return False

@@ -5,15 +5,19 @@ process writes it to the sort's work folder and the worker process (local,
 inside a container, or on a Slurm node) reads it back.  The worker answers with
 two small JSON files in the same folder, :data:`CANARY_FILE` as soon as the
 canary is decided and :data:`RESULT_FILE` at the end, so every engine reports
-in exactly the same way.
+in exactly the same way.  The supervisor may write :data:`CANARY_FILE` first,
+with its verdict on a canary that hangs (:func:`settle_canary`).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sf_assets.core.atomic import create_json_once
 
 JOB_FILE = "job.json"
 CANARY_FILE = "canary.json"
@@ -111,6 +115,38 @@ class SortJob:
 
 SUPERVISOR = "supervisor"
 """``CanaryReport.decided_by`` of a verdict the supervisor wrote (a hung canary): it stands over the worker's."""
+
+
+def settle_canary(work_dir: Path, report: "CanaryReport") -> "CanaryReport":
+    """Write ``report`` as the try's canary unless one is there already; return the canary that stands.
+
+    The worker writes its canary once decided, and the supervisor its verdict
+    once the canary has taken too long (hung): the first to write decides, so
+    a canary that finishes as the supervisor calls it hung cannot go on to
+    the full sort, and the supervisor never reports a verdict the worker
+    ignored.  A try's folder is its own (a Slurm retry gets a new one), so the
+    only other writer is the try's other side.
+
+    Parameters
+    ----------
+    work_dir : Path
+        The try's folder.
+    report : CanaryReport
+        This side's canary.
+
+    Returns
+    -------
+    CanaryReport
+        ``report`` itself if it was written first, else the one found there.
+    """
+    path = Path(work_dir) / CANARY_FILE
+    while True:
+        if create_json_once(path, dataclasses.asdict(report)):
+            return report
+        there = read_json_if_present(path)
+        if there is not None:
+            return CanaryReport(**there)
+        time.sleep(0.01)  # not there yet (the other side's rename, without hard links) or removed since
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ from sf_assets.engines.slurm_allocations import (
     require_slurm_clients,
 )
 from sf_assets.engines.slurm_step import STEP_FILE
-from sf_assets.engines.supervisor import poll_without_reaping, stop_process_group
+from sf_assets.engines.supervisor import WorkerProcess, stop_process_group
 
 if TYPE_CHECKING:
     from sf_assets.engines.slurm_settings import SlurmSettings
@@ -243,7 +243,7 @@ class SlurmLaunch:
     def _step(self) -> dict:
         return read_json_if_present(self.work_dir / STEP_FILE) or {}
 
-    def stop(self, proc: subprocess.Popen, grace_s: float) -> None:
+    def stop(self, proc: WorkerProcess, grace_s: float) -> None:
         """End the step: SIGTERM to the worker through Slurm, then srun, then scancel by name.
 
         The worker gets SIGTERM first so that it stops as under the local engine and
@@ -252,7 +252,7 @@ class SlurmLaunch:
 
         Parameters
         ----------
-        proc : subprocess.Popen
+        proc : WorkerProcess
             The ``srun`` process.
         grace_s : float
             Seconds the worker has to end after SIGTERM before srun is terminated.
@@ -262,7 +262,7 @@ class SlurmLaunch:
             target = f"{step['job_id']}.{step['step_id']}" if step.get("step_id") else step["job_id"]
             self._scancel("--signal=TERM", target)
             deadline = time.monotonic() + grace_s
-            while poll_without_reaping(proc) is None and time.monotonic() < deadline:
+            while proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.1)
         stop_process_group(proc, grace_s=min(grace_s, 2.0))
         self.cancel_leftovers()

@@ -11,8 +11,10 @@ sorter compiled; the timeout clock starts once a slot takes the sort, not
 while it waits), and releases the claim when the sort ends, however it ends.
 
 An allocation that ends under a running sort (``scancel``, walltime, node
-failure, its service dying) fails that sort only: the sort is run again from
-a clean work folder in another slot, up to :data:`MAX_ATTEMPTS` times.
+failure, its service dying) fails that sort only: the sort is run again in
+another slot, up to :data:`MAX_ATTEMPTS` times, each time in a new folder
+inside the attempt's, so that what a lost try's processes may still write
+(a node written off but still up) never mixes with the retry's files.
 Nothing of the lost attempt is kept: the worker stores a sorting only once
 it has finished, and the asset registers nothing but the final report.
 Failures of the sort itself (the worker's own error, a classified canary
@@ -53,6 +55,7 @@ from sf_assets.engines.slurm_service import (
     service_log_tail,
 )
 from sf_assets.engines.supervisor import prepare_work_dir, supervise
+from sf_assets.engines.work_dirs import retry_dir
 
 MAX_ATTEMPTS = 3
 # The failure class of a sort whose allocations all ended under it.
@@ -85,9 +88,10 @@ def run_slurm_sort(
     """Sort ``job`` on Slurm; yields the slot's description, the canary report once, then the sort report.
 
     ``job.work_dir`` must have been prepared.  In the pool's allocations the
-    sort goes to the allocation's sort service (a warm slot) and is run again
-    from a clean work folder, up to :data:`MAX_ATTEMPTS` times, when its
-    allocation ends under it; with ``settings.slurm.allocation_id`` set
+    sort goes to the allocation's sort service (a warm slot) and is run again,
+    each time in a new folder inside the attempt's
+    (:func:`~sf_assets.engines.work_dirs.retry_dir`), up to :data:`MAX_ATTEMPTS`
+    times, when its allocation ends under it; with ``settings.slurm.allocation_id`` set
     (allocations a user holds, which run no service) it is a job step running
     ``worker`` (argv) afresh, and is not retried.
 
@@ -126,9 +130,12 @@ def run_slurm_sort(
     canary_sent = False
     lost: list[str] = []
     report: SortReport | None = None
+    attempt_dir = Path(job.work_dir)
     for attempt in range(MAX_ATTEMPTS):
         if attempt:
-            prepare_work_dir(job)  # nothing of the lost attempt is kept
+            # A folder of its own: the lost try's worker or service may still write into theirs.
+            job = dataclasses.replace(job, work_dir=str(retry_dir(attempt_dir, attempt)))
+            prepare_work_dir(job)
         requested_at = time.time()
         slot = acquire_slot(pool, job.label, settings.timeout_s, sorter=job.si_sorter_name)
         report = None

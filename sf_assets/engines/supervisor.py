@@ -18,7 +18,6 @@ before the full sort has finished, then the final :class:`SortReport`.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import signal
@@ -28,7 +27,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from sf_assets.core.atomic import create_json_once
 from sf_assets.engines.job import (
     CANARY_FILE,
     CONSOLE_FILE,
@@ -39,12 +37,102 @@ from sf_assets.engines.job import (
     SortJob,
     SortReport,
     read_json_if_present,
+    settle_canary,
 )
 from sf_assets.engines.work_dirs import IN_USE_FILE
 
 # How often a waiting step looks at its job's folder: a sort's end is noticed at most this late.
 POLL_INTERVAL_S = 0.05
 KILL_GRACE_S = 10.0
+
+
+class WorkerProcess(Protocol):
+    """A sort worker's process as the supervisor handles it, whoever started it.
+
+    Two kinds: :class:`SessionChild`, a child of this process (a fresh worker
+    per sort, every Slurm step's ``srun``), and
+    :class:`~sf_assets.engines.worker_template.ForkedWorker`, forked by the
+    sort service's template, which reaps it and reports its exit.  Neither may
+    lose the worker's CPU time: asking whether it exited never reaps it.
+    """
+
+    pid: int
+
+    def poll(self) -> int | None:
+        """Has it exited?  Never reaps, so :meth:`exit_status` still reads the CPU time.
+
+        Returns
+        -------
+        int or None
+            The exit code, or None while it runs.
+        """
+
+    def exit_status(self, timeout: float | None = 0.0) -> tuple[int | None, float | None] | None:
+        """``(exit code, CPU seconds)`` once it has exited; None if it is still running after ``timeout``.
+
+        Parameters
+        ----------
+        timeout : float or None
+            Seconds to wait (None: until it exits).
+
+        Returns
+        -------
+        tuple or None
+            The exit code (negative: the signal that ended it; None when unknown) and CPU seconds (None when unknown).
+        """
+
+
+class SessionChild:
+    """A worker this process started with ``subprocess.Popen``, reaped with ``wait4`` for its CPU time.
+
+    ``Popen.poll`` would reap the child and lose the kernel's account of its
+    CPU time, so :meth:`poll` looks without reaping and :meth:`exit_status`
+    reaps it once, reading that account.
+    """
+
+    def __init__(self, popen: subprocess.Popen):
+        self.popen = popen
+        self.pid = popen.pid
+
+    def poll(self) -> int | None:
+        """Has it exited?  Leaves it unreaped (``waitid`` with ``WNOWAIT``).
+
+        Returns
+        -------
+        int or None
+            Its exit status, or None while it runs.
+        """
+        try:
+            result = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # reaped already
+            return self.popen.returncode
+        return None if result is None else result.si_status
+
+    def exit_status(self, timeout: float | None = 0.0) -> tuple[int | None, float | None] | None:
+        """Reap it and return ``(exit code, CPU seconds user+system)``; None if it still runs after ``timeout``.
+
+        Parameters
+        ----------
+        timeout : float or None
+            Seconds to wait (None: until it exits).
+
+        Returns
+        -------
+        tuple or None
+            The exit code and CPU seconds (None when it was reaped before, by an earlier call or by Popen).
+        """
+        if timeout is not None:
+            deadline = time.monotonic() + timeout
+            while self.poll() is None:
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(POLL_INTERVAL_S)
+        try:
+            _, status, usage = os.wait4(self.pid, 0)
+        except ChildProcessError:  # already reaped
+            return self.popen.returncode, None
+        self.popen.returncode = os.waitstatus_to_exitcode(status)
+        return self.popen.returncode, usage.ru_utime + usage.ru_stime
 
 
 class SortCancelled(Exception):
@@ -99,14 +187,14 @@ def worker_command(python: str, work_dir: Path) -> list[str]:
     return [python, "-m", "sf_assets.engines.worker", str(work_dir)]
 
 
-def stop_process_group(proc: subprocess.Popen, grace_s: float) -> None:
+def stop_process_group(proc: WorkerProcess, grace_s: float) -> None:
     """SIGTERM the worker's process group, SIGKILL it after ``grace_s``.
 
-    The child is left unreaped, so :func:`reap` still reads its CPU time.
+    The worker is left unreaped, so its ``exit_status`` still reads its CPU time.
 
     Parameters
     ----------
-    proc : subprocess.Popen
+    proc : WorkerProcess
         The worker, leader of its own session.
     grace_s : float
         Seconds between SIGTERM and SIGKILL.
@@ -118,7 +206,7 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float) -> None:
             return
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            if poll_without_reaping(proc) is not None:
+            if proc.poll() is not None:
                 return
             time.sleep(0.1)
 
@@ -127,42 +215,19 @@ def _as_reported(exit_code: int | None, cpu_time_s: float | None) -> tuple[int |
     return exit_code, cpu_time_s
 
 
-def reap(proc: subprocess.Popen) -> tuple[int | None, float | None]:
-    """Wait for the child and return (exit status, CPU seconds user+system).
-
-    Parameters
-    ----------
-    proc : subprocess.Popen
-        The child.
-
-    Returns
-    -------
-    tuple[int | None, float | None]
-        The exit code and CPU seconds (None when Popen reaped it first).
-    """
-    if not isinstance(proc, subprocess.Popen):  # a worker forked by the template: its report
-        return proc.exit_status(timeout=None)
-    try:
-        _, status, usage = os.wait4(proc.pid, 0)
-    except ChildProcessError:  # already reaped by Popen.poll()
-        return proc.returncode, None
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_utime + usage.ru_stime
-
-
-def abandon_process(proc: subprocess.Popen, stop: Callable[[subprocess.Popen, float], None] = stop_process_group) -> None:
+def abandon_process(proc: WorkerProcess, stop: Callable[[WorkerProcess, float], None] = stop_process_group) -> None:
     """Stop ``proc`` quickly (the step was interrupted) and reap it if it is gone.
 
     Parameters
     ----------
-    proc : subprocess.Popen
-        The child.
+    proc : WorkerProcess
+        The worker.
     stop : callable
         How to stop it (:func:`stop_process_group`, or the Slurm step's stop).
     """
     stop(proc, 2.0)
-    if poll_without_reaping(proc) is not None:
-        reap(proc)
+    if proc.poll() is not None:
+        proc.exit_status(timeout=None)
 
 
 class WorkerRun(Protocol):
@@ -202,7 +267,7 @@ class WorkerRun(Protocol):
 class ProcessRun:
     """A fresh process that runs one job and exits (the default, and every Slurm step)."""
 
-    def __init__(self, proc: subprocess.Popen, stop, worker_outcome):
+    def __init__(self, proc: SessionChild, stop, worker_outcome):
         self.proc, self._stop, self._worker_outcome = proc, stop, worker_outcome
 
     def finished(self) -> bool:
@@ -213,7 +278,7 @@ class ProcessRun:
         bool
             True once it has.
         """
-        return poll_without_reaping(self.proc) is not None
+        return self.proc.poll() is not None
 
     def stop(self, grace_s: float) -> None:
         """End the job early (timeout, hung canary); its worker does not survive it.
@@ -233,7 +298,7 @@ class ProcessRun:
         tuple[int | None, float | None]
             (exit code, CPU seconds); None where unknown.
         """
-        return self._worker_outcome(*reap(self.proc))
+        return self._worker_outcome(*self.proc.exit_status(timeout=None))
 
     def abandon(self) -> None:
         """Stop the process quickly and reap it: the supervising step was interrupted."""
@@ -246,7 +311,7 @@ def supervise(
     *,
     timeout_s: float | None = None,
     env: dict[str, str] | None = None,
-    stop: Callable[[subprocess.Popen, float], None] = stop_process_group,
+    stop: Callable[[WorkerProcess, float], None] = stop_process_group,
     canary_timeout_s: float | None = None,
     worker_outcome: Callable[[int | None, float | None], tuple[int | None, float | None]] = _as_reported,
 ) -> Iterator[CanaryReport | SortReport]:
@@ -262,7 +327,7 @@ def supervise(
         see :func:`watch`.
     env : dict[str, str] | None
         the command's environment (None: this process's).
-    stop : Callable[[subprocess.Popen, float], None]
+    stop : Callable[[WorkerProcess, float], None]
         ends the command early (timeout, interrupt) within about ``grace_s``; an engine whose worker runs
         elsewhere (Slurm) supplies one that also ends the remote work.
     worker_outcome : Callable[[int | None, float | None], tuple[int | None, float | None]]
@@ -275,13 +340,15 @@ def supervise(
     """
     with open(Path(job.work_dir) / CONSOLE_FILE, "wb") as console:
         start_time, started = time.time(), time.monotonic()
-        proc = subprocess.Popen(
-            list(command),
-            stdout=console,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=env,
+        proc = SessionChild(
+            subprocess.Popen(
+                list(command),
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+            )
         )
         yield from watch(
             job,
@@ -347,17 +414,14 @@ def watch(
                 run.stop(KILL_GRACE_S)
                 break
             if canary is None and canary_timeout_s and time.monotonic() - started > canary_timeout_s:
-                verdict = _hung_canary(canary_timeout_s)
-                # The worker writes its canary the same way: whichever is first decides, so a
+                # The worker settles its canary the same way: whichever is first decides, so a
                 # canary finishing at this very moment cannot go on to the full sort.
-                if not create_json_once(work_dir / CANARY_FILE, dataclasses.asdict(verdict)):
-                    canary = _read_canary(work_dir)  # None only if a retry emptied the folder since
-                    if canary is not None:
-                        yield canary
-                    continue
-                canary = verdict
-                hung = True
+                verdict = _hung_canary(canary_timeout_s)
+                canary = settle_canary(work_dir, verdict)
                 yield canary
+                if canary is not verdict:  # the worker's came first: it stands
+                    continue
+                hung = True
                 run.stop(KILL_GRACE_S)
                 break
             time.sleep(POLL_INTERVAL_S)
@@ -384,28 +448,6 @@ def watch(
         time.monotonic() - started,
         hung=hung,
     )
-
-
-def poll_without_reaping(proc: subprocess.Popen) -> int | None:
-    """Has the child exited?  Leaves it unreaped so wait4 can read its CPU time.
-
-    Parameters
-    ----------
-    proc : subprocess.Popen
-        The child.
-
-    Returns
-    -------
-    int or None
-        Its exit code, or None while it runs.
-    """
-    if not isinstance(proc, subprocess.Popen):  # a worker forked by the template: its report
-        return proc.poll()
-    try:
-        result = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return proc.returncode
-    return None if result is None else result.si_status
 
 
 def _hung_canary(canary_timeout_s: float) -> CanaryReport:

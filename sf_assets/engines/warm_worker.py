@@ -47,7 +47,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from sf_assets.engines.job import CONSOLE_FILE, EXIT_FILE, TOKEN_SEPARATOR, WORKER_FILE, read_json_if_present
-from sf_assets.engines.supervisor import abandon_process, poll_without_reaping, reap, stop_process_group
+from sf_assets.engines.supervisor import abandon_process, stop_process_group
 from sf_assets.engines.worker_clone import fork_command
 from sf_assets.engines.worker_template import WorkerTemplate
 
@@ -131,7 +131,7 @@ class WarmWorker:
         bool
             True until it exits.
         """
-        return poll_without_reaping(self.proc) is None
+        return self.proc.poll() is None
 
     def submit(self, work_dir: Path, on_idle: Callable[["WarmWorker"], None] | None = None) -> "WarmJob":
         """Hand the prepared job in ``work_dir`` to this worker.
@@ -234,7 +234,7 @@ class WarmJob:
             if self._on_idle is not None:
                 self._on_idle(self.worker)
             return answer["exit_code"], answer["cpu_time_s"]
-        exit_code, total_cpu_s = reap(self.worker.proc)
+        exit_code, total_cpu_s = self.worker.proc.exit_status(timeout=None)
         if answer is not None:  # answered, then died
             return answer["exit_code"], answer["cpu_time_s"]
         taken = read_json_if_present(self.work_dir / WORKER_FILE)

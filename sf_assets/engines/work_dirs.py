@@ -16,6 +16,12 @@ sees an attempt folder between its creation and its first lock.  Entries
 that are not attempt folders (hidden names, the pre-attempt layout's files)
 are never touched.
 
+A Slurm attempt whose allocation is lost under it tries again in a folder of
+its own inside the attempt's (:func:`retry_dir`): a lost try's processes may
+outlive the retry's start (a node the controller wrote off but that still
+reaches the shared filesystem), and whatever they write then lands in the
+folder nobody reads any more.
+
 On a filesystem without ``flock`` support (some NFS mounts), attempts still
 get folders of their own, but nothing is cleaned up: in-use cannot be told.
 """
@@ -32,6 +38,7 @@ from typing import Iterator
 from sf_assets.core.folder_names import is_attempt_name
 
 IN_USE_FILE = ".in-use"
+RETRY_PREFIX = "retry-"
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
 
 
@@ -173,6 +180,42 @@ def remove_finished_attempts(pair_dir: Path, keep: str) -> list[Path]:
     return removed
 
 
+def retry_dir(attempt_dir: Path, retry: int) -> Path:
+    """The folder of an attempt's ``retry``-th try (1 for the first retry), inside the attempt's folder.
+
+    Parameters
+    ----------
+    attempt_dir : Path
+        The attempt's folder (its first try's).
+    retry : int
+        1, 2, ...
+
+    Returns
+    -------
+    Path
+        ``attempt_dir/retry-N`` (not created here).
+    """
+    return Path(attempt_dir) / f"{RETRY_PREFIX}{retry}"
+
+
+def attempt_of(work_dir: Path) -> Path:
+    """The attempt folder a try works in: ``work_dir`` itself, or the attempt that holds a retry's folder.
+
+    Parameters
+    ----------
+    work_dir : Path
+        A try's folder.
+
+    Returns
+    -------
+    Path
+        The folder whose lock file guards it.
+    """
+    work_dir = Path(work_dir)
+    suffix = work_dir.name[len(RETRY_PREFIX) :]
+    return work_dir.parent if work_dir.name.startswith(RETRY_PREFIX) and suffix.isdigit() else work_dir
+
+
 @contextmanager
 def attempt_in_use(work_dir: Path) -> Iterator[None]:
     """Hold a shared lock on ``work_dir``'s attempt while a worker sorts in it.
@@ -184,7 +227,7 @@ def attempt_in_use(work_dir: Path) -> Iterator[None]:
     Parameters
     ----------
     work_dir : Path
-        The attempt's folder.
+        The try's folder: the attempt's, or a retry's inside it (:func:`retry_dir`).
 
     Yields
     ------
@@ -192,7 +235,7 @@ def attempt_in_use(work_dir: Path) -> Iterator[None]:
         While the worker sorts.
     """
     try:
-        fd = os.open(Path(work_dir) / IN_USE_FILE, os.O_RDONLY)
+        fd = os.open(attempt_of(work_dir) / IN_USE_FILE, os.O_RDONLY)
     except OSError:
         yield
         return

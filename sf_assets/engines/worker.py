@@ -6,8 +6,9 @@ output, canary classification and the stored result are identical whatever
 runs it.  Canary and full sort share this one process on purpose: a sorter's
 imports and numba compilation (about 20 s for spykingcircus2) are paid once.
 
-Exit codes: 0 sorted, 1 the full sort failed, 3 a classified canary failure
-stopped the full sort, 2 the job itself is unusable.
+Exit codes: 0 sorted, 1 the full sort failed, 3 the canary stopped the full
+sort (a classified failure, or its supervisor's verdict that it hung, which
+came first), 2 the job itself is unusable.
 
 ``python -m sf_assets.engines.worker --serve`` is the same worker kept warm
 for one sort after another (see :mod:`sf_assets.engines.warm_worker`): it
@@ -30,7 +31,7 @@ import time
 import traceback
 from pathlib import Path
 
-from sf_assets.core.atomic import create_json_once, write_json_atomic
+from sf_assets.core.atomic import write_json_atomic
 from sf_assets.core.canary import CanaryDecision, classify_sort_error, classify_sort_output, plan_canary
 from sf_assets.core.errors import SortFailure
 from sf_assets.core.sorter_catalog import resolve_sorter
@@ -39,17 +40,15 @@ from sf_assets.engines.container import container_run_sorter_kwargs
 from sf_assets.engines.work_dirs import attempt_in_use
 from sf_assets.engines.worker_clone import FORK_COMMAND, fork_copy
 from sf_assets.engines.job import (
-    CANARY_FILE,
     CONSOLE_FILE,
     EXIT_FILE,
     JOB_FILE,
     RESULT_FILE,
     TOKEN_SEPARATOR,
-    SUPERVISOR,
     WORKER_FILE,
     CanaryReport,
     SortJob,
-    read_json_if_present,
+    settle_canary,
 )
 from sf_assets.engines.provenance import applied_threads, sort_provenance, thread_count
 
@@ -206,7 +205,8 @@ def sort(work_dir: Path) -> int:
     Returns
     -------
     int
-        ``EXIT_SORTED``, ``EXIT_SORT_FAILED`` or ``EXIT_CANARY_STOPPED``; the result file says why.
+        ``EXIT_SORTED``, ``EXIT_SORT_FAILED`` or ``EXIT_CANARY_STOPPED``; the result file says why,
+        except after the supervisor's verdict on a hung canary, which the canary file holds.
     """
     from sf_assets.stores.data import load_recording
     from sf_assets.stores.kachery import KacheryStore
@@ -238,20 +238,15 @@ class _JitUsage:
 
 
 def _sort_recording(job: SortJob, work_dir: Path, store, recording, provenance: dict, jit: _JitUsage) -> int:
-    import dataclasses
-
     from sf_assets.stores.data import store_sorting
 
     canary = run_canary(job, recording, work_dir / "_canary")
-    if not create_json_once(work_dir / CANARY_FILE, dataclasses.asdict(canary)):
-        earlier = read_json_if_present(work_dir / CANARY_FILE) or {}
-        if earlier.get("decided_by") == SUPERVISOR:
-            # The supervisor's canary timeout came first and its verdict (hung) stands, however
-            # this canary ended: the full sort must not start while the supervisor stops this worker.
-            _say("canary: decided by the supervisor before it finished; the full sort does not start")
-            return EXIT_CANARY_STOPPED
-        # A worker of a lost try of this attempt (its Slurm allocation gone) wrote it as it died.
-        write_json_atomic(work_dir / CANARY_FILE, dataclasses.asdict(canary))
+    standing = settle_canary(work_dir, canary)
+    if standing is not canary:
+        # The supervisor's canary timeout came first and its verdict (hung) stands, however
+        # this canary ended: the full sort must not start while the supervisor stops this worker.
+        _say(f"canary: decided by the {standing.decided_by} before it finished; the full sort does not start")
+        return EXIT_CANARY_STOPPED
     if canary.blocks_full_sort:
         write_json_atomic(
             work_dir / RESULT_FILE,

@@ -232,11 +232,10 @@ class WorkerTemplate:
 
 
 class ForkedWorker:
-    """A worker forked by the template, with the part of ``subprocess.Popen`` the supervisor uses.
+    """A worker forked by the template: a :class:`~sf_assets.engines.supervisor.WorkerProcess`.
 
-    Its exit is the template's report, so it is "reaped" once reported;
-    :func:`~sf_assets.engines.supervisor.poll_without_reaping` and
-    :func:`~sf_assets.engines.supervisor.reap` ask it rather than the kernel.
+    The template reaps it and reports its exit (code and CPU time), so
+    :meth:`poll` and :meth:`exit_status` read that report, not the kernel.
     """
 
     def __init__(self, template: _Template, pid: int, command_fd: int):
