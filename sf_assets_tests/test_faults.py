@@ -28,8 +28,8 @@ from sf_assets.orchestration.assets.history import plain_metadata
 from sf_assets.core.launcher_identity import LauncherIdentity
 from sf_assets.core.labels import ground_truth_label, recording_label, sorting_label
 from sf_assets.stores.data import RAW_LABEL, load_sorting_object, store_ground_truth, store_recording
-from sf_assets.engines.job import CONSOLE_FILE, WORKER_FILE
-from sf_assets.orchestration.partitions import pair_key, recording_key, sorter_key, sorting_partitions
+from sf_assets.engines.job import WORKER_FILE
+from sf_assets.orchestration.partitions import pair_key, recording_key, sorting_partitions
 from sf_assets.engines.engine import EngineSettings
 from sf_assets.engines.service_client import call_service, service_status
 from sf_assets.stores.workspace import WorkspaceStore

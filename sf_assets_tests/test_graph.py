@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 
-import dagster as dg
 import numba
 import numpy
 import pytest

@@ -21,7 +21,6 @@ import threading
 import time
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
 from sf_assets.core.errors import EnvironmentSortFailure

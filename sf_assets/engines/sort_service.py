@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import json
 import os
 import secrets
 import signal
