@@ -226,6 +226,62 @@ def test_the_service_exits_when_idle_and_starts_again_on_demand(synthetic_studys
     assert not report.errored and service_status(quick.service())["pid"] != pid
 
 
+def _ignored_signals(pid: int) -> set[int]:
+    """The signals process ``pid`` ignores (its ``SigIgn`` mask)."""
+    mask = int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("SigIgn:")).split()[1], 16)
+    return {sig for sig in range(1, 65) if mask & (1 << (sig - 1))}
+
+
+def _descendants(pid: int) -> list[int]:
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_a_service_started_with_stop_signals_ignored_leaves_none_of_its_processes_ignoring_them(
+    settings, ignoring_stop_signals
+):
+    # A client in a background job (SIGINT ignored; Dagster maps SIGTERM to it) starts the service.
+    with connect(settings.service()) as conn:
+        conn.send({"op": "status"})
+        pid = conn.recv()[1]["pid"]
+    # multiprocessing's resource tracker and fork server (the run host), the sort workers' template and
+    # the workers it forked for the two slots.
+    processes = _wait_for_descendants(pid, at_least=5)
+    assert signal.SIGTERM not in _ignored_signals(pid) and signal.SIGINT not in _ignored_signals(pid)
+    checked = 0
+    for child in processes:
+        ignored = _ignored_signals(child)
+        command = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        if "multiprocessing.resource_tracker" in command:
+            continue  # multiprocessing's tracker ignores both itself, to outlive its users and clean up after them
+        assert signal.SIGTERM not in ignored, command
+        if "multiprocessing.forkserver" not in command:  # the fork server ignores SIGINT itself, not its runs
+            assert signal.SIGINT not in ignored, command
+        checked += 1
+    assert checked >= 4, "the run host, the workers' template and the two slots' workers"
+
+
+def _wait_for_descendants(pid: int, at_least: int, within_s: float = 60.0) -> list[int]:
+    deadline = time.monotonic() + within_s
+    while True:
+        found = _descendants(pid)
+        if len(found) >= at_least or time.monotonic() > deadline:
+            assert len(found) >= at_least, f"the service {pid} started {len(found)} processes"
+            return found
+        time.sleep(0.2)
+
+
 def test_concurrent_first_clients_start_one_service(settings):
     service = settings.service()
     pids = []
