@@ -29,6 +29,41 @@ def pytest_configure(config):
     from sf_assets.engines import stop_signals
 
     stop_signals.restore()
+    _share_one_jit_cache(config)
+
+
+def _share_one_jit_cache(config) -> None:
+    """One numba cache for the session's sort workers: each sorter compiles once per run of the suite.
+
+    The tests start hundreds of new sort workers (every service, allocation
+    and test starts its own), each with a JIT cache in its own work folder,
+    where every one would compile its sorter afresh (spykingcircus2: 20 s
+    here).  numba's ``NUMBA_CACHE_DIR``, which the JIT cache defers to
+    (``sf_assets/engines/jit_cache.py``), gives them one: the first worker
+    compiles, the others load.  A cache given from outside is kept.
+    ``test_jit_cache.py`` unsets it to test the work folder's cache, and the
+    ``dagster dev`` deployments (``deployment_harness.py``) set it empty, so
+    their workers compile as a fresh install's do.
+    """
+    import tempfile
+
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    folder = tempfile.mkdtemp(prefix="sf-assets-tests-numba-")
+    os.environ["NUMBA_CACHE_DIR"] = folder
+    config.stash[_NUMBA_CACHE] = folder
+
+
+_NUMBA_CACHE = pytest.StashKey[str]()
+
+
+def pytest_unconfigure(config):
+    """Remove the session's numba cache (:func:`_share_one_jit_cache`), if it made one."""
+    import shutil
+
+    folder = config.stash.get(_NUMBA_CACHE, None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

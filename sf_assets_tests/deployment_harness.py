@@ -52,7 +52,9 @@ def dev_deployment(root: Path, store: KacheryStore, manifest: Path, sorters: dic
     write_instance_yaml(home)
     spec = root / "spec.yaml"
     service_dir = Path(tempfile.mkdtemp(prefix="sfs-", dir="/tmp"))  # short: it holds a Unix socket
-    env = deployment_environment(root / "data", store.root_dir, spec, manifest, service_dir)
+    # Its workers compile as a fresh install's do (the session's shared numba cache is left out): the
+    # UI terminate test needs a SpykingCircus2 sort that lasts.
+    env = {**deployment_environment(root / "data", store.root_dir, spec, manifest, service_dir), "NUMBA_CACHE_DIR": ""}
     try:
         with running_dagster_dev(home, env, root / "dagster-dev.log") as dev:
             dev.wait_until_ready()  # first: the deployment creates the instance's SQLite schema
