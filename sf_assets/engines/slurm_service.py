@@ -292,7 +292,7 @@ def authenticated_client(address, authkey: bytes, timeout_s: float) -> Connectio
         _io_timeouts(sock, timeout_s)  # socket options: they hold for the Connection's duplicate too
         conn = Connection(os.dup(sock.fileno()))
         try:
-            # multiprocessing's own handshake, as its Client runs it (module functions, not in its docs).
+            # multiprocessing's own handshake, as its Client runs it (the documented module functions).
             answer_challenge(conn, authkey)
             deliver_challenge(conn, authkey)
         except BaseException:
