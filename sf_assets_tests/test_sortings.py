@@ -168,6 +168,27 @@ def test_a_corrupted_ground_truth_marks_the_record_errored_and_drops_the_old_com
     assert env.launch(run_results=False).cached_pairs == []
 
 
+def test_a_new_ground_truth_in_the_manifest_is_materialized_and_the_cached_sorting_compared_against_it(env):
+    from sf_assets.stores.data import load_recording, load_sorting_object, store_sorting
+
+    _, rec, key = _only_pair(env)
+    assert all(o.success for o in env.launch().sortings)
+    fs = load_recording(rec.recording_uri, env.store).get_sampling_frequency()
+    truth = load_sorting_object(rec.sorting_true_uri, env.store, fs)
+    fewer = truth.remove_units([truth.unit_ids[0]])  # a corrected ground truth: one unit less
+    new_uri = store_sorting(fewer, env.store, "ground truth, one unit less")
+    manifest = Path(env.options.manifest_source)
+    manifest.write_text(manifest.read_text().replace(rec.sorting_true_uri, new_uri))
+
+    again = env.launch()
+    assert again.cached_pairs == [key] and again.sortings == [], "the sorting does not depend on the ground truth"
+    assert [(o.partition_key, o.success) for o in again.recordings] == [(recording_key(rec), True)]
+    assert [(o.partition_key, o.success) for o in again.comparisons] == [(key, True)], "compared after it landed"
+    assert env.latest("ground_truth")[recording_key(rec)]["ground_truth_uri"] == new_uri
+    units = env.store.load_json(env.latest("sorting_comparison")[key]["comparison_uri"])["units"]
+    assert len(units) == len(fewer.unit_ids) == len(truth.unit_ids) - 1
+
+
 def test_a_comparison_older_than_its_sorting_is_left_out_of_the_summary(env):
     _, _, key = _only_pair(env)
     assert all(o.success for o in env.launch().results)

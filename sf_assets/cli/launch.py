@@ -622,8 +622,10 @@ def launch_campaign(
                     if done.job_name == "recordings_job":
                         outcome.recordings.append(done)
                         follow = waiting.pop(done.partition_key, [])
+                        recompare = order.compare_after.pop(done.partition_key, [])
                         if done.success:
                             ready[:0] = [("sorting_job", key) for key in follow]
+                            ready[:0] = [("comparison_job", key) for key in recompare]
                         else:
                             outcome.skipped_pairs.extend(follow)
                         state = "ok" if done.success else "FAILED: " + (done.error or "")

@@ -49,7 +49,11 @@ class Plan:
     to_sort : list[tuple[SorterSpec, Recording]]
         the pairs to sort, in the spec's order.
     recordings_to_run : list[str]
-        recording keys of ``to_sort`` whose recording or ground truth is not current: their runs go first.
+        recording keys of ``to_sort`` and ``cached`` whose recording or ground truth is not current (a
+        manifest that changed their URI): their runs go first.
+    compare_after : dict[str, list[str]]
+        ``{recording key: [pair key, ...]}``: cached pairs to compare again once that recording's run
+        has materialized its (changed) ground truth.
     """
 
     cached: list[str] = field(default_factory=list)
@@ -57,6 +61,7 @@ class Plan:
     in_flight: list[str] = field(default_factory=list)
     to_sort: list[tuple[SorterSpec, Recording]] = field(default_factory=list)
     recordings_to_run: list[str] = field(default_factory=list)
+    compare_after: dict[str, list[str]] = field(default_factory=dict)
 
 
 def expected_cache_key(sorter_spec: SorterSpec, rec: Recording, settings: EngineSettings) -> str:
@@ -172,7 +177,8 @@ def current_recordings(instance: dg.DagsterInstance, recordings: Iterable[Record
     current = set()
     for rec, key in zip(recordings, keys):
         if key in rec_events and key in gt_events:
-            if plain_metadata(rec_events[key][1]).get("recording_uri") == rec.recording_uri:
+            recording_md, gt_md = plain_metadata(rec_events[key][1]), plain_metadata(gt_events[key][1])
+            if recording_md.get("recording_uri") == rec.recording_uri and gt_md.get("ground_truth_uri") == rec.sorting_true_uri:
                 current.add(key)
     return current
 
@@ -231,12 +237,21 @@ def plan_sorts(
             plan.cached.append(key)
         else:
             plan.to_sort.append((sorter_spec, rec))
-    if plan.cached:
-        compared = latest_partition_events(instance, dg.AssetKey("sorting_comparison"), partitions=plan.cached)
-        plan.to_compare = [k for k in plan.cached if k not in compared or compared[k][0] < latest[k][0]]
+    recording_of = {key: rec for (_, rec), key in zip(pairs, keys)}
+    # The recordings of what is sorted, and of what is cached: a manifest that changed a recording's
+    # ground truth leaves its sortings cached, but their comparisons must be made against the new one.
     needed = {recording_key(r): r for _, r in plan.to_sort}
+    needed.update({recording_key(recording_of[k]): recording_of[k] for k in plan.cached})
     current = current_recordings(instance, needed.values())
     plan.recordings_to_run = [k for k in needed if k not in current]
+    if plan.cached:
+        compared = latest_partition_events(instance, dg.AssetKey("sorting_comparison"), partitions=plan.cached)
+        for k in plan.cached:
+            rec_key = recording_key(recording_of[k])
+            if rec_key not in current:  # a new ground truth: compared once it is materialized
+                plan.compare_after.setdefault(rec_key, []).append(k)
+            elif k not in compared or compared[k][0] < latest[k][0]:
+                plan.to_compare.append(k)
     return plan
 
 
@@ -254,12 +269,16 @@ class Stages:
         pair keys whose ``sorting_job`` run can be submitted now (their recording is current).
     waiting : dict[str, list[str]]
         ``{recording key: [pair key, ...]}``: sorts to submit once that recording is current.
+    compare_after : dict[str, list[str]]
+        ``{recording key: [pair key, ...]}``: comparisons (``comparison_job``) to submit once that
+        recording is current (its ground truth changed under cached sortings).
     """
 
     recordings: list[str]
     comparisons: list[str]
     sorts: list[str]
     waiting: dict[str, list[str]]
+    compare_after: dict[str, list[str]] = field(default_factory=dict)
 
 
 def stages(plan: Plan, also_sort: Iterable[tuple[SorterSpec, Recording]] = ()) -> Stages:
@@ -289,4 +308,5 @@ def stages(plan: Plan, also_sort: Iterable[tuple[SorterSpec, Recording]] = ()) -
             waiting[recording_key(rec)].append(key)
         else:
             sorts.append(key)
-    return Stages(list(plan.recordings_to_run), list(plan.to_compare), sorts, waiting)
+    compare_after = {key: list(pairs) for key, pairs in plan.compare_after.items()}
+    return Stages(list(plan.recordings_to_run), list(plan.to_compare), sorts, waiting, compare_after)

@@ -28,7 +28,7 @@ from sf_assets.orchestration.assets.score_checks import (
 from sf_assets.orchestration.assets.keys import SORTING_KEY
 from sf_assets.orchestration.assets.sortings import sorting, sorting_comparison
 from sf_assets.orchestration.assets.results_page import RESULTS_PAGE, collect_pair_results, write_results_page
-from sf_assets.core.atomic import replace_atomically
+from sf_assets.core.atomic import replace_atomically, write_bytes_atomic
 from sf_assets.core.campaign import Campaign
 from sf_assets.core.score_diff import SUMMARY_COLUMNS as SCORE_COLUMNS
 from sf_assets.core.records import SortingRecord, write_records
@@ -232,8 +232,9 @@ def sorter_summary(
     png = accuracy_vs_snr_png(units_by_sorter)
     folder = outputs.path()
     csv_path = folder / "sorter_summary.csv"
-    df.to_csv(csv_path, index=False)
-    (folder / "accuracy_vs_snr.png").write_bytes(png)
+    # Whole or not at all: `sf-assets compare` and the results page's readers may open them any time.
+    replace_atomically(csv_path, lambda tmp: df.to_csv(tmp, index=False))
+    write_bytes_atomic(folder / "accuracy_vs_snr.png", png)
     history_path = _write_history(folder, history + [(time.time(), cells)])
     page_path = folder / RESULTS_PAGE
     write_results_page(page_path, pairs)

@@ -379,6 +379,13 @@ def sorting_comparison(context: dg.AssetExecutionContext, studyset: StudysetReso
     gt_md = latest_metadata(context.instance, dg.AssetKey("ground_truth"), recording_key(rec))
     if not gt_md:
         raise dg.Failure(description=f"{rec.label}: ground_truth has not been materialized")
+    if gt_md.get("ground_truth_uri") != rec.sorting_true_uri:
+        # Its SNRs are the old ground truth's: comparing against the new one would mix the two.
+        raise dg.Failure(
+            description=f"{rec.label}: the manifest's sortingTrueUri is {rec.sorting_true_uri}, but ground_truth "
+            f"was materialized from {gt_md.get('ground_truth_uri')}: materialize ground_truth {recording_key(rec)} "
+            "first (the studyset sensor and `sf-assets run-sortings` do)"
+        )
     try:
         sorted_units, gt, snrs = _comparison_inputs(rec, sorted_md, gt_md, store)
     except (UriError, RecordingError) as exc:
