@@ -299,6 +299,31 @@ def test_concurrent_first_clients_start_one_service(settings):
     assert len(pids) == 4 and len(set(pids)) == 1
 
 
+def test_a_client_gone_or_silent_during_the_handshake_leaves_the_service_accepting_others(settings):
+    import socket
+
+    with connect(settings.service()):  # the service is up
+        pass
+    address = str(service_folder(settings.service()) / "service.sock")
+    silent = socket.socket(socket.AF_UNIX)
+    silent.connect(address)  # never answers the key's challenge
+    for _ in range(3):  # each goes away before the challenge (a run killed while connecting)
+        with socket.socket(socket.AF_UNIX) as gone:
+            gone.connect(address)
+    answered = []
+
+    def ask():
+        with connect(settings.service()) as conn:
+            conn.send({"op": "status"})
+            answered.append(conn.recv()[1]["pid"])
+
+    client = threading.Thread(target=ask, daemon=True)
+    client.start()
+    client.join(timeout=30)
+    silent.close()
+    assert answered, "a later client got no answer: the service stopped accepting"
+
+
 def test_a_client_without_the_key_is_refused(settings):
     from multiprocessing import AuthenticationError
     from multiprocessing.connection import Client

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import stat
+import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,3 +149,21 @@ def require_private(path: Path) -> None:
             f"with mode 0700 (found uid {st.st_uid}, mode {oct(st.st_mode & 0o777)}); remove it or "
             "set sorting_engine.service_dir to a private folder"
         )
+
+
+def io_timeouts(sock: socket.socket, seconds: float) -> None:
+    """Kernel-level receive and send timeouts on ``sock`` (0: none), which a raw-descriptor read obeys too.
+
+    Socket options: they hold for every descriptor of the socket, so a
+    ``multiprocessing`` ``Connection`` over a duplicate of it times out too.
+
+    Parameters
+    ----------
+    sock : socket.socket
+        The socket.
+    seconds : float
+        The timeout (0: none).
+    """
+    timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)

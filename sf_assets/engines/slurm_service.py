@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ from pathlib import Path
 
 from sf_assets.core.errors import EnvironmentSortFailure
 from sf_assets.engines.service_address import (
+    io_timeouts,
     INFO_NAME,
     KEY_NAME,
     LOG_NAME,
@@ -251,13 +251,6 @@ def connect_to_allocation(
         time.sleep(CONNECT_POLL_S)
 
 
-def _io_timeouts(sock: socket.socket, seconds: float) -> None:
-    """Kernel-level receive and send timeouts on ``sock`` (0: none), which a raw-descriptor read obeys too."""
-    timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
-
-
 def authenticated_client(address, authkey: bytes, timeout_s: float) -> Connection:
     """``multiprocessing.connection.Client`` over TCP, except that connecting and authenticating time out.
 
@@ -289,7 +282,7 @@ def authenticated_client(address, authkey: bytes, timeout_s: float) -> Connectio
     """
     with socket.create_connection((address[0], int(address[1])), timeout=timeout_s) as sock:
         sock.settimeout(None)  # blocking: the Connection reads the descriptor itself
-        _io_timeouts(sock, timeout_s)  # socket options: they hold for the Connection's duplicate too
+        io_timeouts(sock, timeout_s)  # socket options: they hold for the Connection's duplicate too
         conn = Connection(os.dup(sock.fileno()))
         try:
             # multiprocessing's own handshake, as its Client runs it (the documented module functions).
@@ -298,7 +291,7 @@ def authenticated_client(address, authkey: bytes, timeout_s: float) -> Connectio
         except BaseException:
             conn.close()
             raise
-        _io_timeouts(sock, 0.0)
+        io_timeouts(sock, 0.0)
     return conn
 
 

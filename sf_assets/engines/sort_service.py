@@ -59,14 +59,15 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, Listener
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Connection, Listener, answer_challenge, deliver_challenge
 from pathlib import Path
 
 from sf_assets.core.dispatch import AffinityQueue, Task
 from sf_assets.engines.run_host import RETIRE_IDLE_S, RunHost
 from sf_assets.core.atomic import write_bytes_atomic, write_json_atomic
 from sf_assets.engines.job import JOB_FILE, SortJob, SortReport
-from sf_assets.engines.service_address import INFO_NAME, KEY_NAME, LOCK_NAME, SOCKET_NAME, ServiceSettings
+from sf_assets.engines.service_address import INFO_NAME, KEY_NAME, LOCK_NAME, SOCKET_NAME, ServiceSettings, io_timeouts
 from sf_assets.engines.supervisor import SortCancelled, watch
 from sf_assets.engines.threads import FORK_SAFE_NUMBA_LAYER, NUMBA_LAYER_VAR, thread_limited_env
 from sf_assets.engines.warm_worker import MAX_JOBS_PER_WORKER, WarmWorker
@@ -85,6 +86,8 @@ RECHECK_S = 0.5
 # Connections waiting to be accepted (Listener's default is 1): a campaign's runs connect all at
 # once, and over TCP a connection the full queue dropped stays open on the client's side only.
 LISTEN_BACKLOG = 256
+# A client must answer the key's challenge within this (its own thread waits, no other client does).
+HANDSHAKE_TIMEOUT_S = 15.0
 
 
 @dataclass
@@ -340,18 +343,22 @@ class SortService:
         return None
 
     def _run_on(self, slot: Slot, conn: Connection, job: SortJob, work_dir: Path, request: dict) -> None:
-        try:
-            copied_from = self._take_copy(slot, conn, job.si_sorter_name)
-        except SortCancelled:
-            self._release(slot, elapsed_s=None, worker_kept=True)
-            return
-        warm = slot.worker is not None and slot.worker.alive() and not self.queue.running[slot.index][1]
-        if slot.worker is None or not slot.worker.alive():
-            slot.worker = WarmWorker(self.env_for(slot), self.template)
         kept: list[WarmWorker] = []
         started = (time.time(), time.monotonic())
         released = False
+        # Whatever fails from here on (a fork refused, the template gone), the slot is given back: a
+        # slot kept busy for good would stall its sorts and the service's idle exit.
         try:
+            try:
+                copied_from = self._take_copy(slot, conn, job.si_sorter_name)
+            except SortCancelled:
+                self._release(slot, elapsed_s=None, worker_kept=True)
+                released = True
+                return
+            warm = slot.worker is not None and slot.worker.alive() and not self.queue.running[slot.index][1]
+            if slot.worker is None or not slot.worker.alive():
+                slot.worker = WarmWorker(self.env_for(slot), self.template)
+            started = (time.time(), time.monotonic())
             try:
                 run = slot.worker.submit(work_dir, on_idle=kept.append)
             except OSError:  # the worker died while idle
@@ -383,6 +390,7 @@ class SortService:
 
     def _release(self, slot: Slot, elapsed_s: float | None, worker_kept: bool) -> None:
         with self.lock:
+            slot.copy_of = None  # a copy planned for a sort that never ran: the next sort gets its own plan
             slot.jobs += 1
             if not worker_kept or (slot.worker is not None and slot.worker.jobs_done >= MAX_JOBS_PER_WORKER):
                 if slot.worker is not None and slot.worker.alive():
@@ -488,15 +496,36 @@ def _send(conn: Connection, message) -> None:
         pass  # the client left; the sort loop notices it at its next poll
 
 
-def _accept_forever(listener: Listener, service: SortService) -> None:
+def _accept_forever(listener: Listener, service: SortService, key: bytes, closing: threading.Event) -> None:
+    """Hand each new connection to a thread of its own, which authenticates it first.
+
+    The listener has no key of its own: ``Listener.accept`` would run the
+    handshake here, in the one accepting thread, and a client that went away
+    or fell silent during it (a run killed while connecting, a Slurm client
+    whose handshake timed out under load) stopped every later client.
+    """
     while True:
         try:
             conn = listener.accept()
         except OSError:
-            return  # the listener was closed: shutting down
-        except Exception:  # a client that failed authentication
-            continue
-        threading.Thread(target=service.handle, args=(conn,), daemon=True).start()
+            if closing.is_set():
+                return  # the listener was closed: shutting down
+            continue  # this connection failed before it was ours (aborted while queued)
+        threading.Thread(target=_serve_client, args=(service, conn, key), daemon=True).start()
+
+
+def _serve_client(service: SortService, conn: Connection, key: bytes) -> None:
+    """Authenticate ``conn`` as ``multiprocessing``'s ``Listener`` does, within :data:`HANDSHAKE_TIMEOUT_S`; then serve it."""
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        try:
+            io_timeouts(sock, HANDSHAKE_TIMEOUT_S)
+            deliver_challenge(conn, key)
+            answer_challenge(conn, key)
+            io_timeouts(sock, 0.0)
+        except (OSError, EOFError, AuthenticationError):  # gone, silent, or without the key
+            conn.close()
+            return
+    service.handle(conn)
 
 
 def _exit_on_sigterm(_signum, _frame) -> None:
@@ -550,17 +579,18 @@ def serve(folder: Path, settings: ServiceSettings, tcp: bool = False, gpus: tupl
     socket_path = folder / SOCKET_NAME
     info: dict = {"pid": os.getpid(), "started": time.time(), "settings": settings.__dict__}
     if tcp:
-        listener = Listener(("0.0.0.0", 0), family="AF_INET", authkey=key, backlog=LISTEN_BACKLOG)
+        listener = Listener(("0.0.0.0", 0), family="AF_INET", backlog=LISTEN_BACKLOG)
         info["address"] = [socket.gethostname(), listener.address[1]]
         where = f"{info['address'][0]}:{info['address'][1]}"
     else:
         socket_path.unlink(missing_ok=True)
-        listener = Listener(str(socket_path), family="AF_UNIX", authkey=key, backlog=LISTEN_BACKLOG)
+        listener = Listener(str(socket_path), family="AF_UNIX", backlog=LISTEN_BACKLOG)
         where = str(socket_path)
     service = SortService(settings, thread_limited_env(settings.threads_per_sort, os.environ), gpus=gpus)
     write_json_atomic(folder / INFO_NAME, info)
     print(f"sort service {os.getpid()} listening on {where} with {settings.slots} slot(s)", flush=True)
-    threading.Thread(target=_accept_forever, args=(listener, service), daemon=True).start()
+    closing = threading.Event()
+    threading.Thread(target=_accept_forever, args=(listener, service, key, closing), daemon=True).start()
     if tcp:  # a Slurm allocation's service hosts no runs
         service.start_workers()
     else:
@@ -576,6 +606,7 @@ def serve(folder: Path, settings: ServiceSettings, tcp: bool = False, gpus: tupl
     finally:
         # Socket (or published address) first: a client that connects from now on starts a new service.
         (folder / INFO_NAME if tcp else socket_path).unlink(missing_ok=True)
+        closing.set()
         try:
             listener.close()
         except FileNotFoundError:

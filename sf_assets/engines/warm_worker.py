@@ -97,7 +97,7 @@ class WarmWorker:
         try:
             try:
                 self._send(fork_command(fifo, reply, self.env))
-            except OSError:
+            except (OSError, ValueError):  # its pipe broken, or closed by its release
                 return "the worker died"
             while True:
                 answer = read_json_if_present(reply)
