@@ -252,6 +252,25 @@ def test_a_retuned_sorters_pair_held_past_the_first_tick_waits_then_gets_its_rec
     assert _requested(after, "sorting_job") == set(), "its sort waits for the recording"
 
 
+def test_a_corrected_ground_truth_in_the_manifest_is_materialized_again_for_a_pair_taken_on(deployed, synthetic_studyset):
+    from sf_assets.core.manifest import parse_manifest
+    from sf_assets.stores.data import load_recording, load_sorting_object, store_sorting
+
+    recordings = parse_manifest(deployed.manifest.read_bytes(), str(deployed.manifest)).recordings()
+    rec = next(r for r in recordings if (r.study_name, r.name) == FIRST)
+    store = synthetic_studyset.store
+    truth = load_sorting_object(rec.sorting_true_uri, store, load_recording(rec.recording_uri, store).get_sampling_frequency())
+    new_uri = store_sorting(truth.remove_units([truth.unit_ids[0]]), store, "ground truth, one unit less")
+    manifest = deployed.root / "studysets-corrected.json"
+    manifest.write_text(deployed.manifest.read_text().replace(rec.sorting_true_uri, new_uri))
+    spec = write_spec(deployed.root / "spec-corrected.yaml", manifest, {SORTER: {"studysets": ["SYNTH_SET_A"]}})
+    result = deployed.evaluate(manifest, spec, deployed.cursor)
+    # Its sorting stays (the job cache); its ground truth is materialized again, and the comparison's
+    # own automation compares the sorting against it once it lands.
+    assert _requested(result, "recordings_job") == {f"{STUDY_A}.001_synth"}
+    assert _requested(result, "sorting_job") == _requested(result, "comparison_job") == set()
+
+
 def test_a_large_change_is_taken_on_a_bounded_number_of_pairs_per_tick(deployed, synthetic_studyset, monkeypatch):
     import sf_assets.orchestration.sensors as sensors
     from sf_assets.core.studyset_cursor import StudysetCursor

@@ -64,6 +64,17 @@ def test_held_pairs_round_trip_apart_from_the_waiting_ones_and_are_forgotten_wit
     assert forgotten.after_tick("1" * 40, ()).pending == frozenset()
 
 
+def test_recording_uris_round_trip_and_a_corrected_one_forgets_that_recordings_pairs():
+    from sf_assets.core.studyset_cursor import uris_digest
+
+    before = {"r1": uris_digest("sha1://rec1", "sha1://gt1"), "r2": uris_digest("sha1://rec2", "sha1://gt2")}
+    cursor = StudysetCursor().after_tick("1" * 40, {("A", "r1"), ("B", "r1"), ("A", "r2")}, uris=before)
+    assert StudysetCursor.decode(cursor.encode()) == cursor
+    corrected = {**before, "r1": uris_digest("sha1://rec1", "sha1://gt1-fixed"), "r3": uris_digest("x", "y")}
+    assert cursor.changed_recordings(corrected) == {"r1"}, "r3 is new: its pairs are new anyway"
+    assert cursor.forget(recordings={"r1"}).requested == {("A", "r2")}
+
+
 def test_a_cursor_written_before_waiting_existed_reads_as_waiting_for_nothing():
     document = b'{"digest": "ab", "recordings": ["r"], "requested": {"s": [0]}}'
     old = f"{CURSOR_FORMAT}:" + base64.urlsafe_b64encode(zlib.compress(document)).decode()

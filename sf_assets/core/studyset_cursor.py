@@ -6,8 +6,9 @@ the pairs it adds, or those of a sorter whose params it changed.  The cursor
 therefore holds a digest of the sources' bytes (so an unchanged tick is
 answered without parsing anything), the pairs requested so far, with those
 still *waiting* for their recording's run before their sort is requested and
-those *held* by another run when the sensor took them on, and a digest of each
-sorter's params as the pairs were planned under.  A full SpikeForest campaign
+those *held* by another run when the sensor took them on, a digest of each
+sorter's params and one of each recording's URIs (recording and ground truth)
+as the pairs were planned under.  A full SpikeForest campaign
 is about 900 recordings x 10 sorters; the pairs are stored as one list of recording keys plus, per sorter,
 indexes into it, compressed, so the cursor stays a few kilobytes.
 """
@@ -19,6 +20,7 @@ import hashlib
 import json
 import zlib
 from collections.abc import Iterable, Mapping
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +50,22 @@ def sources_digest(sources: Iterable[tuple[str, bytes]]) -> str:
             digest.update(len(part).to_bytes(8, "big"))
             digest.update(part)
     return digest.hexdigest()
+
+
+def uris_digest(*uris: str) -> str:
+    """A short digest of a recording's URIs (its recording and its ground truth), in order.
+
+    Parameters
+    ----------
+    *uris : str
+        The URIs.
+
+    Returns
+    -------
+    str
+        8 hex digits: a manifest that corrects either URI changes it.
+    """
+    return hashlib.sha1("\n".join(uris).encode("utf-8")).hexdigest()[:8]
 
 
 def params_digest(params: Mapping[str, Any]) -> str:
@@ -89,6 +107,10 @@ class StudysetCursor:
     params : Mapping[str, str]
         Per sorter key, :func:`params_digest` of the params its pairs were
         taken on with (empty in cursors written before it was kept).
+    uris : Mapping[str, str]
+        Per recording key, :func:`uris_digest` of the URIs its pairs were
+        taken on with (kept for recordings with a pair taken on; empty in
+        cursors written before it was kept).
     """
 
     digest: str | None = None
@@ -96,6 +118,7 @@ class StudysetCursor:
     waiting: frozenset[Pair] = frozenset()
     held: frozenset[Pair] = frozenset()
     params: Mapping[str, str] = field(default_factory=dict)
+    uris: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def pending(self) -> frozenset[Pair]:
@@ -118,24 +141,43 @@ class StudysetCursor:
         set[str]
             Their sorter keys.
         """
-        return {key for key, digest in params_now.items() if self.params.get(key, digest) != digest}
+        return _changed(self.params, params_now)
 
-    def forget(self, sorters: Iterable[str]) -> "StudysetCursor":
-        """This cursor without the pairs of ``sorters``: the next plan takes them on again.
+    def changed_recordings(self, uris_now: Mapping[str, str]) -> set[str]:
+        """The recordings whose URIs differ from those their pairs were taken on with (a corrected manifest).
+
+        Parameters
+        ----------
+        uris_now : Mapping[str, str]
+            Per recording key, :func:`uris_digest` of the manifest's URIs now.
+
+        Returns
+        -------
+        set[str]
+            Their recording keys (a recording the cursor has no digest for is not among them).
+        """
+        return _changed(self.uris, uris_now)
+
+    def forget(self, sorters: Iterable[str] = (), recordings: Iterable[str] = ()) -> "StudysetCursor":
+        """This cursor without the pairs of ``sorters`` and of ``recordings``: the next plan takes them on again.
 
         Parameters
         ----------
         sorters : Iterable[str]
             Sorter keys.
+        recordings : Iterable[str]
+            Recording keys.
 
         Returns
         -------
         StudysetCursor
             A new cursor.
         """
-        gone = set(sorters)
-        keep = lambda pairs: frozenset(p for p in pairs if p[0] not in gone)  # noqa: E731
-        return StudysetCursor(self.digest, keep(self.requested), keep(self.waiting), keep(self.held), self.params)
+        gone_sorters, gone_recordings = set(sorters), set(recordings)
+        keep = lambda pairs: frozenset(p for p in pairs if p[0] not in gone_sorters and p[1] not in gone_recordings)  # noqa: E731
+        return dataclasses.replace(
+            self, requested=keep(self.requested), waiting=keep(self.waiting), held=keep(self.held)
+        )
 
     def after_tick(
         self,
@@ -144,6 +186,7 @@ class StudysetCursor:
         waiting: Iterable[Pair] = (),
         held: Iterable[Pair] = (),
         params: Mapping[str, str] | None = None,
+        uris: Mapping[str, str] | None = None,
     ) -> "StudysetCursor":
         """The cursor once a tick over sources ``digest`` has taken on ``new_pairs``, leaving ``waiting`` and ``held``.
 
@@ -160,6 +203,8 @@ class StudysetCursor:
         params : Mapping[str, str] or None
             Per sorter key, the params digest this tick planned with, over the cursor's (a sorter the
             spec dropped keeps its digest, so adding it back with other params is a change).
+        uris : Mapping[str, str] or None
+            Per recording key, the URIs digest this tick planned with, over the cursor's.
 
         Returns
         -------
@@ -168,7 +213,9 @@ class StudysetCursor:
         """
         waiting, held = frozenset(waiting), frozenset(held)
         kept_params = {**self.params, **(params or {})}
-        return StudysetCursor(digest, self.requested | frozenset(new_pairs) | waiting | held, waiting, held, kept_params)
+        kept_uris = {**self.uris, **(uris or {})}
+        requested = self.requested | frozenset(new_pairs) | waiting | held
+        return StudysetCursor(digest, requested, waiting, held, kept_params, kept_uris)
 
     def encode(self) -> str:
         """A compact string for Dagster to store (see :meth:`decode`).
@@ -194,6 +241,8 @@ class StudysetCursor:
             "waiting": by_sorter(self.waiting),
             "held": by_sorter(self.held),
             "params": dict(sorted(self.params.items())),
+            # Aligned with "recordings": only recordings with a pair taken on have pairs to forget.
+            "uris": [self.uris.get(key, "") for key in recordings],
         }
         packed = zlib.compress(json.dumps(document, separators=(",", ":")).encode("utf-8"), 9)
         return f"{CURSOR_FORMAT}:{base64.urlsafe_b64encode(packed).decode('ascii')}"
@@ -236,6 +285,7 @@ class StudysetCursor:
             waiting = pairs(document.get("waiting", {}))  # absent from cursors written before it existed
             held = pairs(document.get("held", {}))  # likewise
             params = dict(document.get("params", {}))  # likewise
+            uris = {key: d for key, d in zip(recordings, document.get("uris", []), strict=False) if d}  # likewise
             digest = document["digest"]
         except (
             binascii.Error, zlib.error, UnicodeError, ValueError, KeyError, IndexError, TypeError, AttributeError
@@ -251,4 +301,9 @@ class StudysetCursor:
                 f"studyset sensor cursor: params must map sorter keys to digests, got {params!r}; "
                 "reset the sensor's cursor to start afresh"
             )
-        return cls(digest, requested | waiting | held, waiting, held, params)
+        return cls(digest, requested | waiting | held, waiting, held, params, uris)
+
+
+def _changed(kept: Mapping[str, str], now: Mapping[str, str]) -> set[str]:
+    """The keys whose digest ``now`` differs from the ``kept`` one (a key without one kept is not)."""
+    return {key for key, digest in now.items() if kept.get(key, digest) != digest}

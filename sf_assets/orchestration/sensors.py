@@ -49,7 +49,7 @@ from sf_assets.core.campaign import Campaign
 from sf_assets.core.errors import SfAssetsError
 from sf_assets.core.manifest import Recording, parse_manifest
 from sf_assets.core.spec import SorterSpec, parse_spec, validate_spec
-from sf_assets.core.studyset_cursor import StudysetCursor, params_digest, sources_digest
+from sf_assets.core.studyset_cursor import StudysetCursor, params_digest, sources_digest, uris_digest
 from sf_assets.stores.inputs import manifest_source_of, read_source
 from sf_assets.orchestration.launches import CAMPAIGN_TAG, LEASE_TAG, SOURCES_TAG, TRIGGER_TAG, campaign_tag_value
 from sf_assets.orchestration.jobs import comparison_job, recordings_job, sorting_job, studysets_job
@@ -215,7 +215,14 @@ def studyset_sensor(
     retuned = cursor.changed_sorters(params_now)
     if retuned:
         context.log.info(f"params changed for {_sample(sorted(retuned))}: their pairs are planned again")
-        cursor = cursor.forget(retuned)
+        cursor = cursor.forget(sorters=retuned)
+    # Likewise a recording whose URIs the manifest corrected: its recording (or ground truth) runs
+    # again, and its pairs are sorted again (a new recording) or compared again (a new ground truth).
+    uris_now = {recording_key(r): uris_digest(r.recording_uri, r.sorting_true_uri) for r in campaign.recordings()}
+    moved = cursor.changed_recordings(uris_now)
+    if moved:
+        context.log.info(f"URIs changed for {_sample(sorted(moved))}: their pairs are planned again")
+        cursor = cursor.forget(recordings=moved)
     # New: not taken on by an earlier tick. Pending: taken on, waiting for their recording's run
     # or held by another run. Of both, the planner leaves out what the job cache holds and what
     # another run or backfill is sorting already (the command line's, say).
@@ -256,7 +263,13 @@ def studyset_sensor(
     # Until every new pair is taken on, the sources count as changed: the next tick takes more.
     acted_on = digest if complete else cursor.digest
     next_cursor = cursor.after_tick(
-        acted_on, [_pair(s, r) for s, r in new_jobs], waiting=still_waiting, held=rechecked, params=params_now
+        acted_on,
+        [_pair(s, r) for s, r in new_jobs],
+        waiting=still_waiting,
+        held=rechecked,
+        params=params_now,
+        # The URIs of every recording with a pair taken on (a cursor from before they were kept learns them now).
+        uris={k: uris_now[k] for k in {r for _, r in cursor.requested} | {recording_key(r) for _, r in new_jobs} if k in uris_now},
     ).encode()
 
     counts = (
