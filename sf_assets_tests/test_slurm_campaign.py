@@ -417,6 +417,17 @@ def test_each_allocation_option_shows_in_what_slurm_reports(slurm_cluster, tmp_p
     assert slurm_cluster.wait_until_no_jobs(timeout_s=10.0) == []
 
 
+def test_a_service_folder_open_to_others_is_refused_before_its_key_is_read(tmp_path):
+    from sf_assets.engines.service_address import KEY_NAME, ServiceFolderError
+
+    folder = service_folder(tmp_path, "4242")
+    folder.mkdir(parents=True, mode=0o755)  # not made by the service (which makes it 0700): someone else's
+    (folder / "service.json").write_text(json.dumps({"address": ["127.0.0.1", 9]}))
+    (folder / KEY_NAME).write_bytes(b"their key")
+    with pytest.raises(ServiceFolderError, match="mode 0700"):
+        connect_to_allocation(tmp_path, "4242", still_there=lambda: True, timeout_s=5.0)
+
+
 def test_a_service_this_host_cannot_reach_fails_the_sort_with_what_to_fix(slurm_cluster, tmp_path):
     """A published address that refuses connections while its allocation runs (a firewall): no endless wait."""
     env = srun_environment(os.environ)

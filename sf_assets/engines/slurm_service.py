@@ -227,6 +227,8 @@ def connect_to_allocation(
         while the allocation ran: this host cannot reach the node (a firewall,
         a node name it cannot resolve), which another allocation would not
         change.
+    ServiceFolderError
+        The allocation's service folder is not this user's alone (mode 0700).
     """
     folder = service_folder(pool_root, job_id)
     refused_since: float | None = None
@@ -234,6 +236,9 @@ def connect_to_allocation(
         address = published_address(pool_root, job_id)
         if address is not None:
             try:
+                # Ours alone, as the service made it: a folder someone else put in its place (a pool on a
+                # group-writable filesystem) would hand this client their key and their replies.
+                require_private(folder)
                 return authenticated_client(address, (folder / KEY_NAME).read_bytes(), HANDSHAKE_TIMEOUT_S)
             except (OSError, EOFError, AuthenticationError) as exc:  # exiting, or restarting: look again
                 refused_since = refused_since or time.monotonic()

@@ -114,9 +114,11 @@ class WarmWorker:
             command_fd = -1
             return copy
         finally:
+            # The FIFO goes first, while this end still holds it open: a copy opening it from now on
+            # fails, instead of blocking for good on a FIFO with no writer left.
+            shutil.rmtree(folder, ignore_errors=True)
             if command_fd >= 0:
                 os.close(command_fd)
-            shutil.rmtree(folder, ignore_errors=True)
 
     @property
     def pid(self) -> int:
