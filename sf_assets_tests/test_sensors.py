@@ -265,10 +265,20 @@ def test_a_corrected_ground_truth_in_the_manifest_is_materialized_again_for_a_pa
     manifest.write_text(deployed.manifest.read_text().replace(rec.sorting_true_uri, new_uri))
     spec = write_spec(deployed.root / "spec-corrected.yaml", manifest, {SORTER: {"studysets": ["SYNTH_SET_A"]}})
     result = deployed.evaluate(manifest, spec, deployed.cursor)
-    # Its sorting stays (the job cache); its ground truth is materialized again, and the comparison's
-    # own automation compares the sorting against it once it lands.
+    # Its sorting stays (the job cache); its ground truth is materialized again first.
     assert _requested(result, "recordings_job") == {f"{STUDY_A}.001_synth"}
     assert _requested(result, "sorting_job") == _requested(result, "comparison_job") == set()
+    corrected = dataclasses.replace(_run_options(deployed), manifest_source=str(manifest), spec_source=str(spec))
+    key = f"{STUDY_A}.001_synth"
+    assert execute_partition_run(deployed.instance.get_ref(), "recordings_job", key, corrected.run_config()).success
+    try:
+        # Once it has landed, the next tick has the sorting compared against it, once.
+        landed = deployed.evaluate(manifest, spec, result.cursor)
+        assert _requested(landed, "comparison_job") == {f"{key}|{SORTER}"}
+        assert _requested(landed, "sorting_job") == _requested(landed, "recordings_job") == set()
+        assert isinstance(deployed.evaluate(manifest, spec, landed.cursor), dg.SkipReason), "asked once"
+    finally:  # the module's other tests expect the manifest's own ground truth
+        assert execute_partition_run(deployed.instance.get_ref(), "recordings_job", key, _run_options(deployed).run_config()).success
 
 
 def test_a_large_change_is_taken_on_a_bounded_number_of_pairs_per_tick(deployed, synthetic_studyset, monkeypatch):

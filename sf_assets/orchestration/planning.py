@@ -42,8 +42,8 @@ class Plan:
     cached : list[str]
         pair keys whose current sorting the job cache holds (not sorted again).
     to_compare : list[str]
-        cached pair keys whose comparison is missing or older than their sorting (a run stopped between the
-        two): compared again, not sorted.
+        cached pair keys whose comparison is missing, older than their sorting (a run stopped between the
+        two) or made against another ground truth (the manifest corrected it): compared again, not sorted.
     in_flight : list[str]
         pair keys another run or backfill is about to sort (not launched twice).
     to_sort : list[tuple[SorterSpec, Recording]]
@@ -247,12 +247,18 @@ def plan_sorts(
     if plan.cached:
         compared = latest_partition_events(instance, dg.AssetKey("sorting_comparison"), partitions=plan.cached)
         for k in plan.cached:
-            rec_key = recording_key(recording_of[k])
-            if rec_key not in current:  # a new ground truth: compared once it is materialized
-                plan.compare_after.setdefault(rec_key, []).append(k)
-            elif k not in compared or compared[k][0] < latest[k][0]:
+            rec = recording_of[k]
+            if recording_key(rec) not in current:  # a new ground truth: compared once it is materialized
+                plan.compare_after.setdefault(recording_key(rec), []).append(k)
+            elif k not in compared or compared[k][0] < latest[k][0] or _against_another_truth(compared[k][1], rec):
                 plan.to_compare.append(k)
     return plan
+
+
+def _against_another_truth(comparison: dg.EventLogEntry, rec: Recording) -> bool:
+    """Was this comparison made against another ground truth than the manifest's (one it has since corrected)?"""
+    used = plain_metadata(comparison).get("ground_truth_uri")
+    return used is not None and used != rec.sorting_true_uri  # comparisons older than the key: as they were
 
 
 @dataclass

@@ -244,6 +244,10 @@ def studyset_sensor(
     to_materialize = [k for k in order.recordings if k not in running and k not in asked_before]
     stalled = [k for k in order.recordings if k not in running and k in asked_before]
     still_waiting = [_pair(s, r) for s, r in plan.to_sort if recording_key(r) in order.waiting]
+    # Cached pairs whose ground truth the manifest corrected wait too: once it is materialized, the
+    # plan finds their comparison older than it and requests it.
+    recompare = {key for keys in order.compare_after.values() for key in keys}
+    still_waiting += [_pair(s, r) for s, r in new_jobs + waited if str(pair_key(s.name, r)) in recompare]
     # A pair another run is sorting as this tick takes it on may be sorting on params the spec has
     # since changed (a params edit, or a backfill launched before the edit): it is held in the
     # cursor, and once that run has ended the plan sorts it again unless the job cache shows it

@@ -409,6 +409,7 @@ def sorting_comparison(context: dg.AssetExecutionContext, studyset: StudysetReso
             "recording": rec.name,
             **view_metadata(sorted_md.get("label")),
             "comparison_uri": per_unit_uri,
+            "ground_truth_uri": rec.sorting_true_uri,  # what it was compared against (the planner checks it)
             # what the score regression check compares: the sorting's inputs and library versions
             "sorting_cache_key": sorted_md.get("cache_key") or "",
             "sorting_versions": dg.MetadataValue.json((sorted_md.get("provenance") or {}).get("versions") or {}),
