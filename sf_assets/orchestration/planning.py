@@ -246,19 +246,30 @@ def plan_sorts(
     plan.recordings_to_run = [k for k in needed if k not in current]
     if plan.cached:
         compared = latest_partition_events(instance, dg.AssetKey("sorting_comparison"), partitions=plan.cached)
+        truths = latest_partition_events(
+            instance, dg.AssetKey("ground_truth"), partitions=list({recording_key(recording_of[k]) for k in plan.cached})
+        )
         for k in plan.cached:
             rec = recording_of[k]
             if recording_key(rec) not in current:  # a new ground truth: compared once it is materialized
                 plan.compare_after.setdefault(recording_key(rec), []).append(k)
-            elif k not in compared or compared[k][0] < latest[k][0] or _against_another_truth(compared[k][1], rec):
+            elif k not in compared or compared[k][0] < latest[k][0] or _against_another_truth(
+                compared[k], rec, truths.get(recording_key(rec))
+            ):
                 plan.to_compare.append(k)
     return plan
 
 
-def _against_another_truth(comparison: dg.EventLogEntry, rec: Recording) -> bool:
-    """Was this comparison made against another ground truth than the manifest's (one it has since corrected)?"""
-    used = plain_metadata(comparison).get("ground_truth_uri")
-    return used is not None and used != rec.sorting_true_uri  # comparisons older than the key: as they were
+def _against_another_truth(comparison: tuple, rec: Recording, truth: tuple | None) -> bool:
+    """Was this comparison made against another ground truth than the manifest's (one it has since corrected)?
+
+    A comparison says which it used (``ground_truth_uri``); one from before it said so counts as
+    made against another when the ground truth was materialized after it.
+    """
+    used = plain_metadata(comparison[1]).get("ground_truth_uri")
+    if used is None:
+        return truth is not None and comparison[0] < truth[0]
+    return used != rec.sorting_true_uri
 
 
 @dataclass
