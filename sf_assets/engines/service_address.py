@@ -167,3 +167,40 @@ def io_timeouts(sock: socket.socket, seconds: float) -> None:
     timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+def authenticate(conn, authkey: bytes, timeout_s: float, *, serving: bool) -> None:
+    """Run ``multiprocessing``'s key handshake on ``conn`` (its documented functions), each step within ``timeout_s``.
+
+    What ``Listener.accept`` (``serving``) and ``Client`` run, except that a
+    peer that goes away or falls silent ends the wait with an ``OSError``
+    instead of blocking for good; no timeout is left on the connection.
+
+    Parameters
+    ----------
+    conn : multiprocessing.connection.Connection
+        The connection (a socket's).
+    authkey : bytes
+        The service's key.
+    timeout_s : float
+        Seconds for each step.
+    serving : bool
+        True on the service's side (it challenges first), False on the client's.
+
+    Raises
+    ------
+    OSError
+        The peer went away or timed out.
+    EOFError
+        The peer closed the connection.
+    multiprocessing.AuthenticationError
+        The keys differ.
+    """
+    from multiprocessing.connection import answer_challenge, deliver_challenge
+
+    steps = (deliver_challenge, answer_challenge) if serving else (answer_challenge, deliver_challenge)
+    with socket.socket(fileno=os.dup(conn.fileno())) as sock:  # options on a duplicate hold for the socket
+        io_timeouts(sock, timeout_s)
+        for step in steps:
+            step(conn, authkey)
+        io_timeouts(sock, 0.0)

@@ -35,12 +35,12 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from sf_assets.core.errors import EnvironmentSortFailure
 from sf_assets.engines.service_address import (
-    io_timeouts,
+    authenticate,
     INFO_NAME,
     KEY_NAME,
     LOG_NAME,
@@ -287,16 +287,12 @@ def authenticated_client(address, authkey: bytes, timeout_s: float) -> Connectio
     """
     with socket.create_connection((address[0], int(address[1])), timeout=timeout_s) as sock:
         sock.settimeout(None)  # blocking: the Connection reads the descriptor itself
-        io_timeouts(sock, timeout_s)  # socket options: they hold for the Connection's duplicate too
         conn = Connection(os.dup(sock.fileno()))
-        try:
-            # multiprocessing's own handshake, as its Client runs it (the documented module functions).
-            answer_challenge(conn, authkey)
-            deliver_challenge(conn, authkey)
-        except BaseException:
-            conn.close()
-            raise
-        io_timeouts(sock, 0.0)
+    try:
+        authenticate(conn, authkey, timeout_s, serving=False)
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

@@ -60,14 +60,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Connection, Listener, answer_challenge, deliver_challenge
+from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 
 from sf_assets.core.dispatch import AffinityQueue, Task
 from sf_assets.engines.run_host import RETIRE_IDLE_S, RunHost
 from sf_assets.core.atomic import write_bytes_atomic, write_json_atomic
 from sf_assets.engines.job import JOB_FILE, SortJob, SortReport
-from sf_assets.engines.service_address import INFO_NAME, KEY_NAME, LOCK_NAME, SOCKET_NAME, ServiceSettings, io_timeouts
+from sf_assets.engines.service_address import INFO_NAME, KEY_NAME, LOCK_NAME, SOCKET_NAME, ServiceSettings, authenticate
 from sf_assets.engines.supervisor import SortCancelled, watch
 from sf_assets.engines.threads import FORK_SAFE_NUMBA_LAYER, NUMBA_LAYER_VAR, thread_limited_env
 from sf_assets.engines.warm_worker import MAX_JOBS_PER_WORKER, WarmWorker
@@ -516,15 +516,11 @@ def _accept_forever(listener: Listener, service: SortService, key: bytes, closin
 
 def _serve_client(service: SortService, conn: Connection, key: bytes) -> None:
     """Authenticate ``conn`` as ``multiprocessing``'s ``Listener`` does, within :data:`HANDSHAKE_TIMEOUT_S`; then serve it."""
-    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
-        try:
-            io_timeouts(sock, HANDSHAKE_TIMEOUT_S)
-            deliver_challenge(conn, key)
-            answer_challenge(conn, key)
-            io_timeouts(sock, 0.0)
-        except (OSError, EOFError, AuthenticationError):  # gone, silent, or without the key
-            conn.close()
-            return
+    try:
+        authenticate(conn, key, HANDSHAKE_TIMEOUT_S, serving=True)
+    except (OSError, EOFError, AuthenticationError):  # gone, silent, or without the key
+        conn.close()
+        return
     service.handle(conn)
 
 

@@ -246,9 +246,9 @@ def plan_sorts(
     plan.recordings_to_run = [k for k in needed if k not in current]
     if plan.cached:
         compared = latest_partition_events(instance, dg.AssetKey("sorting_comparison"), partitions=plan.cached)
-        truths = latest_partition_events(
-            instance, dg.AssetKey("ground_truth"), partitions=list({recording_key(recording_of[k]) for k in plan.cached})
-        )
+        # Only comparisons from before they recorded their ground truth need its events (one query).
+        legacy = {recording_key(recording_of[k]) for k in compared if "ground_truth_uri" not in plain_metadata(compared[k][1])}
+        truths = latest_partition_events(instance, dg.AssetKey("ground_truth"), partitions=list(legacy)) if legacy else {}
         for k in plan.cached:
             rec = recording_of[k]
             if recording_key(rec) not in current:  # a new ground truth: compared once it is materialized

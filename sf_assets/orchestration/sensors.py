@@ -245,7 +245,7 @@ def studyset_sensor(
     stalled = [k for k in order.recordings if k not in running and k in asked_before]
     still_waiting = [_pair(s, r) for s, r in plan.to_sort if recording_key(r) in order.waiting]
     # Cached pairs whose ground truth the manifest corrected wait too: once it is materialized, the
-    # plan finds their comparison older than it and requests it.
+    # plan finds their comparison made against another ground truth and requests it again.
     recompare = {key for keys in order.compare_after.values() for key in keys}
     still_waiting += [_pair(s, r) for s, r in new_jobs + waited if str(pair_key(s.name, r)) in recompare]
     # A pair another run is sorting as this tick takes it on may be sorting on params the spec has
