@@ -74,3 +74,27 @@ def test_an_image_digest_comes_from_the_reference_when_it_has_one():
     assert image_digest(f"spikeinterface/mountainsort5-base@{digest}", "docker") == digest
     assert image_digest(None, "docker") is None
     assert image_digest("/images/ms5.sif", "singularity") is None
+
+
+def test_the_job_cache_key_holds_the_installed_versions_of_the_code_that_sorts():
+    import mountainsort5
+
+    from sf_assets.engines.engine import cache_key
+    from sf_assets.engines.provenance import code_versions
+
+    entry = resolve_sorter("MountainSort5")
+    here = dict(code_versions(entry.package, in_container=False))
+    assert here == {
+        "spikeinterface": spikeinterface.__version__,
+        "numpy": numpy.__version__,
+        "numba": numba.__version__,
+        "mountainsort5": mountainsort5.__version__,
+    }
+    assert "mountainsort5" not in dict(code_versions(entry.package, in_container=True)), "the image stands for it"
+
+    def key(versions: dict) -> str:
+        return cache_key(entry, {"detect_threshold": 6}, "sha1://" + "1" * 40, None, "default", tuple(versions.items()))
+
+    assert key(here) == key(dict(reversed(list(here.items())))), "the order it is read in does not count"
+    for name in here:
+        assert key({**here, name: "0.0.1"}) != key(here), f"an upgraded {name} must sort again, not hit the cache"

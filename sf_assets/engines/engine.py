@@ -151,12 +151,21 @@ def container_image_for(entry: SorterEntry, settings: EngineSettings) -> str | N
     return None
 
 
-def cache_key(entry: SorterEntry, params: dict, recording_uri: str, image: str | None, job_cache: str) -> str:
+def cache_key(
+    entry: SorterEntry,
+    params: dict,
+    recording_uri: str,
+    image: str | None,
+    job_cache: str,
+    versions: tuple[tuple[str, str | None], ...],
+) -> str:
     """Identity of a sort's inputs: same key, same sort (the job cache).
 
     The recording URI is content-addressed (its sha1), so it stands for the
-    recording's data; the engine version stands for the code that sorts.  The
-    job cache's name is part of it, as in hither's named job caches: a sorting
+    recording's data; the engine version and the installed libraries' versions
+    stand for the code that sorts: an upgraded sorter package or spikeinterface
+    sorts again instead of vouching for a result the old code made.  The job
+    cache's name is part of it, as in hither's named job caches: a sorting
     made under one name is never a hit under another.
 
     Parameters
@@ -171,6 +180,9 @@ def cache_key(entry: SorterEntry, params: dict, recording_uri: str, image: str |
         The container image (None: sorted here).
     job_cache : str
         The job cache's name.
+    versions : tuple[tuple[str, str or None], ...]
+        (distribution, version) of the code that sorts
+        (:func:`~sf_assets.engines.provenance.code_versions`).
 
     Returns
     -------
@@ -184,6 +196,7 @@ def cache_key(entry: SorterEntry, params: dict, recording_uri: str, image: str |
         "engine_version": SORT_ENGINE_VERSION,
         "image": image,
         "job_cache": job_cache,
+        "versions": dict(versions),
     }
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 

@@ -62,7 +62,7 @@ def job_cache_verdict(latest: dict[str, Any] | None, expected_key: str, store: K
     if latest.get("errored"):
         return CacheVerdict(False, f"the latest attempt errored ({latest.get('failure_class', 'unclassified')})")
     if latest.get("cache_key") != expected_key:
-        return CacheVerdict(False, "the inputs changed (sorter, params, recording, image or engine version)")
+        return CacheVerdict(False, "the inputs changed (sorter, params, recording, image, library or engine version)")
     uri = latest.get("sorting_object_uri")
     if not uri:
         return CacheVerdict(False, "no sorting object was stored")

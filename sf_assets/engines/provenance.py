@@ -9,6 +9,7 @@ actually ran with, so a changed score can be traced to a changed input.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 import shutil
@@ -120,6 +121,33 @@ def _version(distribution: str) -> str | None:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return None
+
+
+@functools.lru_cache(maxsize=None)
+def code_versions(package: str | None, in_container: bool) -> tuple[tuple[str, str | None], ...]:
+    """Installed versions of the code a sort of this sorter runs here, for the job cache's key.
+
+    spikeinterface, numpy and numba always; the sorter's own package only when
+    it sorts here (in a container the image stands for it).  Read from the
+    installed distributions' metadata, without importing them, once per
+    process: the planner asks for every pair it looks at.
+
+    Parameters
+    ----------
+    package : str or None
+        The sorter's distribution (``SorterEntry.package``).
+    in_container : bool
+        True when the sort runs in its container image.
+
+    Returns
+    -------
+    tuple[tuple[str, str or None], ...]
+        (distribution, version) pairs, sorted; None for one not installed.
+    """
+    names = set(LIBRARIES)
+    if package is not None and not in_container:
+        names.add(package)
+    return tuple((name, _version(name)) for name in sorted(names))
 
 
 def library_versions(entry: SorterEntry) -> dict[str, str | None]:

@@ -29,6 +29,7 @@ from sf_assets.core.sorter_catalog import resolve_sorter
 from sf_assets.core.spec import SorterSpec
 from sf_assets.engines.engine import EngineSettings, cache_key, container_image_for
 from sf_assets.engines.job_cache import job_cache_verdict
+from sf_assets.engines.provenance import code_versions
 from sf_assets.orchestration.partitions import PARTITION_TAG, pair_key, recording_key, single_partition_of
 from sf_assets.stores.kachery import KacheryStore
 
@@ -83,7 +84,8 @@ def expected_cache_key(sorter_spec: SorterSpec, rec: Recording, settings: Engine
     """
     entry = resolve_sorter(sorter_spec.name)
     image = container_image_for(entry, settings)
-    return cache_key(entry, dict(sorter_spec.params or {}), rec.recording_uri, image, settings.job_cache)
+    versions = code_versions(entry.package, in_container=image is not None)
+    return cache_key(entry, dict(sorter_spec.params or {}), rec.recording_uri, image, settings.job_cache, versions)
 
 
 def is_cache_hit(metadata: dict | None, expected_key: str, store: KacheryStore) -> bool:
