@@ -19,7 +19,7 @@ EXPECTED_ASSETS = {
     "ground_truth": ("recordings", {"recording"}),
     "sorting": ("sortings", {"recording"}),
     "sorting_comparison": ("sortings", {"sorting", "ground_truth"}),
-    "sorter_summary": ("results", {"sorting_comparison"}),
+    "sorter_summary": ("results", {"sorting_comparison", "sorting"}),
     "sorting_records": ("results", {"sorting"}),
     "workspace_sync": ("results", {"recording", "ground_truth", "sorting"}),
 }

@@ -508,6 +508,52 @@ def test_the_fan_ins_wait_for_the_last_run_of_a_launch(deployed, monkeypatch):
     assert SUMMARY in _requested_assets(settled), "the launch has settled"
 
 
+def test_a_failed_fan_in_run_is_asked_for_again_only_when_an_input_lands(deployed, tmp_path):
+    """A fan-in whose run failed stays behind its inputs; it must not be requested at every tick
+    (every 5 s, for good) but once more when an input lands after that run started."""
+    instance = deployed.instance
+    options = _run_options(deployed)
+    assert execute_partition_run(instance.get_ref(), "results_job", None, options.run_config()).success
+    start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert not FAN_INS & _requested_assets(start), "up to date to begin with"
+    _land_a_comparison(deployed)
+    behind = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
+    assert SUMMARY in _requested_assets(behind)
+    not_a_folder = tmp_path / "outputs"
+    not_a_folder.write_text("the outputs folder is a file: the summary cannot be written")
+    failing = dataclasses.replace(options, outputs_dir=str(not_a_folder)).run_config()
+    assert not execute_partition_run(instance.get_ref(), "results_job", None, failing).success
+    cursor = behind.cursor
+    for tick in range(3):  # the first tick after a request never asks again (the request is pending)
+        later = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        assert not FAN_INS & _requested_assets(later), f"tick {tick + 1} asked for the failed fan-ins again"
+        cursor = later.cursor
+    _land_a_comparison(deployed)
+    landed = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+    assert SUMMARY in _requested_assets(landed), "a result landed after the failed run started"
+    assert execute_partition_run(instance.get_ref(), "results_job", None, options.run_config()).success
+
+
+def test_an_errored_sort_asks_for_the_summary_that_counts_it(deployed):
+    """The summary counts each cell's errored sorts; an errored attempt (no comparison follows it)
+    must bring it up to date, not wait for the next comparison to land."""
+    instance = deployed.instance
+    options = _run_options(deployed)
+    assert execute_partition_run(instance.get_ref(), "results_job", None, options.run_config()).success
+    start = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert not FAN_INS & _requested_assets(start), "up to date to begin with"
+    partition = f"{STUDY_A}.001_synth|{SORTER}"
+    too_short = dataclasses.replace(options, use_job_cache=False, canary_first_n_s=0.0, timeout_min=0.001)
+    assert not execute_partition_run(instance.get_ref(), "sorting_job", partition, too_short.run_config()).success
+    errored = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
+    assert SUMMARY in _requested_assets(errored), "the summary still counts the pair as sorted"
+    assert execute_partition_run(instance.get_ref(), "results_job", None, options.run_config()).success
+    summary = instance.get_latest_materialization_event(SUMMARY).asset_materialization.metadata
+    assert summary["num_errored"].value == 1
+    resort = dataclasses.replace(options, use_job_cache=False).run_config()  # the next tests find it sorted
+    assert execute_partition_run(instance.get_ref(), "sorting_job", partition, resort).success
+
+
 def test_a_campaign_a_command_line_is_sorting_is_left_to_it(deployed, synthetic_studyset):
     """`make demo` beside `make ui`: the demo writes the spec and sorts it; the sensor sees the new
     sources at once, but the command line's pairs waiting for their recordings live in its memory,

@@ -8,6 +8,10 @@ materialization as handling every update before it, so a comparison that
 lands while the summary's run is in progress was never summarized
 (reproduced by ``test_a_result_that_lands_during_the_fan_ins_run_requests_them_again``).
 
+A run of the fan-in that failed read its inputs as much as one that
+succeeded: it is asked for again once a newer input lands, not at every tick
+(``test_a_failed_fan_in_run_is_asked_for_again_only_when_an_input_lands``).
+
 A fan-in also waits for a launch to settle: while a
 backfill still has sorts queued or running, summarizing after each result
 cost a fan-in run every automation tick, on the cores the sorts need (on the
@@ -43,12 +47,22 @@ def _latest_event_timestamp(instance: dg.DagsterInstance, key: dg.AssetKey) -> f
 
 
 def _read_from_timestamp(instance: dg.DagsterInstance, key: dg.AssetKey) -> float | None:
-    """When the run behind ``key``'s latest materialization started (None: never materialized)."""
+    """When the latest run that tried to materialize ``key`` started (None: never tried).
+
+    A run that failed counts as much as one that succeeded: it read what had
+    landed before it started, and asking again before anything new lands would
+    fail the same way at every automation tick.
+    """
+    planned = instance.get_latest_planned_materialization_info(key)
     latest = instance.get_latest_materialization_event(key)
-    if latest is None:
-        return None
-    record = instance.get_run_record_by_id(latest.run_id) if latest.run_id else None
-    return (record.start_time if record is not None and record.start_time else None) or latest.timestamp
+    run_ids = {run_id for run_id in (planned and planned.run_id, latest and latest.run_id) if run_id}
+    starts = [
+        record.start_time or record.create_timestamp.timestamp()
+        for record in (instance.get_run_records(dg.RunsFilter(run_ids=sorted(run_ids))) if run_ids else ())
+    ]
+    if latest is not None and not latest.run_id:  # reported without a run
+        starts.append(latest.timestamp)
+    return max(starts, default=None)
 
 
 RUNLESS = ""
@@ -118,8 +132,8 @@ def fan_in_should_run(instance: dg.DagsterInstance, key: dg.AssetKey, inputs) ->
     Returns
     -------
     bool
-        Never materialized: True once any input has an event.  Else True when an input landed after the
-        start of the run behind its latest materialization, and that run is older than
+        Never tried: True once any input has an event.  Else True when an input landed after the
+        start of the latest run that tried to materialize it (succeeded or not), and that run is older than
         :data:`REFRESH_WHILE_SORTING_S` or :func:`a_landed_launch_is_done`.
     """
     inputs = list(inputs)

@@ -194,7 +194,7 @@ def _summary_table(df) -> dg.MetadataValue:
 @dg.asset(
     group_name="results",
     kinds={"pandas", "matplotlib"},
-    deps=[sorting_comparison],
+    deps=[sorting_comparison, sorting],  # errored sortings are counted too
     automation_condition=AS_RESULTS_LAND,
     check_specs=[score_regression_spec],
     description="One table, sorter x study set/study: mean accuracy, precision and recall over "
