@@ -73,13 +73,9 @@ def _only_pair(env):
 # -- item 1: every attempt its own folder ---------------------------------------------------
 
 
-def test_two_runs_of_one_pair_at_once_each_sort_in_their_own_folder(env):
-    sorter_spec, rec, key = _only_pair(env)
-    label = sorting_label(sorter_spec.name, rec.study_name, rec.name)
-    assert env.run("studysets_job").success and env.run("recordings_job", recording_key(rec)).success
-    # A fresh worker process each: on the sort service, sorter affinity may well run the second
-    # after the first on the slot that has the sorter compiled, and the two would not overlap.
-    run_config = json.dumps(env.with_options(use_job_cache=False, reuse_workers=False).options.run_config())
+def _two_runs_at_once(env, key: str) -> list[dict]:
+    """Two sorting runs of partition ``key``, each in a process of its own, started together; both succeed."""
+    run_config = json.dumps(env.options.run_config())
     home = str(Path(env.instance.root_directory))
     runs = [
         subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, home, key, run_config], stdout=subprocess.PIPE, text=True)
@@ -87,6 +83,16 @@ def test_two_runs_of_one_pair_at_once_each_sort_in_their_own_folder(env):
     ]
     outcomes = [json.loads(run.communicate(timeout=600)[0].splitlines()[-1]) for run in runs]
     assert [o["success"] for o in outcomes] == [True, True], outcomes
+    return outcomes
+
+
+def test_two_runs_of_one_pair_at_once_each_sort_in_their_own_folder(env):
+    sorter_spec, rec, key = _only_pair(env)
+    label = sorting_label(sorter_spec.name, rec.study_name, rec.name)
+    assert env.run("studysets_job").success and env.run("recordings_job", recording_key(rec)).success
+    # A fresh worker process each: on the sort service, sorter affinity may well run the second
+    # after the first on the slot that has the sorter compiled, and the two would not overlap.
+    outcomes = _two_runs_at_once(env.with_options(use_job_cache=False, reuse_workers=False), key)
 
     first, second = _materializations(env.instance, key)
     # The two sorts really overlapped: each had to keep to its own folder while the other ran.
@@ -99,6 +105,20 @@ def test_two_runs_of_one_pair_at_once_each_sort_in_their_own_folder(env):
     assert first["console_out_uri"] != second["console_out_uri"]
     assert first["work_dir"] != second["work_dir"]
     assert {Path(md["work_dir"]).name.rsplit("-a", 1)[0] for md in (first, second)} == {o["run_id"] for o in outcomes}
+
+
+def test_two_launches_of_one_uncached_pair_at_once_sort_it_once(env):
+    """A UI backfill and a sensor tick that both planned the pair before either's run existed:
+    the second run waits for the first's sorting and takes it from the job cache."""
+    sorter_spec, rec, key = _only_pair(env)
+    assert env.run("studysets_job").success and env.run("recordings_job", recording_key(rec)).success
+    outcomes = _two_runs_at_once(env.with_options(reuse_workers=False), key)  # the job cache on
+    [only] = _materializations(env.instance, key)
+    sorted_by = Path(only["work_dir"]).name.rsplit("-a", 1)[0]
+    [other] = [o["run_id"] for o in outcomes if o["run_id"] != sorted_by]
+    messages = [e.message for e in env.instance.all_logs(other)]
+    assert f"waiting for run {sorted_by}, sorting this pair" in messages, messages
+    assert any("not sorting again" in m for m in messages), messages
 
 
 # -- item 2: a cache hit only for what verifies ---------------------------------------------

@@ -22,6 +22,11 @@ outlive the retry's start (a node the controller wrote off but that still
 reaches the shared filesystem), and whatever they write then lands in the
 folder nobody reads any more.
 
+A pair's folder also holds :data:`PAIR_LOCK_FILE`: a launch holds it
+exclusively from deciding whether to sort the pair (the job cache) to storing
+the sorting, so two launches that planned the same pair at the same moment
+sort it once; the second finds the first's sorting in the job cache.
+
 On a filesystem without ``flock`` support (some NFS mounts), attempts still
 get folders of their own, but nothing is cleaned up: in-use cannot be told.
 """
@@ -31,13 +36,17 @@ import errno
 import fcntl
 import os
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from sf_assets.core.folder_names import is_attempt_name
 
 IN_USE_FILE = ".in-use"
+PAIR_LOCK_FILE = ".sorting"
+"""In a pair's folder; names the run that holds it (see :func:`holding_the_pair`)."""
+PAIR_LOCK_POLL_S = 0.25
 RETRY_PREFIX = "retry-"
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
 
@@ -244,6 +253,48 @@ def attempt_in_use(work_dir: Path) -> Iterator[None]:
             _lock(fd, fcntl.LOCK_SH)
         except OSError:
             pass
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def holding_the_pair(pair_dir: Path, holder: str, on_wait: Callable[[str], None]) -> Iterator[None]:
+    """Hold the pair's lock: one launch at a time decides whether to sort the pair, and sorts it.
+
+    The lock is polled, not waited on in the kernel: a run terminated while it
+    waits gets its interrupt at the next poll.
+
+    Parameters
+    ----------
+    pair_dir : Path
+        The pair's folder (created if missing).
+    holder : str
+        Written into the lock file for whoever waits next (a run id).
+    on_wait : Callable[[str], None]
+        Called once, with the holder the file names, when another launch holds the pair.
+
+    Yields
+    ------
+    None
+        With the pair held (where the filesystem has no ``flock``, without a lock).
+    """
+    pair_dir.mkdir(parents=True, exist_ok=True)
+    path = pair_dir / PAIR_LOCK_FILE
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        waited = False
+        while True:
+            try:
+                if _lock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, holder.encode(), 0)
+                break
+            except BlockingIOError:
+                if not waited:
+                    waited = True
+                    on_wait(path.read_text(errors="replace").strip() or "another run")
+                time.sleep(PAIR_LOCK_POLL_S)
         yield
     finally:
         os.close(fd)

@@ -31,7 +31,7 @@ from sf_assets.engines.job import SORT_ENGINE_VERSION, CanaryReport, SortJob, So
 from sf_assets.engines.job_cache import job_cache_verdict
 from sf_assets.engines.refused import REFUSED, refused_report
 from sf_assets.engines.service_client import SortServiceError
-from sf_assets.engines.work_dirs import claim_attempt_dir
+from sf_assets.engines.work_dirs import claim_attempt_dir, holding_the_pair
 from sf_assets.orchestration.partitions import recording_key, sorting_partitions, split_pair_key
 from sf_assets.orchestration.planning import expected_cache_key
 from sf_assets.orchestration.resources import KacheryResource, SortingEngineResource, StudysetResource
@@ -191,6 +191,30 @@ def sorting(
 ):
     """Sort one (sorter, recording) pair through the sort service, its canary first; or take it from the job cache."""
     sorter_spec, rec = _assigned_pair(context, studyset, kachery)
+    settings = sorting_engine.settings()
+    pair_dir = work_dir_for(settings, sorter_spec.name, rec.study_name, rec.name, context.run.run_id).parent
+    # Two launches that planned the pair at the same moment (a UI backfill and a sensor tick) both
+    # found it missing; the second waits for the first's sorting and then finds it in the job cache.
+    # Without the cache, a forced sort runs beside any other (determinism checks sort a pair twice).
+    one_at_a_time = (
+        holding_the_pair(
+            pair_dir, context.run.run_id, lambda holder: context.log.info(f"waiting for run {holder}, sorting this pair")
+        )
+        if sorting_engine.use_job_cache
+        else contextlib.nullcontext()
+    )
+    with one_at_a_time:
+        yield from _sort_or_take_from_cache(context, sorting_engine, kachery, sorter_spec, rec)
+
+
+def _sort_or_take_from_cache(
+    context: dg.AssetExecutionContext,
+    sorting_engine: SortingEngineResource,
+    kachery: KacheryResource,
+    sorter_spec,
+    rec,
+):
+    """The sorting step's work once it may decide for its pair: a job-cache hit, or a sort and its result."""
     entry = resolve_sorter(sorter_spec.name)
     settings = sorting_engine.settings()
     image = container_image_for(entry, settings)
