@@ -90,7 +90,9 @@ def test_the_job_cache_key_holds_the_installed_versions_of_the_code_that_sorts()
         "numba": numba.__version__,
         "mountainsort5": mountainsort5.__version__,
     }
-    assert "mountainsort5" not in dict(code_versions(entry.package, in_container=True)), "the image stands for it"
+    assert dict(code_versions(entry.package, in_container=True)) == {"spikeinterface": spikeinterface.__version__}, (
+        "in a container the image stands for the sorter, numpy and numba"
+    )
 
     def key(versions: dict) -> str:
         return cache_key(entry, {"detect_threshold": 6}, "sha1://" + "1" * 40, None, "default", tuple(versions.items()))
@@ -98,3 +100,26 @@ def test_the_job_cache_key_holds_the_installed_versions_of_the_code_that_sorts()
     assert key(here) == key(dict(reversed(list(here.items())))), "the order it is read in does not count"
     for name in here:
         assert key({**here, name: "0.0.1"}) != key(here), f"an upgraded {name} must sort again, not hit the cache"
+
+
+def test_a_worker_reports_the_versions_it_imported_and_its_sorting_is_keyed_by_them(monkeypatch):
+    """A warm worker started before ``pip install -U`` still runs the old release: what it reports,
+    and the key its sorting is stored under, are the imported module's, not the installed one's."""
+    from sf_assets.engines.provenance import code_versions, ran_with
+    from sf_assets.orchestration.planning import expected_cache_key
+    from sf_assets.core.manifest import Recording
+    from sf_assets.core.spec import SorterSpec
+    from sf_assets.engines.engine import EngineSettings
+
+    entry = resolve_sorter("MountainSort5")
+    monkeypatch.setattr(spikeinterface, "__version__", "0.0.1")  # imported before an upgrade
+    reported = library_versions(entry)
+    assert reported["spikeinterface"] == "0.0.1"
+    installed = dict(code_versions(entry.package, in_container=False))
+    assert installed["spikeinterface"] != "0.0.1", "the planner reads what a new worker would import"
+    ran = ran_with(reported, entry.package)
+    assert dict(ran) == {**installed, "spikeinterface": "0.0.1"}
+    sorter_spec = SorterSpec(name="MountainSort5", params={"detect_threshold": 6}, studysets=("S",))
+    rec = Recording("r", "s", "S", 30000.0, 4, 10.0, 5, -1, "sha1://" + "1" * 40, "sha1://" + "2" * 40, False)
+    settings = EngineSettings(work_root="/nonexistent")
+    assert expected_cache_key(sorter_spec, rec, settings, versions=ran) != expected_cache_key(sorter_spec, rec, settings)

@@ -35,7 +35,7 @@ def test_a_move_with_nothing_changed_is_unexplained_and_the_others_say_why():
     before = [_cell("A", 0.90), _cell("B", 0.80), _cell("C", 0.70), _cell("D", 0.60), _cell("E", 0.5)]
     after = [
         _cell("A", 0.88),  # same inputs, same versions: non-determinism
-        _cell("B", 0.85, versions="v2"),  # a new sorter version
+        _cell("B", 0.85, versions="v2", inputs="k-of-v2"),  # a new sorter version (its cache keys hold it)
         _cell("C", 0.75, inputs="k2"),  # new params or recordings
         _cell("D", 0.6004),  # within the tolerance
         _cell("F", 0.4),

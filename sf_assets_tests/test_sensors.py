@@ -508,9 +508,12 @@ def test_the_fan_ins_wait_for_the_last_run_of_a_launch(deployed, monkeypatch):
     assert SUMMARY in _requested_assets(settled), "the launch has settled"
 
 
-def test_a_failed_fan_in_run_is_asked_for_again_only_when_an_input_lands(deployed, tmp_path):
+def test_a_failed_fan_in_run_waits_for_a_new_input_or_its_retry_period(deployed, tmp_path, monkeypatch):
     """A fan-in whose run failed stays behind its inputs; it must not be requested at every tick
-    (every 5 s, for good) but once more when an input lands after that run started."""
+    (every 5 s, for good) but once an input lands after that run started, or once the retry
+    period has passed (a failure that has gone away: a locked database, a cleared disk)."""
+    from sf_assets.orchestration.assets import automation
+
     instance = deployed.instance
     options = _run_options(deployed)
     assert execute_partition_run(instance.get_ref(), "results_job", None, options.run_config()).success
@@ -528,6 +531,10 @@ def test_a_failed_fan_in_run_is_asked_for_again_only_when_an_input_lands(deploye
         later = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
         assert not FAN_INS & _requested_assets(later), f"tick {tick + 1} asked for the failed fan-ins again"
         cursor = later.cursor
+    monkeypatch.setattr(automation, "FAILED_RUN_RETRY_S", 0.0)
+    retried = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+    assert SUMMARY in _requested_assets(retried), "still behind once the retry period has passed"
+    monkeypatch.undo()
     _land_a_comparison(deployed)
     landed = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
     assert SUMMARY in _requested_assets(landed), "a result landed after the failed run started"

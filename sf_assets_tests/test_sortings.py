@@ -21,6 +21,7 @@ from sf_assets.orchestration.assets.sortings import sorting
 from sf_assets.core.labels import MAX_NAME_CHARS, sorting_label
 from sf_assets.core.folder_names import MAX_NAME_BYTES
 from sf_assets.orchestration.partitions import pair_key, recording_key
+from sf_assets.engines.engine import work_dir_for
 from sf_assets.stores.kachery import KacheryStore
 from harness.automation import write_manifest
 from sf_assets_tests.graph_harness import make_env, write_spec
@@ -73,14 +74,17 @@ def _only_pair(env):
 # -- item 1: every attempt its own folder ---------------------------------------------------
 
 
-def _two_runs_at_once(env, key: str) -> list[dict]:
-    """Two sorting runs of partition ``key``, each in a process of its own, started together; both succeed."""
+def _start_two_runs(env, key: str) -> list[subprocess.Popen]:
+    """Two sorting runs of partition ``key``, each in a process of its own, started together."""
     run_config = json.dumps(env.options.run_config())
     home = str(Path(env.instance.root_directory))
-    runs = [
+    return [
         subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, home, key, run_config], stdout=subprocess.PIPE, text=True)
         for _ in range(2)
     ]
+
+
+def _both_succeed(runs: list[subprocess.Popen]) -> list[dict]:
     outcomes = [json.loads(run.communicate(timeout=600)[0].splitlines()[-1]) for run in runs]
     assert [o["success"] for o in outcomes] == [True, True], outcomes
     return outcomes
@@ -92,7 +96,7 @@ def test_two_runs_of_one_pair_at_once_each_sort_in_their_own_folder(env):
     assert env.run("studysets_job").success and env.run("recordings_job", recording_key(rec)).success
     # A fresh worker process each: on the sort service, sorter affinity may well run the second
     # after the first on the slot that has the sorter compiled, and the two would not overlap.
-    outcomes = _two_runs_at_once(env.with_options(use_job_cache=False, reuse_workers=False), key)
+    outcomes = _both_succeed(_start_two_runs(env.with_options(use_job_cache=False, reuse_workers=False), key))
 
     first, second = _materializations(env.instance, key)
     # The two sorts really overlapped: each had to keep to its own folder while the other ran.
@@ -109,15 +113,34 @@ def test_two_runs_of_one_pair_at_once_each_sort_in_their_own_folder(env):
 
 def test_two_launches_of_one_uncached_pair_at_once_sort_it_once(env):
     """A UI backfill and a sensor tick that both planned the pair before either's run existed:
-    the second run waits for the first's sorting and takes it from the job cache."""
+    one run sorts it, the other waits for that sorting and takes it from the job cache.  The test
+    holds the pair's lock until both runs have reached it, so that they surely overlap."""
+    import time
+
+    from sf_assets.engines.work_dirs import holding_the_pair
+
     sorter_spec, rec, key = _only_pair(env)
     assert env.run("studysets_job").success and env.run("recordings_job", recording_key(rec)).success
-    outcomes = _two_runs_at_once(env.with_options(reuse_workers=False), key)  # the job cache on
+    both = env.with_options(reuse_workers=False)  # the job cache on
+    pair_dir = work_dir_for(both.options.engine_settings(), sorter_spec.name, rec.study_name, rec.name, "x").parent
+    with holding_the_pair(pair_dir, both.options.job_cache, "the test", lambda holder: None):
+        runs = _start_two_runs(both, key)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and any(run.poll() is None for run in runs):
+            waiting = [
+                r.run_id
+                for r in env.instance.get_runs(dg.RunsFilter(job_name="sorting_job"))
+                if any("waiting for run the test" in e.message for e in env.instance.all_logs(r.run_id))
+            ]
+            if len(waiting) == 2:
+                break
+            time.sleep(0.5)
+    outcomes = _both_succeed(runs)
     [only] = _materializations(env.instance, key)
     sorted_by = Path(only["work_dir"]).name.rsplit("-a", 1)[0]
     [other] = [o["run_id"] for o in outcomes if o["run_id"] != sorted_by]
     messages = [e.message for e in env.instance.all_logs(other)]
-    assert f"waiting for run {sorted_by}, sorting this pair" in messages, messages
+    assert "waiting for run the test, sorting this pair" in messages, messages
     assert any("not sorting again" in m for m in messages), messages
 
 

@@ -176,10 +176,11 @@ def score_changes(
         elif b is None:
             changes.append(CellChange(key, a.mean_accuracy, None, None, CELL_GONE))
         elif not _same(a.mean_accuracy, b.mean_accuracy, tolerance):
-            if a.inputs != b.inputs:
-                cause = INPUTS_CHANGED
-            elif a.versions != b.versions:
+            # Versions first: a cache key holds the libraries' versions, so a new release changes the inputs too.
+            if a.versions != b.versions:
                 cause = SORTER_VERSION_CHANGED
+            elif a.inputs != b.inputs:
+                cause = INPUTS_CHANGED
             else:
                 cause = INPUTS_UNCHANGED
             delta = None if a.mean_accuracy is None or b.mean_accuracy is None else b.mean_accuracy - a.mean_accuracy

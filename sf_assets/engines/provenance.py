@@ -9,11 +9,12 @@ actually ran with, so a changed score can be traced to a changed input.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import platform
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Iterator, Mapping
 from importlib import metadata
 from typing import Any
@@ -117,20 +118,30 @@ def threads_in_use(threads: int | None) -> dict[str, Any]:
 
 
 def _version(distribution: str) -> str | None:
+    """The installed version of ``distribution``, from its metadata on disk (None: not installed)."""
     try:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return None
 
 
-@functools.lru_cache(maxsize=None)
-def code_versions(package: str | None, in_container: bool) -> tuple[tuple[str, str | None], ...]:
-    """Installed versions of the code a sort of this sorter runs here, for the job cache's key.
+def _running_version(distribution: str) -> str | None:
+    """The version of ``distribution`` this process runs: its imported module's, else the installed one.
 
-    spikeinterface, numpy and numba always; the sorter's own package only when
-    it sorts here (in a container the image stands for it).  Read from the
-    installed distributions' metadata, without importing them, once per
-    process: the planner asks for every pair it looks at.
+    They differ in a process that imported the library before it was
+    upgraded (a warm worker started before ``pip install -U``).
+    """
+    module = sys.modules.get(distribution.replace("-", "_"))
+    version = getattr(module, "__version__", None)
+    return str(version) if version else _version(distribution)
+
+
+def key_libraries(package: str | None, in_container: bool) -> tuple[str, ...]:
+    """The distributions whose versions a sort's job-cache key holds.
+
+    spikeinterface always (it drives the sort, in a container too); numpy,
+    numba and the sorter's own package only when it sorts here: in a container
+    the image stands for them.
 
     Parameters
     ----------
@@ -141,18 +152,68 @@ def code_versions(package: str | None, in_container: bool) -> tuple[tuple[str, s
 
     Returns
     -------
-    tuple[tuple[str, str or None], ...]
-        (distribution, version) pairs, sorted; None for one not installed.
+    tuple[str, ...]
+        Sorted distribution names.
     """
-    names = set(LIBRARIES)
-    if package is not None and not in_container:
-        names.add(package)
-    return tuple((name, _version(name)) for name in sorted(names))
+    if in_container:
+        return ("spikeinterface",)
+    return tuple(sorted(set(LIBRARIES) | ({package} if package else set())))
+
+
+INSTALLED_VERSIONS_TTL_S = 30.0
+"""How long a process trusts the installed versions it read (a planner asks for every pair it looks at)."""
+_installed: dict[tuple[str, ...], tuple[float, tuple[tuple[str, str | None], ...]]] = {}
+
+
+def code_versions(package: str | None, in_container: bool) -> tuple[tuple[str, str | None], ...]:
+    """Installed versions of the code a new sort of this sorter would run, for the job cache's key.
+
+    Read from the installed distributions' metadata, without importing them,
+    at most every :data:`INSTALLED_VERSIONS_TTL_S` per process, so that a
+    long-lived planner (the code server's sensor) sees an upgrade.
+
+    Parameters
+    ----------
+    package, in_container
+        As for :func:`key_libraries`.
+
+    Returns
+    -------
+    tuple[tuple[str, str or None], ...]
+        (distribution, version) pairs of :func:`key_libraries`, sorted; None for one not installed.
+    """
+    names = key_libraries(package, in_container)
+    now = time.monotonic()
+    read_at, versions = _installed.get(names, (None, ()))
+    if read_at is None or now - read_at > INSTALLED_VERSIONS_TTL_S:
+        versions = tuple((name, _version(name)) for name in names)
+        _installed[names] = (now, versions)
+    return versions
+
+
+def ran_with(reported: dict[str, str | None], package: str | None) -> tuple[tuple[str, str | None], ...]:
+    """The job-cache versions of a local sort, from what its worker reported it ran (``provenance.versions``).
+
+    Parameters
+    ----------
+    reported : dict[str, str or None]
+        :func:`library_versions` as the worker took it.
+    package : str or None
+        The sorter's distribution.
+
+    Returns
+    -------
+    tuple[tuple[str, str or None], ...]
+        As :func:`code_versions` returns them.
+    """
+    return tuple((name, reported.get(name)) for name in key_libraries(package, in_container=False))
 
 
 def library_versions(entry: SorterEntry) -> dict[str, str | None]:
     """Versions of spikeinterface, numpy, numba, the sorter's package and of the sorter itself.
 
+    As this process runs them: a library it has imported gives its module's
+    version, which is what sorted even when a newer one was installed since.
     ``sorter`` is spikeinterface's own version string for the sorter
     (``get_sorter_version``: the algorithm's version for spikeinterface's
     sorters, the package's for the others); None where it cannot tell (a
@@ -170,9 +231,9 @@ def library_versions(entry: SorterEntry) -> dict[str, str | None]:
     """
     from spikeinterface.sorters.sorterlist import sorter_dict
 
-    versions: dict[str, str | None] = {name: _version(name) for name in LIBRARIES}
+    versions: dict[str, str | None] = {name: _running_version(name) for name in LIBRARIES}
     if entry.package is not None:
-        versions[entry.package] = _version(entry.package)
+        versions[entry.package] = _running_version(entry.package)
     try:
         versions["sorter"] = str(sorter_dict[entry.si_name].get_sorter_version())
     except Exception:  # not installed here (container-only): the image stands for it

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import shutil
 import time
@@ -45,7 +46,7 @@ from sf_assets.core.folder_names import is_attempt_name
 
 IN_USE_FILE = ".in-use"
 PAIR_LOCK_FILE = ".sorting"
-"""In a pair's folder; names the run that holds it (see :func:`holding_the_pair`)."""
+"""In a pair's folder, followed by a digest of the job cache's name; names the run that holds it (see :func:`holding_the_pair`)."""
 PAIR_LOCK_POLL_S = 0.25
 RETRY_PREFIX = "retry-"
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
@@ -259,16 +260,19 @@ def attempt_in_use(work_dir: Path) -> Iterator[None]:
 
 
 @contextmanager
-def holding_the_pair(pair_dir: Path, holder: str, on_wait: Callable[[str], None]) -> Iterator[None]:
+def holding_the_pair(pair_dir: Path, job_cache: str, holder: str, on_wait: Callable[[str], None]) -> Iterator[None]:
     """Hold the pair's lock: one launch at a time decides whether to sort the pair, and sorts it.
 
-    The lock is polled, not waited on in the kernel: a run terminated while it
-    waits gets its interrupt at the next poll.
+    One lock per job cache name: launches under two names share no hits, so
+    they have nothing to wait for.  The lock is polled, not waited on in the
+    kernel: a run terminated while it waits gets its interrupt at the next poll.
 
     Parameters
     ----------
     pair_dir : Path
         The pair's folder (created if missing).
+    job_cache : str
+        The job cache's name.
     holder : str
         Written into the lock file for whoever waits next (a run id).
     on_wait : Callable[[str], None]
@@ -280,7 +284,7 @@ def holding_the_pair(pair_dir: Path, holder: str, on_wait: Callable[[str], None]
         With the pair held (where the filesystem has no ``flock``, without a lock).
     """
     pair_dir.mkdir(parents=True, exist_ok=True)
-    path = pair_dir / PAIR_LOCK_FILE
+    path = pair_dir / f"{PAIR_LOCK_FILE}-{hashlib.sha1(job_cache.encode()).hexdigest()[:8]}"
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
     try:
         waited = False

@@ -65,7 +65,12 @@ class Plan:
     compare_after: dict[str, list[str]] = field(default_factory=dict)
 
 
-def expected_cache_key(sorter_spec: SorterSpec, rec: Recording, settings: EngineSettings) -> str:
+def expected_cache_key(
+    sorter_spec: SorterSpec,
+    rec: Recording,
+    settings: EngineSettings,
+    versions: tuple[tuple[str, str | None], ...] | None = None,
+) -> str:
     """The cache key a sorting of this pair made now would carry.
 
     Parameters
@@ -76,6 +81,9 @@ def expected_cache_key(sorter_spec: SorterSpec, rec: Recording, settings: Engine
         The recording.
     settings : EngineSettings
         The engine (its container image and job cache name count).
+    versions : tuple or None
+        The code's versions (see :func:`~sf_assets.engines.provenance.code_versions`);
+        None: the ones installed here now.
 
     Returns
     -------
@@ -84,7 +92,8 @@ def expected_cache_key(sorter_spec: SorterSpec, rec: Recording, settings: Engine
     """
     entry = resolve_sorter(sorter_spec.name)
     image = container_image_for(entry, settings)
-    versions = code_versions(entry.package, in_container=image is not None)
+    if versions is None:
+        versions = code_versions(entry.package, in_container=image is not None)
     return cache_key(entry, dict(sorter_spec.params or {}), rec.recording_uri, image, settings.job_cache, versions)
 
 

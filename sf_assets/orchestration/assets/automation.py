@@ -9,8 +9,9 @@ lands while the summary's run is in progress was never summarized
 (reproduced by ``test_a_result_that_lands_during_the_fan_ins_run_requests_them_again``).
 
 A run of the fan-in that failed read its inputs as much as one that
-succeeded: it is asked for again once a newer input lands, not at every tick
-(``test_a_failed_fan_in_run_is_asked_for_again_only_when_an_input_lands``).
+succeeded: it is asked for again once a newer input lands, or after
+:data:`FAILED_RUN_RETRY_S`, not at every tick
+(``test_a_failed_fan_in_run_waits_for_a_new_input_or_its_retry_period``).
 
 A fan-in also waits for a launch to settle: while a
 backfill still has sorts queued or running, summarizing after each result
@@ -32,6 +33,9 @@ from sf_assets.orchestration.launches import RunInFlight, launch_of, some_launch
 
 REFRESH_WHILE_SORTING_S = 60.0
 """During a campaign, the fan-ins catch up at least this often (seconds), so the UI shows progress."""
+FAILED_RUN_RETRY_S = 300.0
+"""A fan-in whose latest run failed is asked for again after this long (seconds) if it is still behind."""
+ENDED_UNSUCCESSFULLY = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 LANDED_RUNS_LOOKED_AT = 500
 """The newest unread results whose launches are looked at per input (the refresh covers the rest)."""
 
@@ -47,22 +51,30 @@ def _latest_event_timestamp(instance: dg.DagsterInstance, key: dg.AssetKey) -> f
 
 
 def _read_from_timestamp(instance: dg.DagsterInstance, key: dg.AssetKey) -> float | None:
-    """When the latest run that tried to materialize ``key`` started (None: never tried).
+    """When the fan-in last read its inputs (None: never).
 
-    A run that failed counts as much as one that succeeded: it read what had
-    landed before it started, and asking again before anything new lands would
-    fail the same way at every automation tick.
+    The start of the run behind its latest materialization, or of a later run
+    of it that failed or was cancelled less than :data:`FAILED_RUN_RETRY_S`
+    ago.  A run that failed read what had landed before it started as much as one
+    that succeeded, and asking again before anything new lands would fail the
+    same way at every automation tick; after :data:`FAILED_RUN_RETRY_S` it is
+    asked for again (a database that was locked, a disk that was cleared).  A
+    run that never started (cancelled in the queue) read nothing.
     """
-    planned = instance.get_latest_planned_materialization_info(key)
     latest = instance.get_latest_materialization_event(key)
-    run_ids = {run_id for run_id in (planned and planned.run_id, latest and latest.run_id) if run_id}
-    starts = [
-        record.start_time or record.create_timestamp.timestamp()
-        for record in (instance.get_run_records(dg.RunsFilter(run_ids=sorted(run_ids))) if run_ids else ())
-    ]
-    if latest is not None and not latest.run_id:  # reported without a run
-        starts.append(latest.timestamp)
-    return max(starts, default=None)
+    read_from = None
+    if latest is not None:
+        record = instance.get_run_record_by_id(latest.run_id) if latest.run_id else None
+        read_from = (record.start_time if record is not None and record.start_time else None) or latest.timestamp
+    planned = instance.get_latest_planned_materialization_info(key)
+    if planned is None or (latest is not None and planned.run_id == latest.run_id):
+        return read_from
+    attempt = instance.get_run_record_by_id(planned.run_id)
+    if attempt is None or not attempt.start_time or attempt.dagster_run.status not in ENDED_UNSUCCESSFULLY:
+        return read_from
+    if time.time() - attempt.start_time >= FAILED_RUN_RETRY_S:
+        return read_from
+    return max(read_from or 0.0, attempt.start_time)
 
 
 RUNLESS = ""
@@ -132,8 +144,8 @@ def fan_in_should_run(instance: dg.DagsterInstance, key: dg.AssetKey, inputs) ->
     Returns
     -------
     bool
-        Never tried: True once any input has an event.  Else True when an input landed after the
-        start of the latest run that tried to materialize it (succeeded or not), and that run is older than
+        Never read: True once any input has an event.  Else True when an input landed after it last
+        read them (see :func:`_read_from_timestamp`), and that run is older than
         :data:`REFRESH_WHILE_SORTING_S` or :func:`a_landed_launch_is_done`.
     """
     inputs = list(inputs)

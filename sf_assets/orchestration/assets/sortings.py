@@ -29,6 +29,7 @@ from sf_assets.core.sorter_catalog import require_runnable, resolve_sorter
 from sf_assets.engines.engine import container_image_for, run_sort, work_dir_for
 from sf_assets.engines.job import SORT_ENGINE_VERSION, CanaryReport, SortJob, SortReport
 from sf_assets.engines.job_cache import job_cache_verdict
+from sf_assets.engines.provenance import code_versions, ran_with
 from sf_assets.engines.refused import REFUSED, refused_report
 from sf_assets.engines.service_client import SortServiceError
 from sf_assets.engines.work_dirs import claim_attempt_dir, holding_the_pair
@@ -198,7 +199,10 @@ def sorting(
     # Without the cache, a forced sort runs beside any other (determinism checks sort a pair twice).
     one_at_a_time = (
         holding_the_pair(
-            pair_dir, context.run.run_id, lambda holder: context.log.info(f"waiting for run {holder}, sorting this pair")
+            pair_dir,
+            sorting_engine.job_cache,
+            context.run.run_id,
+            lambda holder: context.log.info(f"waiting for run {holder}, sorting this pair"),
         )
         if sorting_engine.use_job_cache
         else contextlib.nullcontext()
@@ -303,6 +307,18 @@ def _sort_or_take_from_cache(
         )
     attempt.release()  # what this step needed from its folder is read; the next attempt may clean it up
     record = _record(sorter_spec, rec, report, console_uri)
+    reported = (record.provenance or {}).get("versions")
+    if image is None and reported:
+        # Keyed by the code that sorted: a warm worker started before an upgrade ran the old release.
+        ran = expected_cache_key(sorter_spec, rec, settings, versions=ran_with(reported, entry.package))
+        if ran != key:
+            context.log.warning(
+                f"{label}: the sort service's worker ran {dict(ran_with(reported, entry.package))}, but "
+                f"{dict(code_versions(entry.package, in_container=False))} is installed (its workers started "
+                "before an upgrade); the sorting is kept under the versions that made it and sorted again once "
+                "the service has restarted (it exits when idle)"
+            )
+            key = ran
     common = {
         "label": label,
         **view_metadata(label),
