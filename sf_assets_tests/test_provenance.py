@@ -112,6 +112,9 @@ def test_a_worker_reports_the_versions_it_imported_and_its_sorting_is_keyed_by_t
     from sf_assets.engines.engine import EngineSettings
 
     entry = resolve_sorter("MountainSort5")
+    installed_si = spikeinterface.__version__
+    monkeypatch.setattr(spikeinterface, "__version__", installed_si + ".0")  # the same release, spelled otherwise
+    assert library_versions(entry)["spikeinterface"] == installed_si, "the planner's spelling: keys must match"
     monkeypatch.setattr(spikeinterface, "__version__", "0.0.1")  # imported before an upgrade
     reported = library_versions(entry)
     assert reported["spikeinterface"] == "0.0.1"

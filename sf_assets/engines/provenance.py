@@ -19,6 +19,8 @@ from collections.abc import Iterator, Mapping
 from importlib import metadata
 from typing import Any
 
+from packaging.version import InvalidVersion, Version
+
 from sf_assets.core.sorter_catalog import SorterEntry
 from sf_assets.engines.job import SortJob
 from sf_assets.engines.threads import NUMBA_LAYER_VAR, THREAD_LIMIT_VARS
@@ -126,14 +128,23 @@ def _version(distribution: str) -> str | None:
 
 
 def _running_version(distribution: str) -> str | None:
-    """The version of ``distribution`` this process runs: its imported module's, else the installed one.
+    """The version of ``distribution`` this process runs: the installed one, unless its imported module says otherwise.
 
     They differ in a process that imported the library before it was
-    upgraded (a warm worker started before ``pip install -U``).
+    upgraded (a warm worker started before ``pip install -U``).  The two are
+    compared as versions, not strings (``4.0`` is ``4.0.0``), and the installed
+    spelling is kept when they agree: the planner's key is built from it.
     """
+    installed = _version(distribution)
     module = sys.modules.get(distribution.replace("-", "_"))
-    version = getattr(module, "__version__", None)
-    return str(version) if version else _version(distribution)
+    imported = getattr(module, "__version__", None)
+    if not isinstance(imported, str) or not imported or installed is None:
+        return installed if installed is not None else (imported or None)
+    try:
+        same = Version(imported) == Version(installed)
+    except InvalidVersion:
+        same = imported == installed
+    return installed if same else imported
 
 
 def key_libraries(package: str | None, in_container: bool) -> tuple[str, ...]:
