@@ -120,9 +120,21 @@ def test_a_worker_reports_the_versions_it_imported_and_its_sorting_is_keyed_by_t
     assert reported["spikeinterface"] == "0.0.1"
     installed = dict(code_versions(entry.package, in_container=False))
     assert installed["spikeinterface"] != "0.0.1", "the planner reads what a new worker would import"
-    ran = ran_with(reported, entry.package)
+    ran = ran_with(reported, entry.package, in_container=False)
     assert dict(ran) == {**installed, "spikeinterface": "0.0.1"}
     sorter_spec = SorterSpec(name="MountainSort5", params={"detect_threshold": 6}, studysets=("S",))
     rec = Recording("r", "s", "S", 30000.0, 4, 10.0, 5, -1, "sha1://" + "1" * 40, "sha1://" + "2" * 40, False)
     settings = EngineSettings(work_root="/nonexistent")
     assert expected_cache_key(sorter_spec, rec, settings, versions=ran) != expected_cache_key(sorter_spec, rec, settings)
+    in_image = ran_with(reported, entry.package, in_container=True)  # the host's spikeinterface drives the image
+    assert in_image == (("spikeinterface", "0.0.1"),)
+
+
+def test_the_sort_service_folder_changes_with_the_installed_libraries(monkeypatch):
+    """A launch after an upgrade gets a service whose workers import the new releases."""
+    from sf_assets.engines import provenance, service_address
+
+    before = service_address.code_fingerprint()
+    real = provenance._version
+    monkeypatch.setattr(provenance, "_version", lambda name: "0.0.1" if name == "mountainsort5" else real(name))
+    assert service_address.code_fingerprint() != before

@@ -539,6 +539,20 @@ def test_a_failed_fan_in_run_waits_for_a_new_input_or_its_retry_period(deployed,
     landed = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
     assert SUMMARY in _requested_assets(landed), "a result landed after the failed run started"
     assert execute_partition_run(instance.get_ref(), "results_job", None, options.run_config()).success
+    caught_up = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=landed.cursor)
+    assert not FAN_INS & _requested_assets(caught_up)
+    # A run that never started (cancelled in the queue; a launch that failed) read nothing, and
+    # whatever stopped it would stop the next: the fan-ins wait out the period all the same.
+    _land_a_comparison(deployed)
+    never_started = instance.create_run_for_job(job_def=defs.resolve_job_def("results_job"))
+    instance.report_run_canceled(never_started)
+    held = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=caught_up.cursor)
+    assert not FAN_INS & _requested_assets(held), "asked again right after a run that never started"
+    monkeypatch.setattr(automation, "FAILED_RUN_RETRY_S", 0.0)
+    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=held.cursor)
+    assert SUMMARY in _requested_assets(after), "behind, once the period has passed"
+    monkeypatch.undo()
+    assert execute_partition_run(instance.get_ref(), "results_job", None, options.run_config()).success
 
 
 def test_an_errored_sort_asks_for_the_summary_that_counts_it(deployed):

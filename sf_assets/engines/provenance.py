@@ -202,22 +202,41 @@ def code_versions(package: str | None, in_container: bool) -> tuple[tuple[str, s
     return versions
 
 
-def ran_with(reported: dict[str, str | None], package: str | None) -> tuple[tuple[str, str | None], ...]:
-    """The job-cache versions of a local sort, from what its worker reported it ran (``provenance.versions``).
+def ran_with(
+    reported: dict[str, str | None], package: str | None, in_container: bool
+) -> tuple[tuple[str, str | None], ...]:
+    """The job-cache versions of a sort, from what its worker reported it ran (``provenance.versions``).
 
     Parameters
     ----------
     reported : dict[str, str or None]
         :func:`library_versions` as the worker took it.
-    package : str or None
-        The sorter's distribution.
+    package, in_container
+        As for :func:`key_libraries`.
 
     Returns
     -------
     tuple[tuple[str, str or None], ...]
         As :func:`code_versions` returns them.
     """
-    return tuple((name, reported.get(name)) for name in key_libraries(package, in_container=False))
+    return tuple((name, reported.get(name)) for name in key_libraries(package, in_container))
+
+
+def installed_code() -> tuple[tuple[str, str | None], ...]:
+    """Installed versions of dagster, spikeinterface, numpy, numba and every catalog sorter's package.
+
+    Part of the sort service's code fingerprint: a launch after an upgrade
+    starts a service whose workers import the new releases.
+
+    Returns
+    -------
+    tuple[tuple[str, str or None], ...]
+        (distribution, version) pairs, sorted.
+    """
+    from sf_assets.core.sorter_catalog import CATALOG
+
+    names = {"dagster", *LIBRARIES, *(entry.package for entry in CATALOG if entry.package)}
+    return tuple((name, _version(name)) for name in sorted(names))
 
 
 def library_versions(entry: SorterEntry) -> dict[str, str | None]:

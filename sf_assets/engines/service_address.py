@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sf_assets
+from sf_assets.engines.provenance import installed_code
 
 SOCKET_NAME = "service.sock"
 KEY_NAME = "authkey"
@@ -62,10 +63,13 @@ class ServiceSettings:
 
 
 def code_fingerprint() -> str:
-    """The interpreter, the package's location and every source file's size and mtime.
+    """The interpreter, the package's location, every source file's size and mtime, and the libraries' versions.
 
-    A service holds the sorters' code and the package's modules in memory;
-    this changes whenever any of them would differ in a fresh process.
+    A service holds the sorters' code, the libraries (dagster, spikeinterface,
+    the sorters' packages: :func:`~sf_assets.engines.provenance.installed_code`)
+    and the package's modules in memory; this changes whenever any of them
+    would differ in a fresh process, so a launch after an upgrade gets a new
+    service instead of the old one's workers.
 
     Returns
     -------
@@ -79,6 +83,7 @@ def code_fingerprint() -> str:
     for path in sorted(package.rglob("*.py")):
         st = path.stat()
         h.update(f"{path.relative_to(package)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(repr(installed_code()).encode())
     return h.hexdigest()
 
 

@@ -9,9 +9,12 @@ lands while the summary's run is in progress was never summarized
 (reproduced by ``test_a_result_that_lands_during_the_fan_ins_run_requests_them_again``).
 
 A run of the fan-in that failed read its inputs as much as one that
-succeeded: it is asked for again once a newer input lands, or after
-:data:`FAILED_RUN_RETRY_S`, not at every tick
+succeeded: it is asked for again once a newer input lands, or
+:data:`FAILED_RUN_RETRY_S` after it ended, not at every tick
 (``test_a_failed_fan_in_run_waits_for_a_new_input_or_its_retry_period``).
+A run that failed or was cancelled before it started read nothing, and
+the fan-in is not asked for during that period either: whatever stopped
+it (a code location that does not load) would stop the next one.
 
 A fan-in also waits for a launch to settle: while a
 backfill still has sorts queued or running, summarizing after each result
@@ -51,30 +54,37 @@ def _latest_event_timestamp(instance: dg.DagsterInstance, key: dg.AssetKey) -> f
 
 
 def _read_from_timestamp(instance: dg.DagsterInstance, key: dg.AssetKey) -> float | None:
-    """When the fan-in last read its inputs (None: never).
+    """When the run behind ``key``'s latest materialization started (None: never materialized).
 
-    The start of the run behind its latest materialization, or of a later run
-    of it that failed or was cancelled less than :data:`FAILED_RUN_RETRY_S`
-    ago.  A run that failed read what had landed before it started as much as one
-    that succeeded, and asking again before anything new lands would fail the
-    same way at every automation tick; after :data:`FAILED_RUN_RETRY_S` it is
-    asked for again (a database that was locked, a disk that was cleared).  A
-    run that never started (cancelled in the queue) read nothing.
+    A run whose start was not recorded counts from its creation: it cannot
+    have read anything earlier.
     """
     latest = instance.get_latest_materialization_event(key)
-    read_from = None
-    if latest is not None:
-        record = instance.get_run_record_by_id(latest.run_id) if latest.run_id else None
-        read_from = (record.start_time if record is not None and record.start_time else None) or latest.timestamp
+    if latest is None:
+        return None
+    record = instance.get_run_record_by_id(latest.run_id) if latest.run_id else None
+    if record is None:
+        return latest.timestamp  # reported without a run
+    return record.start_time or record.create_timestamp.timestamp()
+
+
+def _recent_unsuccessful_attempt(instance: dg.DagsterInstance, key: dg.AssetKey) -> dg.RunRecord | None:
+    """The fan-in's latest run, when it failed or was cancelled less than :data:`FAILED_RUN_RETRY_S` ago.
+
+    Only a run that planned the fan-in after its latest materialization's run
+    counts; its end (its creation, if it never ended cleanly) starts the period.
+    """
     planned = instance.get_latest_planned_materialization_info(key)
-    if planned is None or (latest is not None and planned.run_id == latest.run_id):
-        return read_from
+    if planned is None:
+        return None
+    latest = instance.get_latest_materialization_event(key)
+    if latest is not None and planned.run_id == latest.run_id:
+        return None
     attempt = instance.get_run_record_by_id(planned.run_id)
-    if attempt is None or not attempt.start_time or attempt.dagster_run.status not in ENDED_UNSUCCESSFULLY:
-        return read_from
-    if time.time() - attempt.start_time >= FAILED_RUN_RETRY_S:
-        return read_from
-    return max(read_from or 0.0, attempt.start_time)
+    if attempt is None or attempt.dagster_run.status not in ENDED_UNSUCCESSFULLY:
+        return None
+    ended = attempt.end_time or attempt.create_timestamp.timestamp()
+    return attempt if time.time() - ended < FAILED_RUN_RETRY_S else None
 
 
 RUNLESS = ""
@@ -144,12 +154,19 @@ def fan_in_should_run(instance: dg.DagsterInstance, key: dg.AssetKey, inputs) ->
     Returns
     -------
     bool
-        Never read: True once any input has an event.  Else True when an input landed after it last
-        read them (see :func:`_read_from_timestamp`), and that run is older than
-        :data:`REFRESH_WHILE_SORTING_S` or :func:`a_landed_launch_is_done`.
+        False for :data:`FAILED_RUN_RETRY_S` after a run of it that failed or was cancelled before
+        starting.  Never read: True once any input has an event.  Else True when an input landed
+        after the start of the run that last read them (its latest materialization's, or a recent
+        run that failed), and that run is older than :data:`REFRESH_WHILE_SORTING_S` or
+        :func:`a_landed_launch_is_done`.
     """
     inputs = list(inputs)
     read_from = _read_from_timestamp(instance, key)
+    attempt = _recent_unsuccessful_attempt(instance, key)
+    if attempt is not None:
+        if not attempt.start_time:
+            return False  # it never ran (a launch that failed, a cancel in the queue): wait out the period
+        read_from = max(read_from or 0.0, attempt.start_time)  # it read what had landed before it started
     if read_from is None:
         return any(_latest_event_timestamp(instance, p) > 0.0 for p in inputs)
     landed = _landed_by_run(instance, inputs, read_from)

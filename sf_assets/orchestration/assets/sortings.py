@@ -308,15 +308,16 @@ def _sort_or_take_from_cache(
     attempt.release()  # what this step needed from its folder is read; the next attempt may clean it up
     record = _record(sorter_spec, rec, report, console_uri)
     reported = (record.provenance or {}).get("versions")
-    if image is None and reported:
-        # Keyed by the code that sorted: a warm worker started before an upgrade ran the old release.
-        ran = expected_cache_key(sorter_spec, rec, settings, versions=ran_with(reported, entry.package))
+    if reported:
+        # Keyed by the code that sorted: a worker started before an upgrade ran the old release.
+        ran_versions = ran_with(reported, entry.package, in_container=image is not None)
+        ran = expected_cache_key(sorter_spec, rec, settings, versions=ran_versions)
         if ran != key:
             context.log.warning(
-                f"{label}: the sort service's worker ran {dict(ran_with(reported, entry.package))}, but "
-                f"{dict(code_versions(entry.package, in_container=False))} is installed (its workers started "
-                "before an upgrade); the sorting is kept under the versions that made it and sorted again once "
-                "the service has restarted (it exits when idle)"
+                f"{label}: the worker ran {dict(ran_versions)}, where "
+                f"{dict(code_versions(entry.package, in_container=image is not None))} was installed when this "
+                "step began (an upgrade during the campaign); the sorting is kept under the versions that made "
+                "it, and its next launch sorts it again"
             )
             key = ran
     common = {
