@@ -480,11 +480,20 @@ def _requested_assets(result) -> set[dg.AssetKey]:
     return {r.key for r in result.results if r.true_subset.size > 0}
 
 
+def _summary_asked_for_once(instance, cursor, monkeypatch, period: str) -> bool:
+    """Is the summary requested at a tick evaluated as if ``automation.<period>`` had passed?"""
+    from sf_assets.orchestration.assets import automation
+
+    with monkeypatch.context() as patched:
+        patched.setattr(automation, period, 0.0)
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+    return SUMMARY in _requested_assets(result)
+
+
 def test_the_fan_ins_wait_for_the_last_run_of_a_launch(deployed, monkeypatch):
     """A result of a launch that still has a run queued waits for that run (a backfill's eight sorts
     gave six fan-in runs on the cores they needed); once the launch has nothing in flight, or the
     fan-in is older than the refresh period, the fan-ins catch up."""
-    from sf_assets.orchestration.assets import automation
     from sf_assets.orchestration.launches import LEASE_TAG
 
     instance = deployed.instance
@@ -499,10 +508,9 @@ def test_the_fan_ins_wait_for_the_last_run_of_a_launch(deployed, monkeypatch):
     _land_a_comparison(deployed, tags=launch)
     waiting = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=start.cursor)
     assert not FAN_INS & _requested_assets(waiting), "its launch still has a sort running"
-    monkeypatch.setattr(automation, "REFRESH_WHILE_SORTING_S", 0.0)
-    refresh = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=waiting.cursor)
-    assert SUMMARY in _requested_assets(refresh), "a fan-in older than the refresh period catches up anyway"
-    monkeypatch.undo()
+    assert _summary_asked_for_once(
+        instance, waiting.cursor, monkeypatch, "REFRESH_WHILE_SORTING_S"
+    ), "a fan-in older than the refresh period catches up anyway"
     instance.report_run_canceled(running)  # the launch's last run ends
     settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=waiting.cursor)
     assert SUMMARY in _requested_assets(settled), "the launch has settled"
@@ -512,8 +520,6 @@ def test_a_failed_fan_in_run_waits_for_a_new_input_or_its_retry_period(deployed,
     """A fan-in whose run failed stays behind its inputs; it must not be requested at every tick
     (every 5 s, for good) but once an input lands after that run started, or once the retry
     period has passed (a failure that has gone away: a locked database, a cleared disk)."""
-    from sf_assets.orchestration.assets import automation
-
     instance = deployed.instance
     options = _run_options(deployed)
     assert execute_partition_run(instance.get_ref(), "results_job", None, options.run_config()).success
@@ -531,10 +537,7 @@ def test_a_failed_fan_in_run_waits_for_a_new_input_or_its_retry_period(deployed,
         later = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
         assert not FAN_INS & _requested_assets(later), f"tick {tick + 1} asked for the failed fan-ins again"
         cursor = later.cursor
-    monkeypatch.setattr(automation, "FAILED_RUN_RETRY_S", 0.0)
-    retried = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
-    assert SUMMARY in _requested_assets(retried), "still behind once the retry period has passed"
-    monkeypatch.undo()
+    assert _summary_asked_for_once(instance, cursor, monkeypatch, "FAILED_RUN_RETRY_S"), "behind once the period passed"
     _land_a_comparison(deployed)
     landed = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
     assert SUMMARY in _requested_assets(landed), "a result landed after the failed run started"
@@ -548,10 +551,7 @@ def test_a_failed_fan_in_run_waits_for_a_new_input_or_its_retry_period(deployed,
     instance.report_run_canceled(never_started)
     held = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=caught_up.cursor)
     assert not FAN_INS & _requested_assets(held), "asked again right after a run that never started"
-    monkeypatch.setattr(automation, "FAILED_RUN_RETRY_S", 0.0)
-    after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=held.cursor)
-    assert SUMMARY in _requested_assets(after), "behind, once the period has passed"
-    monkeypatch.undo()
+    assert _summary_asked_for_once(instance, held.cursor, monkeypatch, "FAILED_RUN_RETRY_S"), "behind once it passed"
     assert execute_partition_run(instance.get_ref(), "results_job", None, options.run_config()).success
 
 
