@@ -222,7 +222,8 @@ def _sort_or_take_from_cache(
     entry = resolve_sorter(sorter_spec.name)
     settings = sorting_engine.settings()
     image = container_image_for(entry, settings)
-    key = expected_cache_key(sorter_spec, rec, settings)
+    installed = code_versions(entry.package, in_container=image is not None)
+    key = expected_cache_key(sorter_spec, rec, settings, versions=installed)
     store = kachery.store()
 
     cache_miss = None
@@ -314,8 +315,7 @@ def _sort_or_take_from_cache(
         ran = expected_cache_key(sorter_spec, rec, settings, versions=ran_versions)
         if ran != key:
             context.log.warning(
-                f"{label}: the worker ran {dict(ran_versions)}, where "
-                f"{dict(code_versions(entry.package, in_container=image is not None))} was installed when this "
+                f"{label}: the worker ran {dict(ran_versions)}, where {dict(installed)} was installed when this "
                 "step began (an upgrade during the campaign); the sorting is kept under the versions that made "
                 "it, and its next launch sorts it again"
             )
