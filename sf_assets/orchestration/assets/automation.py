@@ -53,13 +53,12 @@ def _latest_event_timestamp(instance: dg.DagsterInstance, key: dg.AssetKey) -> f
     return newest
 
 
-def _read_from_timestamp(instance: dg.DagsterInstance, key: dg.AssetKey) -> float | None:
-    """When the run behind ``key``'s latest materialization started (None: never materialized).
+def _read_from_timestamp(instance: dg.DagsterInstance, latest) -> float | None:
+    """When the run behind ``latest`` (the fan-in's latest materialization event) started (None: none).
 
     A run whose start was not recorded counts from its creation: it cannot
     have read anything earlier.
     """
-    latest = instance.get_latest_materialization_event(key)
     if latest is None:
         return None
     record = instance.get_run_record_by_id(latest.run_id) if latest.run_id else None
@@ -68,16 +67,16 @@ def _read_from_timestamp(instance: dg.DagsterInstance, key: dg.AssetKey) -> floa
     return record.start_time or record.create_timestamp.timestamp()
 
 
-def _recent_unsuccessful_attempt(instance: dg.DagsterInstance, key: dg.AssetKey) -> dg.RunRecord | None:
+def _recent_unsuccessful_attempt(instance: dg.DagsterInstance, key: dg.AssetKey, latest) -> dg.RunRecord | None:
     """The fan-in's latest run, when it failed or was cancelled less than :data:`FAILED_RUN_RETRY_S` ago.
 
-    Only a run that planned the fan-in after its latest materialization's run
-    counts; its end (its creation, if it never ended cleanly) starts the period.
+    Only a run that planned the fan-in after the run of ``latest`` (its latest
+    materialization event) counts; its end (its creation, if it never ended
+    cleanly) starts the period.
     """
     planned = instance.get_latest_planned_materialization_info(key)
     if planned is None:
         return None
-    latest = instance.get_latest_materialization_event(key)
     if latest is not None and planned.run_id == latest.run_id:
         return None
     attempt = instance.get_run_record_by_id(planned.run_id)
@@ -161,8 +160,9 @@ def fan_in_should_run(instance: dg.DagsterInstance, key: dg.AssetKey, inputs) ->
         :func:`a_landed_launch_is_done`.
     """
     inputs = list(inputs)
-    read_from = _read_from_timestamp(instance, key)
-    attempt = _recent_unsuccessful_attempt(instance, key)
+    latest = instance.get_latest_materialization_event(key)
+    read_from = _read_from_timestamp(instance, latest)
+    attempt = _recent_unsuccessful_attempt(instance, key, latest)
     if attempt is not None:
         if not attempt.start_time:
             return False  # it never ran (a launch that failed, a cancel in the queue): wait out the period

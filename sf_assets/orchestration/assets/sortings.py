@@ -208,19 +208,19 @@ def sorting(
         else contextlib.nullcontext()
     )
     with one_at_a_time:
-        yield from _sort_or_take_from_cache(context, sorting_engine, kachery, sorter_spec, rec)
+        yield from _sort_or_take_from_cache(context, sorting_engine, settings, kachery, sorter_spec, rec)
 
 
 def _sort_or_take_from_cache(
     context: dg.AssetExecutionContext,
     sorting_engine: SortingEngineResource,
+    settings,
     kachery: KacheryResource,
     sorter_spec,
     rec,
 ):
     """The sorting step's work once it may decide for its pair: a job-cache hit, or a sort and its result."""
     entry = resolve_sorter(sorter_spec.name)
-    settings = sorting_engine.settings()
     image = container_image_for(entry, settings)
     installed = code_versions(entry.package, in_container=image is not None)
     key = expected_cache_key(sorter_spec, rec, settings, versions=installed)
