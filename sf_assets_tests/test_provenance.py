@@ -134,7 +134,10 @@ def test_the_sort_service_folder_changes_with_the_installed_libraries(monkeypatc
     """A launch after an upgrade gets a service whose workers import the new releases."""
     from sf_assets.engines import provenance, service_address
 
+    monkeypatch.setattr(provenance, "_installed", {})
     before = service_address.code_fingerprint()
     real = provenance._version
     monkeypatch.setattr(provenance, "_version", lambda name: "0.0.1" if name == "mountainsort5" else real(name))
+    assert service_address.code_fingerprint() == before, "read again only after the versions' time to live"
+    monkeypatch.setattr(provenance, "_installed", {})  # that time has passed
     assert service_address.code_fingerprint() != before

@@ -172,16 +172,39 @@ def key_libraries(package: str | None, in_container: bool) -> tuple[str, ...]:
 
 
 INSTALLED_VERSIONS_TTL_S = 30.0
-"""How long a process trusts the installed versions it read (a planner asks for every pair it looks at)."""
+"""How long a process trusts the installed versions it read: a planner asks for every pair it
+looks at, and a sorting run asks twice per sort (its cache key, its service's folder)."""
 _installed: dict[tuple[str, ...], tuple[float, tuple[tuple[str, str | None], ...]]] = {}
+
+
+def installed_versions(names: tuple[str, ...]) -> tuple[tuple[str, str | None], ...]:
+    """(distribution, version) for each of ``names``, as installed; None for one not installed.
+
+    Read from the distributions' metadata, without importing them, at most
+    every :data:`INSTALLED_VERSIONS_TTL_S` per process and set of names, so
+    that a long-lived process (the code server's sensor, a run process) sees
+    an upgrade within that time.
+
+    Parameters
+    ----------
+    names : tuple[str, ...]
+        Distribution names, in the order wanted.
+
+    Returns
+    -------
+    tuple[tuple[str, str or None], ...]
+        (distribution, version) pairs in the order of ``names``.
+    """
+    now = time.monotonic()
+    read_at, versions = _installed.get(names, (None, ()))
+    if read_at is None or now - read_at > INSTALLED_VERSIONS_TTL_S:
+        versions = tuple((name, _version(name)) for name in names)
+        _installed[names] = (now, versions)
+    return versions
 
 
 def code_versions(package: str | None, in_container: bool) -> tuple[tuple[str, str | None], ...]:
     """Installed versions of the code a new sort of this sorter would run, for the job cache's key.
-
-    Read from the installed distributions' metadata, without importing them,
-    at most every :data:`INSTALLED_VERSIONS_TTL_S` per process, so that a
-    long-lived planner (the code server's sensor) sees an upgrade.
 
     Parameters
     ----------
@@ -191,15 +214,9 @@ def code_versions(package: str | None, in_container: bool) -> tuple[tuple[str, s
     Returns
     -------
     tuple[tuple[str, str or None], ...]
-        (distribution, version) pairs of :func:`key_libraries`, sorted; None for one not installed.
+        (distribution, version) pairs of :func:`key_libraries`, sorted (:func:`installed_versions`).
     """
-    names = key_libraries(package, in_container)
-    now = time.monotonic()
-    read_at, versions = _installed.get(names, (None, ()))
-    if read_at is None or now - read_at > INSTALLED_VERSIONS_TTL_S:
-        versions = tuple((name, _version(name)) for name in names)
-        _installed[names] = (now, versions)
-    return versions
+    return installed_versions(key_libraries(package, in_container))
 
 
 def ran_with(
@@ -226,7 +243,8 @@ def installed_code() -> tuple[tuple[str, str | None], ...]:
     """Installed versions of dagster, spikeinterface, numpy, numba and every catalog sorter's package.
 
     Part of the sort service's code fingerprint: a launch after an upgrade
-    starts a service whose workers import the new releases.
+    (seen within :data:`INSTALLED_VERSIONS_TTL_S`) starts a service whose
+    workers import the new releases.
 
     Returns
     -------
@@ -236,7 +254,7 @@ def installed_code() -> tuple[tuple[str, str | None], ...]:
     from sf_assets.core.sorter_catalog import CATALOG
 
     names = {"dagster", *LIBRARIES, *(entry.package for entry in CATALOG if entry.package)}
-    return tuple((name, _version(name)) for name in sorted(names))
+    return installed_versions(tuple(sorted(names)))
 
 
 def library_versions(entry: SorterEntry) -> dict[str, str | None]:
