@@ -419,6 +419,25 @@ print(len(reads))
     assert reads("preloaded") == 0
 
 
+def test_a_run_looks_up_each_of_its_dynamic_partition_keys_once_found():
+    """Dagster checks a sorting run's two keys about 20 times (0.09 s of its CPU on SQLite)."""
+    from sf_assets.engines.run_host import _remembering_found_partitions
+
+    asked = []
+    existing = {("sorters", "MountainSort5")}
+
+    def has_dynamic_partition(partitions_def_name, partition_key):
+        asked.append((partitions_def_name, partition_key))
+        return (partitions_def_name, partition_key) in existing
+
+    has_partition = _remembering_found_partitions(has_dynamic_partition)
+    assert all(has_partition("sorters", "MountainSort5") for _ in range(5))
+    assert not has_partition("recordings", "S/r1")
+    existing.add(("recordings", "S/r1"))  # added while the run ran: a key not found is asked again
+    assert has_partition("recordings", "S/r1") and has_partition("recordings", "S/r1")
+    assert asked == [("sorters", "MountainSort5"), ("recordings", "S/r1"), ("recordings", "S/r1")]
+
+
 def test_the_service_warms_its_run_host_before_its_workers_and_starts_them_whatever_happens():
     # A launch's first run needs the run host; its sorts, the workers, only after its recordings.
     from sf_assets.engines.sort_service import _warm_up

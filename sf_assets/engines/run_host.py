@@ -97,7 +97,8 @@ def _instance_for_threads(instance_ref_json: str):
     ``python_logs`` section defines, which Dagster makes for every run with
     ``logging.config.dictConfig``: that resets the process's logging while
     other runs log, and deadlocks against them.  Here the handlers are made
-    once per process and every run gets the same ones.
+    once per process and every run gets the same ones.  The run's dynamic
+    partition keys are looked up once each (:func:`_remembering_found_partitions`).
     """
     from dagster import DagsterInstance, deserialize_value
     # No public API: the instance's serialized reference, and the class data naming its compute log manager.
@@ -116,7 +117,31 @@ def _instance_for_threads(instance_ref_json: str):
 
     # No public API: the instance method Dagster's log manager calls per run.
     instance.get_yaml_python_handlers = shared_yaml_handlers
+    instance.has_dynamic_partition = _remembering_found_partitions(instance.has_dynamic_partition)
     return instance
+
+
+def _remembering_found_partitions(has_dynamic_partition):
+    """``has_dynamic_partition`` that asks storage once per key found, for one run's instance.
+
+    Dagster checks the run's (sorter, recording) keys against their dynamic
+    partitions whenever it resolves the run's partition range: 20 queries
+    per sorting run for two keys, 0.09 s of its CPU on SQLite.  A key found
+    stays found for the run (a partition deleted meanwhile is the next
+    launch's concern); one not found is asked again.
+    """
+    found: set[tuple[str, str]] = set()
+
+    def has_partition(partitions_def_name: str, partition_key: str) -> bool:
+        key = (partitions_def_name, partition_key)
+        if key in found:
+            return True
+        if has_dynamic_partition(partitions_def_name, partition_key):
+            found.add(key)
+            return True
+        return False
+
+    return has_partition
 
 
 def _execute_one(run_id: str, instance_ref_json: str) -> int:
