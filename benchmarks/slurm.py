@@ -165,19 +165,21 @@ def final_tries(work_root: Path) -> list[Path]:
 
 def per_sort(
     work_root: Path, elapsed_by_label: dict[str, float]
-) -> tuple[dict[bool, list[float]], dict[tuple[str, str], set], dict[str, list[float]]]:
-    """Overhead of each sort (by whether its worker was already warm), the workers per (sorter, slot),
-    and the placement's steps (seconds waiting for a claim, reaching the service, until a slot took it)."""
+) -> tuple[dict[str, list[float]], dict[tuple[str, str], set], dict[str, list[float]]]:
+    """Overhead of each sort (by its worker: ``new``, a fresh ``copy`` of a warm one, or ``warm`` from an
+    earlier sort in its slot), the workers per (sorter, slot), and the placement's steps (seconds
+    waiting for a claim, reaching the service, until a slot took it)."""
     from sf_assets.engines.slurm_service import SLOT_FILE
 
-    overheads: dict[bool, list[float]] = {True: [], False: []}
+    overheads: dict[str, list[float]] = {"new": [], "copy": [], "warm": []}
     workers: dict[tuple[str, str], list] = defaultdict(list)
     placing: dict[str, list[float]] = defaultdict(list)
     for job_file in final_tries(work_root):
         job = json.loads(job_file.read_text())
         result = json.loads((job_file.parent / "result.json").read_text())
         placed = json.loads((job_file.parent / SLOT_FILE).read_text())
-        overheads[bool(placed["warm"])].append(elapsed_by_label[job["label"]] - result["sort_elapsed_s"])
+        worker = "copy" if placed.get("copy_of") else "warm" if placed["warm"] else "new"
+        overheads[worker].append(elapsed_by_label[job["label"]] - result["sort_elapsed_s"])
         # A worker that was not warm compiled the sorter, unless it loaded every function from the JIT cache.
         jit = result.get("jit_cache")
         compiled = not placed["warm"] and (jit is None or jit["compiled"] > 0)
@@ -290,7 +292,7 @@ def main(argv=None) -> int:
         shutil.rmtree(service_dir, ignore_errors=True)
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
-    by_warmth, overheads = overheads, overheads[True] + overheads[False]
+    by_worker, overheads = overheads, [value for values in overheads.values() for value in values]
     overhead = statistics.mean(overheads)
     compiles = statistics.mean(sum(p["compiled"] for p in placed) for placed in workers.values())
     loaded = sum(1 for placed in workers.values() for p in placed if not p["warm"] and not p["compiled"])
@@ -313,10 +315,15 @@ def main(argv=None) -> int:
             ("until its slot took it", placing["slot"]),
         )
     ))  # fmt: skip
-    for warm, name in ((False, "on a new worker (its slot's first sort)"), (True, "on a warm worker")):
-        if by_warmth[warm]:
-            print(f"  {len(by_warmth[warm])} sorts {name}: overhead mean {statistics.mean(by_warmth[warm]):.2f} s, "
-                  f"median {statistics.median(by_warmth[warm]):.2f} s")  # fmt: skip
+    for worker, name in (
+        ("new", "on a new worker (its slot's first sort)"),
+        # Made once the allocation's first sort of the sorter has compiled it: these waited for that sort.
+        ("copy", "on a fresh copy of a warm worker"),
+        ("warm", "on a worker that had sorted before in its slot"),
+    ):
+        if by_worker[worker]:
+            print(f"  {len(by_worker[worker])} sorts {name}: overhead mean {statistics.mean(by_worker[worker]):.2f} s, "
+                  f"median {statistics.median(by_worker[worker]):.2f} s")  # fmt: skip
     print(f"submit host: peak RSS sum {sampler.peak_total_mb:.0f} MB, peak PSS sum {sampler.peak_total_pss_mb:.0f} MB; "
           f"up to {sampler.peak_runs} run processes at once; one run process: peak RSS {sampler.peak_run_mb:.0f} MB, "
           f"PSS {sampler.peak_run_pss_mb:.0f} MB, private (USS) {sampler.peak_run_uss_mb:.0f} MB")  # fmt: skip

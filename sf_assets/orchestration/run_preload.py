@@ -3,9 +3,10 @@
 A run's first instance imports Dagster's storage, scheduler and daemon modules
 (about 300 of them, 0.6 s of CPU); creating a throwaway SQLite instance here
 imports them in the fork server instead of in every run.  The run execution
-entry point and the project's run launcher come along, and the comparison's
-numba-compiled spike matching is compiled once here, and Dagster's migration
-scripts are read once (:mod:`sf_assets.orchestration.migration_scripts`).
+entry point and the project's run launcher come along; the comparison's
+numba-compiled spike matching is compiled once here; and the run processes
+keep what Dagster's SQLite storage would rebuild for every run
+(:mod:`sf_assets.orchestration.storage_reuse`).
 """
 import shutil
 import tempfile
@@ -14,9 +15,11 @@ import dagster as dg
 import dagster._cli.api  # noqa: F401  (the run execution entry point; no public API names it)
 
 import sf_assets.orchestration.run_launcher  # noqa: F401
-from sf_assets.orchestration.migration_scripts import read_migration_scripts_once
+from sf_assets.orchestration.storage_reuse import read_migration_scripts_once, share_event_log_engines
 
-read_migration_scripts_once()  # before the throwaway instance below, which reads them the first time
+# Before the throwaway instance below, which reads the scripts the first time.
+read_migration_scripts_once()
+share_event_log_engines()
 _folder = tempfile.mkdtemp(prefix="sf-assets-preload-")
 try:
     with dg.DagsterInstance.local_temp(_folder):
