@@ -284,19 +284,19 @@ def test_the_timeout_holds_per_sort_inside_an_allocation_and_leaves_no_job(
     """``-T`` stops the sort in its allocation's warm slot (the service's clock), not the allocation."""
     # A one-CPU allocation on a shared node: the sort starts at once, whatever the previous test left.
     slurm = SlurmSettings(accept_shared_nodes=True, jobs_per_allocation=1, idle_release_s=IDLE_S)
-    # 0.3 s: shorter than any sort with its canary, even on a warm worker loading from the JIT cache
-    # (3 s was not: one finished in 2.9 s).
-    settings = EngineSettings(work_root=str(tmp_path), timeout_min=0.005, slurm=slurm)
+    # 0.6 s: shorter than any sort with its canary, even on a warm worker loading from the JIT cache
+    # (3 s was not: one finished in 2.9 s), and long enough for the worker to have used some CPU.
+    settings = EngineSettings(work_root=str(tmp_path), timeout_min=0.01, slurm=slurm)
     job = _sort_job(slurm_store, recordings[1], tmp_path / "timeout")
     started = time.monotonic()
     _, report = _reports(job, settings)
     elapsed_s = time.monotonic() - started
 
     assert report.errored and report.timed_out and report.failure_class == "timeout"
-    assert "timed out after 0.3 s" in report.error_message
-    # 0.3 s of sort, then the allocation's own start (salloc, its service, the workers' template importing
-    # spikeinterface): 8 s was exceeded by 0.03 s once under a full suite's load.
-    assert elapsed_s < 0.3 + 12.0
+    assert "timed out after 0.6 s" in report.error_message
+    # 0.6 s of sort, then the allocation's own start (salloc, its service, the workers' template importing
+    # spikeinterface): 8 s for that start was exceeded by 0.03 s once under a full suite's load.
+    assert elapsed_s < 0.6 + 12.0
     # The worker's process group got SIGTERM, as under the local service, and its CPU time was kept.
     assert report.exit_code == -15 and report.cpu_time_s > 0
     assert Path(report.console_path).exists()

@@ -374,7 +374,7 @@ print(len(heavy), heavy[:10])
     assert out.startswith("0 "), out
 
 
-def test_a_forked_run_rebuilds_none_of_dagsters_sqlite_storage_and_stores_every_event(tmp_path):
+def test_a_run_process_rebuilds_none_of_dagsters_sqlite_storage_and_stores_every_event(tmp_path):
     """On SQLite, Dagster checks its schema's revision four times per run, each reading every
     migration script again (0.23 s of a sorting run's 0.91 s of CPU), and makes an engine for each
     of a run's ~130 connections to its event log (0.08 s); the run host's processes keep both."""
@@ -418,7 +418,16 @@ with dg.DagsterInstance.local_temp(sys.argv[1]) as instance:  # a run's: its own
     messages = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message.startswith("message ")]
     assert messages == [f"message {i}" for i in range(20)], messages
     assert instance.get_latest_materialization_event(dg.AssetKey("probe")).run_id == result.run_id
-print(json.dumps({"reads": len(reads), "engines": len(engines)}))
+counts = {"reads": len(reads), "engines": len(engines)}
+# More storage configurations than Dagster's cache of three holds: it makes new objects for them.
+for round in range(3):
+    with dg.DagsterInstance.ephemeral():
+        pass
+    with dg.DagsterInstance.local_temp(sys.argv[1]):
+        pass
+    counts.setdefault("reads_after_first_round", len(reads))
+counts["reads_after_three_rounds"] = len(reads)
+print(json.dumps(counts))
 """
 
     def costs(mode: str) -> dict:
@@ -432,6 +441,23 @@ print(json.dumps({"reads": len(reads), "engines": len(engines)}))
     assert plain["engines"] >= 30, f"and makes an engine per connection: {plain}"
     assert preloaded["reads"] == 0, preloaded
     assert preloaded["engines"] <= 3, f"one per shard (the run's, the index): {preloaded}"
+    assert preloaded["reads_after_three_rounds"] == preloaded["reads_after_first_round"], (
+        f"read once per configuration, even one whose object Dagster made again: {preloaded}"
+    )
+
+
+def test_another_dagster_release_keeps_its_own_event_log_connections(monkeypatch):
+    """The engine-keeping connection method is Dagster 1.13.27's own, less the engine: not another release's."""
+    import dagster
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+
+    from sf_assets.orchestration.storage_reuse import ENGINES_WRITTEN_FOR, share_event_log_engines
+
+    assert dagster.__version__ == ENGINES_WRITTEN_FOR, "pyproject pins the release the method was written for"
+    dagsters_own = SqliteEventLogStorage._connect
+    monkeypatch.setattr(dagster, "__version__", "1.14.0")
+    share_event_log_engines()
+    assert SqliteEventLogStorage._connect is dagsters_own
 
 
 def test_a_run_looks_up_each_of_its_dynamic_partition_keys_once_found():

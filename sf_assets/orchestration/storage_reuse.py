@@ -22,32 +22,36 @@ instance opens it.
 import threading
 from contextlib import contextmanager
 
+ENGINES_WRITTEN_FOR = "1.13.27"
+"""The Dagster release whose ``SqliteEventLogStorage._connect`` :func:`share_event_log_engines` replaces."""
+
 
 def read_migration_scripts_once() -> None:
-    """Make alembic's ``ScriptDirectory.from_config`` return one directory per configuration object.
+    """Make alembic's ``ScriptDirectory.from_config`` return one directory per migration configuration.
 
-    Dagster asks for it on every revision check with one of its three
-    cached configurations (run, event log and schedule storage); a new
+    Dagster asks for it on every revision check, with the configuration of
+    the storage checked (its ``alembic.ini`` and script location); a new
     directory reads and compiles every migration script to find the head
     revision.  The scripts belong to the installed Dagster, which cannot
     change under a running process (an upgrade starts a new sort service:
-    see engines.service_address), so the first reading stays right.
+    see engines.service_address), so the first reading stays right.  Kept
+    by what the configuration says, not by the object: Dagster makes a new
+    object for a configuration its small cache has dropped.
     """
     from alembic.script import ScriptDirectory
 
     read = ScriptDirectory.from_config.__func__
     if getattr(read, "reads_once", False):
         return
-    directories: dict[tuple, tuple] = {}
+    directories: dict[tuple, ScriptDirectory] = {}
     lock = threading.Lock()
 
     def from_config(cls, config):
-        key = (cls, id(config))
+        key = (cls, config.config_file_name, config.get_main_option("script_location"))
         with lock:
-            held = directories.get(key)
-            if held is None:  # holding the config keeps its id from naming another one
-                held = directories[key] = (config, read(cls, config))
-        return held[1]
+            if key not in directories:
+                directories[key] = read(cls, config)
+            return directories[key]
 
     from_config.reads_once = True
     # No public API: alembic offers no cache of a script directory, and Dagster no hook to share one.
@@ -60,14 +64,18 @@ def share_event_log_engines() -> None:
     Each connection still opens and closes its own SQLite connection
     (``NullPool``, as Dagster has it), under the storage's lock, and a shard
     is still initialized before its first use: only the engine, which holds
-    no connection, is kept with the storage, and goes with it.
+    no connection, is kept with the storage, and goes with it.  The method
+    below is Dagster's own (:data:`ENGINES_WRITTEN_FOR`) less the engine's
+    making and disposal; under any other Dagster release, nothing changes.
     """
+    import dagster
+
     # No public API: the storage's connection method, and what it builds engines with.
     from dagster._core.storage.event_log.sqlite import sqlite_event_log as module
 
     storage_class = module.SqliteEventLogStorage
-    if getattr(storage_class._connect, "shares_engines", False):
-        return
+    if getattr(storage_class._connect, "shares_engines", False) or dagster.__version__ != ENGINES_WRITTEN_FOR:
+        return  # another Dagster may connect otherwise: its own method stays
 
     @contextmanager
     def _connect(self, shard: str):
