@@ -446,6 +446,49 @@ print(json.dumps(counts))
     )
 
 
+def test_the_launchers_process_reads_no_migration_script_for_the_runs_it_creates(tmp_path):
+    """The daemon, the webserver and a command line create the runs they submit; on SQLite each new
+    run's event-log shard is checked and stamped, two readings of Dagster's migration scripts per run,
+    unless the process runs the project's launcher (dagster.yaml names it)."""
+    import subprocess
+    import sys
+
+    probe = """
+import sys
+import dagster as dg
+from alembic.script import base
+from sf_assets.orchestration.run_launcher import SortServiceRunLauncher
+if sys.argv[2] == "launcher":
+    SortServiceRunLauncher()
+reads = []
+real = base.ScriptDirectory._load_revisions
+def counting(self):
+    reads.append(1)
+    return real(self)
+base.ScriptDirectory._load_revisions = counting
+
+@dg.asset
+def probe():
+    return 1
+
+with dg.DagsterInstance.local_temp(sys.argv[1]) as instance:
+    assert dg.materialize([probe], instance=instance).success
+    first = len(reads)
+    for _ in range(3):  # three more runs: three new event-log shards
+        assert dg.materialize([probe], instance=instance).success
+print(len(reads) - first)
+"""
+
+    def reads_for_three_runs(mode: str) -> int:
+        home = tmp_path / mode
+        home.mkdir()
+        argv = [sys.executable, "-c", probe, str(home), mode]
+        return int(subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split()[-1])
+
+    assert reads_for_three_runs("plain") >= 3
+    assert reads_for_three_runs("launcher") == 0
+
+
 def test_another_dagster_release_keeps_its_own_event_log_connections(monkeypatch):
     """The engine-keeping connection method is Dagster 1.13.27's own, less the engine: not another release's."""
     import dagster

@@ -37,6 +37,7 @@ from sf_assets.engines.service_client import SortServiceError, call_service, con
 from sf_assets.orchestration.assets.keys import SORTING_KEY
 from sf_assets.orchestration.launches import LEASE_TAG
 from sf_assets.orchestration.partitions import single_partition_of, split_pair_key
+from sf_assets.orchestration.storage_reuse import read_migration_scripts_once
 
 RUN_WORKER_TAG = "sf-assets/run-worker"
 """Identity of the process executing the run, for health checks when the service is gone."""
@@ -53,6 +54,10 @@ class SortServiceRunLauncher(RunLauncher, ConfigurableClass):
     def __init__(self, inst_data: ConfigurableClassData | None = None, **service_config: Any):
         self._inst_data = inst_data
         self._service = launcher_service(service_config)
+        # The launcher's process (the daemon, the webserver, a command line) creates every run it
+        # submits, and on SQLite each run's new event-log shard has its schema revision checked and
+        # stamped: two readings of Dagster's migration scripts per run, unless they are kept.
+        read_migration_scripts_once()
         super().__init__()
 
     def start_service(self) -> None:
