@@ -18,6 +18,11 @@ Measured as the thread CPU of each sorting run of ``make demo``: median
 once, see run_host).  Dagster's PostgreSQL storage has neither cost: it makes
 one engine per storage, and does not check the revision when a run's
 instance opens it.
+
+The processes that create runs (the daemon, the webserver, a command line)
+check and stamp each new run's event-log shard, two readings of the scripts
+per run: the project's run launcher keeps the scripts in whichever process
+builds it (:class:`~sf_assets.orchestration.run_launcher.SortServiceRunLauncher`).
 """
 import threading
 from contextlib import contextmanager
