@@ -343,23 +343,44 @@ def test_a_service_folder_open_to_others_is_refused(tmp_path):
         service_folder(ServiceSettings(base_dir=str(base)))
 
 
-def test_a_forked_run_imports_nothing_heavy_on_first_use_of_the_catalog_or_the_snr_filter():
-    """Every run validates the spec against spikeinterface's sorters and a recording run filters for SNRs.
-
-    Both import modules on first use (spikeinterface.sorters, scipy.signal: seconds of CPU
-    per run); the run host's fork server must already hold them, or every run pays again.
-    """
-    import subprocess
-    import sys
-
-    probe = """
-import sys
+# What the run host's fork server imports (PRELOAD), for probes that stand in for a forked run.
+IMPORT_PRELOAD = """
 from sf_assets.engines.run_host import PRELOAD
 for name in PRELOAD:
     try:
         __import__(name)
     except ImportError:
         pass
+"""
+# Counts, in ``reads``, each reading of Dagster's migration scripts from here on.
+COUNT_SCRIPT_READS = """
+from alembic.script import base
+reads = []
+_read = base.ScriptDirectory._load_revisions
+def _counting(self):
+    reads.append(1)
+    return _read(self)
+base.ScriptDirectory._load_revisions = _counting
+"""
+
+
+def _probe(code: str, *args: str) -> str:
+    """Run ``code`` in a fresh interpreter (process-wide patches stay there); the last line it printed."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True).stdout
+    return out.strip().splitlines()[-1]
+
+
+def test_a_forked_run_imports_nothing_heavy_on_first_use_of_the_catalog_or_the_snr_filter():
+    """Every run validates the spec against spikeinterface's sorters and a recording run filters for SNRs.
+
+    Both import modules on first use (spikeinterface.sorters, scipy.signal: seconds of CPU
+    per run); the run host's fork server must already hold them, or every run pays again.
+    """
+    probe = IMPORT_PRELOAD + """
+import sys
 import spikeinterface.core as si
 from sf_assets.core.comparison import true_unit_snrs
 from sf_assets.core.sorter_catalog import merge_params, resolve_sorter
@@ -370,7 +391,7 @@ true_unit_snrs(recording, sorting)
 heavy = sorted(m for m in set(sys.modules) - before if m.split(".")[0] in ("scipy", "spikeinterface", "numba", "sklearn"))
 print(len(heavy), heavy[:10])
 """
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    out = _probe(probe)
     assert out.startswith("0 "), out
 
 
@@ -378,47 +399,36 @@ def test_a_run_process_rebuilds_none_of_dagsters_sqlite_storage_and_stores_every
     """On SQLite, Dagster checks its schema's revision four times per run, each reading every
     migration script again (0.23 s of a sorting run's 0.91 s of CPU), and makes an engine for each
     of a run's ~130 connections to its event log (0.08 s); the run host's processes keep both."""
-    import subprocess
-    import sys
-
-    probe = """
+    preload = "\n    ".join(IMPORT_PRELOAD.strip().splitlines())
+    probe = f"""
 import json, sys
 import dagster as dg
 if sys.argv[2] == "preloaded":
-    from sf_assets.engines.run_host import PRELOAD
-    for name in PRELOAD:
-        try:
-            __import__(name)
-        except ImportError:
-            pass
+    {preload}
 with dg.DagsterInstance.local_temp(sys.argv[1]):
     pass  # the instance exists: the launcher made it
-from alembic.script import base
+{COUNT_SCRIPT_READS}
 from dagster._core.storage.event_log.sqlite import sqlite_event_log
-reads, engines = [], []
-real_read, real_engine = base.ScriptDirectory._load_revisions, sqlite_event_log.create_engine
-def reading(self):
-    reads.append(1)
-    return real_read(self)
+engines = []
+real_engine = sqlite_event_log.create_engine
 def making(*args, **kwargs):
     engines.append(1)
     return real_engine(*args, **kwargs)
-base.ScriptDirectory._load_revisions = reading
 sqlite_event_log.create_engine = making
 
 @dg.asset
 def probe(context):
     for i in range(20):
-        context.log.info(f"message {i}")
-    return dg.MaterializeResult(metadata={"n": 1})
+        context.log.info(f"message {{i}}")
+    return dg.MaterializeResult(metadata={{"n": 1}})
 
 with dg.DagsterInstance.local_temp(sys.argv[1]) as instance:  # a run's: its own instance, a new event log shard
     result = dg.materialize([probe], instance=instance)
     assert result.success
     messages = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message.startswith("message ")]
-    assert messages == [f"message {i}" for i in range(20)], messages
+    assert messages == [f"message {{i}}" for i in range(20)], messages
     assert instance.get_latest_materialization_event(dg.AssetKey("probe")).run_id == result.run_id
-counts = {"reads": len(reads), "engines": len(engines)}
+counts = {{"reads": len(reads), "engines": len(engines)}}
 # More storage configurations than Dagster's cache of three holds: it makes new objects for them.
 for round in range(3):
     with dg.DagsterInstance.ephemeral():
@@ -431,10 +441,8 @@ print(json.dumps(counts))
 """
 
     def costs(mode: str) -> dict:
-        home = tmp_path / mode
-        home.mkdir()
-        argv = [sys.executable, "-c", probe, str(home), mode]
-        return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+        (tmp_path / mode).mkdir()
+        return json.loads(_probe(probe, str(tmp_path / mode), mode))
 
     plain, preloaded = costs("plain"), costs("preloaded")
     assert plain["reads"] >= 4, f"without the run host's preload, Dagster reads its scripts at every check: {plain}"
@@ -450,22 +458,13 @@ def test_the_launchers_process_reads_no_migration_script_for_the_runs_it_creates
     """The daemon, the webserver and a command line create the runs they submit; on SQLite each new
     run's event-log shard is checked and stamped, two readings of Dagster's migration scripts per run,
     unless the process runs the project's launcher (dagster.yaml names it)."""
-    import subprocess
-    import sys
-
     probe = """
 import sys
 import dagster as dg
-from alembic.script import base
 from sf_assets.orchestration.run_launcher import SortServiceRunLauncher
 if sys.argv[2] == "launcher":
     SortServiceRunLauncher()
-reads = []
-real = base.ScriptDirectory._load_revisions
-def counting(self):
-    reads.append(1)
-    return real(self)
-base.ScriptDirectory._load_revisions = counting
+""" + COUNT_SCRIPT_READS + """
 
 @dg.asset
 def probe():
@@ -480,10 +479,8 @@ print(len(reads) - first)
 """
 
     def reads_for_three_runs(mode: str) -> int:
-        home = tmp_path / mode
-        home.mkdir()
-        argv = [sys.executable, "-c", probe, str(home), mode]
-        return int(subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split()[-1])
+        (tmp_path / mode).mkdir()
+        return int(_probe(probe, str(tmp_path / mode), mode))
 
     assert reads_for_three_runs("plain") >= 3
     assert reads_for_three_runs("launcher") == 0

@@ -1,4 +1,4 @@
-"""What a run process keeps between its runs' uses of Dagster's SQLite storage, instead of rebuilding it.
+"""What processes keep between their uses of Dagster's SQLite storage, instead of rebuilding it for every run.
 
 The sort service's run processes (:mod:`sf_assets.engines.run_host`) execute
 many runs each, and on the embedded default (SQLite) Dagster rebuilds two
