@@ -349,7 +349,7 @@ def test_the_docker_dagster_yaml_loads_with_the_docker_run_launcher(tmp_path):
         assert launcher.networks == ["sf_assets_network"]
         assert set(launcher.env_vars) == set(daemon_env)
         assert launcher.container_kwargs["volumes"] == [SHARED_DATA_VOLUME, DOCKER_SOCKET_VOLUME]
-        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        assert type(instance.run_coordinator).__name__ == "CampaignRunCoordinator"
         assert instance.run_monitoring_enabled
 
         # What a run container would get (the launcher's own merge), short of creating it.

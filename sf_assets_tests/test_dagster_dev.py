@@ -1,11 +1,11 @@
 """The UI's path, for real: ``dagster dev`` running, backfills and terminations sent over GraphQL.
 
 One deployment for the module (a real webserver, daemons and code server on a
-temporary instance with the project's run queue and run launcher).  The
-four synthetic recordings are materialized from the UI (a run each), then a
-backfill of MountainSort5 on them is launched with ``launchPartitionBackfill``,
-as the UI's backfill dialog sends it; the queue's daemon hands its runs to
-the sort service.  Four sorts on the
+temporary instance with the project's run queue and run launcher).  A
+backfill of MountainSort5 on the four synthetic recordings (the recordings
+and ground truths, the sortings and comparisons) is launched with
+``launchPartitionBackfill``, as the UI's backfill dialog sends it; the
+queue's daemon hands its runs to the sort service.  Four sorts on the
 service's two slots: each slot compiles mountainsort5 once, the later sorts
 run warm.  Then a SpykingCircus2 sort (about 20 s compiling in a worker new
 to it) is started from the UI and terminated from the UI mid-sort.
@@ -30,6 +30,8 @@ SORTER = "MountainSort5"
 STOPPED_SORTER = "SpykingCircus2"
 TICK_S = TICK_PERIOD_S
 TICK_EVALUATION_S = 8.0
+# A pass of the backfill daemon over the campaign's backfill, and its runs' creation, on two shared cores.
+PASS_EVALUATION_S = 5.0
 # From the automation tick's request to the summary's materialization: the tick's own
 # evaluation, the queue's dequeue (1 s) and the summary run, on two shared cores.
 SUMMARY_RUN_ALLOWANCE_S = 20.0
@@ -47,28 +49,16 @@ def deployment(synthetic_studyset, tmp_path_factory):
 
 
 class Backfill(dict):
-    """What the MountainSort5 backfill left: ``id``, ``pairs``, ``summary`` (its covering event), and
-    ``last_landed`` / ``last_sorting``: when its last result / last sorting was materialized (epoch s)."""
+    """What the MountainSort5 backfill left: ``id``, ``pairs``, ``summary`` (its covering event),
+    ``last_landed`` / ``last_sorting``: when its last result / last sorting was materialized (epoch s),
+    and ``runs``: its run records."""
 
 
 @pytest.fixture(scope="module")
 def backfill(deployment: Deployment) -> Backfill:
-    # The recordings first, each materialized from the UI (launched at once), as the studyset sensor
-    # would have done: a new sorter's backfill is of its sortings. (A backfill of both waits a pass
-    # of the backfill daemon, 30 s, between the recordings and their sortings: make bench times it.)
+    # The whole campaign in one backfill, as a user selects it in the UI: its recordings and ground
+    # truths, then (at the backfill daemon's next pass after they land) its sortings and comparisons.
     request = campaign_backfill(deployment.campaign, {SORTER})
-    recordings = request.pop("recording")
-    assert request.pop("ground_truth") == recordings
-    for key in recordings:
-        deployment.dev.launch_partition_run(["recording", "ground_truth"], key)
-    deployment.dev.wait_for(
-        lambda: all(
-            set(recordings) <= deployment.instance.get_materialized_partitions(dg.AssetKey(asset))
-            for asset in ("recording", "ground_truth")
-        ),
-        180,
-        f"the {len(recordings)} recordings and ground truths materialized",
-    )
     backfill_id = deployment.dev.launch_partition_backfill(request, title="test: MountainSort5 from the UI")
     pairs = request["sorting"]
 
@@ -92,9 +82,28 @@ def backfill(deployment: Deployment) -> Backfill:
         TICK_S + SUMMARY_RUN_ALLOWANCE_S + 60,
         f"a sorter_summary of all {len(pairs)} comparisons after the last one landed",
     )
+    runs = deployment.instance.get_run_records(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
     return Backfill(
-        id=backfill_id, pairs=pairs, summary=summary, last_landed=last_landed, last_sorting=max(landed["sorting"])
+        id=backfill_id, pairs=pairs, summary=summary, last_landed=last_landed, last_sorting=max(landed["sorting"]),
+        runs=runs,
     )
+
+
+def _run_assets(record) -> set[str]:
+    return {key.to_user_string() for key in record.dagster_run.asset_selection or ()}
+
+
+def test_the_backfill_launches_sortings_at_the_first_pass_after_their_recordings_land(deployment, backfill):
+    """Dagster launches a backfill's sortings only at a pass of its backfill daemon after their recordings
+    have landed; the project's run coordinator (dagster.yaml) makes those passes 10 s apart, not 30 s."""
+    interval = deployment.instance.run_coordinator.backfill_pass_interval_seconds
+    assert interval == 10
+    recording_runs = [r for r in backfill["runs"] if _run_assets(r) == {"recording", "ground_truth"}]
+    sorting_runs = [r for r in backfill["runs"] if "sorting" in _run_assets(r)]
+    assert len(recording_runs) == len(sorting_runs) == len(backfill["pairs"]) == 4, [_run_assets(r) for r in backfill["runs"]]
+    first_landed = min(r.end_time for r in recording_runs)
+    first_sorting_launched = min(r.create_timestamp.timestamp() for r in sorting_runs)
+    assert 0 < first_sorting_launched - first_landed <= interval + PASS_EVALUATION_S
 
 
 def _failures(deployment: Deployment, backfill_id: str) -> str:

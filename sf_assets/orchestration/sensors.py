@@ -27,10 +27,10 @@ so one change's runs are one filter in the UI's run list.  A large change
 is taken on :data:`MAX_NEW_PAIRS_PER_TICK` pairs per tick.
 
 Why run requests and not an asset backfill: a backfill advances one level of
-the graph per pass of Dagster's backfill daemon, every 30 s (fixed in
-Dagster), so a new manifest waited two passes (up to 60 s) for its first sort
-and a new sorter up to 30 s; run requests start at the tick (the sensor
-daemon's loop is 5 s).  Why not ``eager()`` on ``sorting``: the sorting grid
+the graph per pass of Dagster's backfill daemon (every 30 s in Dagster,
+10 s under the project's run coordinator: orchestration.run_coordinator), so
+a new manifest would wait two passes for its first sort and a new sorter
+one; run requests start at the tick (the sensor daemon's loop is 5 s).  Why not ``eager()`` on ``sorting``: the sorting grid
 (sorter x recording) holds cells the spec never assigns, which eager would
 request.  A UI backfill of a sorter's partitions remains the way to sort
 them by hand (``BackfillPolicy.multi_run(1)``: one run per pair).
