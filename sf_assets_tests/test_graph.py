@@ -91,6 +91,7 @@ def test_records_have_the_twelve_keys_and_point_to_kachery(graph):
         provenance = record["provenance"]
         seed = {FAST: {"whitening_seed": 0}, SECOND: {"seed": 0}}[record["sorterName"]]
         assert provenance["seeds"] == seed and record["sortingParameters"] == seed
+        assert provenance["unseeded_draws_seed"] == 0
         threads = 1  # threads_per_sort, whatever the number of sorts beside it
         assert (provenance["threads"]["applied"], provenance["threads"]["numba"]) == (threads, threads)
         assert {p["num_threads"] for p in provenance["threads"]["threadpools"]} == {threads}

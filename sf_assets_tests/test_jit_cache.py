@@ -76,8 +76,8 @@ PEAKS = textwrap.dedent(
 
 
 def test_spikeinterfaces_peak_detection_loaded_from_the_cache_finds_the_same_peaks(tmp_path):
-    """Simple's sorts are not reproducible run to run (docs/sorters.md), so the cached code's output is
-    compared on its numba step itself: spikeinterface's peak detection, compiled, then loaded."""
+    """The cached code's output is compared on its numba step itself, spikeinterface's peak detection,
+    compiled, then loaded: nothing else of a sort (its random draws, its storing) can hide a difference."""
     runs = []
     for name in ("compiled", "loaded"):
         done = subprocess.run(

@@ -56,6 +56,7 @@ def test_provenance_holds_seeds_versions_and_image():
     entry = resolve_sorter("MountainSort5")
     provenance = sort_provenance(_job(), entry, None)
     assert provenance["seeds"] == {"whitening_seed": 0}
+    assert provenance["unseeded_draws_seed"] == 0  # the worker seeds the sorter's unseeded draws with it
     versions = provenance["versions"]
     assert (versions["spikeinterface"], versions["numpy"], versions["numba"]) == (
         spikeinterface.__version__,

@@ -24,6 +24,9 @@ sf-assets adds a thirteenth key, after those twelve, which old tools ignore:
 ``provenance``        what the sort ran with, or null (a sort that never
                       started, or a record written before sf-assets kept it):
                       ``seeds`` (each seed parameter and its value),
+                      ``unseeded_draws_seed`` (what the worker seeded the
+                      sorter's unseeded random draws with; null in a
+                      container),
                       ``threads`` (the thread count applied, what numba and
                       each native thread pool actually ran with, and the
                       thread variables), ``versions`` (spikeinterface, numpy,

@@ -269,7 +269,7 @@ def read_summary_csv(text: str, source: str) -> dict[str, dict[str, Any]]:
 
 
 RECORD_FIELDS = ("errored", "sortingParameters", "sortingOutput", "recordingUri", "groundTruthUri")
-PROVENANCE_FIELDS = ("seeds", "versions", "container_image", "container_image_digest")
+PROVENANCE_FIELDS = ("seeds", "unseeded_draws_seed", "versions", "container_image", "container_image_digest")
 
 
 def _record_cells(text: str, source: str) -> dict[str, dict[str, Any]]:

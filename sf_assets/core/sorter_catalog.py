@@ -85,8 +85,9 @@ class SorterEntry:
         the Python distribution that holds the sorter's code, whose version each record carries (None: a
         compiled MATLAB sorter in its image).
     deterministic : bool | None
-        measured (docs/sorters.md): True when two sorts of the same recording with the pinned seeds and one
-        thread give identical spike trains, False when they do not, None when not measured here.
+        measured (docs/sorters.md): True when two sorts of the same recording in fresh workers, with the
+        pinned seeds and the worker's seeding of unseeded draws (:mod:`sf_assets.engines.seeded_draws`),
+        give identical spike trains; False when they do not; None when not measured here.
     """
 
     name: str
@@ -174,7 +175,7 @@ CATALOG: tuple[SorterEntry, ...] = (
     SorterEntry(
         "Simple", "simple", ("simple",), True, None,
         "spikeinterface's built-in reference sorter; no image (it runs wherever spikeinterface does).",
-        seed_params=("seed",), package="spikeinterface", deterministic=False,
+        seed_params=("seed",), package="spikeinterface", deterministic=True,
     ),
     SorterEntry(
         "SpykingCircus", "spykingcircus", (), False, _image("spyking-circus"),
@@ -184,7 +185,7 @@ CATALOG: tuple[SorterEntry, ...] = (
     SorterEntry(
         "SpykingCircus2", "spykingcircus2", (), True, _image("spyking-circus2"),
         "spikeinterface's own sorter; about 20 s of numba compilation per fresh process.",
-        seed_params=("seed",), package="spikeinterface", deterministic=False,
+        seed_params=("seed",), package="spikeinterface", deterministic=True,
     ),
     SorterEntry(
         "Tridesclous", "tridesclous", (), False, _image("tridesclous"),
@@ -194,7 +195,7 @@ CATALOG: tuple[SorterEntry, ...] = (
     SorterEntry(
         "Tridesclous2", "tridesclous2", (), True, _image("tridesclous2"),
         "spikeinterface's own sorter; 15-35 s of numba compilation per fresh process.",
-        seed_params=("seed",), package="spikeinterface", deterministic=False,
+        seed_params=("seed",), package="spikeinterface", deterministic=True,
     ),
     SorterEntry("Waveclus", "waveclus", ("WaveClus",), False, _image("waveclus-compiled"), _MATLAB),
     SorterEntry("HDSort", "hdsort", (), False, _image("hdsort-compiled"), _MATLAB),

@@ -32,7 +32,7 @@ TOKEN_SEPARATOR = "\t"
 
 # Bump when the worker changes what it produces for the same inputs: the job
 # cache and the schedule that re-runs stale sortings read it.
-SORT_ENGINE_VERSION = "2"  # 2: thread counts applied per sort, provenance recorded
+SORT_ENGINE_VERSION = "3"  # 2: thread counts applied per sort, provenance recorded; 3: unseeded draws seeded
 
 
 @dataclass(frozen=True)

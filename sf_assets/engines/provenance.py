@@ -3,8 +3,9 @@
 Two sorts of the same recording with the same params can still differ: a
 sorter's unseeded random draws, the number of threads its numerical kernels
 split work over, a new release of the sorter or of numpy.  The worker applies
-the thread count it was given and records, next to the sorting, what it
-actually ran with, so a changed score can be traced to a changed input.
+the thread count it was given, seeds the sorter's unseeded draws
+(:mod:`sf_assets.engines.seeded_draws`), and records, next to the sorting,
+what it actually ran with, so a changed score can be traced to a changed input.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from sf_assets.core.sorter_catalog import SorterEntry
+from sf_assets.core.sorter_catalog import PROJECT_SEED, SorterEntry
 from sf_assets.engines.job import SortJob
 from sf_assets.engines.threads import NUMBA_LAYER_VAR, THREAD_LIMIT_VARS
 
@@ -329,6 +330,27 @@ def image_digest(image: str | None, engine: str) -> str | None:
     return digests[0] if digests else None
 
 
+def draws_seed(job: SortJob, entry: SorterEntry) -> int | None:
+    """The seed of a sort's unseeded random draws: its sorter's first seed parameter, else the project's.
+
+    Parameters
+    ----------
+    job : SortJob
+        The sort (its params hold the pinned seeds).
+    entry : SorterEntry
+        Its sorter.
+
+    Returns
+    -------
+    int or None
+        The seed; None for a sort in a container, which the worker's seeding does not reach.
+    """
+    if job.container_image:
+        return None
+    seeds = [job.params.get(param) for param in entry.seed_params]
+    return next((seed for seed in seeds if isinstance(seed, int) and not isinstance(seed, bool)), PROJECT_SEED)
+
+
 def sort_provenance(job: SortJob, entry: SorterEntry, threads: int | None) -> dict[str, Any]:
     """The ``provenance`` of a sort (see :mod:`sf_assets.core.records`), taken while its threads are applied.
 
@@ -344,10 +366,12 @@ def sort_provenance(job: SortJob, entry: SorterEntry, threads: int | None) -> di
     Returns
     -------
     dict[str, Any]
-        Seeds, versions, image and digest, threads, engine.
+        Seeds (the sorter's seed parameters, and the seed of its unseeded draws), versions, image and
+        digest, threads.
     """
     return {
         "seeds": {param: job.params.get(param) for param in entry.seed_params},
+        "unseeded_draws_seed": draws_seed(job, entry),
         "threads": threads_in_use(threads),
         "versions": library_versions(entry),
         "container_image": job.container_image,

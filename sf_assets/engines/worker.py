@@ -23,6 +23,7 @@ line instead of a folder asks it for a copy of itself, made between two jobs
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -50,7 +51,8 @@ from sf_assets.engines.job import (
     SortJob,
     settle_canary,
 )
-from sf_assets.engines.provenance import applied_threads, sort_provenance, thread_count
+from sf_assets.engines.provenance import applied_threads, draws_seed, sort_provenance, thread_count
+from sf_assets.engines.seeded_draws import seeded_unseeded_draws
 
 # The template that forked this worker (set by serve_forked): it adopts the worker's copies.
 _TEMPLATE_PID: int | None = None
@@ -117,7 +119,9 @@ def run_sorter_kwargs(job: SortJob, folder: Path) -> dict:
 def _run_sorter(job: SortJob, recording, folder: Path):
     from spikeinterface.sorters import run_sorter
 
-    return run_sorter(job.si_sorter_name, recording, **run_sorter_kwargs(job, folder))
+    seed = draws_seed(job, resolve_sorter(job.sorter_name))
+    with seeded_unseeded_draws(seed) if seed is not None else contextlib.nullcontext():
+        return run_sorter(job.si_sorter_name, recording, **run_sorter_kwargs(job, folder))
 
 
 def run_canary(job: SortJob, recording, canary_dir: Path) -> CanaryReport:
