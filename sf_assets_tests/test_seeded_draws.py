@@ -97,3 +97,11 @@ def test_the_draws_take_the_sorters_seed_else_the_projects_and_none_in_a_contain
     assert draws_seed(_job("Simple", {"seed": None}), resolve_sorter("Simple")) == PROJECT_SEED
     assert draws_seed(_job("MountainSort4", {}), resolve_sorter("MountainSort4")) == PROJECT_SEED
     assert draws_seed(_job("Simple", {"seed": 0}, image="spikeinterface/x:1"), resolve_sorter("Simple")) is None
+
+
+def test_a_seed_numpy_would_refuse_still_seeds_the_draws():
+    for seed in (2**32, -1):
+        with seeded_unseeded_draws(seed):
+            first = _draws()
+        with seeded_unseeded_draws(seed):
+            assert _draws() == first

@@ -59,7 +59,11 @@ def _default_rng(seed=None):
             if _active is not None:
                 sort_seed, counts = _active
                 n = next(counts.setdefault(site, itertools.count()))
-                seed = [sort_seed, zlib.crc32(site.encode()), n]
+                seed = [sort_seed % 2**32, zlib.crc32(site.encode()), n]
+    if _numpy_default_rng is None:  # a spawned process that unpickled this function: numpy's own
+        from numpy.random import _generator
+
+        return _generator.default_rng(seed)
     return _numpy_default_rng(seed)
 
 
@@ -102,7 +106,7 @@ def seeded_unseeded_draws(seed: int) -> Iterator[None]:
     global_state, python_state = np.random.get_state(), random.getstate()
     with _lock:
         _active = (seed, {})
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)  # numpy's global generator takes 0 .. 2**32 - 1; the spec may say more
     random.seed(seed)
     try:
         yield
