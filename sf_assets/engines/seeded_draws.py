@@ -43,7 +43,6 @@ from contextlib import contextmanager
 _lock = threading.Lock()
 # While a sort runs: (its seed, each calling line's count of unseeded generators); None between sorts.
 _active: tuple[int, dict[str, itertools.count]] | None = None
-_numpy_default_rng = None
 
 
 def _call_site(frame) -> str:
@@ -60,11 +59,10 @@ def _default_rng(seed=None):
                 sort_seed, counts = _active
                 n = next(counts.setdefault(site, itertools.count()))
                 seed = [sort_seed % 2**32, zlib.crc32(site.encode()), n]
-    if _numpy_default_rng is None:  # a spawned process that unpickled this function: numpy's own
-        from numpy.random import _generator
+    # numpy's own, where it is defined: also right in a spawned process that unpickled this function.
+    from numpy.random import _generator
 
-        return _generator.default_rng(seed)
-    return _numpy_default_rng(seed)
+    return _generator.default_rng(seed)
 
 
 def _install() -> None:
@@ -75,13 +73,11 @@ def _install() -> None:
     not an earlier sort's count (a warm worker's second sort differed from a
     fresh worker's until this was so).  Between sorts it is numpy's own.
     """
-    global _numpy_default_rng
     import numpy as np  # here: the worker gives back its stop signals before any heavy import
 
     with _lock:
-        if _numpy_default_rng is None:
-            _numpy_default_rng = np.random.default_rng
-            _default_rng.__doc__ = _numpy_default_rng.__doc__
+        if np.random.default_rng is not _default_rng:
+            _default_rng.__doc__ = np.random.default_rng.__doc__
             np.random.default_rng = _default_rng
 
 
