@@ -175,6 +175,35 @@ def test_a_sort_on_its_way_is_forgotten_when_its_run_ends_without_it(synthetic_s
     assert time.monotonic() - began < EXPECT_SORT_S, "forgotten because its run ended, not because its time was up"
 
 
+def test_a_run_that_stops_before_dagster_executes_it_does_not_stay_starting(tmp_path, settings):
+    """A run whose thread fails (or is interrupted) before Dagster's execution begins (here: a run with no
+    code origin, refused at Dagster's first check) is marked failed by the run host; Dagster itself would
+    have left it STARTING, as a killed launch's last run once stayed (test_faults)."""
+    import dagster as dg
+    from dagster import serialize_value
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from harness.instances import project_instance
+    from sf_assets.engines.service_client import call_service
+
+    (tmp_path / "dagster").mkdir()
+    with project_instance(temp_dir=str(tmp_path / "dagster")) as instance:
+        instance.add_run(DagsterRun(job_name="sorting_job", run_id="no-origin", status=dg.DagsterRunStatus.STARTING))
+        answer = call_service(
+            settings.service(), "launch_run", run_id="no-origin", instance_ref=serialize_value(instance.get_ref()),
+            environ=dict(os.environ), cwd=str(tmp_path), lease="", sorter="",
+        )
+        assert answer["launched"]
+        deadline = time.monotonic() + 60
+        while instance.get_run_by_id("no-origin").status == dg.DagsterRunStatus.STARTING:
+            assert time.monotonic() < deadline, "the run stayed STARTING"
+            time.sleep(0.1)
+        run = instance.get_run_by_id("no-origin")
+        assert run.status == dg.DagsterRunStatus.FAILURE
+        [failure] = instance.get_records_for_run("no-origin", of_type=dg.DagsterEventType.RUN_FAILURE).records
+        assert "Run stopped before it started executing" in failure.event_log_entry.dagster_event.message
+
+
 def test_a_client_that_goes_away_stops_its_sort(synthetic_studyset, tmp_path, settings):
     """The connection is the lease: a terminated run's step closes it, and the worker goes."""
     job = _job(synthetic_studyset, tmp_path, "interrupted", canary_first_n_s=3.0)

@@ -153,6 +153,53 @@ def _execute_one(run_id: str, instance_ref_json: str) -> int:
         return _execute_run_command_body(run_id, instance, lambda _event: None, set_exit_code_on_failure=True)
 
 
+def end_unfinished_run(run_id: str, instance_ref_json: str, error: BaseException) -> str | None:
+    """Mark canceled (or failed) a run that stopped before Dagster's execution of it could say so.
+
+    Dagster reports a run's end from inside its execution; an interrupt (the
+    lease of a killed command line ending, the UI's Terminate) or an error
+    that lands while the run thread is still starting (opening the instance,
+    loading the run's code) escapes before that, and the run would stay
+    STARTING in the UI for good: only a daemon's run monitoring, after its
+    start timeout, would end it.  Retried when the host's next interrupt lands
+    on the report itself.
+
+    Parameters
+    ----------
+    run_id : str
+        The run.
+    instance_ref_json : str
+        Its instance's serialized reference.
+    error : BaseException
+        What ended it: Dagster's interrupt cancels it, anything else fails it.
+
+    Returns
+    -------
+    str or None
+        The status reported; None when the run had ended already, or the report could not be made.
+    """
+    # No public API: the error Dagster's run worker turns a Ctrl-C into.
+    from dagster._core.errors import DagsterExecutionInterruptedError
+
+    for _ in range(3):
+        try:
+            with _instance_for_threads(instance_ref_json) as instance:
+                run = instance.get_run_by_id(run_id)
+                if run is None or run.is_finished:
+                    return None
+                if isinstance(error, DagsterExecutionInterruptedError):
+                    instance.report_run_canceled(run, message="Run terminated before it started executing.")
+                    return "CANCELED"
+                instance.report_run_failed(run, f"Run stopped before it started executing: {error!r}")
+                return "FAILURE"
+        except DagsterExecutionInterruptedError:
+            continue  # the host interrupts again until it hears the run end
+        except Exception:  # noqa: BLE001 - no instance to report to: its run monitor decides
+            traceback.print_exc()
+            return None
+    return None
+
+
 def _interrupt(thread: threading.Thread) -> None:
     """Raise Dagster's interrupt in ``thread`` at its next Python instruction (a run's Ctrl-C)."""
     # No public API: the error Dagster's run worker turns a Ctrl-C into, and cancels a run on.
@@ -193,8 +240,9 @@ def serve_runs(conn, environ: dict[str, str], cwd: str) -> None:
         code = 1
         try:
             code = _execute_one(run_id, instance_ref_json)
-        except BaseException:  # noqa: BLE001 - an interrupt that landed outside Dagster's handling, say
+        except BaseException as error:  # noqa: BLE001 - an interrupt that landed outside Dagster's handling, say
             traceback.print_exc()
+            end_unfinished_run(run_id, instance_ref_json, error)
         finally:
             sys.stdout.flush()
             with send_lock:
