@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from harness.dagster_dev import write_instance_yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +30,7 @@ if len(sys.argv) > 2:
 before = controller.DEFAULT_DAEMON_INTERVAL_SECONDS
 with dg.DagsterInstance.from_config(sys.argv[1]) as instance:
     daemons = instance.get_required_daemon_types()
-    queue = instance.run_coordinator.get_run_queue_config()
+    queue = instance.get_concurrency_config().run_queue_config  # what the queue's daemon applies
     print(json.dumps({
         "before": before,
         "after": controller.DEFAULT_DAEMON_INTERVAL_SECONDS,
@@ -91,8 +93,6 @@ def test_an_interval_under_a_second_is_refused_naming_the_key(tmp_path):
 
 
 def test_every_deployment_uses_the_campaign_run_coordinator():
-    import yaml
-
     for path in (PROJECT_ROOT / "dagster.yaml", *sorted((PROJECT_ROOT / "deployments").glob("*/dagster.yaml"))):
         coordinator = yaml.safe_load(path.read_text())["run_coordinator"]
         assert (coordinator["module"], coordinator["class"]) == (
@@ -100,3 +100,22 @@ def test_every_deployment_uses_the_campaign_run_coordinator():
             "CampaignRunCoordinator",
         ), path
         assert coordinator["config"]["backfill_pass_interval_seconds"] == 10, path
+
+
+def test_a_run_limit_set_both_here_and_under_concurrency_runs_is_refused(tmp_path):
+    """Dagster refuses that for a class named QueuedRunCoordinator; the subclass must too, not ignore one."""
+    home = _instance_home(tmp_path, edit=lambda text: text + "\nconcurrency:\n  runs:\n    max_concurrent_runs: 3\n")
+    done = _daemon_start(home)
+    assert done.returncode != 0
+    assert "run_coordinator.config.max_concurrent_runs is incompatible with the `concurrency: runs`" in done.stderr
+    # Without the queue's own limit, concurrency.runs is Dagster's to apply.
+    def move_limits(text: str) -> str:
+        config = yaml.safe_load(text)
+        for key in ("max_concurrent_runs", "tag_concurrency_limits"):
+            del config["run_coordinator"]["config"][key]
+        return yaml.safe_dump({**config, "concurrency": {"runs": {"max_concurrent_runs": 3}}})
+
+    home = _instance_home(tmp_path / "without", edit=move_limits)
+    done = _daemon_start(home)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["max_concurrent_runs"] == 3

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import dagster
-from dagster import Field, IntSource, QueuedRunCoordinator
+from dagster import DagsterInvalidConfigError, Field, IntSource, QueuedRunCoordinator
 # No public API: the ConfigurableClass protocol dagster.yaml's module/class loading expects.
 from dagster._serdes import ConfigurableClassData
 
@@ -42,6 +42,13 @@ INTERVAL_WRITTEN_FOR = "1.13.27"
 
 DEFAULT_BACKFILL_PASS_INTERVAL_S = 10
 """Seconds between the backfill daemon's passes when ``dagster.yaml`` does not say."""
+
+CONCURRENCY_REPLACES = (
+    ("max_concurrent_runs",),
+    ("tag_concurrency_limits",),
+    ("block_op_concurrency_limited_runs", "op_concurrency_slot_buffer"),
+)
+"""The queue settings that ``concurrency: runs`` / ``pools`` in ``dagster.yaml`` replace (Dagster's own list)."""
 
 _log = logging.getLogger(__name__)
 
@@ -94,10 +101,44 @@ class CampaignRunCoordinator(QueuedRunCoordinator):
 
     def __init__(self, backfill_pass_interval_seconds: int | None = None, **queue_config: Any):
         super().__init__(**queue_config)
+        self._queue_config = dict(queue_config)
         self._backfill_pass_interval_s = (
             DEFAULT_BACKFILL_PASS_INTERVAL_S if backfill_pass_interval_seconds is None else backfill_pass_interval_seconds
         )
         set_backfill_pass_interval(self._backfill_pass_interval_s)
+
+    def register_instance(self, instance) -> None:
+        """Refuse the queue limits that ``concurrency: runs`` replaces, as Dagster does for its own class.
+
+        Dagster checks ``dagster.yaml`` for a run limit set in both places only
+        when the coordinator's class is named ``QueuedRunCoordinator``; under
+        this subclass's name both would be accepted and one silently ignored.
+
+        Parameters
+        ----------
+        instance : DagsterInstance
+            The instance this coordinator serves.
+
+        Raises
+        ------
+        DagsterInvalidConfigError
+            If ``concurrency`` has ``runs`` or ``pools`` and the coordinator's config sets a limit they replace.
+        """
+        super().register_instance(instance)
+        concurrency = instance.get_settings("concurrency") or {}
+        if "runs" not in concurrency and "pools" not in concurrency:
+            return
+        for path in CONCURRENCY_REPLACES:
+            value: Any = self._queue_config
+            for part in path:
+                value = value.get(part) if isinstance(value, Mapping) else None
+            if value is not None:
+                raise DagsterInvalidConfigError(
+                    f"dagster.yaml: run_coordinator.config.{'.'.join(path)} is incompatible with the "
+                    "`concurrency: runs` (or `pools`) section: set the limit there only",
+                    [],
+                    None,
+                )
 
     @property
     def backfill_pass_interval_seconds(self) -> int:
