@@ -58,6 +58,9 @@ def test_every_assigned_pair_is_sorted_compared_and_summarized(graph):
     summary = env.latest_unpartitioned("sorter_summary")
     rows = summary["summary"].records
     assert {r.data["sorter"] for r in rows} == {FAST, SECOND}
+    # both measured deterministic (Simple with the worker's seeding, which every comparison says it had)
+    assert {r.data["reproducible"] for r in rows} == {"yes"}
+    assert {md["sorting_draws_seeded"] for md in comparisons.values()} == {True}
     assert summary["num_comparisons"] == 6
     assert "data:image/png;base64," in summary["accuracy_vs_snr"]
     best = max(r.data["mean_accuracy"] or 0 for r in rows)

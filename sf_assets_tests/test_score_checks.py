@@ -100,3 +100,41 @@ def test_a_score_that_moves_with_nothing_changed_warns_and_a_new_version_reports
     assert [round(float(r["mean_accuracy"]), 3) for r in history] == [0.9, 0.85, 0.8, 0.8]
     assert {r["sorter"] for r in history} == {SORTER}
     assert history[0]["inputs"] == history[3]["inputs"] and history[1]["versions"] != history[2]["versions"]
+
+
+def test_a_cell_whose_sorting_the_seeding_did_not_reach_is_not_reproducible(synthetic_studyset, tmp_path):
+    """Simple is deterministic only with the worker's seeded draws: a sorting without them (a container's) says no."""
+    spec = write_spec(
+        tmp_path / "spec.yaml", synthetic_studyset.manifest_path, {"Simple": {"studysets": ["SYNTH_SET_A", "SYNTH_SET_B"]}}
+    )
+    store = KacheryStore(tmp_path / "kachery")
+    resources = {
+        "kachery": KacheryResource(root_dir=str(store.root_dir)),
+        "studyset": StudysetResource(spec_source=str(spec), manifest_source=str(synthetic_studyset.manifest_path)),
+        "outputs": OutputsResource(folder=str(tmp_path / "outputs")),
+    }
+    (tmp_path / "dagster").mkdir()
+    with project_instance(temp_dir=str(tmp_path / "dagster")) as instance:
+        assert dg.materialize([studysets], instance=instance, resources=resources).success
+        campaign = resources["studyset"].campaign(resources["kachery"])
+        for sorter_spec, rec in campaign.jobs:
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(
+                    asset_key="sorting_comparison",
+                    partition=str(pair_key(sorter_spec.name, rec)),
+                    metadata={
+                        "sorter": sorter_spec.name,
+                        "study": rec.study_name,
+                        "study_set": rec.study_set_name,
+                        "recording": rec.name,
+                        "comparison_uri": store.store_json({"units": []}, label="c.json"),
+                        # one recording of set B was sorted where the worker's seeding did not reach
+                        "sorting_draws_seeded": not (rec.study_set_name == "SYNTH_SET_B" and rec.name == "001_synth"),
+                        "summary": dg.MetadataValue.json({"mean_accuracy": 0.9, "num_true_units": 1}),
+                    },
+                )
+            )
+        assert dg.materialize([sorter_summary], instance=instance, resources=resources).success
+    with open(tmp_path / "outputs" / "sorter_summary.csv") as f:
+        rows = {r["study_set"]: r for r in csv.DictReader(f)}
+    assert {name: row["reproducible"] for name, row in rows.items()} == {"SYNTH_SET_A": "yes", "SYNTH_SET_B": "no"}

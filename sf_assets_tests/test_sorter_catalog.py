@@ -19,6 +19,7 @@ from sf_assets.core.sorter_catalog import (
     LOCAL,
     PROJECT_SEED,
     availability,
+    cell_reproducible,
     default_params,
     known_sorter_names,
     merge_params,
@@ -247,3 +248,15 @@ def test_runs_here_sorts_for_real_with_simple():
     ok, reason = runs_here(resolve_sorter("simple"), timeout_s=240)
     assert ok, reason
     assert reason.startswith("Simple: sorted a 3 s generated recording into ")
+
+
+def test_a_cell_is_reproducible_only_where_the_seeding_it_needs_reached_every_sort():
+    """A SpykingCircus2 sort in a container (no seeded draws) makes its cell ``no``; MountainSort5 needs none."""
+    sc2, ms5 = resolve_sorter("SpykingCircus2"), resolve_sorter("MountainSort5")
+    assert sc2.needs_seeded_draws and not ms5.needs_seeded_draws
+    assert cell_reproducible(sc2, [True, True]) == "yes"
+    assert cell_reproducible(sc2, [True, False]) == "no"
+    assert cell_reproducible(ms5, [False]) == "yes"
+    assert cell_reproducible(resolve_sorter("Kilosort4"), [True]) == "unknown"
+    assert {e.name for e in CATALOG if e.needs_seeded_draws} == {"Simple", "SpykingCircus2", "Tridesclous2"}
+    assert all(e.deterministic for e in CATALOG if e.needs_seeded_draws)

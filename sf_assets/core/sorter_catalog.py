@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +89,10 @@ class SorterEntry:
         measured (docs/sorters.md): True when two sorts of the same recording in fresh workers, with the
         pinned seeds and the worker's seeding of unseeded draws (:mod:`sf_assets.engines.seeded_draws`),
         give identical spike trains; False when they do not; None when not measured here.
+    needs_seeded_draws : bool
+        True when ``deterministic`` holds only with the worker's seeding of unseeded draws (the sorter draws
+        random numbers without a seed on its path): a sort the seeding did not reach (in a container) is not
+        reproducible, see :func:`cell_reproducible`.
     """
 
     name: str
@@ -102,6 +107,7 @@ class SorterEntry:
     seed_params: tuple[str, ...] = ()
     package: str | None = None
     deterministic: bool | None = None
+    needs_seeded_draws: bool = False
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -175,7 +181,7 @@ CATALOG: tuple[SorterEntry, ...] = (
     SorterEntry(
         "Simple", "simple", ("simple",), True, None,
         "spikeinterface's built-in reference sorter; no image (it runs wherever spikeinterface does).",
-        seed_params=("seed",), package="spikeinterface", deterministic=True,
+        seed_params=("seed",), package="spikeinterface", deterministic=True, needs_seeded_draws=True,
     ),
     SorterEntry(
         "SpykingCircus", "spykingcircus", (), False, _image("spyking-circus"),
@@ -185,7 +191,7 @@ CATALOG: tuple[SorterEntry, ...] = (
     SorterEntry(
         "SpykingCircus2", "spykingcircus2", (), True, _image("spyking-circus2"),
         "spikeinterface's own sorter; about 20 s of numba compilation per fresh process.",
-        seed_params=("seed",), package="spikeinterface", deterministic=True,
+        seed_params=("seed",), package="spikeinterface", deterministic=True, needs_seeded_draws=True,
     ),
     SorterEntry(
         "Tridesclous", "tridesclous", (), False, _image("tridesclous"),
@@ -195,7 +201,7 @@ CATALOG: tuple[SorterEntry, ...] = (
     SorterEntry(
         "Tridesclous2", "tridesclous2", (), True, _image("tridesclous2"),
         "spikeinterface's own sorter; 15-35 s of numba compilation per fresh process.",
-        seed_params=("seed",), package="spikeinterface", deterministic=True,
+        seed_params=("seed",), package="spikeinterface", deterministic=True, needs_seeded_draws=True,
     ),
     SorterEntry("Waveclus", "waveclus", ("WaveClus",), False, _image("waveclus-compiled"), _MATLAB),
     SorterEntry("HDSort", "hdsort", (), False, _image("hdsort-compiled"), _MATLAB),
@@ -264,6 +270,30 @@ def resolve_sorter(name: str, where: str = "") -> SorterEntry:
     raise UnknownSorterError(
         f"{prefix}unknown sorter {name!r}{hint}; expected one of: {', '.join(known_sorter_names())}"
     )
+
+
+def cell_reproducible(entry: SorterEntry, draws_seeded: Iterable[bool]) -> str:
+    """The summary's ``reproducible`` for one cell: would its sorts give the same scores again?
+
+    Parameters
+    ----------
+    entry : SorterEntry
+        The cell's sorter.
+    draws_seeded : Iterable[bool]
+        One per sorting of the cell: whether the worker seeded its unseeded draws (its provenance's
+        ``unseeded_draws_seed`` is set; not for a sort in a container).
+
+    Returns
+    -------
+    str
+        ``unknown`` when the sorter was not measured here, ``no`` when it is not deterministic or needs
+        the seeding that one of the cell's sorts did not get, else ``yes``.
+    """
+    if entry.deterministic is None:
+        return "unknown"
+    if not entry.deterministic or (entry.needs_seeded_draws and not all(draws_seeded)):
+        return "no"
+    return "yes"
 
 
 def _no_wrapper_message(entry: SorterEntry) -> str:

@@ -25,10 +25,12 @@ differed.  A call with a seed is left as it is.
 
 What it cannot reach: a sort inside a container (the sorter runs in the
 image's own Python), code that imported ``default_rng`` by name before the
-sort started, and child processes a sorter spawns (they start a new
-interpreter; forked ones inherit the seeded state).  Draws made from
-several threads at once take their counts in the order the threads get
-there.
+sort started, and child processes a sorter spawns with a new interpreter.
+Children it forks (a process pool, with ``n_jobs`` > 1) start from the
+counts as they were at the fork: the same sort forks at the same point, so
+their draws repeat too, but two children drawing at the same line draw the
+same numbers.  Draws made from several threads at once take their counts
+in the order the threads get there.
 """
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ from sf_assets.core.atomic import replace_atomically, write_bytes_atomic
 from sf_assets.core.campaign import Campaign
 from sf_assets.core.score_diff import SUMMARY_COLUMNS as SCORE_COLUMNS
 from sf_assets.core.records import SortingRecord, write_records
-from sf_assets.core.sorter_catalog import resolve_sorter
+from sf_assets.core.sorter_catalog import cell_reproducible, resolve_sorter
 from sf_assets.orchestration.partitions import pair_key
 from sf_assets.report import results_page as page
 from sf_assets.report.plots import accuracy_vs_snr_png
@@ -114,12 +114,6 @@ SUMMARY_COLUMNS = ["sorter", "study_set", "study", "recordings", *SCORE_COLUMNS,
 """The summary table's columns: a cell's identity, its scores (compared cell by cell), reproducibility."""
 
 
-def _reproducible(sorter_name: str) -> str:
-    """``yes``/``no``: whether the sorter gave identical scores twice (docs/sorters.md); ``unknown``: not measured."""
-    deterministic = resolve_sorter(sorter_name).deterministic
-    return "unknown" if deterministic is None else ("yes" if deterministic else "no")
-
-
 def summary_frame(comparisons: list[dict], errored: list[dict] = ()):
     """One row per (sorter, study set, study): the SpikeForest summary numbers.
 
@@ -130,7 +124,8 @@ def summary_frame(comparisons: list[dict], errored: list[dict] = ()):
     Parameters
     ----------
     comparisons : list[dict]
-        The current comparisons' metadata.
+        The current comparisons' metadata (``sorting_draws_seeded`` decides, with the catalog, a cell's
+        ``reproducible``: :func:`~sf_assets.core.sorter_catalog.cell_reproducible`).
     errored : list[dict]
         One ``{sorter, study_set, study}`` per errored sort.
 
@@ -156,12 +151,15 @@ def summary_frame(comparisons: list[dict], errored: list[dict] = ()):
                 "num_well_detected": s.get("num_well_detected", 0),
                 "num_true_units": s.get("num_true_units", 0),
                 "num_errored": 0,
+                # a comparison made before the key existed: its sorting was not seeded (engine version < 3)
+                "draws_seeded": md.get("sorting_draws_seeded") is True,
             }
         )
     no_scores = {"mean_accuracy": float("nan"), "mean_precision": float("nan"), "mean_recall": float("nan")}
     for cell in errored:  # the score columns exist even when no comparison does
         rows.append(
-            {**cell, **no_scores, "recordings": 0, "num_well_detected": 0, "num_true_units": 0, "num_errored": 1}
+            {**cell, **no_scores, "recordings": 0, "num_well_detected": 0, "num_true_units": 0, "num_errored": 1,
+             "draws_seeded": True}  # no scores, so nothing to reproduce
         )
     if not rows:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
@@ -174,8 +172,11 @@ def summary_frame(comparisons: list[dict], errored: list[dict] = ()):
         num_well_detected=("num_well_detected", "sum"),
         num_true_units=("num_true_units", "sum"),
         num_errored=("num_errored", "sum"),
+        draws_seeded=("draws_seeded", "all"),
     )
-    grouped["reproducible"] = [_reproducible(name) for name in grouped["sorter"]]
+    grouped["reproducible"] = [
+        cell_reproducible(resolve_sorter(name), [seeded]) for name, seeded in zip(grouped["sorter"], grouped["draws_seeded"])
+    ]
     return grouped.sort_values(["sorter", "study_set", "study"]).reset_index(drop=True)[SUMMARY_COLUMNS]
 
 

@@ -454,6 +454,8 @@ def sorting_comparison(context: dg.AssetExecutionContext, studyset: StudysetReso
             # what the score regression check compares: the sorting's inputs and library versions
             "sorting_cache_key": sorted_md.get("cache_key") or "",
             "sorting_versions": dg.MetadataValue.json((sorted_md.get("provenance") or {}).get("versions") or {}),
+            # whether the worker seeded the sort's unseeded draws (the summary's `reproducible` needs it)
+            "sorting_draws_seeded": (sorted_md.get("provenance") or {}).get("unseeded_draws_seed") is not None,
             "settings": dg.MetadataValue.json(result.settings),
             "summary": dg.MetadataValue.json({k: json_safe(v) for k, v in summary.items()}),
             "units": table(
