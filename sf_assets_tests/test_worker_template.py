@@ -155,27 +155,3 @@ def test_a_copy_of_a_worker_is_the_templates_child_in_its_own_group_and_reported
     copy.proc.stdin.close()  # the end of its command stream (the FIFO): it exits
     assert copy.proc.wait(30) == 0 and copy.proc.exit_status(timeout=None)[1] is not None
     assert source.alive()
-
-
-def test_the_preload_imports_the_sorters_modules_and_starts_no_thread():
-    """What the template imports once for every worker (worker.SORTER_MODULES) is there after the preload, and
-    the process stays single-threaded under the slots' thread limits of 1: forking a process with other
-    threads running could copy a lock one of them held."""
-    import sys
-
-    from sf_assets.engines.threads import THREAD_LIMIT_VARS
-    from sf_assets.engines.worker import SORTER_MODULES
-
-    code = (
-        "import os, sys\n"
-        "from sf_assets.engines.worker import preload, SORTER_MODULES\n"
-        "preload()\n"
-        "print(sorted(set(SORTER_MODULES) - set(sys.modules)), len(os.listdir('/proc/self/task')))\n"
-    )
-    from pathlib import Path
-
-    root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, **{var: "1" for var in THREAD_LIMIT_VARS}, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split()[-2:] == ["[]", "1"], (done.stdout, SORTER_MODULES)

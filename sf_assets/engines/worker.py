@@ -24,7 +24,6 @@ line instead of a folder asks it for a copy of itself, made between two jobs
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import shutil
@@ -405,30 +404,11 @@ class _ConsoleTo:
         return False
 
 
-SORTER_MODULES = ("spikeinterface.sortingcomponents.clustering", "scipy.signal")
-"""What spikeinterface's own sorters (simple, spykingcircus2, tridesclous2) import on their first sort.
-
-The clustering package pulls in the rest of their imports (scikit-learn,
-hdbscan, pandas, scipy.stats and the other sorting components); the
-preprocessing filters import ``scipy.signal`` when they are made.  Measured
-on this project's 2-core machine: 0.9 s to import them, and a new worker's
-first Simple sort of a 2 s recording, its numba code in the JIT cache, took
-1.2 s without them imported and 0.3 s with.  Imported in the template
-(:mod:`sf_assets.engines.worker_template`) they are paid once per sort
-service instead of once per worker, and every slot's first sort starts from
-them: on a Slurm allocation, the sorts waiting to copy the first worker wait
-that much less.  Importing them starts no thread when the slots' thread
-limits are 1, and no numba compile (that happens at a function's first call).
-"""
-
-
 def preload() -> None:
     """Import what every sort needs while no job waits for it (a warm worker starts early).
 
     A failure here is not reported: the first job imports the same modules
-    again and reports the error in its own console.  Each of
-    :data:`SORTER_MODULES` is tried on its own (a missing optional library
-    fails that one only).
+    again and reports the error in its own console.
     """
     try:
         import spikeinterface.sorters  # noqa: F401
@@ -436,12 +416,7 @@ def preload() -> None:
         import sf_assets.stores.data  # noqa: F401
         import sf_assets.stores.kachery  # noqa: F401
     except Exception:
-        return
-    for name in SORTER_MODULES:
-        try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - the sort that needs it reports the error
-            pass
+        pass
 
 
 def serve(commands, copy_of: int | None = None) -> int:
