@@ -118,21 +118,29 @@ def test_a_cell_whose_sorting_the_seeding_did_not_reach_is_not_reproducible(synt
         assert dg.materialize([studysets], instance=instance, resources=resources).success
         campaign = resources["studyset"].campaign(resources["kachery"])
         for sorter_spec, rec in campaign.jobs:
+            partition = str(pair_key(sorter_spec.name, rec))
+            # one recording of set B was sorted where the worker's seeding did not reach
+            seeded = not (rec.study_set_name == "SYNTH_SET_B" and rec.name == "001_synth")
             instance.report_runless_asset_event(
                 dg.AssetMaterialization(
-                    asset_key="sorting_comparison",
-                    partition=str(pair_key(sorter_spec.name, rec)),
-                    metadata={
-                        "sorter": sorter_spec.name,
-                        "study": rec.study_name,
-                        "study_set": rec.study_set_name,
-                        "recording": rec.name,
-                        "comparison_uri": store.store_json({"units": []}, label="c.json"),
-                        # one recording of set B was sorted where the worker's seeding did not reach
-                        "sorting_draws_seeded": not (rec.study_set_name == "SYNTH_SET_B" and rec.name == "001_synth"),
-                        "summary": dg.MetadataValue.json({"mean_accuracy": 0.9, "num_true_units": 1}),
-                    },
+                    asset_key="sorting",
+                    partition=partition,
+                    metadata={"provenance": dg.MetadataValue.json({"unseeded_draws_seed": 0 if seeded else None})},
                 )
+            )
+            metadata = {
+                "sorter": sorter_spec.name,
+                "study": rec.study_name,
+                "study_set": rec.study_set_name,
+                "recording": rec.name,
+                "comparison_uri": store.store_json({"units": []}, label="c.json"),
+                "sorting_draws_seeded": seeded,
+                "summary": dg.MetadataValue.json({"mean_accuracy": 0.9, "num_true_units": 1}),
+            }
+            if rec.name == "002_synth":  # compared before comparisons recorded it: the sorting's provenance says
+                del metadata["sorting_draws_seeded"]
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(asset_key="sorting_comparison", partition=partition, metadata=metadata)
             )
         assert dg.materialize([sorter_summary], instance=instance, resources=resources).success
     with open(tmp_path / "outputs" / "sorter_summary.csv") as f:

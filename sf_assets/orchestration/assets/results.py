@@ -26,7 +26,7 @@ from sf_assets.orchestration.assets.score_checks import (
     summary_history,
 )
 from sf_assets.orchestration.assets.keys import SORTING_KEY
-from sf_assets.orchestration.assets.sortings import sorting, sorting_comparison
+from sf_assets.orchestration.assets.sortings import draws_seeded, sorting, sorting_comparison
 from sf_assets.orchestration.assets.results_page import RESULTS_PAGE, collect_pair_results, write_results_page
 from sf_assets.core.atomic import replace_atomically, write_bytes_atomic
 from sf_assets.core.campaign import Campaign
@@ -106,6 +106,8 @@ def collect_comparisons(instance: dg.DagsterInstance, campaign: Campaign) -> tup
         elif partition in sortings and sortings[partition][0] > storage_id:
             left_out[partition] = "the sorting changed after this comparison (a new sort or an errored attempt)"
         else:
+            if "sorting_draws_seeded" not in md and partition in sortings:  # compared before comparisons said
+                md["sorting_draws_seeded"] = draws_seeded(plain_metadata(sortings[partition][1]))
             current.append(md)
     return current, left_out
 

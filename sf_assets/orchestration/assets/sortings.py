@@ -397,6 +397,22 @@ def _fail_as_errored(context: dg.AssetExecutionContext, sorted_md: dict, exc: Ex
     raise dg.Failure(description=f"{label}: {error}", allow_retries=False) from None
 
 
+def draws_seeded(sorting_md: dict) -> bool:
+    """Did the worker seed this sorting's unseeded random draws (its provenance's ``unseeded_draws_seed``)?
+
+    Parameters
+    ----------
+    sorting_md : dict
+        A ``sorting`` materialization's metadata.
+
+    Returns
+    -------
+    bool
+        False for a sort in a container, or one made before the seeding existed.
+    """
+    return (sorting_md.get("provenance") or {}).get("unseeded_draws_seed") is not None
+
+
 @dg.asset(
     partitions_def=sorting_partitions,
     group_name="sortings",
@@ -455,7 +471,7 @@ def sorting_comparison(context: dg.AssetExecutionContext, studyset: StudysetReso
             "sorting_cache_key": sorted_md.get("cache_key") or "",
             "sorting_versions": dg.MetadataValue.json((sorted_md.get("provenance") or {}).get("versions") or {}),
             # whether the worker seeded the sort's unseeded draws (the summary's `reproducible` needs it)
-            "sorting_draws_seeded": (sorted_md.get("provenance") or {}).get("unseeded_draws_seed") is not None,
+            "sorting_draws_seeded": draws_seeded(sorted_md),
             "settings": dg.MetadataValue.json(result.settings),
             "summary": dg.MetadataValue.json({k: json_safe(v) for k, v in summary.items()}),
             "units": table(
