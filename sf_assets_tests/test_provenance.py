@@ -142,30 +142,3 @@ def test_the_sort_service_folder_changes_with_the_installed_libraries(monkeypatc
     assert service_address.code_fingerprint() == before, "read again only after the versions' time to live"
     monkeypatch.setattr(provenance, "_installed", {})  # that time has passed
     assert service_address.code_fingerprint() != before
-
-
-def test_the_seeding_of_unseeded_draws_changes_the_cache_key_only_of_sorts_it_changes():
-    """Engine version 3 seeds unseeded draws: Simple sorted here must sort again; MountainSort5 (no such
-    draws) and a container's sort (which the seeding does not reach) keep their version-2 keys, so the
-    schedule's re-run of their partitions hits the job cache instead of sorting for the same output."""
-    import hashlib
-    import json
-
-    from sf_assets.engines.engine import cache_key
-
-    versions = (("spikeinterface", spikeinterface.__version__),)
-
-    def keyed(name: str, image: str | None, engine_version: str | None = None) -> str:
-        entry = resolve_sorter(name)
-        key = cache_key(entry, {"seed": 0}, "sha1://" + "1" * 40, image, "default", versions)
-        if engine_version is None:
-            return key
-        payload = {"sorter": entry.si_name, "params": {"seed": 0}, "recording": "sha1://" + "1" * 40,
-                   "engine_version": engine_version, "image": image, "job_cache": "default", "versions": dict(versions)}
-        assert hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest() == key
-        return key
-
-    keyed("MountainSort5", None, engine_version="2")
-    keyed("SpykingCircus2", "spikeinterface/spyking-circus2-base", engine_version="2")
-    keyed("Simple", None, engine_version="3")
-    keyed("Tridesclous2", None, engine_version="3")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sf_assets.core.folder_names import attempt_name, pair_folder
 from sf_assets.core.sorter_catalog import SorterEntry
-from sf_assets.engines.job import CanaryReport, SortJob, SortReport, output_version
+from sf_assets.engines.job import SORT_ENGINE_VERSION, CanaryReport, SortJob, SortReport
 from sf_assets.engines.service_address import ServiceSettings
 from sf_assets.engines.slurm_settings import SlurmSettings
 from sf_assets.engines.threads import thread_limited_env
@@ -187,14 +187,13 @@ def cache_key(
     Returns
     -------
     str
-        A sha1 of all of these and the sort engine version the output depends on
-        (:func:`~sf_assets.engines.job.output_version`).
+        A sha1 of all of these and the sort engine's version.
     """
     payload = {
         "sorter": entry.si_name,
         "params": params,
         "recording": recording_uri.split("?", 1)[0],
-        "engine_version": output_version(entry.needs_seeded_draws, in_container=image is not None),
+        "engine_version": SORT_ENGINE_VERSION,
         "image": image,
         "job_cache": job_cache,
         "versions": dict(versions),

@@ -33,33 +33,6 @@ TOKEN_SEPARATOR = "\t"
 # Bump when the worker changes what it produces for the same inputs: the job
 # cache and the schedule that re-runs stale sortings read it.
 SORT_ENGINE_VERSION = "3"  # 2: thread counts applied per sort, provenance recorded; 3: unseeded draws seeded
-# The version before the seeding of unseeded draws: what a sort the seeding cannot change still produces.
-UNSEEDED_ENGINE_VERSION = "2"
-
-
-def output_version(needs_seeded_draws: bool, in_container: bool) -> str:
-    """The sort engine version a sort's output depends on: the job cache key holds it.
-
-    Version 3 seeds a sorter's unseeded draws, which changes the output of
-    the sorters that make such draws, sorted here; a MountainSort5 sort, or
-    any sort in a container (where the seeding does not reach), gives what
-    version 2 gave.  Keyed by version 2, those hit the job cache when the
-    schedule runs their partitions again for the new code version, instead
-    of sorting again for the same output.
-
-    Parameters
-    ----------
-    needs_seeded_draws : bool
-        The sorter's catalog entry says so.
-    in_container : bool
-        The sort runs in a container image.
-
-    Returns
-    -------
-    str
-        :data:`SORT_ENGINE_VERSION` or :data:`UNSEEDED_ENGINE_VERSION`.
-    """
-    return SORT_ENGINE_VERSION if needs_seeded_draws and not in_container else UNSEEDED_ENGINE_VERSION
 
 
 @dataclass(frozen=True)
