@@ -11,10 +11,8 @@ observation (the sorting asset records a failed sort's record as an
 observation before failing).
 "Older" means the latest materialization's ``dagster/code_version`` tag
 differs from the sorting asset's current code version
-(``SORT_ENGINE_VERSION``): the job cache key holds the engine version the
-sort's output depends on (:func:`~sf_assets.engines.job.output_version`), so
-the re-run sorts again where the new version changes the output, and takes
-the job cache's sorting where it does not.  Each re-run is one ``sorting_job`` run of one
+(``SORT_ENGINE_VERSION``): the job cache key holds that version too, so the
+re-run really sorts again.  Each re-run is one ``sorting_job`` run of one
 partition (sorting and its comparison).
 """
 import dagster as dg
