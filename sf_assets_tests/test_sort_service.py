@@ -204,6 +204,98 @@ def test_a_run_that_stops_before_dagster_executes_it_does_not_stay_starting(tmp_
         assert "Run stopped before it started executing" in failure.event_log_entry.dagster_event.message
 
 
+SLOW_CODE = """
+import time
+
+import dagster as dg
+
+for _ in range(300):  # 30 s of loading, in steps an interrupt can land between
+    time.sleep(0.1)
+
+
+@dg.op
+def nothing():
+    pass
+
+
+@dg.job
+def slow_job():
+    nothing()
+
+
+defs = dg.Definitions(jobs=[slow_job])
+"""
+
+
+def test_a_run_terminated_while_dagster_loads_its_code_ends_canceled(tmp_path, settings):
+    """Dagster's catch-all around a run's execution swallows an interrupt that lands while it loads the
+    run's code (it relies on the execution having reported the run's end, which it has not yet): the run
+    host reports the run canceled.  Without that, it stayed STARTING until the host killed its process."""
+    import dagster as dg
+    from dagster import serialize_value
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from harness.instances import project_instance
+    from sf_assets.engines.service_client import call_service
+
+    (tmp_path / "slow_code.py").write_text(SLOW_CODE)
+    code = ReconstructableRepository.for_file(str(tmp_path / "slow_code.py"), "defs", str(tmp_path))  # not loaded here
+    origin = code.get_reconstructable_job("slow_job").get_python_origin()
+    (tmp_path / "dagster").mkdir()
+    with project_instance(temp_dir=str(tmp_path / "dagster")) as instance:
+        run = DagsterRun(job_name="slow_job", run_id="slow-code", status=dg.DagsterRunStatus.STARTING,
+                         job_code_origin=origin)  # fmt: skip
+        instance.add_run(run)
+        answer = call_service(
+            settings.service(), "launch_run", run_id=run.run_id, instance_ref=serialize_value(instance.get_ref()),
+            environ=dict(os.environ), cwd=str(tmp_path), lease="", sorter="",
+        )
+        assert answer["launched"]
+        deadline = time.monotonic() + 60
+        while not instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT).records:
+            assert time.monotonic() < deadline, "Dagster never started executing the run"
+            time.sleep(0.1)
+        time.sleep(1.0)  # in Dagster's loading of slow_code.py now
+        began = time.monotonic()
+        assert call_service(settings.service(), "terminate_run", run_id=run.run_id)["terminated"]
+        # Before the host's kill (20 s), which would leave it STARTING.
+        while instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTING:
+            assert time.monotonic() - began < 15, "the run stayed STARTING"
+            time.sleep(0.1)
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED
+
+
+def test_a_run_whose_launcher_is_gone_before_it_reaches_the_service_ends_canceled(tmp_path, settings):
+    """Its launcher (a command line dequeuing its own runs) is gone, so nobody would report a refusal: the
+    service takes the run and terminates it at once, and the run's thread reports it canceled."""
+    import socket
+
+    import dagster as dg
+    from dagster import serialize_value
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from harness.instances import project_instance
+    from sf_assets.core.launcher_identity import LauncherIdentity
+    from sf_assets.engines.service_client import call_service
+
+    gone = LauncherIdentity(socket.gethostname(), os.getpid(), 1)  # this PID, another start time: not this process
+    assert gone.is_gone()
+    (tmp_path / "dagster").mkdir()
+    with project_instance(temp_dir=str(tmp_path / "dagster")) as instance:
+        instance.add_run(DagsterRun(job_name="sorting_job", run_id="orphan", status=dg.DagsterRunStatus.STARTING))
+        answer = call_service(
+            settings.service(), "launch_run", run_id="orphan", instance_ref=serialize_value(instance.get_ref()),
+            environ=dict(os.environ), cwd=str(tmp_path), lease=str(gone), sorter="",
+        )
+        assert answer["launched"]
+        deadline = time.monotonic() + 60
+        while instance.get_run_by_id("orphan").status == dg.DagsterRunStatus.STARTING:
+            assert time.monotonic() < deadline, "the run stayed STARTING"
+            time.sleep(0.1)
+        assert instance.get_run_by_id("orphan").status == dg.DagsterRunStatus.CANCELED
+
+
 def test_a_client_that_goes_away_stops_its_sort(synthetic_studyset, tmp_path, settings):
     """The connection is the lease: a terminated run's step closes it, and the worker goes."""
     job = _job(synthetic_studyset, tmp_path, "interrupted", canary_first_n_s=3.0)

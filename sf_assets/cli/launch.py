@@ -17,7 +17,7 @@ When no Dagster daemon serves the instance (no ``make ui``), the launch
 dequeues its runs itself with Dagster's own queue logic, so one command still
 does everything.  Its runs carry a lease (its process's identity): when the
 command line dies, the sort service ends its runs, and a queued run of a dead
-launch is refused when dequeued.
+launch is canceled as soon as it is dequeued.
 """
 from __future__ import annotations
 

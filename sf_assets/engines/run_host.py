@@ -75,6 +75,8 @@ RUNS_PER_PROCESS = 16
 # A run process with no run left exits after this long (the next launch may reuse it before).
 RETIRE_IDLE_S = 60.0
 TERMINATE_GRACE_S = 20.0
+# The same for a run whose launching command line is gone: nobody waits for its clean end.
+LEASE_ENDED_GRACE_S = 5.0
 # A terminated run's interrupt is raised again this often until its thread ends (it may land
 # where it is caught, or while the thread waits in C).
 INTERRUPT_AGAIN_S = 2.0
@@ -153,16 +155,18 @@ def _execute_one(run_id: str, instance_ref_json: str) -> int:
         return _execute_run_command_body(run_id, instance, lambda _event: None, set_exit_code_on_failure=True)
 
 
-def end_unfinished_run(run_id: str, instance_ref_json: str, error: BaseException) -> str | None:
-    """Mark canceled (or failed) a run that stopped before Dagster's execution of it could say so.
+def end_unfinished_run(run_id: str, instance_ref_json: str, interrupted: bool, cause: str) -> str | None:
+    """Mark canceled (or failed) a run whose execution ended without Dagster saying so.
 
-    Dagster reports a run's end from inside its execution; an interrupt (the
-    lease of a killed command line ending, the UI's Terminate) or an error
-    that lands while the run thread is still starting (opening the instance,
-    loading the run's code) escapes before that, and the run would stay
-    STARTING in the UI for good: only a daemon's run monitoring, after its
-    start timeout, would end it.  Retried when the host's next interrupt lands
-    on the report itself.
+    Dagster reports a run's end from inside its execution.  An interrupt (the
+    lease of a killed command line ending, the UI's Terminate) that lands
+    while the run thread opens the instance escapes before that; one that
+    lands while Dagster loads the run's code is swallowed by Dagster's own
+    catch-all around the execution, which relies on the execution having
+    reported the run's end first.  Either way the run would stay STARTING in
+    the UI for good: only a daemon's run monitoring, after its start timeout,
+    would end it.  Called for every run once its thread has left Dagster's
+    execution; a run that ended is left alone.
 
     Parameters
     ----------
@@ -170,34 +174,29 @@ def end_unfinished_run(run_id: str, instance_ref_json: str, error: BaseException
         The run.
     instance_ref_json : str
         Its instance's serialized reference.
-    error : BaseException
-        What ended it: Dagster's interrupt cancels it, anything else fails it.
+    interrupted : bool
+        Whether the host interrupted it (it is then canceled, else failed).
+    cause : str
+        Why it stopped, for a failed run's message.
 
     Returns
     -------
     str or None
         The status reported; None when the run had ended already, or the report could not be made.
     """
-    # No public API: the error Dagster's run worker turns a Ctrl-C into.
-    from dagster._core.errors import DagsterExecutionInterruptedError
-
-    for _ in range(3):
-        try:
-            with _instance_for_threads(instance_ref_json) as instance:
-                run = instance.get_run_by_id(run_id)
-                if run is None or run.is_finished:
-                    return None
-                if isinstance(error, DagsterExecutionInterruptedError):
-                    instance.report_run_canceled(run, message="Run terminated before it started executing.")
-                    return "CANCELED"
-                instance.report_run_failed(run, f"Run stopped before it started executing: {error!r}")
-                return "FAILURE"
-        except DagsterExecutionInterruptedError:
-            continue  # the host interrupts again until it hears the run end
-        except Exception:  # noqa: BLE001 - no instance to report to: its run monitor decides
-            traceback.print_exc()
-            return None
-    return None
+    try:
+        with _instance_for_threads(instance_ref_json) as instance:
+            run = instance.get_run_by_id(run_id)
+            if run is None or run.is_finished:
+                return None
+            if interrupted:
+                instance.report_run_canceled(run, message="Run terminated before it started executing.")
+                return "CANCELED"
+            instance.report_run_failed(run, f"Run stopped before it started executing: {cause}")
+            return "FAILURE"
+    except Exception:  # noqa: BLE001 - no instance to report to: its run monitor decides
+        traceback.print_exc()
+        return None
 
 
 def _interrupt(thread: threading.Thread) -> None:
@@ -233,16 +232,50 @@ def serve_runs(conn, environ: dict[str, str], cwd: str) -> None:
     os.chdir(cwd)
     # Preloaded under the fork server's environment: load it again under the runs'.
     sys.modules.pop(DEFINITIONS_MODULE, None)
+    # No public API: the error Dagster's run worker turns a Ctrl-C into.
+    from dagster._core.errors import DagsterExecutionInterruptedError
+
     send_lock = threading.Lock()
     threads: dict[str, threading.Thread] = {}
+    # Guards the sets below and every interrupt raised.  A run's thread is interrupted only
+    # between entering its ``try`` and leaving Dagster's execution: before, the interrupt would
+    # escape the thread unreported (the thread then sees it asked for and stops itself); after,
+    # it would land in the report of the run's end.
+    interrupts = threading.Lock()
+    interrupted: set[str] = set()  # runs the host asked to stop
+    executing: set[str] = set()  # runs whose thread can take an interrupt
+    leaving: set[str] = set()  # runs whose thread has left Dagster's execution
+
+    def stop_interrupts(run_id: str) -> None:
+        """After this returns, no interrupt reaches this thread: not even one raised just before it."""
+        with interrupts:
+            leaving.add(run_id)
+        # A NULL exception clears one raised before the run was added and not yet delivered.
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.get_ident()), None)
 
     def execute(run_id: str, instance_ref_json: str) -> None:
-        code = 1
+        code, error = 1, None
         try:
+            with interrupts:
+                executing.add(run_id)
+                asked_to_stop = run_id in interrupted
+            if asked_to_stop:
+                raise DagsterExecutionInterruptedError("terminated before its thread started")
             code = _execute_one(run_id, instance_ref_json)
-        except BaseException as error:  # noqa: BLE001 - an interrupt that landed outside Dagster's handling, say
-            traceback.print_exc()
-            end_unfinished_run(run_id, instance_ref_json, error)
+        except BaseException as caught:  # noqa: BLE001 - an interrupt that landed outside Dagster's handling, say
+            error = caught
+        while True:
+            try:
+                stop_interrupts(run_id)
+                break
+            except DagsterExecutionInterruptedError:
+                continue  # delivered before it could be cleared: the last one, as the host sends no more
+        try:
+            if error is not None:
+                traceback.print_exception(error)
+            if error is not None or code != 0:  # 0: Dagster's execution ran to its end, which it reported
+                cause = repr(error) if error is not None else f"its execution returned {code} without ending it"
+                end_unfinished_run(run_id, instance_ref_json, run_id in interrupted, cause)
         finally:
             sys.stdout.flush()
             with send_lock:
@@ -259,6 +292,9 @@ def serve_runs(conn, environ: dict[str, str], cwd: str) -> None:
         if message[0] == "run":
             _, run_id, instance_ref_json = message
             threads = {rid: t for rid, t in threads.items() if t.is_alive()}  # a process may live for days
+            with interrupts:
+                for ids in (interrupted, executing, leaving):
+                    ids.intersection_update(threads)
             thread = threading.Thread(
                 target=execute, args=(run_id, instance_ref_json), name=f"dagster-run-{run_id[:8]}", daemon=True
             )
@@ -266,8 +302,11 @@ def serve_runs(conn, environ: dict[str, str], cwd: str) -> None:
             thread.start()
         elif message[0] == "interrupt":
             thread = threads.get(message[1])
-            if thread is not None:
-                _interrupt(thread)
+            with interrupts:
+                if thread is not None and message[1] not in leaving:
+                    interrupted.add(message[1])
+                    if message[1] in executing:
+                        _interrupt(thread)
         elif message[0] == "stop":
             break
     for thread in threads.values():
@@ -389,7 +428,7 @@ class RunHost:
         return process
 
     def launch_run(self, run_id: str, instance_ref: str, environ: dict[str, str], cwd: str, lease: str = "") -> dict:
-        """Start ``run_id`` in a thread of a run process; refused when its lease has already ended.
+        """Start ``run_id`` in a thread of a run process; terminated at once when its lease has already ended.
 
         Parameters
         ----------
@@ -407,11 +446,10 @@ class RunHost:
         Returns
         -------
         dict
-            ``launched``, and the ``pid`` and ``start_ticks`` of its run process or the ``reason`` it was refused.
+            ``launched``, and the ``pid`` and ``start_ticks`` of its run process or the ``reason`` it could
+            not take the run.
         """
         identity = LauncherIdentity.parse(lease) if lease else None
-        if identity is not None and identity.is_gone():
-            return {"launched": False, "reason": f"the process that launched it ({lease}) is gone"}
         self._fork_context()
         with self._lock:
             process = self._process_for(environ, cwd)
@@ -421,6 +459,10 @@ class RunHost:
         if not sent:
             self._ended(process, run_id, -9)
             return {"launched": False, "reason": "its run process ended before it could take the run"}
+        if identity is not None and identity.is_gone():
+            # Taken, then terminated at once, rather than refused: its launcher may be the one gone, and
+            # nobody would then report a refusal; the run's thread reports it canceled.
+            self.terminate_run(run_id, grace_s=LEASE_ENDED_GRACE_S)
         pid = process.process.pid
         return {"launched": True, "pid": pid, "start_ticks": process_start_ticks(pid) or 0}
 
@@ -532,6 +574,6 @@ class RunHost:
         ended = []
         for run_id, hosted in leased:
             if not hosted.ended.is_set() and hosted.lease.is_gone():
-                self.terminate_run(run_id, grace_s=5.0)
+                self.terminate_run(run_id, grace_s=LEASE_ENDED_GRACE_S)
                 ended.append(run_id)
         return ended
