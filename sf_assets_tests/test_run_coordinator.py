@@ -25,6 +25,7 @@ DAEMON_START = """
 import json, sys
 import dagster as dg
 from dagster._daemon import controller
+from sf_assets.cli.launch import _queue_capacity
 if len(sys.argv) > 2:
     dg.__version__ = sys.argv[2]
 before = controller.DEFAULT_DAEMON_INTERVAL_SECONDS
@@ -39,6 +40,7 @@ with dg.DagsterInstance.from_config(sys.argv[1]) as instance:
         "tag_limits": len(queue.tag_concurrency_limits),
         "dequeue_interval_s": instance.run_coordinator.dequeue_interval_seconds,
         "daemons": daemons,
+        "command_line_keeps": _queue_capacity(instance),  # runs a command-line launch keeps queued or running
     }))
 """
 
@@ -68,6 +70,7 @@ def test_the_daemon_process_passes_over_backfills_at_the_configured_interval(tmp
     assert "BACKFILL" in seen["daemons"] and "QUEUED_RUN_COORDINATOR" in seen["daemons"]
     # Dagster's queue settings are read as before.
     assert (seen["max_concurrent_runs"], seen["tag_limits"], seen["dequeue_interval_s"]) == (6, 1, 1)
+    assert seen["command_line_keeps"] == 6
 
 
 def test_the_interval_follows_dagster_yaml(tmp_path):
@@ -107,7 +110,7 @@ def test_a_run_limit_set_both_here_and_under_concurrency_runs_is_refused(tmp_pat
     home = _instance_home(tmp_path, edit=lambda text: text + "\nconcurrency:\n  runs:\n    max_concurrent_runs: 3\n")
     done = _daemon_start(home)
     assert done.returncode != 0
-    assert "run_coordinator.config.max_concurrent_runs is incompatible with the `concurrency: runs`" in done.stderr
+    assert "run_coordinator.config.max_concurrent_runs is incompatible with the `concurrency` section (it has runs)" in done.stderr
     # Without the queue's own limit, concurrency.runs is Dagster's to apply.
     def move_limits(text: str) -> str:
         config = yaml.safe_load(text)
@@ -118,4 +121,5 @@ def test_a_run_limit_set_both_here_and_under_concurrency_runs_is_refused(tmp_pat
     home = _instance_home(tmp_path / "without", edit=move_limits)
     done = _daemon_start(home)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["max_concurrent_runs"] == 3
+    seen = json.loads(done.stdout)
+    assert seen["max_concurrent_runs"] == seen["command_line_keeps"] == 3

@@ -662,11 +662,12 @@ def launch_campaign(
 
 
 def _queue_capacity(instance: dg.DagsterInstance) -> int:
-    """The run queue's ``max_concurrent_runs`` (0 without a queue)."""
-    coordinator = instance.run_coordinator
-    if isinstance(coordinator, dg.QueuedRunCoordinator):
-        return max(0, coordinator.get_run_queue_config().max_concurrent_runs)
-    return 0
+    """The run queue's ``max_concurrent_runs`` as its daemon applies it (0 without a queue).
+
+    That is ``concurrency: runs`` in ``dagster.yaml`` where set there, else the coordinator's own config.
+    """
+    queue = instance.get_concurrency_config().run_queue_config
+    return max(0, queue.max_concurrent_runs) if queue is not None else 0
 
 
 def _report_sorting(say: Callable[[str], None], done: RunOutcome, i: int, n: int) -> None:

@@ -108,11 +108,14 @@ class CampaignRunCoordinator(QueuedRunCoordinator):
         set_backfill_pass_interval(self._backfill_pass_interval_s)
 
     def register_instance(self, instance) -> None:
-        """Refuse the queue limits that ``concurrency: runs`` replaces, as Dagster does for its own class.
+        """Refuse queue limits set in the coordinator's config when ``concurrency`` is used, as Dagster does.
 
-        Dagster checks ``dagster.yaml`` for a run limit set in both places only
-        when the coordinator's class is named ``QueuedRunCoordinator``; under
-        this subclass's name both would be accepted and one silently ignored.
+        Dagster refuses them when ``concurrency`` has ``runs`` or ``pools``,
+        but checks only a coordinator whose class is named
+        ``QueuedRunCoordinator``.  Under this subclass's name both would be
+        accepted, and a limit also set under ``concurrency: runs`` would win
+        silently over the coordinator's.  Refusing the same settings keeps a
+        ``dagster.yaml`` valid here exactly when it is valid with Dagster's class.
 
         Parameters
         ----------
@@ -135,7 +138,8 @@ class CampaignRunCoordinator(QueuedRunCoordinator):
             if value is not None:
                 raise DagsterInvalidConfigError(
                     f"dagster.yaml: run_coordinator.config.{'.'.join(path)} is incompatible with the "
-                    "`concurrency: runs` (or `pools`) section: set the limit there only",
+                    f"`concurrency` section (it has {' and '.join(k for k in ('runs', 'pools') if k in concurrency)}): "
+                    "set the limit under `concurrency: runs` only",
                     [],
                     None,
                 )
