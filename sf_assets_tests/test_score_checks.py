@@ -10,7 +10,7 @@ import csv
 
 import dagster as dg
 
-from sf_assets.orchestration.assets.results import sorter_summary
+from sf_assets.orchestration.assets.results import sorter_summary, summary_frame
 from sf_assets.orchestration.assets.score_checks import SCORE_REGRESSION
 from sf_assets.orchestration.assets.studysets import studysets
 from sf_assets.orchestration.partitions import pair_key
@@ -146,3 +146,14 @@ def test_a_cell_whose_sorting_the_seeding_did_not_reach_is_not_reproducible(synt
     with open(tmp_path / "outputs" / "sorter_summary.csv") as f:
         rows = {r["study_set"]: r for r in csv.DictReader(f)}
     assert {name: row["reproducible"] for name, row in rows.items()} == {"SYNTH_SET_A": "yes", "SYNTH_SET_B": "no"}
+
+
+def test_a_cell_whose_sorts_all_errored_says_nothing_about_reproducibility():
+    """No scores, nothing to reproduce: not 'yes' from the catalog alone; an errored sort beside a scored one
+    changes nothing."""
+    failed = {"sorter": "Simple", "study_set": "SYNTH_SET_A", "study": "failed"}
+    scored = {**failed, "study": "scored"}
+    comparison = {**scored, "summary": {"mean_accuracy": 0.9, "num_true_units": 1}, "sorting_draws_seeded": True}
+    frame = summary_frame([comparison], [failed, scored])
+    assert dict(zip(frame["study"], frame["reproducible"])) == {"failed": "", "scored": "yes"}
+    assert dict(zip(frame["study"], frame["num_errored"])) == {"failed": 1, "scored": 1}

@@ -258,5 +258,6 @@ def test_a_cell_is_reproducible_only_where_the_seeding_it_needs_reached_every_so
     assert cell_reproducible(sc2, [True, False]) == "no"
     assert cell_reproducible(ms5, [False]) == "yes"
     assert cell_reproducible(resolve_sorter("Kilosort4"), [True]) == "unknown"
+    assert cell_reproducible(sc2, []) == cell_reproducible(resolve_sorter("Kilosort4"), []) == ""  # no scores
     assert {e.name for e in CATALOG if e.needs_seeded_draws} == {"Simple", "SpykingCircus2", "Tridesclous2"}
     assert all(e.deterministic for e in CATALOG if e.needs_seeded_draws)

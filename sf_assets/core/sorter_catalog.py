@@ -280,15 +280,19 @@ def cell_reproducible(entry: SorterEntry, draws_seeded: Iterable[bool]) -> str:
     entry : SorterEntry
         The cell's sorter.
     draws_seeded : Iterable[bool]
-        One per sorting of the cell: whether the worker seeded its unseeded draws (its provenance's
-        ``unseeded_draws_seed`` is set; not for a sort in a container).
+        One per scored sorting of the cell: whether the worker seeded its unseeded draws (its
+        provenance's ``unseeded_draws_seed`` is set; not for a sort in a container).
 
     Returns
     -------
     str
-        ``unknown`` when the sorter was not measured here, ``no`` when it is not deterministic or needs
-        the seeding that one of the cell's sorts did not get, else ``yes``.
+        Empty when the cell has no scored sorting (its sorts errored: no scores to reproduce),
+        ``unknown`` when the sorter was not measured here, ``no`` when it is not deterministic or
+        needs the seeding that one of the cell's sorts did not get, else ``yes``.
     """
+    draws_seeded = list(draws_seeded)
+    if not draws_seeded:
+        return ""
     if entry.deterministic is None:
         return "unknown"
     if not entry.deterministic or (entry.needs_seeded_draws and not all(draws_seeded)):

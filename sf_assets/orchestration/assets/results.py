@@ -153,7 +153,7 @@ def summary_frame(comparisons: list[dict], errored: list[dict] = ()):
                 "num_well_detected": s.get("num_well_detected", 0),
                 "num_true_units": s.get("num_true_units", 0),
                 "num_errored": 0,
-                # a comparison made before the key existed: its sorting was not seeded (engine version < 3)
+                # absent: compared before comparisons said, and its sorting's provenance was not found
                 "draws_seeded": md.get("sorting_draws_seeded") is True,
             }
         )
@@ -161,7 +161,7 @@ def summary_frame(comparisons: list[dict], errored: list[dict] = ()):
     for cell in errored:  # the score columns exist even when no comparison does
         rows.append(
             {**cell, **no_scores, "recordings": 0, "num_well_detected": 0, "num_true_units": 0, "num_errored": 1,
-             "draws_seeded": True}  # no scores, so nothing to reproduce
+             "draws_seeded": None}  # no sorting, so no draws
         )
     if not rows:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
@@ -174,10 +174,10 @@ def summary_frame(comparisons: list[dict], errored: list[dict] = ()):
         num_well_detected=("num_well_detected", "sum"),
         num_true_units=("num_true_units", "sum"),
         num_errored=("num_errored", "sum"),
-        draws_seeded=("draws_seeded", "all"),
+        draws_seeded=("draws_seeded", lambda values: [v for v in values if v is not None]),
     )
     grouped["reproducible"] = [
-        cell_reproducible(resolve_sorter(name), [seeded]) for name, seeded in zip(grouped["sorter"], grouped["draws_seeded"])
+        cell_reproducible(resolve_sorter(name), seeded) for name, seeded in zip(grouped["sorter"], grouped["draws_seeded"])
     ]
     return grouped.sort_values(["sorter", "study_set", "study"]).reset_index(drop=True)[SUMMARY_COLUMNS]
 
