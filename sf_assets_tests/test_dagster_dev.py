@@ -103,8 +103,9 @@ def test_the_backfill_launches_sortings_at_the_first_pass_after_their_recordings
     assert len(recording_runs) == len(sorting_runs) == len(backfill["pairs"]) == 4, [_run_assets(r) for r in backfill["runs"]]
     # A pass may launch a sorting as soon as its recording is stored (before ground_truth, in the same
     # run, is), or only once that run has ended: after the first, and within a pass of the second.
+    recording_run_ids = {r.dagster_run.run_id for r in recording_runs}
     recordings = deployment.instance.fetch_materializations(dg.AssetKey("recording"), limit=100).records
-    first_stored = min(record.timestamp for record in recordings)
+    first_stored = min(record.timestamp for record in recordings if record.run_id in recording_run_ids)
     first_run_ended = min(r.end_time for r in recording_runs)
     first_sorting_launched = min(r.create_timestamp.timestamp() for r in sorting_runs)
     assert first_stored < first_sorting_launched <= first_run_ended + interval + PASS_EVALUATION_S
