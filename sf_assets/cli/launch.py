@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
+import math
 import os
 import sys
 import threading
@@ -239,6 +241,12 @@ def dequeuing(context, instance: dg.DagsterInstance, settings: EngineSettings):
     runs of it.  A launch that finds the lock taken leaves its runs to the holder, and takes over
     if the holder ends first.
 
+    The holder also does what the daemon's run monitoring would (where ``dagster.yaml`` enables
+    it), every ``poll_interval_seconds``: a run over its ``dagster/max_runtime`` is terminated, a
+    run whose worker is gone is failed, and a run left starting past ``start_timeout_seconds`` (its
+    launcher killed between Dagster marking it starting and the sort service taking it) is failed,
+    so it does not hold its partition's place in the queue for good.
+
     Parameters
     ----------
     context : WorkspaceProcessContext
@@ -262,6 +270,7 @@ def dequeuing(context, instance: dg.DagsterInstance, settings: EngineSettings):
     import hashlib
 
     from dagster import serialize_value
+    from dagster._daemon.daemon import MonitoringDaemon
     from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
 
     from sf_assets.engines.service_address import host_folder
@@ -271,8 +280,12 @@ def dequeuing(context, instance: dg.DagsterInstance, settings: EngineSettings):
     stop = threading.Event()
 
     def loop() -> None:
-        holding = False
-        with QueuedRunCoordinatorDaemon(interval_seconds=1) as daemon:
+        holding, monitored_at = False, -math.inf
+        monitoring = instance.run_monitoring_enabled
+        with (
+            QueuedRunCoordinatorDaemon(interval_seconds=1) as daemon,
+            MonitoringDaemon(interval_seconds=instance.run_monitoring_poll_interval_seconds) as monitor,
+        ):
             while not stop.is_set():
                 if not holding:
                     try:
@@ -282,6 +295,12 @@ def dequeuing(context, instance: dg.DagsterInstance, settings: EngineSettings):
                         stop.wait(POLL_S)
                         continue
                 list(daemon.run_iteration(context))
+                if monitoring and time.monotonic() - monitored_at >= monitor.interval_seconds:
+                    monitored_at = time.monotonic()
+                    try:
+                        list(monitor.run_iteration(context))  # errors per run are logged and yielded
+                    except Exception as error:  # noqa: BLE001 - the instance unreachable: try at the next pass
+                        logging.getLogger(__name__).warning("sf-assets: run monitoring pass failed: %r", error)
                 stop.wait(POLL_S)
 
     thread = threading.Thread(target=loop, name="sf-assets-dequeue", daemon=True)

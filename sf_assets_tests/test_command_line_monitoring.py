@@ -1,0 +1,46 @@
+"""A command line that dequeues its own runs (no daemon) also monitors them, as the daemon would.
+
+Without it, a run its launcher left starting (killed between Dagster marking the run starting
+and the sort service taking it) stayed STARTING for good, holding its partition's place in the
+queue (one run per partition at a time), and no ``dagster/max_runtime`` was enforced.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+
+import dagster as dg
+import pytest
+from dagster._core.storage.dagster_run import DagsterRun
+
+from harness.instances import project_instance
+from sf_assets.cli.launch import code_location, dequeuing
+from sf_assets.engines.engine import EngineSettings
+
+MONITORING = {"run_monitoring": {"enabled": True, "start_timeout_seconds": 2, "poll_interval_seconds": 1}}
+
+
+@pytest.fixture
+def settings(tmp_path):
+    service_dir = tempfile.mkdtemp(prefix="sfm-", dir="/tmp")  # where the dequeuing lock is
+    yield EngineSettings(work_root=str(tmp_path / "sorts"), service_dir=service_dir)
+    shutil.rmtree(service_dir, ignore_errors=True)
+
+
+def test_a_run_left_starting_is_failed_by_the_command_line_that_dequeues(tmp_path, settings):
+    (tmp_path / "dagster").mkdir()
+    with project_instance(temp_dir=str(tmp_path / "dagster"), overrides=MONITORING) as instance:
+        instance.add_run(DagsterRun(job_name="sorting_job", run_id="left-starting", status=dg.DagsterRunStatus.NOT_STARTED))
+        starting = dg.DagsterEvent(dg.DagsterEventType.RUN_STARTING.value, job_name="sorting_job")
+        instance.report_dagster_event(starting, run_id="left-starting")  # what Dagster's launch does first
+        assert instance.get_run_by_id("left-starting").status == dg.DagsterRunStatus.STARTING
+        with code_location(instance) as context, dequeuing(context, instance, settings):
+            deadline = time.monotonic() + 30
+            while instance.get_run_by_id("left-starting").status == dg.DagsterRunStatus.STARTING:
+                assert time.monotonic() < deadline, "the run stayed STARTING"
+                time.sleep(0.2)
+        run = instance.get_run_by_id("left-starting")
+        assert run.status == dg.DagsterRunStatus.FAILURE
+        [failure] = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+        assert "taking longer than 2 seconds to start" in failure.event_log_entry.dagster_event.message
