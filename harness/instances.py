@@ -27,3 +27,14 @@ def project_instance(temp_dir: str, overrides: dict | None = None):
     """``dg.instance_for_test`` with the project's run queue and launcher."""
     with dg.instance_for_test(temp_dir=temp_dir, overrides={**project_instance_overrides(), **(overrides or {})}) as instance:
         yield instance
+
+
+def run_once_it_leaves_starting(instance: dg.DagsterInstance, run_id: str, within_s: float) -> "dg.DagsterRun":
+    """The run once its status is no longer STARTING; fails the calling test if it stays so ``within_s``."""
+    import time
+
+    deadline = time.monotonic() + within_s
+    while (run := instance.get_run_by_id(run_id)).status == dg.DagsterRunStatus.STARTING:
+        assert time.monotonic() < deadline, f"run {run_id} stayed STARTING for {within_s:g} s"
+        time.sleep(0.1)
+    return run

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 
 import dagster as dg
 import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
-from harness.instances import project_instance
+from harness.instances import project_instance, run_once_it_leaves_starting
 from sf_assets.cli.launch import code_location, dequeuing
 from sf_assets.engines.engine import EngineSettings
 
@@ -36,11 +35,7 @@ def test_a_run_left_starting_is_failed_by_the_command_line_that_dequeues(tmp_pat
         instance.report_dagster_event(starting, run_id="left-starting")  # what Dagster's launch does first
         assert instance.get_run_by_id("left-starting").status == dg.DagsterRunStatus.STARTING
         with code_location(instance) as context, dequeuing(context, instance, settings):
-            deadline = time.monotonic() + 30
-            while instance.get_run_by_id("left-starting").status == dg.DagsterRunStatus.STARTING:
-                assert time.monotonic() < deadline, "the run stayed STARTING"
-                time.sleep(0.2)
-        run = instance.get_run_by_id("left-starting")
+            run = run_once_it_leaves_starting(instance, "left-starting", within_s=30)
         assert run.status == dg.DagsterRunStatus.FAILURE
         [failure] = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
         assert "taking longer than 2 seconds to start" in failure.event_log_entry.dagster_event.message

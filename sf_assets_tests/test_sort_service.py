@@ -183,7 +183,7 @@ def test_a_run_that_stops_before_dagster_executes_it_does_not_stay_starting(tmp_
     from dagster import serialize_value
     from dagster._core.storage.dagster_run import DagsterRun
 
-    from harness.instances import project_instance
+    from harness.instances import project_instance, run_once_it_leaves_starting
     from sf_assets.engines.service_client import call_service
 
     (tmp_path / "dagster").mkdir()
@@ -194,11 +194,7 @@ def test_a_run_that_stops_before_dagster_executes_it_does_not_stay_starting(tmp_
             environ=dict(os.environ), cwd=str(tmp_path), lease="", sorter="",
         )
         assert answer["launched"]
-        deadline = time.monotonic() + 60
-        while instance.get_run_by_id("no-origin").status == dg.DagsterRunStatus.STARTING:
-            assert time.monotonic() < deadline, "the run stayed STARTING"
-            time.sleep(0.1)
-        run = instance.get_run_by_id("no-origin")
+        run = run_once_it_leaves_starting(instance, "no-origin", within_s=60)
         assert run.status == dg.DagsterRunStatus.FAILURE
         [failure] = instance.get_records_for_run("no-origin", of_type=dg.DagsterEventType.RUN_FAILURE).records
         assert "Run stopped before it started executing" in failure.event_log_entry.dagster_event.message
@@ -236,7 +232,7 @@ def test_a_run_terminated_while_dagster_loads_its_code_ends_canceled(tmp_path, s
     from dagster._core.definitions.reconstruct import ReconstructableRepository
     from dagster._core.storage.dagster_run import DagsterRun
 
-    from harness.instances import project_instance
+    from harness.instances import project_instance, run_once_it_leaves_starting
     from sf_assets.engines.service_client import call_service
 
     (tmp_path / "slow_code.py").write_text(SLOW_CODE)
@@ -257,13 +253,9 @@ def test_a_run_terminated_while_dagster_loads_its_code_ends_canceled(tmp_path, s
             assert time.monotonic() < deadline, "Dagster never started executing the run"
             time.sleep(0.1)
         time.sleep(1.0)  # in Dagster's loading of slow_code.py now
-        began = time.monotonic()
         assert call_service(settings.service(), "terminate_run", run_id=run.run_id)["terminated"]
         # Before the host's kill (20 s), which would leave it STARTING.
-        while instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTING:
-            assert time.monotonic() - began < 15, "the run stayed STARTING"
-            time.sleep(0.1)
-        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED
+        assert run_once_it_leaves_starting(instance, run.run_id, within_s=15).status == dg.DagsterRunStatus.CANCELED
 
 
 def test_a_run_whose_launcher_is_gone_before_it_reaches_the_service_ends_canceled(tmp_path, settings):
@@ -275,7 +267,7 @@ def test_a_run_whose_launcher_is_gone_before_it_reaches_the_service_ends_cancele
     from dagster import serialize_value
     from dagster._core.storage.dagster_run import DagsterRun
 
-    from harness.instances import project_instance
+    from harness.instances import project_instance, run_once_it_leaves_starting
     from sf_assets.core.launcher_identity import LauncherIdentity
     from sf_assets.engines.service_client import call_service
 
@@ -289,11 +281,7 @@ def test_a_run_whose_launcher_is_gone_before_it_reaches_the_service_ends_cancele
             environ=dict(os.environ), cwd=str(tmp_path), lease=str(gone), sorter="",
         )
         assert answer["launched"]
-        deadline = time.monotonic() + 60
-        while instance.get_run_by_id("orphan").status == dg.DagsterRunStatus.STARTING:
-            assert time.monotonic() < deadline, "the run stayed STARTING"
-            time.sleep(0.1)
-        assert instance.get_run_by_id("orphan").status == dg.DagsterRunStatus.CANCELED
+        assert run_once_it_leaves_starting(instance, "orphan", within_s=60).status == dg.DagsterRunStatus.CANCELED
 
 
 def test_a_client_that_goes_away_stops_its_sort(synthetic_studyset, tmp_path, settings):
