@@ -197,16 +197,21 @@ def test_a_run_that_stops_before_dagster_executes_it_does_not_stay_starting(tmp_
         run = run_once_it_leaves_starting(instance, "no-origin", within_s=60)
         assert run.status == dg.DagsterRunStatus.FAILURE
         [failure] = instance.get_records_for_run("no-origin", of_type=dg.DagsterEventType.RUN_FAILURE).records
-        assert "Run stopped before it started executing" in failure.event_log_entry.dagster_event.message
+        assert "Run stopped before its execution could report its end" in failure.event_log_entry.dagster_event.message
 
 
 SLOW_CODE = """
+import pathlib
 import time
 
 import dagster as dg
 
-for _ in range(300):  # 30 s of loading, in steps an interrupt can land between
-    time.sleep(0.1)
+try:
+    for _ in range(300):  # 30 s of loading, in steps an interrupt can land between
+        time.sleep(0.1)
+except BaseException:
+    pathlib.Path(__file__).with_name("interrupted-while-loading").touch()
+    raise
 
 
 @dg.op
@@ -226,7 +231,8 @@ defs = dg.Definitions(jobs=[slow_job])
 def test_a_run_terminated_while_dagster_loads_its_code_ends_canceled(tmp_path, settings):
     """Dagster's catch-all around a run's execution swallows an interrupt that lands while it loads the
     run's code (it relies on the execution having reported the run's end, which it has not yet): the run
-    host reports the run canceled.  Without that, it stayed STARTING until the host killed its process."""
+    host reports the run canceled.  Without that, its thread ended and the run stayed STARTING until a
+    daemon's run monitoring timed it out."""
     import dagster as dg
     from dagster import serialize_value
     from dagster._core.definitions.reconstruct import ReconstructableRepository
@@ -254,13 +260,14 @@ def test_a_run_terminated_while_dagster_loads_its_code_ends_canceled(tmp_path, s
             time.sleep(0.1)
         time.sleep(1.0)  # in Dagster's loading of slow_code.py now
         assert call_service(settings.service(), "terminate_run", run_id=run.run_id)["terminated"]
-        # Before the host's kill (20 s), which would leave it STARTING.
         assert run_once_it_leaves_starting(instance, run.run_id, within_s=15).status == dg.DagsterRunStatus.CANCELED
+        assert (tmp_path / "interrupted-while-loading").exists(), "the interrupt landed in Dagster's loading of the code"
 
 
 def test_a_run_whose_launcher_is_gone_before_it_reaches_the_service_ends_canceled(tmp_path, settings):
     """Its launcher (a command line dequeuing its own runs) is gone, so nobody would report a refusal: the
-    service takes the run and terminates it at once, and the run's thread reports it canceled."""
+    service takes the run, and its thread reports it canceled without executing it (it has no code origin,
+    so executing it would have failed it instead)."""
     import socket
 
     import dagster as dg

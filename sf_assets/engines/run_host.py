@@ -190,9 +190,9 @@ def end_unfinished_run(run_id: str, instance_ref_json: str, interrupted: bool, c
             if run is None or run.is_finished:
                 return None
             if interrupted:
-                instance.report_run_canceled(run, message="Run terminated before it started executing.")
+                instance.report_run_canceled(run, message="Run terminated before its execution could report its end.")
                 return "CANCELED"
-            instance.report_run_failed(run, f"Run stopped before it started executing: {cause}")
+            instance.report_run_failed(run, f"Run stopped before its execution could report its end: {cause}")
             return "FAILURE"
     except Exception:  # noqa: BLE001 - no instance to report to: its run monitor decides
         traceback.print_exc()
@@ -213,10 +213,13 @@ def _interrupt(thread: threading.Thread) -> None:
 def serve_runs(conn, environ: dict[str, str], cwd: str) -> None:
     """A run process's life (in the child only): execute the runs the host sends, one thread each.
 
-    Messages from the host: ``("run", run_id, instance_ref_json)``,
-    ``("interrupt", run_id)`` and ``("stop",)``; to the host:
-    ``("ended", run_id, exit_code)``.  At ``stop``, or when the host is gone,
-    the process takes no more runs, lets those it has finish, and exits.
+    Messages from the host: ``("run", run_id, instance_ref_json, canceled)``
+    (``canceled``: its launcher is already gone, so the run is to be reported
+    canceled without executing), ``("interrupt", run_id)`` and ``("stop",)``;
+    to the host: ``("reporting", run_id)`` (the run's thread has left
+    Dagster's execution and takes no more interrupts) and ``("ended", run_id,
+    exit_code)``.  At ``stop``, or when the host is gone, the process takes no
+    more runs, lets those it has finish, and exits.
 
     Parameters
     ----------
@@ -246,12 +249,12 @@ def serve_runs(conn, environ: dict[str, str], cwd: str) -> None:
     executing: set[str] = set()  # runs whose thread can take an interrupt
     leaving: set[str] = set()  # runs whose thread has left Dagster's execution
 
-    def stop_interrupts(run_id: str) -> None:
-        """After this returns, no interrupt reaches this thread: not even one raised just before it."""
-        with interrupts:
-            leaving.add(run_id)
-        # A NULL exception clears one raised before the run was added and not yet delivered.
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.get_ident()), None)
+    def tell_host(message: tuple) -> None:
+        with send_lock:
+            try:
+                conn.send(message)
+            except (OSError, EOFError):
+                pass  # the host is gone; the run's end is in Dagster's event log
 
     def execute(run_id: str, instance_ref_json: str) -> None:
         code, error = 1, None
@@ -264,12 +267,18 @@ def serve_runs(conn, environ: dict[str, str], cwd: str) -> None:
             code = _execute_one(run_id, instance_ref_json)
         except BaseException as caught:  # noqa: BLE001 - an interrupt that landed outside Dagster's handling, say
             error = caught
-        while True:
-            try:
-                stop_interrupts(run_id)
-                break
-            except DagsterExecutionInterruptedError:
-                continue  # delivered before it could be cleared: the last one, as the host sends no more
+        # No instruction between the handler above and the add below lets an interrupt raised
+        # earlier be delivered (CPython delivers them at calls and backward jumps), and none is
+        # raised once the run is in ``leaving``: at most one lands in this ``try``.  No loop, no
+        # call to a function of ours: either would be a place where one could escape.
+        try:
+            with interrupts:
+                leaving.add(run_id)
+            # A NULL exception clears one raised before the add and not yet delivered.
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.get_ident()), None)
+        except DagsterExecutionInterruptedError:
+            pass
+        tell_host(("reporting", run_id))  # the host stops insisting: no kill in the middle of the report
         try:
             if error is not None:
                 traceback.print_exception(error)
@@ -278,11 +287,7 @@ def serve_runs(conn, environ: dict[str, str], cwd: str) -> None:
                 end_unfinished_run(run_id, instance_ref_json, run_id in interrupted, cause)
         finally:
             sys.stdout.flush()
-            with send_lock:
-                try:
-                    conn.send(("ended", run_id, code))
-                except (OSError, EOFError):
-                    pass  # the host is gone; the run's end is in Dagster's event log
+            tell_host(("ended", run_id, code))
 
     while True:
         try:
@@ -290,11 +295,13 @@ def serve_runs(conn, environ: dict[str, str], cwd: str) -> None:
         except (EOFError, OSError):
             break
         if message[0] == "run":
-            _, run_id, instance_ref_json = message
+            _, run_id, instance_ref_json, canceled = message
             threads = {rid: t for rid, t in threads.items() if t.is_alive()}  # a process may live for days
             with interrupts:
                 for ids in (interrupted, executing, leaving):
                     ids.intersection_update(threads)
+                if canceled:
+                    interrupted.add(run_id)
             thread = threading.Thread(
                 target=execute, args=(run_id, instance_ref_json), name=f"dagster-run-{run_id[:8]}", daemon=True
             )
@@ -321,11 +328,12 @@ def serve_runs(conn, environ: dict[str, str], cwd: str) -> None:
 class RunProcess:
     """One run process, seen from the host: its pipe, and a thread that hears its runs end."""
 
-    def __init__(self, context, key: tuple, environ: dict[str, str], cwd: str, on_ended):
+    def __init__(self, context, key: tuple, environ: dict[str, str], cwd: str, on_ended, on_reporting):
         self.key = key
         self.live: set[str] = set()
         self.idle_since = time.monotonic()
         self._on_ended = on_ended
+        self._on_reporting = on_reporting
         self._send_lock = threading.Lock()
         self._conn, child = context.Pipe()
         self.process = context.Process(target=serve_runs, args=(child, environ, cwd), name="sf-assets-run-process")
@@ -356,10 +364,14 @@ class RunProcess:
     def _hear(self) -> None:
         while True:
             try:
-                _, run_id, code = self._conn.recv()
+                message = self._conn.recv()
             except (EOFError, OSError):
                 break
-            self._on_ended(self, run_id, code)
+            if message[0] == "reporting":
+                self._on_reporting(message[1])
+            else:
+                _, run_id, code = message
+                self._on_ended(self, run_id, code)
         # The process ended with runs still in it: killed, or a crash that took every thread.
         self.process.join(5.0)
         for run_id in list(self.live):
@@ -373,6 +385,7 @@ class HostedRun:
     process: RunProcess
     lease: LauncherIdentity | None
     terminating: bool = False
+    reporting: bool = False  # its thread has left Dagster's execution and reports the run's end
     exitcode: int | None = None
     ended: threading.Event = field(default_factory=threading.Event)
 
@@ -417,13 +430,19 @@ class RunHost:
             hosted.exitcode = code
             hosted.ended.set()
 
+    def _reporting(self, run_id: str) -> None:
+        with self._lock:
+            hosted = self._runs.get(run_id)
+        if hosted is not None:
+            hosted.reporting = True
+
     def _process_for(self, environ: dict[str, str], cwd: str) -> RunProcess:
         """A run process for this environment with room for one more run (called with the lock held)."""
         key = (tuple(sorted(environ.items())), cwd)
         for process in self._processes:
             if process.key == key and len(process.live) < RUNS_PER_PROCESS and process.process.is_alive():
                 return process
-        process = RunProcess(self._context, key, environ, cwd, self._ended)
+        process = RunProcess(self._context, key, environ, cwd, self._ended, self._reporting)
         self._processes.append(process)
         return process
 
@@ -450,19 +469,18 @@ class RunHost:
             not take the run.
         """
         identity = LauncherIdentity.parse(lease) if lease else None
+        # Taken and canceled rather than refused: its launcher may be the one gone, and nobody would
+        # then report a refusal.  Its thread reports it canceled without executing it.
+        canceled = identity is not None and identity.is_gone()
         self._fork_context()
         with self._lock:
             process = self._process_for(environ, cwd)
             process.live.add(run_id)
-            self._runs[run_id] = HostedRun(process, identity)
-            sent = process.send(("run", run_id, instance_ref))
+            self._runs[run_id] = HostedRun(process, identity, terminating=canceled)
+            sent = process.send(("run", run_id, instance_ref, canceled))
         if not sent:
             self._ended(process, run_id, -9)
             return {"launched": False, "reason": "its run process ended before it could take the run"}
-        if identity is not None and identity.is_gone():
-            # Taken, then terminated at once, rather than refused: its launcher may be the one gone, and
-            # nobody would then report a refusal; the run's thread reports it canceled.
-            self.terminate_run(run_id, grace_s=LEASE_ENDED_GRACE_S)
         pid = process.process.pid
         return {"launched": True, "pid": pid, "start_ticks": process_start_ticks(pid) or 0}
 
@@ -497,6 +515,8 @@ class RunHost:
     def _insist(self, run_id: str, hosted: HostedRun, grace_s: float) -> None:
         deadline = time.monotonic() + grace_s
         while not hosted.ended.wait(INTERRUPT_AGAIN_S):
+            if hosted.reporting:
+                continue  # it stopped: what is left is its report of the run's end, not to be killed
             with self._lock:
                 alone = hosted.process.live == {run_id}
             if time.monotonic() >= deadline and alone:
