@@ -77,6 +77,8 @@ RETIRE_IDLE_S = 60.0
 TERMINATE_GRACE_S = 20.0
 # The same for a run whose launching command line is gone: nobody waits for its clean end.
 LEASE_ENDED_GRACE_S = 5.0
+# How long a terminated run's thread may take to report the run's end before its process is killed.
+REPORT_GRACE_S = 60.0
 # A terminated run's interrupt is raised again this often until its thread ends (it may land
 # where it is caught, or while the thread waits in C).
 INTERRUPT_AGAIN_S = 2.0
@@ -386,6 +388,7 @@ class HostedRun:
     lease: LauncherIdentity | None
     terminating: bool = False
     reporting: bool = False  # its thread has left Dagster's execution and reports the run's end
+    report_waited: bool = False  # the host's insisting has given that report its own time
     exitcode: int | None = None
     ended: threading.Event = field(default_factory=threading.Event)
 
@@ -516,13 +519,20 @@ class RunHost:
         deadline = time.monotonic() + grace_s
         while not hosted.ended.wait(INTERRUPT_AGAIN_S):
             if hosted.reporting:
-                continue  # it stopped: what is left is its report of the run's end, not to be killed
+                # It stopped: what is left is its report of the run's end, given time of its own;
+                # one that hangs (storage unreachable) is killed, and run monitoring ends the run.
+                if not hosted.report_waited:
+                    hosted.report_waited = True
+                    deadline = max(deadline, time.monotonic() + REPORT_GRACE_S)
+                if time.monotonic() < deadline:
+                    continue
             with self._lock:
                 alone = hosted.process.live == {run_id}
             if time.monotonic() >= deadline and alone:
                 hosted.process.process.kill()
                 return  # its pipe closes: the host hears the run end
-            hosted.process.send(("interrupt", run_id))
+            if not hosted.reporting:
+                hosted.process.send(("interrupt", run_id))
 
     def run_status(self, run_id: str) -> dict:
         """What the run monitor needs to know about a run.
