@@ -138,7 +138,7 @@ def test_check_config_counts_and_defaults_and_writes_nothing(home, fresh_home):
     options = config["options"]
     assert options["workercount"] == 4
     assert options["job_cache"] == "default-job-cache" and options["use_job_cache"] is True
-    assert options["timeout_min"] == 0 and config["options"]["run_tags"] == {}
+    assert options["timeout_min"] == 0 and "run_tags" not in config["options"]
     assert options["use_container"] is False
     assert options["use_slurm"] is False
     assert (options["slurm_jobs_per_allocation"], options["slurm_max_simultaneous_allocations"]) == (6, 5)
@@ -162,7 +162,6 @@ def test_check_config_maps_every_flag(home, fresh_home):
     )
     options = config["options"]
     assert options["timeout_min"] == 2.5
-    assert options["run_tags"] == {"dagster/max_runtime": "270"}  # 150 s + a 120 s margin
     assert options["job_cache"] == "mine" and options["use_job_cache"] is True
     assert options["use_container"] is True
     assert options["workercount"] == 3
@@ -298,7 +297,8 @@ def test_run_sortings_sorts_writes_records_and_tags_every_run(home, sorted_once)
     jobs = [r.job_name for r in home.runs()]
     assert {"studysets_job", "recordings_job", "sorting_job", "results_job"} <= set(jobs)
     for run in home.runs():
-        assert run.tags.get("dagster/max_runtime") == "420"  # 300 s + a 120 s margin
+        # -T is the engine's, per sort; a run-level limit would also count the wait for a slot
+        assert "dagster/max_runtime" not in run.tags
     with home.instance() as instance:
         key = dg.AssetCheckKey(dg.AssetKey("sorting"), "canary")
         (canary,) = instance.event_log_storage.get_asset_check_execution_history(key, limit=10)

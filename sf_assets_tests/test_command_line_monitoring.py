@@ -2,7 +2,7 @@
 
 Without it, a run its launcher left starting (killed between Dagster marking the run starting
 and the sort service taking it) stayed STARTING for good, holding its partition's place in the
-queue (one run per partition at a time), and no ``dagster/max_runtime`` was enforced.
+queue (one run per partition at a time).
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 Every subcommand that reads a manifest and a spec takes :func:`add_config_flags`;
 the sorting commands add :func:`add_shared_flags` (and the workspace commands
-:func:`add_workspace_flags`); :func:`run_options` and :func:`run_tags` turn the
-parsed flags into what each Dagster run is configured and tagged with.
+:func:`add_workspace_flags`); :func:`run_options` turns the parsed flags into
+what each Dagster run is configured with.
 """
 from __future__ import annotations
 
@@ -24,8 +24,6 @@ DEFAULT_JOB_CACHE = "default-job-cache"
 DEFAULT_WORKERS = 4
 USE_CONTAINER_ENV = ("SF_ASSETS_USE_CONTAINER", "HITHER_USE_CONTAINER")
 """Read in this order when neither -C nor --no-container is given."""
-MAX_RUNTIME_TAG = "dagster/max_runtime"
-RUN_TIMEOUT_MARGIN_S = 120
 DAGSTER_LOG_LEVELS = ("CRITICAL", "INFO", "DEBUG")
 """Dagster's console log level for -v counts 0, 1, 2+ (runs' logs are always in the UI)."""
 
@@ -109,8 +107,7 @@ def add_shared_flags(parser: argparse.ArgumentParser) -> None:
         type=_minutes,
         default=0.0,
         metavar="MINUTES",
-        help="cancel a sort after this many minutes (0, the default: no timeout); also each run's "
-        f"{MAX_RUNTIME_TAG} tag",
+        help="cancel a sort after this many minutes of sorting (0, the default: no timeout)",
     )
     general.add_argument(
         "--canary-s",
@@ -305,27 +302,6 @@ def run_options(settings: Settings, values: Mapping[str, Any], **overrides: Any)
     from sf_assets.cli.launch import RunOptions
 
     return RunOptions.from_settings(settings, **values, **overrides)
-
-
-def run_tags(args: argparse.Namespace) -> dict[str, str]:
-    """Tags for every run: ``dagster/max_runtime`` (seconds) when -T is set.
-
-    Parameters
-    ----------
-    args : argparse.Namespace
-        ``timeout_min`` (-T).
-
-    Returns
-    -------
-    dict[str, str]
-        The tags; the limit is the sort's timeout plus a margin, so the engine stops the sort first
-        and records it as errored.
-    """
-    if args.timeout_min > 0:
-        # A margin over the sort's own timeout: the engine stops the sort first
-        # and records it as errored; the run limit is the backstop behind it.
-        return {MAX_RUNTIME_TAG: str(max(1, round(args.timeout_min * 60)) + RUN_TIMEOUT_MARGIN_S)}
-    return {}
 
 
 def dagster_log_level(args: argparse.Namespace) -> str:

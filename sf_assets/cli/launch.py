@@ -242,10 +242,10 @@ def dequeuing(context, instance: dg.DagsterInstance, settings: EngineSettings):
     if the holder ends first.
 
     The holder also does what the daemon's run monitoring would (where ``dagster.yaml`` enables
-    it), every ``poll_interval_seconds``: a run over its ``dagster/max_runtime`` is terminated, a
-    run whose worker is gone is failed, and a run left starting past ``start_timeout_seconds`` (its
-    launcher killed between Dagster marking it starting and the sort service taking it) is failed,
-    so it does not hold its partition's place in the queue for good.
+    it), every ``poll_interval_seconds``: a run whose run process is gone is failed, and so is a
+    run left starting past ``start_timeout_seconds`` (its launcher killed between Dagster marking
+    it starting and the sort service taking it), so it does not hold its partition's place in the
+    queue for good.
 
     Parameters
     ----------

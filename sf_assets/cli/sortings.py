@@ -40,7 +40,6 @@ from sf_assets.cli.flags import (
     dagster_log_level,
     run_option_values,
     run_options,
-    run_tags,
 )
 from sf_assets.cli.progress import one_line, print_line, progress_printer
 from sf_assets.cli.records_file import RecordsFile, check_outfile
@@ -68,7 +67,7 @@ EXIT_RUN_FAILED = 1
 def _shown_options(args: argparse.Namespace, options: "RunOptions") -> dict[str, Any]:
     """What --check-config prints about how the runs would go."""
     shown = {k: v for k, v in asdict(options).items() if k not in {"spec_source", "manifest_source"}}
-    shown.update(workercount=args.workercount, verbose=args.verbose, run_tags=run_tags(args))
+    shown.update(workercount=args.workercount, verbose=args.verbose)
     return shown
 
 
@@ -143,7 +142,6 @@ def _launch(
                 on_plan=planned,
                 on_sorting_done=landed,
                 on_counts=live.update,
-                tags=run_tags(args),
             )
     failed = [o for o in outcome.recordings + outcome.sortings + outcome.comparisons + outcome.results if not o.success]
     for o in outcome.comparisons + outcome.results:  # recordings and sortings had their progress line
