@@ -133,13 +133,48 @@ def test_waiting_on_a_running_worker_times_out_as_popen_does(template):
 
 def test_a_worker_copies_itself_only_when_the_copy_survives_the_fork(monkeypatch):
     """The service's workers run on numba's workqueue layer; on OpenMP a forked copy would be killed."""
+    from sf_assets.engines import worker_clone
     from sf_assets.engines.worker_clone import why_not_copyable
 
+    monkeypatch.setattr(worker_clone, "child_processes", list)  # whatever this test process has started
     monkeypatch.setenv("NUMBA_THREADING_LAYER", "workqueue")
     assert why_not_copyable(template_pid=1) is None
     assert "template" in why_not_copyable(template_pid=None)
     monkeypatch.setenv("NUMBA_THREADING_LAYER", "omp")
     assert "threading layer" in why_not_copyable(template_pid=1)
+
+
+POOL_LEFT_RUNNING = """
+import json, os
+import joblib
+from sf_assets.engines.worker_clone import why_not_copyable
+from multiprocessing import resource_tracker
+
+os.environ["NUMBA_THREADING_LAYER"] = "workqueue"
+resource_tracker.ensure_running()  # a tracker alone shares only a pipe: still copyable
+before = why_not_copyable(template_pid=1)
+joblib.Parallel(n_jobs=2, backend="loky")(joblib.delayed(abs)(-i) for i in range(4))  # as a sort may leave it
+print(json.dumps([before, why_not_copyable(template_pid=1)]))
+"""
+
+
+def test_a_worker_that_a_sort_left_a_process_pool_in_is_not_copied():
+    """A copy would share the pool's processes without the threads that feed them: spikeinterface's
+    simple, on a 300 s recording, leaves joblib's loky executor running, and its copy's next sort
+    waited on it for good."""
+    import json
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", POOL_LEFT_RUNNING], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    before, after = json.loads(done.stdout.strip().splitlines()[-1])
+    assert before is None
+    assert after is not None and "child processes" in after and "loky" in after.lower(), after
 
 
 def test_a_copy_of_a_worker_is_the_templates_child_in_its_own_group_and_reported_when_it_exits(template):

@@ -25,7 +25,11 @@ between sorts, never during one.  The copy:
 A copy is refused (and the slot compiles the sorter itself) when the worker
 is not forked from a template, or when numba runs on a threading layer that
 does not survive a fork (OpenMP; see :mod:`sf_assets.engines.threads`), or
-once CUDA is initialised in it.
+once CUDA is initialised in it, or while it has child processes other than
+Python's resource trackers: a process pool a sort left running (joblib's
+loky executor, which hdbscan starts in spikeinterface's ``simple`` on a
+300 s recording) would be the copy's too, without the threads that feed
+it, and the copy's next sort waited on it for good.
 """
 from __future__ import annotations
 
@@ -109,7 +113,44 @@ def why_not_copyable(template_pid: int | None) -> str | None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         return "CUDA is initialised in it"
+    try:
+        pools = child_processes()
+    except OSError as exc:  # a kernel without the children files: nothing says a copy is safe
+        return f"its child processes cannot be listed ({exc})"
+    if pools:
+        return f"it has child processes a copy could not use (a process pool?): {', '.join(pools)}"
     return None
+
+
+def child_processes() -> list[str]:
+    """This process's live children, but for Python's resource trackers: ``pid name`` each.
+
+    A resource tracker only receives names over a pipe, which a copy may
+    share; anything else (a pool's worker processes) is driven by threads
+    of this process that a fork does not copy.
+
+    Returns
+    -------
+    list[str]
+        Empty when a copy may be forked.
+    """
+    found = []
+    for child in _children():
+        try:
+            stat = Path(f"/proc/{child}/stat").read_text()
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        if stat[stat.rindex(")") + 2] == "Z" or "resource_tracker" in cmdline:
+            continue
+        found.append(f"{child} {cmdline.strip()[:80]}")
+    return found
+
+
+def _children() -> set[int]:
+    """This process's children, from the kernel's ``children`` file of each of its threads."""
+    pid = os.getpid()
+    return {int(child) for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()}
 
 
 def fork_copy(line: str, template_pid: int | None, serve: Callable[[object, int], int], commands) -> None:
