@@ -243,6 +243,34 @@ def test_an_idle_slot_takes_a_copy_of_the_busy_warm_worker_once_the_first_compil
     assert queue.seen[1] == {"SC2"} and queue.running[1] == (task, False), "a copy's sort is warm"
 
 
+def test_a_sorter_the_jit_cache_holds_starts_on_an_idle_slot_at_once_without_a_copy():
+    # A campaign after the work root's first: slot 0 has just started the first Simple sort, whose
+    # code a new worker loads from the JIT cache.  Slots 1 and 2 start the next ones at once on new
+    # workers, neither waiting for slot 0's sort to end nor for a copy of its worker.
+    queue = AffinityQueue(copies=True, cached={"Simple"}, cpus=8)
+    for i in range(3):
+        queue.add(Task(f"Simple/r{i}", i, "Simple"))
+    queue.add(Task("SC2/r0", 3, "SC2"))
+    queue.add(Task("SC2/r1", 4, "SC2"))
+    assert queue.take(0, now=0.0).key == "Simple/r0"
+    assert queue.take(1, now=0.1).key == "Simple/r1" and 1 not in queue.copy_from
+    assert queue.take(2, now=0.2).key == "Simple/r2" and 2 not in queue.copy_from
+    assert queue.running[1][1] is True, "a cold sort: its time measures what a new worker costs"
+    assert queue.take(3, now=0.3).key == "SC2/r0", "a sorter nobody has compiled: one slot compiles it"
+    assert queue.take(4, now=0.4) is None, "not cached: within the grace, the second waits as before"
+
+
+def test_without_a_spare_cpu_a_cached_sorter_waits_for_a_copy_as_before():
+    # Slots outnumber the CPUs: a new worker's loading would slow the sorts running.
+    queue = AffinityQueue(copies=True, cached={"Simple"}, cpus=2)
+    for i in range(4):
+        queue.add(Task(f"Simple/r{i}", i, "Simple"))
+    assert queue.take(0, now=0.0).key == "Simple/r0"
+    assert queue.take(1, now=0.1).key == "Simple/r1" and 1 not in queue.copy_from, "the second CPU was spare"
+    assert queue.take(2, now=0.2) is None, "both CPUs busy: within the grace, as before"
+    assert queue.take(2, now=10.0).key == "Simple/r2" and queue.copy_from[2][0] in (0, 1), "then a copy"
+
+
 def test_a_slot_still_waiting_for_its_copy_is_never_copied_itself():
     # Eight slots, one sorter, nothing compiled: what a Slurm allocation's service sees at a campaign's
     # start.  Slot 1 waits for a copy of slot 0's worker (rule 4); until that copy arrives slot 1's

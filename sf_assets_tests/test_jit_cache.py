@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sf_assets.engines import jit_cache
 from sf_assets.engines.engine import JIT_CACHE_FOLDER, EngineSettings, run_sort
 from sf_assets.engines.job import SortJob, SortReport
 from sf_assets_tests.sort_jobs import sort_job
@@ -39,7 +40,10 @@ def _sort_in_a_new_worker(job: SortJob, tmp_path: Path) -> SortReport:
 def test_a_second_worker_loads_what_the_first_compiled(synthetic_studyset, tmp_path, monkeypatch):
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     cache = tmp_path / JIT_CACHE_FOLDER
+    assert not jit_cache.holds_sorter(cache, "simple")
     first = _sort_in_a_new_worker(_simple_job(synthetic_studyset, tmp_path / "a", str(cache)), tmp_path)
+    # The sort service reads this (without numba) to start the next simple sorts on new workers.
+    assert jit_cache.holds_sorter(cache, "simple") and not jit_cache.holds_sorter(cache, "mountainsort5")
     second = _sort_in_a_new_worker(_simple_job(synthetic_studyset, tmp_path / "b", str(cache)), tmp_path)
 
     assert first.details["jit_cache"]["folder"] == str(cache)
@@ -92,6 +96,18 @@ def test_spikeinterfaces_peak_detection_loaded_from_the_cache_finds_the_same_pea
     compiled, loaded = (np.load(tmp_path / f"{name}.npy") for name in ("compiled", "loaded"))
     assert len(compiled) > 0 and compiled.dtype == loaded.dtype
     assert np.array_equal(compiled, loaded)
+
+
+def test_a_sorter_mark_names_the_releases_and_machine_that_wrote_it(tmp_path, monkeypatch):
+    jit_cache.mark_sorter(tmp_path, "simple", loaded=0, compiled=2)
+    assert jit_cache.holds_sorter(tmp_path, "simple")
+    [mark] = (tmp_path / jit_cache.SORTER_MARKS).iterdir()
+    assert json.loads(mark.read_text())["compiled"] == 2
+    real_version = jit_cache.importlib.metadata.version
+    monkeypatch.setattr(
+        jit_cache.importlib.metadata, "version", lambda p: "0.0.1" if p == "spikeinterface" else real_version(p)
+    )
+    assert not jit_cache.holds_sorter(tmp_path, "simple"), "another spikeinterface would compile: no mark for it"
 
 
 def test_without_a_cache_folder_nothing_is_cached_or_reported(synthetic_studyset, tmp_path, monkeypatch):

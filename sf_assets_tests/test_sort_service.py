@@ -120,6 +120,36 @@ def test_an_idle_slot_sorts_on_a_copy_of_the_warm_worker_made_between_its_sorts(
     assert slots[c["worker_pid"]]["sorters"] == ["mountainsort5"] and slots[c["worker_pid"]]["jobs"] == 1
 
 
+def test_a_sorter_the_jit_cache_holds_starts_on_a_new_worker_while_its_warm_one_is_busy(
+    synthetic_studyset, tmp_path, settings
+):
+    """Rule 3 of core.dispatch with a JIT cache: once a worker has sorted simple with the cache, the
+    next simple sort waits neither for the busy warm worker nor for a copy of it; a new worker starts
+    and loads simple's code instead of compiling it."""
+    simple, cache = ("Simple", "simple"), {"jit_cache_dir": str(tmp_path / "jit")}
+    a, _ = _sort(_job(synthetic_studyset, tmp_path, "a", simple, **cache), settings)  # compiles simple, marks it
+    b_events = run_sort(_job(synthetic_studyset, tmp_path, "b", simple, **cache), settings)
+    b = next(b_events)
+    assert b["worker_pid"] == a["worker_pid"]
+    os.kill(b["worker_pid"], signal.SIGSTOP)  # the warm slot stays busy, however short its sort
+    results: dict[str, tuple] = {}
+    try:
+        sort_c = threading.Thread(
+            target=lambda: results.update(c=_sort(_job(synthetic_studyset, tmp_path, "c", simple, **cache), settings)),
+            daemon=True,
+        )
+        sort_c.start()
+        sort_c.join(60)
+        assert "c" in results, "c waited for the busy warm worker"
+    finally:
+        os.kill(b["worker_pid"], signal.SIGCONT)
+    b_report = list(b_events)[-1]
+    c, c_report = results["c"]
+    assert c["copy_of"] is None and c["warm"] is False and c["worker_pid"] != a["worker_pid"]
+    assert c_report.details["jit_cache"]["compiled"] == 0 and c_report.details["jit_cache"]["loaded"] > 0
+    assert not b_report.errored and not c_report.errored
+
+
 def test_a_launch_runs_no_more_sorts_at_once_than_its_limit(synthetic_studyset, tmp_path, settings):
     """``sorts_at_once`` (``-w``): two free slots, each warm for one of two sorters, yet a
     launch limited to one sort at once runs its second sort after its first."""

@@ -11,7 +11,15 @@ in order of preference:
 
 1. a recording run (the sorts waiting on it can then start);
 2. a sort by a sorter this slot has already run (its code is warm there);
-3. a sort by a sorter no slot has run yet (one slot compiles it, not all);
+3. a sort by a sorter no slot has run yet (one slot compiles it, not all),
+   or by a sorter whose compiled code the JIT cache holds
+   (:attr:`AffinityQueue.cached`) while a CPU is spare (fewer slots busy
+   than :attr:`AffinityQueue.cpus`): a new worker loads the code in a second
+   or two of CPU, so the sort starts now rather than wait for a busy warm
+   slot (perhaps an hour-long sort) or its copy.  Without a spare CPU the
+   loading would slow the running sorts instead: on a node whose slots
+   outnumber its CPUs, 32 new workers loading at once took 30 s each, where
+   waiting for copies took 5;
 4. a sort by a sorter another slot has warm, with a *copy* of that slot's
    worker, when the service can copy workers (:attr:`AffinityQueue.copies`)
    and the copy comes sooner than a compile would end;
@@ -145,6 +153,10 @@ class AffinityQueue:
     # slot counts as having the sorter (rule 2, rule 5) but its worker has compiled nothing yet: it is
     # never the source of another copy, which would copy that uncompiled worker and compile again.
     copy_from: dict[int, tuple[int, set[str]]] = field(default_factory=dict)
+    # Sorters whose compiled code a new worker loads from the JIT cache, and the CPUs the slots
+    # share (rule 3): the service says; no CPUs, no such start.
+    cached: set[str] = field(default_factory=set)
+    cpus: int = 0
 
     def add(self, task: Task) -> None:
         """Queue a task; :meth:`take` decides which slot runs it.
@@ -224,7 +236,7 @@ class AffinityQueue:
         preferences = (
             lambda t: t.is_recording,
             lambda t: t.sorter in mine,
-            lambda t: t.sorter not in anyone,
+            lambda t: t.sorter not in anyone or (t.sorter in self.cached and len(self.running) < self.cpus),
             lambda t: t.sorter in copyable,
             lambda t: not awaited and self._worth_compiling(slot, t, now),
         )

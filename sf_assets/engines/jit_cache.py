@@ -27,19 +27,38 @@ The folder is the job's (:attr:`sf_assets.engines.job.SortJob.jit_cache_dir`,
 under the engine's work folder, which Slurm nodes share), or numba's own
 ``NUMBA_CACHE_DIR`` when that is set.  A worker takes the folder of its first
 job that names one and keeps it.
+
+A worker that sorted with a cache also leaves a *sorter mark* there
+(:func:`mark_sorter`): ``sorters/<sorter>-<key>.json``, the key standing for
+the spikeinterface, numba and Python releases and the machine type.  It says
+that a new worker of these releases loads that sorter's code instead of
+compiling it, which the sort service reads (:func:`holds_sorter`) without
+importing numba: a sort of a marked sorter starts at once on a new worker
+rather than wait for a copy of a busy warm one (see
+:mod:`sf_assets.core.dispatch`).  A mark can only be too hopeful (another
+kind of CPU, a function numba cannot cache): that sort then compiles, and
+its result is the same.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.abc
+import importlib.metadata
 import importlib.util
 import os
+import platform
 import sys
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
+
+from sf_assets.core.atomic import write_json_atomic
 
 PACKAGES = ("spikeinterface",)
 """Whose modules' numba functions get a cache (top-level package names)."""
+SORTER_MARKS = "sorters"
+"""The cache folder's subfolder of sorter marks (:func:`mark_sorter`)."""
 
 _lock = threading.RLock()
 _folder: Path | None = None
@@ -114,6 +133,24 @@ class _CachingFinder(importlib.abc.MetaPathFinder):
         return None
 
 
+def folder_for(folder: Path, env: Mapping[str, str] = os.environ) -> Path:
+    """The folder a worker with environment ``env`` caches in when its job names ``folder``: numba's own variable wins.
+
+    Parameters
+    ----------
+    folder : Path
+        The job's cache folder.
+    env : Mapping[str, str]
+        The worker's environment (``NUMBA_CACHE_DIR``).
+
+    Returns
+    -------
+    Path
+        The folder in use.
+    """
+    return Path(env.get("NUMBA_CACHE_DIR") or folder)
+
+
 def enable(folder: Path) -> Path | None:
     """Cache spikeinterface's numba functions in ``folder`` (or ``NUMBA_CACHE_DIR``) from now on, in this process.
 
@@ -138,7 +175,7 @@ def enable(folder: Path) -> Path | None:
             return None
         from numba.core import config
 
-        chosen = Path(os.environ.get("NUMBA_CACHE_DIR") or folder)
+        chosen = folder_for(folder)
         if not _usable(chosen):
             return None
         # Read by each function's cache as it is made (below): set before any.
@@ -164,3 +201,56 @@ def counts() -> tuple[int, int]:
         loaded = sum(sum(d.stats.cache_hits.values()) for d in _dispatchers)
         compiled = sum(sum(d.stats.cache_misses.values()) for d in _dispatchers)
     return loaded, compiled
+
+
+def _sorter_mark(folder: Path, sorter: str) -> Path:
+    """Where the mark of ``sorter`` for this process's releases and machine type lives in ``folder``."""
+    releases = []
+    for package in PACKAGES + ("numba",):
+        try:
+            releases.append(f"{package}=={importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            releases.append(f"{package} missing")
+    releases += [f"python {platform.python_version()}", platform.machine()]
+    key = hashlib.sha1("\n".join(releases).encode()).hexdigest()[:16]
+    return Path(folder) / SORTER_MARKS / f"{sorter}-{key}.json"
+
+
+def mark_sorter(folder: Path, sorter: str, loaded: int, compiled: int) -> None:
+    """Say in ``folder`` that ``sorter``'s code is cached there: this process sorted with it, cache on.
+
+    Parameters
+    ----------
+    folder : Path
+        The cache folder this process uses (:func:`enable`'s answer).
+    sorter : str
+        spikeinterface's name of the sorter.
+    loaded, compiled : int
+        What its sort loaded from the cache and compiled (for people reading the folder).
+    """
+    mark = _sorter_mark(folder, sorter)
+    if mark.exists():
+        return
+    try:
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(mark, {"sorter": sorter, "pid": os.getpid(), "loaded": loaded, "compiled": compiled})
+    except OSError:  # a read-only or full folder: new workers still load what is there, only the service does not know
+        pass
+
+
+def holds_sorter(folder: Path, sorter: str) -> bool:
+    """Has a worker of this process's releases, on this machine type, sorted ``sorter`` with ``folder`` as its cache?
+
+    Parameters
+    ----------
+    folder : Path
+        The cache folder.
+    sorter : str
+        spikeinterface's name of the sorter.
+
+    Returns
+    -------
+    bool
+        True once :func:`mark_sorter` marked it: a new worker loads its code instead of compiling it.
+    """
+    return _sorter_mark(folder, sorter).exists()

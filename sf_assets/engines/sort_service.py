@@ -71,7 +71,7 @@ from sf_assets.engines.service_address import INFO_NAME, KEY_NAME, LOCK_NAME, SO
 from sf_assets.engines.supervisor import SortCancelled, watch
 from sf_assets.engines.threads import FORK_SAFE_NUMBA_LAYER, NUMBA_LAYER_VAR, thread_limited_env
 from sf_assets.engines.warm_worker import MAX_JOBS_PER_WORKER, WarmWorker
-from sf_assets.engines import stop_signals
+from sf_assets.engines import jit_cache, stop_signals
 from sf_assets.engines.worker_template import WorkerTemplate
 
 WAIT_POLL_S = 0.05
@@ -173,6 +173,10 @@ class SortService:
         # A warm worker's copy keeps the environment it started with: only slots that share one
         # (no GPUs split between them) take copies, and only on numba's fork-safe layer.
         self.queue.copies = not self.gpus and self.worker_env.get(NUMBA_LAYER_VAR) == FORK_SAFE_NUMBA_LAYER
+        # Sorter -> the JIT cache folders its sorts' workers use, for the queue's ``cached`` (rule 3),
+        # and the CPUs this process may run on (a Slurm allocation's, where Slurm confines its steps).
+        self.jit_folders: dict[str, set[Path]] = {}
+        self.queue.cpus = len(os.sched_getaffinity(0))
 
     def start_workers(self) -> None:
         """Start every slot's worker now: the template's imports overlap whatever comes first.
@@ -224,6 +228,7 @@ class SortService:
             return 1 if not compiled else 2
 
         now = self.dispatched_at = time.monotonic()
+        self._note_cached_sorters()
         if self.queue.expected:  # drop the sorts on their way past their time or whose run ended without one
             self.queue.forget(now, gone=lambda run_id: not self.runs.run_status(run_id)["alive"])
         for slot in sorted((s for s in self.slots if s.task is None), key=rank):
@@ -232,6 +237,12 @@ class SortService:
                 source, had = self.queue.copy_from[slot.index]
                 slot.copy_of = (self.slots[source].worker, had)
         self.lock.notify_all()
+
+    def _note_cached_sorters(self) -> None:
+        """Add to the queue's ``cached`` the waiting sorts' sorters that a worker has marked in their JIT cache."""
+        for sorter in {t.sorter for t in self.queue.ready if t.sorter is not None} - self.queue.cached:
+            if any(jit_cache.holds_sorter(folder, sorter) for folder in self.jit_folders.get(sorter, ())):
+                self.queue.cached.add(sorter)
 
     def launch_run(self, sorter: str = "", **run) -> dict:
         """Launch a run (:meth:`RunHost.launch_run`); a sorting run's sort is then expected.
@@ -281,6 +292,9 @@ class SortService:
             group_limit=int(request.get("group_limit") or 0),
         )
         with self.lock:
+            if job.jit_cache_dir:
+                folder = jit_cache.folder_for(Path(job.jit_cache_dir), self.worker_env)
+                self.jit_folders.setdefault(job.si_sorter_name, set()).add(folder)
             self.queue.add(task)
             self._dispatch()
         slot = self._wait_for_slot(conn, task)

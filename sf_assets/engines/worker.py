@@ -236,9 +236,18 @@ class _JitUsage:
         """``{"jit_cache": {...}}`` for the result file, said on the console too; empty without a cache."""
         if self.folder is None:
             return {}
-        loaded, compiled = (now - before for now, before in zip(jit_cache.counts(), self._before))
+        loaded, compiled = self._counts()
         _say(f"numba: {loaded} function(s) loaded from the JIT cache ({self.folder}), {compiled} compiled")
         return {"jit_cache": {"folder": str(self.folder), "loaded": loaded, "compiled": compiled}}
+
+    def _counts(self) -> tuple[int, int]:
+        loaded, compiled = (now - before for now, before in zip(jit_cache.counts(), self._before))
+        return loaded, compiled
+
+    def mark_sorted(self, sorter: str) -> None:
+        """After a sort that ended well: the cache holds ``sorter``'s code, a new worker need not compile it."""
+        if self.folder is not None:
+            jit_cache.mark_sorter(self.folder, sorter, *self._counts())
 
 
 def _sort_recording(job: SortJob, work_dir: Path, store, recording, provenance: dict, jit: _JitUsage) -> int:
@@ -293,6 +302,7 @@ def _sort_recording(job: SortJob, work_dir: Path, store, recording, provenance: 
         )
         return EXIT_SORT_FAILED
     sort_elapsed_s = time.monotonic() - started
+    jit.mark_sorted(job.si_sorter_name)
     uri = store_sorting(sorting, store, job.label)
     write_json_atomic(
         work_dir / RESULT_FILE,
