@@ -41,6 +41,9 @@ from sf_assets.orchestration.storage_reuse import read_migration_scripts_once
 
 RUN_WORKER_TAG = "sf-assets/run-worker"
 """Identity of the process executing the run, for health checks when the service is gone."""
+UNNAMED_GRACE_S = 30.0
+"""How long a started run without :data:`RUN_WORKER_TAG` counts as running: its launcher writes the
+tag once the service that took it answers, and the run may report its start first."""
 
 
 class SortServiceRunLauncher(RunLauncher, ConfigurableClass):
@@ -205,7 +208,18 @@ class SortServiceRunLauncher(RunLauncher, ConfigurableClass):
         identity = LauncherIdentity.parse(run.tags.get(RUN_WORKER_TAG, ""))
         if identity is not None and not identity.is_gone():
             return CheckRunHealthResult(WorkerStatus.RUNNING, msg="the sort service is gone; its run process is not")
+        if identity is None and self._started_within(run.run_id, UNNAMED_GRACE_S):
+            # Another launcher's run (another service folder: a second command line), whose launcher
+            # has not yet named the process it handed the run to.
+            return CheckRunHealthResult(WorkerStatus.RUNNING, msg="started moments ago; its process is not named yet")
         return CheckRunHealthResult(WorkerStatus.NOT_FOUND, msg="no process is executing this run")
+
+    def _started_within(self, run_id: str, seconds: float) -> bool:
+        import time
+
+        record = self._instance.get_run_record_by_id(run_id)
+        started = record.start_time if record is not None else None
+        return started is not None and time.time() - started < seconds
 
 
 def sorter_it_sorts(asset_selection, tags: Mapping[str, str]) -> str | None:
