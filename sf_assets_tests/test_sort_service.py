@@ -685,3 +685,45 @@ def test_the_service_warms_its_run_host_before_its_workers_and_starts_them_whate
     with pytest.raises(OSError):
         _warm_up(Service())
     assert calls == ["run host", "workers"]
+
+
+class _ProcessOfOneRun:
+    """What the host's insisting touches of a run process: its live runs, its interrupts, its kill."""
+
+    def __init__(self, run_id: str):
+        self.live = {run_id}
+        self.sent: list[tuple] = []
+        self.killed_at: float | None = None
+        self.process = self
+
+    def send(self, message: tuple) -> bool:
+        self.sent.append(message)
+        return True
+
+    def kill(self) -> None:
+        self.killed_at = time.monotonic()
+
+
+@pytest.mark.parametrize("reporting", [False, True])
+def test_a_terminated_run_reporting_its_end_is_neither_interrupted_nor_killed_within_its_report_time(
+    monkeypatch, reporting
+):
+    """Past the terminate grace, a run process executing only this run is killed; one whose run has
+    left Dagster's execution and reports its end gets REPORT_GRACE_S more, without interrupts."""
+    from sf_assets.engines import run_host
+    from sf_assets.engines.run_host import HostedRun, RunHost
+
+    monkeypatch.setattr(run_host, "INTERRUPT_AGAIN_S", 0.05)
+    monkeypatch.setattr(run_host, "REPORT_GRACE_S", 1.0)
+    process = _ProcessOfOneRun("r")
+    hosted = HostedRun(process, None, reporting=reporting)
+    started = time.monotonic()
+    insisting = threading.Thread(target=RunHost()._insist, args=("r", hosted, 0.2))
+    insisting.start()
+    insisting.join(10)
+    assert not insisting.is_alive() and process.killed_at is not None
+    waited = process.killed_at - started
+    if reporting:
+        assert waited >= 1.0 and process.sent == [], "no interrupt lands in the report, no kill before its time"
+    else:
+        assert 0.2 <= waited < 1.0 and process.sent and set(process.sent) == {("interrupt", "r")}
