@@ -46,6 +46,7 @@ def test_the_applied_count_is_what_numba_and_every_native_pool_run_with():
         assert numba.get_num_threads() == 1
         assert {pool["num_threads"] for pool in threadpool_info()} == {1}
     assert (used["applied"], used["numba"]) == (1, 1)
+    assert used["joblib"] == {"backend": "SequentialBackend", "n_jobs": 1}
     assert {pool["num_threads"] for pool in used["threadpools"]} == {1} and used["threadpools"]
     assert numba.get_num_threads() == before, "a warm worker's next sort starts from its own count"
     with applied_threads(None):
@@ -142,3 +143,16 @@ def test_the_sort_service_folder_changes_with_the_installed_libraries(monkeypatc
     assert service_address.code_fingerprint() == before, "read again only after the versions' time to live"
     monkeypatch.setattr(provenance, "_installed", {})  # that time has passed
     assert service_address.code_fingerprint() != before
+
+
+def test_with_one_thread_a_joblib_call_naming_its_own_workers_starts_no_process_pool():
+    """hdbscan, inside spikeinterface's simple, asks joblib for 4 processes whatever the sort's limit."""
+    import os
+
+    from joblib import Parallel, delayed
+
+    with applied_threads(1):
+        pids = set(Parallel(n_jobs=4)(delayed(os.getpid)() for _ in range(8)))
+    assert pids == {os.getpid()}
+    with applied_threads(2):
+        assert threads_in_use(2)["joblib"]["n_jobs"] == 2

@@ -86,10 +86,30 @@ def applied_threads(threads: int | None) -> Iterator[None]:
     before = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
-        with threadpool_limits(limits=threads):
+        with threadpool_limits(limits=threads), _joblib_limited(threads):
             yield
     finally:
         numba.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _joblib_limited(threads: int) -> Iterator[None]:
+    """With one thread, joblib's parallel calls run in this process, one after the other.
+
+    hdbscan (inside spikeinterface's ``simple``) asks joblib for 4 processes
+    itself (``core_dist_n_jobs``), which ``LOKY_MAX_CPU_COUNT`` does not cap: a
+    sort limited to one thread ran a pool of 4, and left it running in its
+    worker.  The sequential backend does the same work in order (a 300 s
+    ``simple`` sort stored the same sorting, byte for byte, either way).
+    With more threads, calls that name their own ``n_jobs`` keep it.
+    """
+    try:
+        from joblib import parallel_config
+    except ImportError:  # no joblib: nothing of it to limit
+        yield
+        return
+    with parallel_config(backend="sequential") if threads == 1 else parallel_config(n_jobs=threads):
+        yield
 
 
 def threads_in_use(threads: int | None) -> dict[str, Any]:
@@ -116,8 +136,20 @@ def threads_in_use(threads: int | None) -> dict[str, Any]:
             key=lambda pool: (str(pool["api"]), pool["num_threads"] or 0),
         ),
         "numba_layer": numba.threading_layer(),
+        "joblib": _joblib_in_use(),
         "env": {var: os.environ.get(var) for var in (*THREAD_LIMIT_VARS, NUMBA_LAYER_VAR)},
     }
+
+
+def _joblib_in_use() -> dict[str, Any] | None:
+    """joblib's backend now, and its workers for a call that names none (None: no joblib)."""
+    try:
+        from joblib.parallel import get_active_backend
+    except ImportError:
+        return None
+    backend, n_jobs = get_active_backend()
+    name = type(backend).__name__
+    return {"backend": name, "n_jobs": 1 if name == "SequentialBackend" else n_jobs}
 
 
 def _version(distribution: str) -> str | None:
