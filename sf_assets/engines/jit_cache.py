@@ -41,6 +41,7 @@ its result is the same.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.abc
 import importlib.metadata
@@ -203,8 +204,9 @@ def counts() -> tuple[int, int]:
     return loaded, compiled
 
 
-def _sorter_mark(folder: Path, sorter: str) -> Path:
-    """Where the mark of ``sorter`` for this process's releases and machine type lives in ``folder``."""
+@functools.cache
+def _releases_key() -> str:
+    """This process's releases and machine type, hashed; read once (the sort service asks at every dispatch)."""
     releases = []
     for package in PACKAGES + ("numba",):
         try:
@@ -212,8 +214,12 @@ def _sorter_mark(folder: Path, sorter: str) -> Path:
         except importlib.metadata.PackageNotFoundError:
             releases.append(f"{package} missing")
     releases += [f"python {platform.python_version()}", platform.machine()]
-    key = hashlib.sha1("\n".join(releases).encode()).hexdigest()[:16]
-    return Path(folder) / SORTER_MARKS / f"{sorter}-{key}.json"
+    return hashlib.sha1("\n".join(releases).encode()).hexdigest()[:16]
+
+
+def _sorter_mark(folder: Path, sorter: str) -> Path:
+    """Where the mark of ``sorter`` for this process's releases and machine type lives in ``folder``."""
+    return Path(folder) / SORTER_MARKS / f"{sorter}-{_releases_key()}.json"
 
 
 def mark_sorter(folder: Path, sorter: str, loaded: int, compiled: int) -> None:

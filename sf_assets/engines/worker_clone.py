@@ -137,13 +137,11 @@ def child_processes() -> list[str]:
     found = []
     for child in _children():
         try:
-            stat = Path(f"/proc/{child}/stat").read_text()
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue  # gone meanwhile
-        if stat[stat.rindex(")") + 2] == "Z" or "resource_tracker" in cmdline:
-            continue
-        found.append(f"{child} {cmdline.strip()[:80]}")
+        if cmdline.strip() and "resource_tracker" not in cmdline:  # a zombie's is empty: it runs nothing
+            found.append(f"{child} {cmdline.strip()[:80]}")
     return found
 
 

@@ -16,6 +16,7 @@ with it) is marked failed, so no partition shows in progress forever.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -215,8 +216,6 @@ class SortServiceRunLauncher(RunLauncher, ConfigurableClass):
         return CheckRunHealthResult(WorkerStatus.NOT_FOUND, msg="no process is executing this run")
 
     def _started_within(self, run_id: str, seconds: float) -> bool:
-        import time
-
         record = self._instance.get_run_record_by_id(run_id)
         started = record.start_time if record is not None else None
         return started is not None and time.time() - started < seconds
