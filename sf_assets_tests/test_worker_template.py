@@ -190,3 +190,17 @@ def test_a_copy_of_a_worker_is_the_templates_child_in_its_own_group_and_reported
     copy.proc.stdin.close()  # the end of its command stream (the FIFO): it exits
     assert copy.proc.wait(30) == 0 and copy.proc.exit_status(timeout=None)[1] is not None
     assert source.alive()
+
+
+def test_a_forked_worker_starts_with_the_sorters_lazy_imports_loaded(template):
+    """spikeinterface's own sorters import scipy.signal, sklearn and the sorting components inside their
+    first sort (about 2 s of a new worker's first sort here): the template imports them once instead."""
+    worker = template.spawn(dict(os.environ))
+    try:
+        with open(f"/proc/{worker.pid}/maps") as maps:
+            mapped = maps.read()
+        for package in ("scipy/signal/", "sklearn/"):
+            assert f"site-packages/{package}" in mapped, f"{package} not loaded in the worker before its first job"
+    finally:
+        worker.stdin.close()
+        worker.wait(30)

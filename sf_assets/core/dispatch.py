@@ -14,8 +14,9 @@ in order of preference:
 3. a sort by a sorter no slot has run yet (one slot compiles it, not all),
    or by a sorter whose compiled code the JIT cache holds
    (:attr:`AffinityQueue.cached`) while a CPU is spare (fewer slots busy
-   than :attr:`AffinityQueue.cpus`): a new worker loads the code in a second
-   or two of CPU, so the sort starts now rather than wait for a busy warm
+   than :attr:`AffinityQueue.cpus`): a new worker loads the code in a few
+   tenths of a second of CPU (its template imported the sorter's libraries,
+   ``sf_assets.engines.worker.SORTER_MODULES``), so the sort starts now rather than wait for a busy warm
    slot (perhaps an hour-long sort) or its copy.  Without a spare CPU the
    loading would slow the running sorts instead: on a node whose slots
    outnumber its CPUs, 32 new workers loading at once took 30 s each, where
