@@ -12,8 +12,11 @@ with ``kill -9`` (its allocations end within the idle time).  Sorts are real
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +30,7 @@ import pytest
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 from dagster._core.definitions.events import AssetKeyPartitionKey
 
+from sf_assets.cli import main as cli_main
 from sf_assets.core.errors import EnvironmentSortFailure, SfAssetsError
 from sf_assets.core.folder_names import pair_folder
 from sf_assets.core.manifest import parse_manifest
@@ -36,6 +40,7 @@ from sf_assets.engines.slurm_settings import SlurmSettings
 from sf_assets.engines.job import CanaryReport, SortJob, SortReport
 from sf_assets.engines.work_dirs import retry_dir
 from sf_assets.engines.slurm import srun_environment
+from sf_assets.engines.slurm_campaign import anticipate_sorts
 from sf_assets.engines.slurm_config import SLURM_ENV, slurm_resource_config
 from sf_assets.engines.slurm_pool import (
     JOB_NAME_PREFIX,
@@ -64,6 +69,7 @@ from sf_assets_tests.graph_harness import write_spec
 from harness.slurm_cluster import OTHER_PARTITION
 from sf_assets_tests.test_slurm import _sort_job, _wait_for
 
+REPO = Path(__file__).resolve().parents[1]
 SORTER = "Simple"
 IDLE_S = 2.0
 
@@ -482,6 +488,85 @@ for event in run_slurm_sort(job, EngineSettings(work_root=work_root, slurm=slurm
 """
 
 
+def test_a_planned_launch_requests_its_allocations_keeps_them_while_sorts_are_to_come_then_they_end(
+    slurm_cluster, tmp_path
+):
+    """Before its first sort, a launch that planned three sorts requests two allocations of two slots (M=2).
+
+    None while the pool has room, none beyond M, none without Slurm.  Renewed
+    (as the launch does while sorts are still to come) they outlive the idle
+    time with no sort in them; once the renewals stop, their holders end them
+    one idle time later.
+    """
+    slurm = SlurmSettings(
+        accept_shared_nodes=True, jobs_per_allocation=2, max_simultaneous_allocations=2, idle_release_s=IDLE_S
+    )
+    settings = EngineSettings(work_root=str(tmp_path), timeout_min=5.0, slurm=slurm)
+    assert anticipate_sorts(settings, 0) == []
+    assert anticipate_sorts(EngineSettings(work_root=str(tmp_path), timeout_min=5.0), 3) == []
+    requested = anticipate_sorts(settings, 3)
+    assert len(requested) == 2 and set(requested) <= set(slurm_cluster.job_ids())
+    assert anticipate_sorts(settings, 3) == []  # room for three already
+    assert anticipate_sorts(settings, 50) == []  # M reached
+    renewed_until = time.monotonic() + 3 * IDLE_S
+    while time.monotonic() < renewed_until:
+        anticipate_sorts(settings, 3)
+        time.sleep(IDLE_S / 4)
+    assert set(requested) <= set(slurm_cluster.job_ids()), "the reserved allocations ended while renewed"
+    stopped = time.monotonic()
+    assert slurm_cluster.wait_until_no_jobs(timeout_s=IDLE_S + 15.0) == []
+    print(f"allocations gone {time.monotonic() - stopped:.1f} s after the last renewal (idle time {IDLE_S:g} s)")
+    (pool_dir,) = (tmp_path / POOL_FOLDER).iterdir()
+    ended = _completed_jobs(slurm_cluster, JOB_NAME_PREFIX + pool_dir.name)
+    assert sorted(row["JobID"] for row in ended) == sorted(requested)
+    assert {row["State"] for row in ended} == {"COMPLETED"}  # ended by their holders, not cancelled
+
+
+def test_the_command_line_requests_its_campaigns_allocations_before_its_first_run(
+    slurm_cluster, studyset, tmp_path, monkeypatch
+):
+    """``run-sortings --use-slurm``: the allocation its two sorts need is requested once they are planned.
+
+    Said before the first recording's run ends (the sorts come after it), and
+    both sorts are placed in it: no sort had to request one.
+    """
+    store, recordings, manifest_path = studyset
+    chosen = recordings[:2]
+    manifest = write_manifest(manifest_path, tmp_path / "studysets.json", [(r.study_name, r.name) for r in chosen])
+    spec = write_spec(tmp_path / "spec.yaml", manifest, {SORTER: {"studysets": [chosen[0].study_set_name]}})
+    dagster_home = tmp_path / "dagster-home"
+    dagster_home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
+    for name, value in {
+        "SF_ASSETS_HOME": str(tmp_path / "home"),
+        "SF_ASSETS_KACHERY_DIR": str(store.root_dir),
+        "DAGSTER_HOME": str(dagster_home),
+        "SF_ASSETS_DAGSTER_DIR": str(tmp_path / "home" / "dagster"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("SF_ASSETS_STUDYSETS", "SF_ASSETS_SPEC", SLURM_ENV):
+        monkeypatch.delenv(name, raising=False)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli_main([
+            "run-sortings", "-s", str(manifest), "-l", str(spec), "-o", str(tmp_path / "records.json"), "-w", "2",
+            "--no-job-cache", "--use-slurm", "--slurm-accept-shared-nodes", "--slurm-jobs-per-allocation", "2",
+            "--slurm-max-simultaneous-allocations", "2", "--slurm-idle-release-s", "30",
+        ])  # fmt: skip
+    lines = out.getvalue().splitlines()
+    assert code == 0, "\n".join(lines[-30:])
+    said = [i for i, line in enumerate(lines) if line.startswith("Slurm: requested 1 allocation(s) for 2 sort(s)")]
+    first_recording = next(i for i, line in enumerate(lines) if line.startswith("[recordings "))
+    assert said and said[0] < first_recording, "\n".join(lines)
+    (requested,) = lines[said[0]].rsplit(": ", 1)[1].split(", ")
+    for recording in chosen:
+        (attempt,) = pair_folder(tmp_path / "home" / "sorts", SORTER, recording.study_name, recording.name).glob("*-a*")
+        assert _placed(attempt)["job_id"] == requested
+    assert slurm_cluster.wait_until_no_jobs(timeout_s=15.0) == []  # the launch ended it on exit
+    (pool_dir,) = (tmp_path / "home" / "sorts" / POOL_FOLDER).iterdir()
+    assert [row["JobID"] for row in _completed_jobs(slurm_cluster, JOB_NAME_PREFIX + pool_dir.name)] == [requested]
+
+
 def test_allocations_end_within_the_idle_time_after_kill_9_of_the_launcher(slurm_cluster, tmp_path):
     """The launcher dies mid-sort: its allocation (service, warm worker, sort) ends within the idle time.
 
@@ -558,6 +643,8 @@ def test_a_daemon_launched_backfill_sorts_on_the_allocations(slurm_cluster, stud
         key = f"{recording_key(recording)}|{SORTER}"
         with deployment(tmp_path, instance) as location:
             location.tick_sensors()  # registers the partitions, runs the recording
+            # The tick planned the pair's sort and requested (and reserved) the allocation it needs.
+            assert list((tmp_path / "home" / "sorts" / POOL_FOLDER).glob("*/reserved/*"))
             # A backfill of the pair's sorting, as the UI's dialog submits it (the sensor would
             # request the sort at its next tick; it is not ticked again).
             subset = AssetGraphSubset.from_asset_partition_set(
@@ -572,8 +659,11 @@ def test_a_daemon_launched_backfill_sorts_on_the_allocations(slurm_cluster, stud
     assert placed["exit_code"] == 0 and placed["worker_pid"]
     (pool_dir,) = (tmp_path / "home" / "sorts" / POOL_FOLDER).iterdir()
     assert slurm_cluster.wait_until_no_jobs(timeout_s=IDLE_S + 15) == []
-    (allocation,) = _completed_jobs(slurm_cluster, JOB_NAME_PREFIX + pool_dir.name)
-    assert allocation["JobID"] == placed["job_id"] and allocation["State"] == "COMPLETED"  # ended by its holder
+    # The sensor's tick requested one for the pair it planned; it ends idle if the recording's run
+    # outlasts the idle time, and the sort then requests another.
+    allocations = _completed_jobs(slurm_cluster, JOB_NAME_PREFIX + pool_dir.name)
+    assert 1 <= len(allocations) <= 2 and placed["job_id"] in {row["JobID"] for row in allocations}
+    assert {row["State"] for row in allocations} == {"COMPLETED"}  # ended by their holders
 
 
 def test_a_connection_the_service_never_answers_times_out_and_a_real_one_has_no_timeout_left():

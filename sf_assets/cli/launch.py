@@ -496,8 +496,10 @@ class RunTracker:
 def slurm_allocations_for(options: RunOptions):
     """With --use-slurm, end the campaign's idle Slurm allocations when the launch ends or is interrupted.
 
-    The allocations themselves are requested by the sorts as they arrive
-    (:mod:`sf_assets.engines.slurm_pool`); without Slurm nothing happens.
+    The allocations themselves are requested when the campaign is planned
+    (:class:`~sf_assets.engines.slurm_campaign.Anticipation`, in
+    :func:`launch_campaign`) and by the sorts that find no free slot as they
+    arrive (:mod:`sf_assets.engines.slurm_pool`); without Slurm nothing happens.
 
     Parameters
     ----------
@@ -506,8 +508,8 @@ def slurm_allocations_for(options: RunOptions):
 
     Yields
     ------
-    None
-        While the launch runs.
+    RunOptions
+        ``options``, while the launch runs.
     """
     from sf_assets.engines.slurm_campaign import campaign_allocations
 
@@ -579,6 +581,7 @@ def launch_campaign(
     from sf_assets.orchestration.planning import plan_sorts, stages
     from sf_assets.stores.kachery import KacheryStore
     from sf_assets.orchestration.launches import CAMPAIGN_TAG, LEASE_TAG, campaign_tag_value
+    from sf_assets.engines.slurm_campaign import Anticipation
 
     if type(instance.run_launcher) is dg.DefaultRunLauncher:
         # It launches only through a code server, which a command-line launch does not start.
@@ -630,12 +633,18 @@ def launch_campaign(
     ):
         submitter = Submitter(context, options.run_config(), {**(tags or {}), **lease})
         tracker = RunTracker(instance)
+        # On Slurm: the allocations the sorts need, requested now and kept while some are still to come.
+        anticipation = Anticipation(options.engine_settings(), say)
+        sorts_submitted = 0
         try:
+            anticipation(total_sorts)
             tracker.add(submitter.submit("studysets_job"), "studysets_job", None)
             while ready or tracker.runs:
                 while ready and len(tracker.runs) < in_flight_cap + 1:  # +1: the studysets run
                     job_name, key = ready.pop(0)
                     tracker.add(submitter.submit(job_name, key), job_name, key)
+                    sorts_submitted += job_name == "sorting_job"
+                anticipation(total_sorts - len(outcome.skipped_pairs) - sorts_submitted)
                 time.sleep(POLL_S)
                 for done in tracker.finished():
                     if done.job_name == "recordings_job":

@@ -23,12 +23,16 @@ nor is a service that refuses the request or cannot be reached from this host.
 
 :func:`campaign_allocations` is what a launch wraps around its campaign: on
 exit and on interrupt it ends the allocations no sort holds, instead of
-leaving them to their holders' idle time.
+leaving them to their holders' idle time.  :func:`anticipate_sorts` (and
+:class:`Anticipation`, which repeats it) is what a launch that planned its
+sorts calls before they start: the allocations they need are requested and
+reserved then, not when the first sort asks.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -44,7 +48,9 @@ from sf_assets.engines.slurm_pool import (
     Pool,
     Slot,
     acquire_slot,
+    anticipate,
     claim_owner,
+    heartbeat_interval_s,
     release_idle,
 )
 from sf_assets.engines.slurm_service import (
@@ -303,6 +309,71 @@ def _supervised(job: SortJob, launch: SlurmLaunch, timeout_s: float | None) -> I
         stop=launch.stop,
         worker_outcome=launch.worker_outcome,
     )
+
+
+def anticipate_sorts(settings, sorts: int) -> list[str]:
+    """Request (and reserve) the allocations a planned launch's ``sorts`` still to come need (:func:`~sf_assets.engines.slurm_pool.anticipate`).
+
+    What a launch that planned its sorts does before starting their runs, and
+    again while some are still to come: the command line's
+    (:class:`Anticipation`), and the studyset sensor's at each tick.  Without
+    Slurm, with allocations the user holds, or with no sort to come, nothing
+    is requested.  Slurm refusing (or not answering) is left for the sorts to
+    report, each with its own message, as when they request allocations
+    themselves.
+
+    Parameters
+    ----------
+    settings : EngineSettings
+        :class:`~sf_assets.engines.engine.EngineSettings` of the launch.
+    sorts : int
+        The sorts still to come.
+
+    Returns
+    -------
+    list[str]
+        The job ids requested now.
+    """
+    if settings.slurm is None or settings.slurm.allocation_id or sorts <= 0:
+        return []
+    try:
+        return anticipate(pool_for(settings), sorts)
+    except (EnvironmentSortFailure, subprocess.TimeoutExpired, OSError):
+        return []
+
+
+class Anticipation:
+    """A launch's sorts still to come, kept on Slurm: :func:`anticipate_sorts` at most once per heartbeat interval.
+
+    Parameters
+    ----------
+    settings : EngineSettings
+        The launch's engine settings (nothing happens without Slurm).
+    say : callable or None
+        Gets a line naming the allocations each call requested.
+    """
+
+    def __init__(self, settings, say=None) -> None:
+        self.settings = settings
+        self.say = say
+        self.next_at = 0.0
+
+    def __call__(self, sorts: int) -> None:
+        """Request and reserve what ``sorts`` sorts still to come need, unless done less than an interval ago.
+
+        Parameters
+        ----------
+        sorts : int
+            The sorts still to come (0: nothing; the reservations then lapse after the idle time).
+        """
+        slurm = self.settings.slurm
+        now = time.monotonic()
+        if slurm is None or sorts <= 0 or now < self.next_at:
+            return
+        self.next_at = now + heartbeat_interval_s(slurm.idle_release_s)
+        requested = anticipate_sorts(self.settings, sorts)
+        if requested and self.say is not None:
+            self.say(f"Slurm: requested {len(requested)} allocation(s) for {sorts} sort(s) to come: {', '.join(requested)}")
 
 
 @contextmanager

@@ -4,7 +4,8 @@ Run by ``sbatch`` (see :meth:`sf_assets.engines.slurm_pool.Pool.sbatch_command`)
 as ``python -m sf_assets.engines.slurm_holder POOL_DIR IDLE_S``.  It starts the
 allocation's sort service (:mod:`sf_assets.engines.slurm_service`: one warm
 slot per sort the allocation runs at once), which the sorts placed here are
-sent to, and watches their claims in ``POOL_DIR/claims``.  A claim counts as alive while its modification time
+sent to, and watches their claims in ``POOL_DIR/claims`` (and its reservation,
+``POOL_DIR/reserved/<job id>``, touched by a launch whose sorts are to come).  A claim counts as alive while its modification time
 keeps changing: the process that placed the sort touches it every few
 seconds.  Once no claim of this allocation has changed for ``IDLE_S``
 seconds (measured with this node's own clock, so clock skew between the
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sf_assets.engines.slurm_pool import CLAIMS, CLOSING, LOCK
+from sf_assets.engines.slurm_pool import CLAIMS, CLOSING, LOCK, RESERVED
 from sf_assets.engines.slurm_service import (
     allocation_cpus,
     allocation_gpus,
@@ -40,7 +41,10 @@ SERVICE_STOP_GRACE_S = 10.0
 
 
 def claim_times(pool_dir: Path, job_id: str) -> dict[str, float]:
-    """Modification time of each claim of this allocation: a change means a sort still uses it.
+    """Modification time of each claim of this allocation, and of its reservation: a change means a sort uses it.
+
+    A reservation (``reserved/<job id>``, see :func:`~sf_assets.engines.slurm_pool.anticipate`)
+    is touched by a launch whose sorts are still to come.
 
     Parameters
     ----------
@@ -55,7 +59,7 @@ def claim_times(pool_dir: Path, job_id: str) -> dict[str, float]:
         Claim file name -> modification time (epoch seconds); a claim removed meanwhile is left out.
     """
     times = {}
-    for path in (pool_dir / CLAIMS).glob(f"{job_id}-*.json"):
+    for path in [pool_dir / RESERVED / job_id, *(pool_dir / CLAIMS).glob(f"{job_id}-*.json")]:
         try:
             times[path.name] = path.stat().st_mtime
         except FileNotFoundError:

@@ -1,4 +1,4 @@
-"""The campaign's Slurm allocations: requested as sorts arrive, one slot per running sort.
+"""The campaign's Slurm allocations: requested when it is planned and as sorts arrive, one slot per running sort.
 
 Every process that sorts on Slurm (the command line's run slots, a run the
 Dagster daemon launched for a backfill, the sensor or the schedule) places
@@ -25,7 +25,10 @@ files, changed only under an exclusive ``flock`` of ``<pool>/lock``:
   launcher is gone (``kill -9``), its claims are no longer touched, even by
   run processes it leaves behind;
 * ``closing/<job id>`` marks an allocation that is going away (its holder
-  found it idle, or the launcher released it): no new sort is placed there.
+  found it idle, or the launcher released it): no new sort is placed there;
+* ``reserved/<job id>`` is touched by a launch whose planned sorts are still
+  to come (:func:`anticipate`): it requested the allocation before they asked,
+  and its holder counts the touch as a sort using it.
 
 :func:`acquire_slot` takes the first free slot of a running allocation, the
 ones whose sort service has already run the sort's sorter first (``warm/<job
@@ -76,7 +79,7 @@ POOL_FOLDER = "slurm-allocations"
 # The launcher whose claims these are (``HOST:PID:START``), set by a launch for its run processes.
 OWNER_ENV = "SF_ASSETS_SLURM_OWNER"
 JOB_NAME_PREFIX = "sf-assets-allocation-"
-CLAIMS, CLOSING, LOCK, WARM = "claims", "closing", "lock", "warm"
+CLAIMS, CLOSING, LOCK, RESERVED, WARM = "claims", "closing", "lock", "reserved", "warm"
 # Forget an ended allocation's service folder only this long after it last changed.
 SERVICE_FOLDER_KEEP_S = 60.0
 # squeue's latest answer about the pool's allocations, shared by its processes.
@@ -195,7 +198,7 @@ class Pool:
         }
         key = hashlib.sha1(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
         root = root / key
-        for sub in (CLAIMS, CLOSING, WARM):
+        for sub in (CLAIMS, CLOSING, RESERVED, WARM):
             (root / sub).mkdir(parents=True, exist_ok=True)
         # Atomic: a holder starting now reads it (its slots).
         tmp = root / f".shape.json.{os.getpid()}.{threading.get_ident()}.tmp"
@@ -395,6 +398,9 @@ class Pool:
         for mark in (self.root / WARM).iterdir():
             if mark.name.split(".", 1)[0] not in listed:
                 mark.unlink(missing_ok=True)
+        for mark in (self.root / RESERVED).iterdir():
+            if mark.name not in listed:
+                mark.unlink(missing_ok=True)
         for folder in (self.root / SERVICES).glob("*"):
             try:
                 if folder.name not in listed and now - folder.stat().st_mtime > SERVICE_FOLDER_KEEP_S:
@@ -563,6 +569,66 @@ def _try_claim(pool: Pool, label: str, needed_s: float | None, sorter: str | Non
         claim.write_text(json.dumps(about))
         HEARTBEAT.start(claim, heartbeat_interval_s(pool.slurm.idle_release_s), owner)
         return Slot(pool=pool, job_id=job_id, index=index, claim=claim)
+
+
+def anticipate(pool: Pool, sorts: int) -> list[str]:
+    """Request the allocations ``sorts`` sorts about to be launched will need, and keep them until they come.
+
+    A campaign is planned before its runs start, and its sorts often wait for
+    their recordings first (materialized, downloaded): requested now, the
+    allocations pass Slurm's queue and start their services (the template's
+    imports, every slot's worker) meanwhile, instead of after the first sort
+    asked.  Requests only while the free slots of the pool's live allocations
+    (pending or running, not closing) are fewer than ``sorts``, and never more
+    than M in all.
+
+    Each live allocation with a free slot is also *reserved*: its
+    ``reserved/<job id>`` file is touched, which its holder counts as a sort
+    using it.  A launch calls this again while its sorts are still to come
+    (more often than the idle time), so the allocations do not end before
+    they arrive; once it stops (its sorts all launched, or the launch killed),
+    they end one idle time after their last sort, as any other.
+
+    Parameters
+    ----------
+    pool : Pool
+        The pool of the sorts' allocation shape.
+    sorts : int
+        How many sorts are still to come.
+
+    Returns
+    -------
+    list[str]
+        The job ids requested now (none when the pool has room already).
+
+    Raises
+    ------
+    EnvironmentSortFailure
+        ``sbatch`` or ``squeue`` is missing or refused (as a sort would say).
+    """
+    if sorts <= 0:
+        return []
+    require_slurm_clients("sbatch", "squeue", "scancel", env=pool.env)
+    requested: list[str] = []
+    with pool.locked():
+        listed = pool.allocations()
+        pool.forget_ended(listed)
+        claims = pool.claims()
+        room = {
+            job_id: pool.slots - len(claims.get(job_id, []))
+            for job_id, (state, _) in listed.items()
+            if state in LIVE_STATES and not pool.is_closing(job_id)
+        }
+        free = sum(max(0, n) for n in room.values())
+        allowed = max(1, int(pool.slurm.max_simultaneous_allocations))
+        while free < sorts and len(listed) + len(requested) < allowed:
+            requested.append(pool.request_allocation())
+            free += pool.slots
+        for job_id in [j for j, n in room.items() if n > 0] + requested:
+            (pool.root / RESERVED / job_id).touch()
+        if requested:
+            pool.allocations()  # the answer others reuse must list them
+    return requested
 
 
 def release_idle(pool: Pool) -> list[str]:

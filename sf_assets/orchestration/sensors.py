@@ -58,6 +58,7 @@ from sf_assets.orchestration.assets.history import UNFINISHED_RUN_STATUSES
 from sf_assets.orchestration.planning import plan_sorts, recordings_in_flight, stages
 from sf_assets.orchestration.resources import KacheryResource, SortingEngineResource, StudysetResource
 from sf_assets.stores.kachery import KacheryStore
+from sf_assets.engines.slurm_campaign import anticipate_sorts
 
 STUDYSET_SENSOR = "studyset_sensor"
 SENSOR_DAEMON_LOOP_S = 5
@@ -276,6 +277,12 @@ def studyset_sensor(
         uris={k: uris_now[k] for k in {r for _, r in cursor.requested} | {recording_key(r) for _, r in new_jobs} if k in uris_now},
     ).encode()
 
+    # On Slurm, the allocations the sorts to come need are requested now, and kept at each tick while
+    # some wait for their recording: they start while the recordings are materialized and the runs
+    # reach their sorts (nothing without Slurm).
+    requested = anticipate_sorts(sorting_engine.settings(), len(order.sorts) + len(still_waiting))
+    if requested:
+        context.log.info(f"Slurm: requested {len(requested)} allocation(s) for the sorts to come: {', '.join(requested)}")
     counts = (
         f"{len(campaign.jobs)} assigned: {len(plan.cached)} in the job cache, "
         f"{len(plan.in_flight)} already queued or running elsewhere"
