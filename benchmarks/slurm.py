@@ -22,15 +22,16 @@ Per sort, from what the launch leaves behind:
   an allocation slot, the trip to the allocation's sort service, the warm
   worker's start (paid once per slot, by its first sort), storing the result;
 * which worker process sorted it, in which slot of which allocation's service
-  (``slurm_slot.json``): compiles per sorter per slot counts the sorts that
-  found no warm worker in their slot and compiled the sorter (not one that
-  loaded all of its numba functions from the JIT cache, ``result.json``); a
-  slot whose worker is a copy of a warm one (``copy_of``) compiled nothing.
+  (``slurm_slot.json``): compiles per sorter per slot counts the sorts whose
+  worker compiled numba code of the sorter (``result.json``; not one that
+  loaded it from the JIT cache, nor one forked from a warm worker or a
+  warmed template), plus each allocation's warm-up that compiled
+  (``services/<job id>/warm-up.json``, :mod:`sf_assets.engines.warm_up`).
 
 Last line: ``slurm_overhead_per_sort_s=A orchestrator_peak_rss_mb=B compiles_per_sorter_per_slot=C``
 (A: mean over sorts; B: peak of the sum of RSS over the launch's processes,
-which counts pages forked processes share once per process; C: mean over
-(sorter, slot)).  Also prints the peak proportional set size (shared pages
+which counts pages forked processes share once per process; C: those
+compiles over the (sorter, slot) pairs that sorted).  Also prints the peak proportional set size (shared pages
 split between the processes sharing them) of the same processes, and the
 peak RSS and PSS of one Dagster run process.
 
@@ -180,14 +181,27 @@ def per_sort(
         placed = json.loads((job_file.parent / SLOT_FILE).read_text())
         worker = "copy" if placed.get("copy_of") else "warm" if placed["warm"] else "new"
         overheads[worker].append(elapsed_by_label[job["label"]] - result["sort_elapsed_s"])
-        # A worker that was not warm compiled the sorter, unless it loaded every function from the JIT cache.
+        # What the sort compiled, as the worker counted it; without a JIT cache, a worker that was not warm.
         jit = result.get("jit_cache")
-        compiled = not placed["warm"] and (jit is None or jit["compiled"] > 0)
+        compiled = jit["compiled"] > 0 if jit is not None else not placed["warm"]
         workers[(job["sorter_name"], placed["slot"])].append({**placed, "compiled": compiled})
         placing["claim"].append(placed["claimed_at"] - placed["requested_at"])
         placing["connect"].append(placed["connected_at"] - placed["claimed_at"])
         placing["slot"].append(placed["started_at"] - placed["connected_at"])
     return overheads, workers, placing
+
+
+def warm_ups(work_root: Path, since: float) -> list[dict]:
+    """Each allocation's warm-up report entries (``services/<job id>/warm-up.json``) written since ``since``."""
+    from sf_assets.engines.slurm_pool import POOL_FOLDER
+    from sf_assets.engines.slurm_service import SERVICES
+    from sf_assets.engines.warm_up import REPORT_FILE
+
+    entries = []
+    for report in (work_root / POOL_FOLDER).glob(f"*/{SERVICES}/*/{REPORT_FILE}"):
+        if report.stat().st_mtime >= since:  # not an earlier campaign's in a kept work folder
+            entries += json.loads(report.read_text())["sorters"]
+    return entries
 
 
 def instance_home(work: Path, slots: int) -> Path:
@@ -264,7 +278,7 @@ def main(argv=None) -> int:
         print(f"{args.sorts} {args.sorter} sorts of {args.duration_s:g} s recordings, "
               f"{args.allocations} allocations x {args.slots} slots, cluster {cluster.root} "
               f"(its node advertises {slots} CPUs; this machine has {os.cpu_count()})", flush=True)  # fmt: skip
-        started = time.monotonic()
+        started, launched_at = time.monotonic(), time.time()
         launch = subprocess.Popen(
             command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
@@ -286,15 +300,20 @@ def main(argv=None) -> int:
         allocations = cluster.run("sacct", "--completion", "--noheader", "--parsable2", "--format=JobName")
         overheads, workers, placing = per_sort(home / "sorts", elapsed_by_label)
         outside_s, inside_s = breakdown(work, elapsed_by_label)
+        warmed = warm_ups(home / "sorts", since=launched_at)
     finally:
         stop_host_services(service_dir)
         stop_cluster(cluster)
         shutil.rmtree(service_dir, ignore_errors=True)
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
+    from sf_assets.engines.warm_up import SKIPPED
+
     by_worker, overheads = overheads, [value for values in overheads.values() for value in values]
     overhead = statistics.mean(overheads)
-    compiles = statistics.mean(sum(p["compiled"] for p in placed) for placed in workers.values())
+    # The allocations' warm-ups compile too (once per allocation, not per slot): counted with the sorts'.
+    warm_up_compiles = sum(1 for entry in warmed if entry.get("compiled"))
+    compiles = (sum(p["compiled"] for placed in workers.values() for p in placed) + warm_up_compiles) / len(workers)
     loaded = sum(1 for placed in workers.values() for p in placed if not p["warm"] and not p["compiled"])
     processes = statistics.mean(len({p["worker_pid"] for p in placed}) for placed in workers.values())
     copies = sum(1 for placed in workers.values() for p in placed if p.get("copy_of"))
@@ -305,6 +324,12 @@ def main(argv=None) -> int:
           f"max {max(overheads):.2f}); {len(workers)} (sorter, slot) pairs, {processes:.2f} worker processes "
           f"each; {copies} sorts on a copy of a warm worker; {loaded} new workers loaded the sorter from "
           "the JIT cache instead of compiling it")  # fmt: skip
+    if warmed:
+        print(f"  {len(warmed)} allocation warm-ups (a synthetic sort per sorter in each service's template): "
+              f"{warm_up_compiles} compiled, {sum(1 for e in warmed if e.get('loaded') and not e.get('compiled'))} "
+              f"loaded the JIT cache, {sum(1 for e in warmed if e.get('error') == SKIPPED)} left to the JIT cache, "
+              f"{sum(1 for e in warmed if e.get('error') not in (None, SKIPPED))} failed; "
+              f"{statistics.mean(e.get('seconds', 0.0) for e in warmed):.2f} s each")  # fmt: skip
     print(f"  of which {outside_s:.2f} s outside the service's report (Dagster's run and step, the slot, the trip "
           f"to the allocation) and {inside_s:.2f} s inside it beyond run_sorter "
           "(the worker loading, storing)")  # fmt: skip

@@ -528,7 +528,9 @@ def test_the_command_line_requests_its_campaigns_allocations_before_its_first_ru
     """``run-sortings --use-slurm``: the allocation its two sorts need is requested once they are planned.
 
     Said before the first recording's run ends (the sorts come after it), and
-    both sorts are placed in it: no sort had to request one.
+    both sorts are placed in it: no sort had to request one.  Its service's
+    template warmed itself with the campaign's sorter (engines/warm_up.py), so
+    neither sort compiled nor loaded ``Simple``'s numba code: its workers had it.
     """
     store, recordings, manifest_path = studyset
     chosen = recordings[:2]
@@ -562,6 +564,11 @@ def test_the_command_line_requests_its_campaigns_allocations_before_its_first_ru
     for recording in chosen:
         (attempt,) = pair_folder(tmp_path / "home" / "sorts", SORTER, recording.study_name, recording.name).glob("*-a*")
         assert _placed(attempt)["job_id"] == requested
+        jit = json.loads((attempt / "result.json").read_text())["jit_cache"]
+        assert jit["compiled"] == 0 and jit["loaded"] == 0, jit
+    (report,) = (tmp_path / "home" / "sorts" / POOL_FOLDER).glob(f"*/services/{requested}/warm-up.json")
+    (entry,) = json.loads(report.read_text())["sorters"]
+    assert entry["sorter_name"] == SORTER and entry["error"] is None and entry["compiled"] > 0, entry
     assert slurm_cluster.wait_until_no_jobs(timeout_s=15.0) == []  # the launch ended it on exit
     (pool_dir,) = (tmp_path / "home" / "sorts" / POOL_FOLDER).iterdir()
     assert [row["JobID"] for row in _completed_jobs(slurm_cluster, JOB_NAME_PREFIX + pool_dir.name)] == [requested]

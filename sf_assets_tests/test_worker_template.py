@@ -6,6 +6,7 @@ real sorts on them.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -204,3 +205,50 @@ def test_a_forked_worker_starts_with_the_sorters_lazy_imports_loaded(template):
     finally:
         worker.stdin.close()
         worker.wait(30)
+
+
+def test_a_template_warmed_with_a_sorter_reports_it_and_forks_workers_that_have_its_code(tmp_path):
+    """The warm-up (engines/warm_up.py): the template sorts a synthetic recording with ``simple`` before
+    forking; the report names it, with the numba functions compiled, and nothing of the recording is left.
+    That the forked workers then sort without compiling is tested on Slurm (test_slurm_campaign.py)."""
+    from sf_assets.engines import warm_up
+    from sf_assets.engines.threads import thread_limited_env
+
+    sorters = [{"sorter_name": "Simple", "si_sorter_name": "simple", "params": {}}]
+    text = warm_up.encode(sorters, str(tmp_path / "jit"), tmp_path)
+    env = {k: v for k, v in thread_limited_env(1, os.environ).items() if k != "NUMBA_CACHE_DIR"}  # an empty cache
+    template = WorkerTemplate({**env, warm_up.ENV: text})
+    try:
+        worker = template.spawn(dict(os.environ))  # forked once the warm-up is over
+        (entry,) = json.loads((tmp_path / warm_up.REPORT_FILE).read_text())["sorters"]
+        assert entry["error"] is None and entry["compiled"] > 0, entry
+        assert warm_up.warmed(tmp_path) == {"simple"}
+        assert not (tmp_path / "warm-up").exists(), "the synthetic recording and its sorting are removed"
+        worker.stdin.close()
+        worker.wait(30)
+    finally:
+        template.close(wait_s=5.0)
+    # Another template with the same cache leaves simple to it: its workers load the code themselves.
+    again = WorkerTemplate({**env, warm_up.ENV: text})
+    try:
+        again.spawn(dict(os.environ)).stdin.close()
+        (entry,) = json.loads((tmp_path / warm_up.REPORT_FILE).read_text())["sorters"]
+        assert entry["error"] == warm_up.SKIPPED and warm_up.warmed(tmp_path) == set(), entry
+    finally:
+        again.close(wait_s=5.0)
+
+
+def test_a_warm_up_that_fails_is_reported_and_the_template_still_forks_workers(tmp_path):
+    from sf_assets.engines import warm_up
+
+    sorters = [{"sorter_name": "Simple", "si_sorter_name": "simple", "params": {"no_such_parameter": 1}}]
+    template = WorkerTemplate({**os.environ, warm_up.ENV: warm_up.encode(sorters, None, tmp_path)})
+    try:
+        worker = template.spawn(dict(os.environ))
+        assert warm_up.warmed(tmp_path) == set()
+        (entry,) = json.loads((tmp_path / warm_up.REPORT_FILE).read_text())["sorters"]
+        assert "no_such_parameter" in entry["error"]
+        worker.stdin.close()
+        assert worker.wait(30) == 0
+    finally:
+        template.close(wait_s=5.0)

@@ -634,7 +634,7 @@ def launch_campaign(
         submitter = Submitter(context, options.run_config(), {**(tags or {}), **lease})
         tracker = RunTracker(instance)
         # On Slurm: the allocations the sorts need, requested now and kept while some are still to come.
-        anticipation = Anticipation(options.engine_settings(), say)
+        anticipation = Anticipation(options.engine_settings(), say, {s.name: s for s, _ in to_sort}.values())
         sorts_submitted = 0
         try:
             anticipation(total_sorts)

@@ -34,12 +34,14 @@ import dataclasses
 import os
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from sf_assets.core.atomic import write_json_atomic
 from sf_assets.core.errors import EnvironmentSortFailure
+from sf_assets.core.sorter_catalog import resolve_sorter
+from sf_assets.engines.warm_up import worth_warming
 from sf_assets.engines.job import CONSOLE_FILE, CanaryReport, SortJob, SortReport
 from sf_assets.engines.service_client import SortRefused, SortServiceError, sort_over
 from sf_assets.engines.slurm import SlurmLaunch, srun_environment
@@ -143,7 +145,9 @@ def run_slurm_sort(
             job = dataclasses.replace(job, work_dir=str(retry_dir(attempt_dir, attempt)))
             prepare_work_dir(job)
         requested_at = time.time()
-        slot = acquire_slot(pool, job.label, settings.timeout_s, sorter=job.si_sorter_name)
+        slot = acquire_slot(
+            pool, job.label, settings.timeout_s, sorter=job.si_sorter_name, warm_up=_warm_up_for([job])
+        )
         report = None
         try:
             try:
@@ -311,7 +315,48 @@ def _supervised(job: SortJob, launch: SlurmLaunch, timeout_s: float | None) -> I
     )
 
 
-def anticipate_sorts(settings, sorts: int) -> list[str]:
+def _warm_up_for(jobs: Sequence[SortJob]) -> dict | None:
+    """What a new allocation's service warms its template with for ``jobs``: their sorters that gain by it.
+
+    Those :func:`~sf_assets.engines.warm_up.worth_warming` says so of, not run in a container.
+    """
+    sorters = {}
+    for job in jobs:
+        if job.container_image is None and worth_warming(resolve_sorter(job.sorter_name)):
+            sorters.setdefault(job.sorter_name, {
+                "sorter_name": job.sorter_name, "si_sorter_name": job.si_sorter_name, "params": dict(job.params),
+            })  # fmt: skip
+    return {"sorters": list(sorters.values()), "jit_cache_dir": jobs[0].jit_cache_dir} if sorters else None
+
+
+def planned_warm_up(settings, sorter_specs: Iterable) -> dict | None:
+    """What the allocations requested for a planned launch warm their templates with: its sorters' code.
+
+    Parameters
+    ----------
+    settings : EngineSettings
+        The launch's engine settings.
+    sorter_specs : Iterable[SorterSpec]
+        The sorters of its sorts (name and params as in the spec).
+
+    Returns
+    -------
+    dict or None
+        The warm-up request (None: no sorter runs in this environment).
+    """
+    if settings.use_container:  # every sort runs in its image, not in the warm workers' process
+        return None
+    jobs = [
+        SortJob(
+            sorter_name=spec.name, si_sorter_name=resolve_sorter(spec.name).si_name, params=dict(spec.params or {}),
+            recording_uri="", label="", kachery_dir="", work_dir="", jit_cache_dir=settings.jit_cache_dir,
+        )
+        for spec in sorter_specs
+    ]  # fmt: skip
+    return _warm_up_for(jobs) if jobs else None
+
+
+def anticipate_sorts(settings, sorts: int, sorter_specs: Iterable = ()) -> list[str]:
     """Request (and reserve) the allocations a planned launch's ``sorts`` still to come need (:func:`~sf_assets.engines.slurm_pool.anticipate`).
 
     What a launch that planned its sorts does before starting their runs, and
@@ -328,6 +373,9 @@ def anticipate_sorts(settings, sorts: int) -> list[str]:
         :class:`~sf_assets.engines.engine.EngineSettings` of the launch.
     sorts : int
         The sorts still to come.
+    sorter_specs : Iterable[SorterSpec]
+        Their sorters: the allocations requested now warm their templates with them
+        (:mod:`sf_assets.engines.warm_up`).
 
     Returns
     -------
@@ -337,7 +385,7 @@ def anticipate_sorts(settings, sorts: int) -> list[str]:
     if settings.slurm is None or settings.slurm.allocation_id or sorts <= 0:
         return []
     try:
-        return anticipate(pool_for(settings), sorts)
+        return anticipate(pool_for(settings), sorts, planned_warm_up(settings, sorter_specs))
     except (EnvironmentSortFailure, subprocess.TimeoutExpired, OSError):
         return []
 
@@ -351,11 +399,14 @@ class Anticipation:
         The launch's engine settings (nothing happens without Slurm).
     say : callable or None
         Gets a line naming the allocations each call requested.
+    sorter_specs : Iterable[SorterSpec]
+        The sorters of its sorts, which the allocations' templates warm up with.
     """
 
-    def __init__(self, settings, say=None) -> None:
+    def __init__(self, settings, say=None, sorter_specs: Iterable = ()) -> None:
         self.settings = settings
         self.say = say
+        self.sorter_specs = list(sorter_specs)
         self.next_at = 0.0
 
     def __call__(self, sorts: int) -> None:
@@ -371,7 +422,7 @@ class Anticipation:
         if slurm is None or sorts <= 0 or now < self.next_at:
             return
         self.next_at = now + heartbeat_interval_s(slurm.idle_release_s)
-        requested = anticipate_sorts(self.settings, sorts)
+        requested = anticipate_sorts(self.settings, sorts, self.sorter_specs)
         if requested and self.say is not None:
             self.say(f"Slurm: requested {len(requested)} allocation(s) for {sorts} sort(s) to come: {', '.join(requested)}")
 

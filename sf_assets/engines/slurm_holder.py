@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sf_assets.engines.slurm_pool import CLAIMS, CLOSING, LOCK, RESERVED
+from sf_assets.engines.slurm_pool import CLAIMS, CLOSING, LOCK, RESERVED, decode_warm_up
 from sf_assets.engines.slurm_service import (
     allocation_cpus,
     allocation_gpus,
@@ -155,7 +155,10 @@ def stop_service(service: subprocess.Popen) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m sf_assets.engines.slurm_holder POOL_DIR IDLE_S``: the batch script of one allocation.
+    """``python -m sf_assets.engines.slurm_holder POOL_DIR IDLE_S [WARM_UP]``: the batch script of one allocation.
+
+    ``WARM_UP`` (:func:`~sf_assets.engines.slurm_pool.encode_warm_up`) names
+    the sorters the allocation's service warms its template with.
 
     Parameters
     ----------
@@ -170,13 +173,17 @@ def main(argv: list[str] | None = None) -> int:
     """
     argv = sys.argv[1:] if argv is None else argv
     job_id = os.environ.get("SLURM_JOB_ID")
-    if len(argv) != 2 or not job_id:
-        print("usage (as an sbatch script): python -m sf_assets.engines.slurm_holder POOL_DIR IDLE_S", file=sys.stderr)
+    if len(argv) not in (2, 3) or not job_id:
+        print(
+            "usage (as an sbatch script): python -m sf_assets.engines.slurm_holder POOL_DIR IDLE_S [WARM_UP]",
+            file=sys.stderr,
+        )
         return 2
     pool_dir, idle_s = Path(argv[0]), float(argv[1])
+    request = decode_warm_up(argv[2]) if len(argv) == 3 else None
     slots = int(json.loads((pool_dir / "shape.json").read_text())["slots"])
     cpus, gpus = allocation_cpus(os.environ), allocation_gpus(os.environ)
-    service = start_service(pool_dir, job_id, slots, cpus, gpus)
+    service = start_service(pool_dir, job_id, slots, cpus, gpus, warm_up_request=request)
     print(
         f"holding allocation {job_id} for {pool_dir}: sort service {service.pid} with {slots} slot(s) "
         f"on {cpus} CPU(s), GPUs [{','.join(gpus)}]; ends after {idle_s:g} s without a sort",

@@ -43,6 +43,7 @@ that exits or is interrupted).
 """
 from __future__ import annotations
 
+import base64
 import fcntl
 import getpass
 import hashlib
@@ -93,6 +94,38 @@ WAIT_POLL_S = 0.5
 CLIENT_TIMEOUT_S = 60.0
 # Allocation states in which it can run (or will run) sorts.
 LIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING")
+
+
+def encode_warm_up(warm_up: dict) -> str:
+    """``warm_up`` as one shell-safe word for the holder's command line (base64 of its JSON).
+
+    Parameters
+    ----------
+    warm_up : dict
+        ``{"sorters": [...], "jit_cache_dir": ...}``.
+
+    Returns
+    -------
+    str
+        The word; :func:`decode_warm_up` reads it back.
+    """
+    return base64.urlsafe_b64encode(json.dumps(warm_up, sort_keys=True).encode()).decode()
+
+
+def decode_warm_up(word: str) -> dict:
+    """What :func:`encode_warm_up` wrote.
+
+    Parameters
+    ----------
+    word : str
+        The holder's argument.
+
+    Returns
+    -------
+    dict
+        The warm-up request.
+    """
+    return json.loads(base64.urlsafe_b64decode(word.encode()))
 
 
 def allocation_time_min(slurm: SlurmSettings, timeout_min: float) -> int | None:
@@ -216,8 +249,14 @@ class Pool:
         """Sorts at once in one allocation."""
         return max(1, int(self.slurm.jobs_per_allocation))
 
-    def sbatch_command(self) -> list[str]:
+    def sbatch_command(self, warm_up: dict | None = None) -> list[str]:
         """The ``sbatch`` that starts one allocation, its holder as the batch script.
+
+        Parameters
+        ----------
+        warm_up : dict or None
+            ``{"sorters": [...], "jit_cache_dir": ...}``: what its service's template warms
+            (:mod:`sf_assets.engines.warm_up`), given to the holder (:func:`encode_warm_up`).
 
         Returns
         -------
@@ -240,6 +279,8 @@ class Pool:
         if self.time_limit_min:
             command.append(f"--time={self.time_limit_min}")
         holder = [sys.executable, "-m", "sf_assets.engines.slurm_holder", str(self.root), f"{slurm.idle_release_s:g}"]
+        if warm_up and warm_up.get("sorters"):
+            holder.append(encode_warm_up(warm_up))
         return command + ["--wrap", "exec " + " ".join(holder)]
 
     @contextmanager
@@ -408,8 +449,13 @@ class Pool:
             except FileNotFoundError:
                 pass
 
-    def request_allocation(self) -> str:
+    def request_allocation(self, warm_up: dict | None = None) -> str:
         """``sbatch`` one allocation of this pool's shape.
+
+        Parameters
+        ----------
+        warm_up : dict or None
+            What its service's template warms (:meth:`sbatch_command`).
 
         Returns
         -------
@@ -421,7 +467,7 @@ class Pool:
         EnvironmentSortFailure
             ``sbatch`` is not on PATH, or Slurm refused (its exit status and message are quoted).
         """
-        command = self.sbatch_command()
+        command = self.sbatch_command(warm_up)
         proc = _client(command, self.env)
         job_id = proc.stdout.strip().split(";", 1)[0]
         if proc.returncode != 0 or not job_id.isdigit():
@@ -493,7 +539,9 @@ class Slot:
             time.sleep(WAIT_POLL_S)
 
 
-def acquire_slot(pool: Pool, label: str, needed_s: float | None = None, sorter: str | None = None) -> Slot:
+def acquire_slot(
+    pool: Pool, label: str, needed_s: float | None = None, sorter: str | None = None, warm_up: dict | None = None
+) -> Slot:
     """Claim a free slot for one sort, requesting an allocation if none is free; waits if M are busy.
 
     Parameters
@@ -506,6 +554,8 @@ def acquire_slot(pool: Pool, label: str, needed_s: float | None = None, sorter: 
         the sort's timeout; allocations with less walltime left are passed over.
     sorter : str or None
         the sort's sorter; a running allocation whose service has run it is preferred.
+    warm_up : dict or None
+        what the service of an allocation this sort requests warms its template with (its own sorter).
 
     Returns
     -------
@@ -524,7 +574,7 @@ def acquire_slot(pool: Pool, label: str, needed_s: float | None = None, sorter: 
         owner = claim_owner()
         if owner.is_gone():
             raise EnvironmentSortFailure(f"the launch {owner} that this sort ({label}) was for has ended")
-        slot = _try_claim(pool, label, needed_s, sorter)
+        slot = _try_claim(pool, label, needed_s, sorter, warm_up)
         if slot is None:
             time.sleep(WAIT_POLL_S)
             continue
@@ -537,7 +587,9 @@ def acquire_slot(pool: Pool, label: str, needed_s: float | None = None, sorter: 
         slot.release()
 
 
-def _try_claim(pool: Pool, label: str, needed_s: float | None, sorter: str | None = None) -> Slot | None:
+def _try_claim(
+    pool: Pool, label: str, needed_s: float | None, sorter: str | None = None, warm_up: dict | None = None
+) -> Slot | None:
     with pool.locked():
         listed = pool.allocations(max_age_s=WAIT_POLL_S)
         pool.forget_ended(listed)
@@ -557,7 +609,7 @@ def _try_claim(pool: Pool, label: str, needed_s: float | None, sorter: str | Non
         if candidates:
             job_id = min(candidates)[-1]
         elif len(listed) < max(1, int(pool.slurm.max_simultaneous_allocations)):
-            job_id = pool.request_allocation()
+            job_id = pool.request_allocation(warm_up)
             pool.allocations()  # the answer others reuse must list it
         else:
             return None
@@ -571,7 +623,7 @@ def _try_claim(pool: Pool, label: str, needed_s: float | None, sorter: str | Non
         return Slot(pool=pool, job_id=job_id, index=index, claim=claim)
 
 
-def anticipate(pool: Pool, sorts: int) -> list[str]:
+def anticipate(pool: Pool, sorts: int, warm_up: dict | None = None) -> list[str]:
     """Request the allocations ``sorts`` sorts about to be launched will need, and keep them until they come.
 
     A campaign is planned before its runs start, and its sorts often wait for
@@ -595,6 +647,8 @@ def anticipate(pool: Pool, sorts: int) -> list[str]:
         The pool of the sorts' allocation shape.
     sorts : int
         How many sorts are still to come.
+    warm_up : dict or None
+        What the services of the allocations requested now warm their templates with: the sorters to come.
 
     Returns
     -------
@@ -622,7 +676,7 @@ def anticipate(pool: Pool, sorts: int) -> list[str]:
         free = sum(max(0, n) for n in room.values())
         allowed = max(1, int(pool.slurm.max_simultaneous_allocations))
         while free < sorts and len(listed) + len(requested) < allowed:
-            requested.append(pool.request_allocation())
+            requested.append(pool.request_allocation(warm_up))
             free += pool.slots
         for job_id in [j for j, n in room.items() if n > 0] + requested:
             (pool.root / RESERVED / job_id).touch()

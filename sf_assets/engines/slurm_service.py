@@ -39,6 +39,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from sf_assets.core.errors import EnvironmentSortFailure
+from sf_assets.engines import warm_up
 from sf_assets.engines.service_address import (
     authenticate,
     INFO_NAME,
@@ -125,7 +126,7 @@ def allocation_gpus(env: Mapping[str, str]) -> tuple[str, ...]:
 
 
 def start_service(
-    pool_root: Path, job_id: str, slots: int, cpus: int, gpus: tuple[str, ...] = ()
+    pool_root: Path, job_id: str, slots: int, cpus: int, gpus: tuple[str, ...] = (), warm_up_request: dict | None = None
 ) -> subprocess.Popen:
     """Start the allocation's sort service (run by its holder, on the node).
 
@@ -147,6 +148,9 @@ def start_service(
         The allocation's CPUs on the node (:func:`allocation_cpus`).
     gpus : tuple[str, ...]
         The allocation's GPUs (:func:`allocation_gpus`).
+    warm_up_request : dict or None
+        ``{"sorters": [...], "jit_cache_dir": ...}``: what its template warms
+        (:mod:`sf_assets.engines.warm_up`), reported in the service's folder.
 
     Returns
     -------
@@ -165,6 +169,9 @@ def start_service(
         "--slots", str(slots), "--threads-per-sort", str(threads), "--idle-exit-s", f"{NEVER_IDLE_EXIT_S:g}",
         "--gpus", ",".join(gpus),
     ]  # fmt: skip
+    if warm_up_request and warm_up_request.get("sorters"):
+        text = warm_up.encode(warm_up_request["sorters"], warm_up_request.get("jit_cache_dir"), folder)
+        argv += ["--warm-up", text]
     with open(folder / LOG_NAME, "ab") as log:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 

@@ -43,6 +43,11 @@ The service also hosts the Dagster runs of the project's run launcher, as
 threads of a few run processes (:mod:`sf_assets.engines.run_host`):
 ``launch_run``, ``terminate_run`` and ``run_status`` requests.
 
+A Slurm allocation's service may be told which sorters are coming
+(``--warm-up``): its template sorts a synthetic recording with each before
+forking the slots' workers (:mod:`sf_assets.engines.warm_up`), and every slot
+counts them as compiled.
+
 The service starts on demand (:mod:`sf_assets.engines.service_client`, under
 a lock so that only one starts) and exits after ``idle_exit_s`` with no sort
 and no client.  Its workers die with it (they watch their parent).
@@ -51,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import os
 import secrets
 import signal
@@ -71,7 +77,7 @@ from sf_assets.engines.service_address import INFO_NAME, KEY_NAME, LOCK_NAME, SO
 from sf_assets.engines.supervisor import SortCancelled, watch
 from sf_assets.engines.threads import FORK_SAFE_NUMBA_LAYER, NUMBA_LAYER_VAR, thread_limited_env
 from sf_assets.engines.warm_worker import MAX_JOBS_PER_WORKER, WarmWorker
-from sf_assets.engines import jit_cache, stop_signals
+from sf_assets.engines import jit_cache, stop_signals, warm_up
 from sf_assets.engines.worker_template import WorkerTemplate
 
 WAIT_POLL_S = 0.05
@@ -159,6 +165,9 @@ class SortService:
     worker_env: dict[str, str]
     # GPU ids the service may use (a Slurm allocation's): each slot's worker sees its share.
     gpus: tuple[str, ...] = ()
+    # The sorters its template sorts a synthetic recording with before forking any worker
+    # (engines/warm_up.py; a Slurm allocation's service, told by the launch that requested it).
+    warm_up: str | None = None
     queue: AffinityQueue = field(default_factory=AffinityQueue)
     lock: threading.Condition = field(default_factory=threading.Condition)
     clients: int = 0
@@ -168,11 +177,19 @@ class SortService:
     def __post_init__(self):
         self.slots = [Slot(i) for i in range(self.settings.slots)]
         self.runs = RunHost()
-        # One import of spikeinterface per service, not per worker: workers are forked from it.
-        self.template = WorkerTemplate(self.worker_env)
         # A warm worker's copy keeps the environment it started with: only slots that share one
         # (no GPUs split between them) take copies, and only on numba's fork-safe layer.
         self.queue.copies = not self.gpus and self.worker_env.get(NUMBA_LAYER_VAR) == FORK_SAFE_NUMBA_LAYER
+        # A warm template forks workers that have its sorters' code, which takes the same care as a copy.
+        if not self.queue.copies:
+            self.warm_up = None
+        # One import of spikeinterface per service, not per worker: workers are forked from it.
+        self.template = WorkerTemplate({**self.worker_env, warm_up.ENV: self.warm_up} if self.warm_up else self.worker_env)
+        # Every worker the template forks has these compiled: a slot's first sort of them is warm (rule 2).
+        # Counted on before the warm-up ends (workers are forked after it), corrected once it reports.
+        self.warmed = warm_up.sorters_of(self.warm_up)
+        for slot in self.slots:
+            self.queue.seen[slot.index] = set(self.warmed)
         # Sorter -> the JIT cache folders its sorts' workers use, for the queue's ``cached`` (rule 3),
         # and the CPUs this process may run on (a Slurm allocation's, where Slurm confines its steps).
         self.jit_folders: dict[str, set[Path]] = {}
@@ -188,11 +205,26 @@ class SortService:
         """
         for slot in self.slots:
             worker = WarmWorker(self.env_for(slot), self.template)
+            self._settle_warm_up()
             with self.lock:
                 if slot.worker is None and slot.task is None:
                     slot.worker = worker
                     continue
             worker.close()
+
+    def _settle_warm_up(self) -> None:
+        """Once the template forked a worker (its warm-up over), drop the sorters it failed to warm from the slots'."""
+        if not self.warm_up:
+            return
+        done = warm_up.warmed(Path(json.loads(self.warm_up)["folder"]))
+        if done is None or self.warmed <= done:
+            return
+        failed = self.warmed - done
+        print(f"sort service: the warm-up did not warm {', '.join(sorted(failed))}; their first sorts compile", flush=True)
+        with self.lock:
+            self.warmed = self.warmed & done
+            for sorters in self.queue.seen.values():
+                sorters -= failed
 
     def env_for(self, slot: Slot) -> dict[str, str]:
         """The worker environment of ``slot``: its share of :attr:`gpus` as ``CUDA_VISIBLE_DEVICES``.
@@ -410,7 +442,7 @@ class SortService:
                 if slot.worker is not None and slot.worker.alive():
                     slot.worker.close()
                 slot.worker = None
-                self.queue.seen[slot.index] = set()  # a new worker has nothing compiled
+                self.queue.seen[slot.index] = set(self.warmed)  # a new worker has only the template's compiled
             self.queue.finished(slot.index, elapsed_s)
             slot.task = None
             self.last_active = time.monotonic()
@@ -556,7 +588,9 @@ def _warm_up(service: SortService) -> None:
         service.start_workers()
 
 
-def serve(folder: Path, settings: ServiceSettings, tcp: bool = False, gpus: tuple[str, ...] = ()) -> int:
+def serve(
+    folder: Path, settings: ServiceSettings, tcp: bool = False, gpus: tuple[str, ...] = (), warm_up_text: str | None = None
+) -> int:
     """Run the service in ``folder`` until it has been idle for ``settings.idle_exit_s`` (or SIGTERM).
 
     Parameters
@@ -572,6 +606,8 @@ def serve(folder: Path, settings: ServiceSettings, tcp: bool = False, gpus: tupl
         Slurm allocation does, as its clients run on the submit host.
     gpus : tuple[str, ...]
         The GPU ids to share out between the slots (see :func:`slot_gpus`).
+    warm_up_text : str or None
+        The sorters to warm the template with (:func:`sf_assets.engines.warm_up.encode`).
 
     Returns
     -------
@@ -596,7 +632,9 @@ def serve(folder: Path, settings: ServiceSettings, tcp: bool = False, gpus: tupl
         socket_path.unlink(missing_ok=True)
         listener = Listener(str(socket_path), family="AF_UNIX", backlog=LISTEN_BACKLOG)
         where = str(socket_path)
-    service = SortService(settings, thread_limited_env(settings.threads_per_sort, os.environ), gpus=gpus)
+    service = SortService(
+        settings, thread_limited_env(settings.threads_per_sort, os.environ), gpus=gpus, warm_up=warm_up_text
+    )
     write_json_atomic(folder / INFO_NAME, info)
     print(f"sort service {os.getpid()} listening on {where} with {settings.slots} slot(s)", flush=True)
     closing = threading.Event()
@@ -648,12 +686,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-exit-s", type=float, required=True)
     parser.add_argument("--tcp", action="store_true", help="listen on TCP (every interface), not the folder's socket")
     parser.add_argument("--gpus", default="", help="GPU ids (comma-separated) to share out between the slots")
+    parser.add_argument("--warm-up", default=None, help="the sorters to warm the template with (JSON, engines/warm_up.py)")
     args = parser.parse_args(argv)
     # First: the template, the run host and the workers inherit what this process ignores.
     stop_signals.restore()
     settings = ServiceSettings(slots=args.slots, threads_per_sort=args.threads_per_sort, idle_exit_s=args.idle_exit_s)
     gpus = tuple(gpu for gpu in args.gpus.split(",") if gpu)
-    return serve(Path(args.folder), settings, tcp=args.tcp, gpus=gpus)
+    return serve(Path(args.folder), settings, tcp=args.tcp, gpus=gpus, warm_up_text=args.warm_up)
 
 
 if __name__ == "__main__":

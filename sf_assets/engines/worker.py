@@ -117,7 +117,23 @@ def run_sorter_kwargs(job: SortJob, folder: Path) -> dict:
     }
 
 
-def _run_sorter(job: SortJob, recording, folder: Path):
+def run_job_sorter(job: SortJob, recording, folder: Path):
+    """``run_sorter`` with the job's sorter and params, its unseeded draws seeded (the canary, the sort, a warm-up).
+
+    Parameters
+    ----------
+    job : SortJob
+        The sorter, its params and how it is run (container, seed).
+    recording : BaseRecording
+        What to sort.
+    folder : Path
+        The sorter's output folder.
+
+    Returns
+    -------
+    BaseSorting
+        The sorting.
+    """
     from spikeinterface.sorters import run_sorter
 
     seed = draws_seed(job, resolve_sorter(job.sorter_name))
@@ -155,7 +171,7 @@ def run_canary(job: SortJob, recording, canary_dir: Path) -> CanaryReport:
     _say(f"canary: sorting the first {window_s:g} s with {job.sorter_name}")
     started = time.monotonic()
     try:
-        sorting = _run_sorter(job, recording.time_slice(0.0, window_s), canary_dir / "sorter")
+        sorting = run_job_sorter(job, recording.time_slice(0.0, window_s), canary_dir / "sorter")
     except (KeyboardInterrupt, SystemExit):
         _wipe(canary_dir, strict=False)
         raise
@@ -283,7 +299,7 @@ def _sort_recording(job: SortJob, work_dir: Path, store, recording, provenance: 
     )
     started = time.monotonic()
     try:
-        sorting = _run_sorter(job, recording, sorter_dir)
+        sorting = run_job_sorter(job, recording, sorter_dir)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:

@@ -11,8 +11,12 @@ environment), which imports once and then forks a worker for each request,
 in milliseconds, its pages shared with the template until written.
 
 The template stays single-threaded (forking a process with other threads
-running can copy a lock some thread held), reaps its workers and reports
-each exit, with the status and CPU time ``os.wait4`` read, to the service.
+running can copy a lock some thread held), but for numba's workqueue threads
+after a warm-up (:mod:`sf_assets.engines.warm_up`: it sorts a synthetic
+recording with the sorters to come first, so the workers it forks have their
+code; those threads survive a fork, as in a copied warm worker), reaps its
+workers and reports each exit, with the status and CPU time ``os.wait4``
+read, to the service.
 What a worker started as its own interpreter guarantees still holds:
 
 * it leads its own process group (set before the service hears of it), so
@@ -50,7 +54,7 @@ import threading
 import time
 from collections.abc import Mapping
 
-from sf_assets.engines import stop_signals
+from sf_assets.engines import stop_signals, warm_up
 from sf_assets.engines.worker_clone import exit_with
 
 # How long the service waits for a fork: the template's own start (its imports) comes first.
@@ -381,6 +385,14 @@ def run_template(fd: int) -> int:
     template_pid = os.getpid()
     _adopt_orphans()
     preload()
+    if os.environ.get(warm_up.ENV):
+        warm_up.run(os.environ[warm_up.ENV])
+        unfit = warm_up.fit_to_fork()
+        if unfit is not None:  # start again, as a template without a warm-up
+            warm_up.void(os.environ[warm_up.ENV], f"the template could not fork after it ({unfit})")
+            env = {k: v for k, v in os.environ.items() if k != warm_up.ENV}
+            os.set_inheritable(fd, True)
+            os.execve(sys.executable, [sys.executable, "-m", "sf_assets.engines.worker_template", str(fd)], env)
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wake-up descriptor hears the signal

@@ -280,7 +280,9 @@ def studyset_sensor(
     # On Slurm, the allocations the sorts to come need are requested now, and kept at each tick while
     # some wait for their recording: they start while the recordings are materialized and the runs
     # reach their sorts (nothing without Slurm).
-    requested = anticipate_sorts(sorting_engine.settings(), len(order.sorts) + len(still_waiting))
+    requested = anticipate_sorts(
+        sorting_engine.settings(), len(order.sorts) + len(still_waiting), {s.name: s for s, _ in plan.to_sort}.values()
+    )
     if requested:
         context.log.info(f"Slurm: requested {len(requested)} allocation(s) for the sorts to come: {', '.join(requested)}")
     counts = (
