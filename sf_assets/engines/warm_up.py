@@ -190,14 +190,14 @@ def run(text: str) -> list[dict]:
                             recording = _recording(scratch / "recording")
                         with applied_threads(thread_count(job, os.environ)):
                             run_job_sorter(job, recording, scratch / job.si_sorter_name)
+                        if cache is not None:  # marked before the next template may look
+                            jit_cache.mark_sorter(cache, job.si_sorter_name, *_since(before))
             except Exception as exc:  # noqa: BLE001 - reported; the sorts compile as they would have
                 entry["error"] = f"{type(exc).__name__}: {exc}"
-            loaded, compiled = (now - then for now, then in zip(jit_cache.counts(), before))
+            loaded, compiled = _since(before)
             entry.update(seconds=round(time.monotonic() - started, 3), loaded=loaded, compiled=compiled)
-            if entry["error"] is None and cache is not None:
-                jit_cache.mark_sorter(cache, job.si_sorter_name, loaded, compiled)
             entries.append(entry)
-    except Exception as exc:  # noqa: BLE001 - the recording could not be made: nothing is warm
+    except Exception as exc:  # noqa: BLE001 - the JIT cache could not be set up: nothing is warm
         entries = [
             {"sorter_name": s["sorter_name"], "si_sorter_name": s["si_sorter_name"], "error": f"{type(exc).__name__}: {exc}"}
             for s in spec["sorters"]
@@ -239,6 +239,12 @@ def fit_to_fork() -> str | None:
         return f"child processes {', '.join(children)}"
     others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
     return f"threads {', '.join(others)}" if others else None
+
+
+def _since(before: tuple[int, int]) -> tuple[int, int]:
+    """Functions loaded from the JIT cache and compiled since :func:`jit_cache.counts` gave ``before``."""
+    loaded, compiled = (now - then for now, then in zip(jit_cache.counts(), before))
+    return loaded, compiled
 
 
 def _recording(folder: Path):
