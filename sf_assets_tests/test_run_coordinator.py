@@ -25,7 +25,7 @@ DAEMON_START = """
 import json, sys
 import dagster as dg
 from dagster._daemon import controller
-from sf_assets.cli.launch import _queue_capacity
+from sf_assets.orchestration.launches import queue_capacity
 if len(sys.argv) > 2:
     dg.__version__ = sys.argv[2]
 before = controller.DEFAULT_DAEMON_INTERVAL_SECONDS
@@ -40,7 +40,7 @@ with dg.DagsterInstance.from_config(sys.argv[1]) as instance:
         "tag_limits": len(queue.tag_concurrency_limits),
         "dequeue_interval_s": instance.run_coordinator.dequeue_interval_seconds,
         "daemons": daemons,
-        "command_line_keeps": _queue_capacity(instance),  # runs a command-line launch keeps queued or running
+        "command_line_keeps": queue_capacity(instance),  # runs a command-line launch keeps queued or running
     }))
 """
 

@@ -49,6 +49,7 @@ from sf_assets.engines.slurm_pool import (
     Pool,
     acquire_slot,
     allocation_time_min,
+    anticipate,
     parse_time_left,
     release_idle,
 )
@@ -514,6 +515,12 @@ def test_a_planned_launch_requests_its_allocations_keeps_them_while_sorts_are_to
         anticipate_sorts(settings, 3)
         time.sleep(IDLE_S / 4)
     assert set(requested) <= set(slurm_cluster.job_ids()), "the reserved allocations ended while renewed"
+    # One sort to come needs one allocation: only one is reserved, and the other ends when idle.
+    renewed_until = time.monotonic() + 3 * IDLE_S
+    while time.monotonic() < renewed_until:
+        anticipate_sorts(settings, 1)
+        time.sleep(IDLE_S / 4)
+    assert len(set(requested) & set(slurm_cluster.job_ids())) == 1, slurm_cluster.job_ids()
     stopped = time.monotonic()
     assert slurm_cluster.wait_until_no_jobs(timeout_s=IDLE_S + 15.0) == []
     print(f"allocations gone {time.monotonic() - stopped:.1f} s after the last renewal (idle time {IDLE_S:g} s)")
@@ -521,6 +528,28 @@ def test_a_planned_launch_requests_its_allocations_keeps_them_while_sorts_are_to
     ended = _completed_jobs(slurm_cluster, JOB_NAME_PREFIX + pool_dir.name)
     assert sorted(row["JobID"] for row in ended) == sorted(requested)
     assert {row["State"] for row in ended} == {"COMPLETED"}  # ended by their holders, not cancelled
+
+
+def test_an_allocation_without_walltime_left_for_the_sorts_to_come_is_neither_counted_nor_reserved(
+    slurm_cluster, tmp_path
+):
+    """A planned launch whose sorts need more walltime than a live allocation has left requests another.
+
+    As a sort would pass it over (``-T`` must fit in the time left), the
+    first allocation (2 min of walltime) is not room for a sort of an hour.
+    """
+    slurm = SlurmSettings(
+        accept_shared_nodes=True, jobs_per_allocation=2, max_simultaneous_allocations=2, idle_release_s=IDLE_S,
+        allocation_time_min=2,
+    )  # fmt: skip
+    pool = Pool.for_settings(tmp_path, slurm, 60.0, srun_environment(os.environ))
+    (first,) = anticipate(pool, 1)
+    _wait_for(lambda: pool.allocations().get(first, ("",))[0] == "RUNNING", 60.0, "the allocation to run")
+    assert anticipate(pool, 1, needed_s=60.0) == []  # a minute fits in two
+    (second,) = anticipate(pool, 1, needed_s=3600.0)
+    assert second != first
+    release_idle(pool)
+    assert slurm_cluster.wait_until_no_jobs(timeout_s=15.0) == []
 
 
 def test_the_command_line_requests_its_campaigns_allocations_before_its_first_run(

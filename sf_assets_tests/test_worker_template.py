@@ -252,3 +252,27 @@ def test_a_warm_up_that_fails_is_reported_and_the_template_still_forks_workers(t
         assert worker.wait(30) == 0
     finally:
         template.close(wait_s=5.0)
+
+
+def test_a_warm_up_still_waiting_for_another_templates_turn_at_its_deadline_warms_nothing(tmp_path):
+    """One warm-up of a sorter at a time per JIT cache, and none past the budget: while another
+    template holds simple's lock, a warm-up with a half-second budget gives up on it, reported."""
+    import fcntl
+    import subprocess
+    import sys
+
+    from sf_assets.engines import jit_cache, warm_up
+
+    lock = tmp_path / "jit" / jit_cache.SORTER_MARKS / "simple.warm-up.lock"
+    lock.parent.mkdir(parents=True)
+    sorters = [{"sorter_name": "Simple", "si_sorter_name": "simple", "params": {}}]
+    text = warm_up.encode(sorters, str(tmp_path / "jit"), tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    code = "import sys; from sf_assets.engines import warm_up; warm_up.BUDGET_S = 0.5; warm_up.run(sys.argv[1])"
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another template is warming simple
+        # Without the deadline it would wait for the lock for good (and time out here).
+        subprocess.run([sys.executable, "-c", code, text], env=env, check=True, timeout=120)
+    (entry,) = json.loads((tmp_path / warm_up.REPORT_FILE).read_text())["sorters"]
+    assert entry["error"].startswith("not warmed") and "another template" in entry["error"], entry
+    assert entry["compiled"] == 0 and warm_up.warmed(tmp_path) == set()

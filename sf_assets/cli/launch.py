@@ -580,7 +580,7 @@ def launch_campaign(
     from sf_assets.orchestration.assets.studysets import register_partitions
     from sf_assets.orchestration.planning import plan_sorts, stages
     from sf_assets.stores.kachery import KacheryStore
-    from sf_assets.orchestration.launches import CAMPAIGN_TAG, LEASE_TAG, campaign_tag_value
+    from sf_assets.orchestration.launches import CAMPAIGN_TAG, LEASE_TAG, campaign_tag_value, queue_capacity
     from sf_assets.engines.slurm_campaign import Anticipation
 
     if type(instance.run_launcher) is dg.DefaultRunLauncher:
@@ -625,7 +625,7 @@ def launch_campaign(
     # Sorts on Slurm or in containers run outside the sort service, which enforces sorts_at_once:
     # for them, runs in flight are what bounds it.
     uses_service = options.engine_settings().uses_sort_service
-    in_flight_cap = max(1, workers, _queue_capacity(instance) if uses_service else 0)
+    in_flight_cap = max(1, workers, queue_capacity(instance) if uses_service else 0)
     with (
         code_location(instance) as context,
         slurm_allocations_for(options) as options,
@@ -633,18 +633,19 @@ def launch_campaign(
     ):
         submitter = Submitter(context, options.run_config(), {**(tags or {}), **lease})
         tracker = RunTracker(instance)
-        # On Slurm: the allocations the sorts need, requested now and kept while some are still to come.
+        # On Slurm: the allocations the sorts need, requested now and kept while some are still to come;
+        # no more of them than this launch runs at once.
         anticipation = Anticipation(options.engine_settings(), say, {s.name: s for s, _ in to_sort}.values())
         sorts_submitted = 0
         try:
-            anticipation(total_sorts)
+            anticipation(min(total_sorts, in_flight_cap))
             tracker.add(submitter.submit("studysets_job"), "studysets_job", None)
             while ready or tracker.runs:
                 while ready and len(tracker.runs) < in_flight_cap + 1:  # +1: the studysets run
                     job_name, key = ready.pop(0)
                     tracker.add(submitter.submit(job_name, key), job_name, key)
                     sorts_submitted += job_name == "sorting_job"
-                anticipation(total_sorts - len(outcome.skipped_pairs) - sorts_submitted)
+                anticipation(min(total_sorts - len(outcome.skipped_pairs) - sorts_submitted, in_flight_cap))
                 time.sleep(POLL_S)
                 for done in tracker.finished():
                     if done.job_name == "recordings_job":
@@ -687,15 +688,6 @@ def launch_campaign(
             tracker.stop_all()
             raise
     return outcome
-
-
-def _queue_capacity(instance: dg.DagsterInstance) -> int:
-    """The run queue's ``max_concurrent_runs`` as its daemon applies it (0 without a queue).
-
-    That is ``concurrency: runs`` in ``dagster.yaml`` where set there, else the coordinator's own config.
-    """
-    queue = instance.get_concurrency_config().run_queue_config
-    return max(0, queue.max_concurrent_runs) if queue is not None else 0
 
 
 def _report_sorting(say: Callable[[str], None], done: RunOutcome, i: int, n: int) -> None:

@@ -32,9 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -356,7 +355,9 @@ def planned_warm_up(settings, sorter_specs: Iterable) -> dict | None:
     return _warm_up_for(jobs) if jobs else None
 
 
-def anticipate_sorts(settings, sorts: int, sorter_specs: Iterable = ()) -> list[str]:
+def anticipate_sorts(
+    settings, sorts: int, sorter_specs: Iterable = (), on_error: Callable[[str], None] | None = None
+) -> list[str]:
     """Request (and reserve) the allocations a planned launch's ``sorts`` still to come need (:func:`~sf_assets.engines.slurm_pool.anticipate`).
 
     What a launch that planned its sorts does before starting their runs, and
@@ -376,6 +377,8 @@ def anticipate_sorts(settings, sorts: int, sorter_specs: Iterable = ()) -> list[
     sorter_specs : Iterable[SorterSpec]
         Their sorters: the allocations requested now warm their templates with them
         (:mod:`sf_assets.engines.warm_up`).
+    on_error : callable or None
+        Gets a line when the request failed (the launch goes on: its sorts request allocations themselves).
 
     Returns
     -------
@@ -385,8 +388,12 @@ def anticipate_sorts(settings, sorts: int, sorter_specs: Iterable = ()) -> list[
     if settings.slurm is None or settings.slurm.allocation_id or sorts <= 0:
         return []
     try:
-        return anticipate(pool_for(settings), sorts, planned_warm_up(settings, sorter_specs))
-    except (EnvironmentSortFailure, subprocess.TimeoutExpired, OSError):
+        return anticipate(
+            pool_for(settings), sorts, planned_warm_up(settings, sorter_specs), needed_s=settings.timeout_s
+        )
+    except Exception as exc:  # noqa: BLE001 - a sensor tick or a launch must not end on it
+        if on_error is not None:
+            on_error(f"Slurm: the allocations for the sorts to come were not requested now ({type(exc).__name__}: {exc})")
         return []
 
 
@@ -422,7 +429,7 @@ class Anticipation:
         if slurm is None or sorts <= 0 or now < self.next_at:
             return
         self.next_at = now + heartbeat_interval_s(slurm.idle_release_s)
-        requested = anticipate_sorts(self.settings, sorts, self.sorter_specs)
+        requested = anticipate_sorts(self.settings, sorts, self.sorter_specs, on_error=self.say)
         if requested and self.say is not None:
             self.say(f"Slurm: requested {len(requested)} allocation(s) for {sorts} sort(s) to come: {', '.join(requested)}")
 

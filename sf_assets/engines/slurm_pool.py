@@ -623,7 +623,7 @@ def _try_claim(
         return Slot(pool=pool, job_id=job_id, index=index, claim=claim)
 
 
-def anticipate(pool: Pool, sorts: int, warm_up: dict | None = None) -> list[str]:
+def anticipate(pool: Pool, sorts: int, warm_up: dict | None = None, needed_s: float | None = None) -> list[str]:
     """Request the allocations ``sorts`` sorts about to be launched will need, and keep them until they come.
 
     A campaign is planned before its runs start, and its sorts often wait for
@@ -634,7 +634,8 @@ def anticipate(pool: Pool, sorts: int, warm_up: dict | None = None) -> list[str]
     (pending or running, not closing) are fewer than ``sorts``, and never more
     than M in all.
 
-    Each live allocation with a free slot is also *reserved*: its
+    The live allocations with a free slot that the sorts to come need (running
+    ones first, as a sort would take them) are also *reserved*: each one's
     ``reserved/<job id>`` file is touched, which its holder counts as a sort
     using it.  A launch calls this again while its sorts are still to come
     (more often than the idle time), so the allocations do not end before
@@ -649,6 +650,9 @@ def anticipate(pool: Pool, sorts: int, warm_up: dict | None = None) -> list[str]
         How many sorts are still to come.
     warm_up : dict or None
         What the services of the allocations requested now warm their templates with: the sorters to come.
+    needed_s : float or None
+        The sorts' timeout: a running allocation with less walltime left takes none of them
+        (:func:`acquire_slot` passes it over), so it is neither counted nor reserved.
 
     Returns
     -------
@@ -668,20 +672,31 @@ def anticipate(pool: Pool, sorts: int, warm_up: dict | None = None) -> list[str]
         listed = pool.allocations()
         pool.forget_ended(listed)
         claims = pool.claims()
-        room = {
-            job_id: pool.slots - len(claims.get(job_id, []))
-            for job_id, (state, _) in listed.items()
-            if state in LIVE_STATES and not pool.is_closing(job_id)
-        }
-        free = sum(max(0, n) for n in room.values())
+        # What a sort could claim (as _try_claim decides): running ones first, then pending.
+        room = sorted(
+            (state != "RUNNING", -(pool.slots - len(claims.get(job_id, []))), job_id)
+            for job_id, (state, left_s) in listed.items()
+            if state in LIVE_STATES
+            and not pool.is_closing(job_id)
+            and not (state == "RUNNING" and needed_s and left_s is not None and left_s < needed_s + TIME_LEFT_MARGIN_S)
+            and len(claims.get(job_id, [])) < pool.slots
+        )
+        reserved, free = [], 0
+        for _pending, minus_free, job_id in room:
+            if free >= sorts:
+                break  # enough: the others end when idle, as without a launch
+            reserved.append(job_id)
+            free -= minus_free
         allowed = max(1, int(pool.slurm.max_simultaneous_allocations))
-        while free < sorts and len(listed) + len(requested) < allowed:
-            requested.append(pool.request_allocation(warm_up))
-            free += pool.slots
-        for job_id in [j for j, n in room.items() if n > 0] + requested:
-            (pool.root / RESERVED / job_id).touch()
-        if requested:
-            pool.allocations()  # the answer others reuse must list them
+        try:
+            while free < sorts and len(listed) + len(requested) < allowed:
+                requested.append(pool.request_allocation(warm_up))
+                free += pool.slots
+        finally:
+            for job_id in reserved + requested:
+                (pool.root / RESERVED / job_id).touch()
+            if requested:
+                pool.allocations()  # the answer others reuse must list them
     return requested
 
 

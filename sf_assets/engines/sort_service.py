@@ -186,8 +186,11 @@ class SortService:
         # One import of spikeinterface per service, not per worker: workers are forked from it.
         self.template = WorkerTemplate({**self.worker_env, warm_up.ENV: self.warm_up} if self.warm_up else self.worker_env)
         # Every worker the template forks has these compiled: a slot's first sort of them is warm (rule 2).
-        # Counted on before the warm-up ends (workers are forked after it), corrected once it reports.
-        self.warmed = warm_up.sorters_of(self.warm_up)
+        # Counted on before the warm-up ends (workers are forked after it), corrected once it reports;
+        # not one the JIT cache holds (the template leaves it to the workers, which rule 3 starts).
+        self.warmed = {
+            sorter for sorter in warm_up.sorters_of(self.warm_up) if not self._cache_holds(sorter)
+        }
         for slot in self.slots:
             self.queue.seen[slot.index] = set(self.warmed)
         # Sorter -> the JIT cache folders its sorts' workers use, for the queue's ``cached`` (rule 3),
@@ -212,15 +215,22 @@ class SortService:
                     continue
             worker.close()
 
+    def _cache_holds(self, sorter: str) -> bool:
+        """Does the warm-up's JIT cache hold ``sorter`` already (:func:`jit_cache.holds_sorter`)?"""
+        folder = json.loads(self.warm_up)["jit_cache_dir"] if self.warm_up else None
+        return bool(folder) and jit_cache.holds_sorter(jit_cache.folder_for(Path(folder), self.worker_env), sorter)
+
     def _settle_warm_up(self) -> None:
         """Once the template forked a worker (its warm-up over), drop the sorters it failed to warm from the slots'."""
         if not self.warm_up:
             return
-        done = warm_up.warmed(Path(json.loads(self.warm_up)["folder"]))
+        # A template started again without its warm-up (it held a fork up) has warmed nothing.
+        warming = warm_up.ENV in self.template.env
+        done = warm_up.warmed(Path(json.loads(self.warm_up)["folder"])) if warming else set()
         if done is None or self.warmed <= done:
             return
         failed = self.warmed - done
-        print(f"sort service: the warm-up did not warm {', '.join(sorted(failed))}; their first sorts compile", flush=True)
+        print(f"sort service: the warm-up did not warm {', '.join(sorted(failed))}; their workers compile or load them", flush=True)
         with self.lock:
             self.warmed = self.warmed & done
             for sorters in self.queue.seen.values():
@@ -404,6 +414,7 @@ class SortService:
             warm = slot.worker is not None and slot.worker.alive() and not self.queue.running[slot.index][1]
             if slot.worker is None or not slot.worker.alive():
                 slot.worker = WarmWorker(self.env_for(slot), self.template)
+                self._settle_warm_up()
             started = (time.time(), time.monotonic())
             try:
                 run = slot.worker.submit(work_dir, on_idle=kept.append)

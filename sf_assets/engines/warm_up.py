@@ -27,11 +27,14 @@ nothing else: the sorts compile as before.
 
 The template must stay safe to fork from: after the warm-up it may have no
 child process and no Python thread but its own (tqdm's monitor thread is
-never started: ``tqdm.monitor_interval`` is 0 during the warm-up); numba's
-workqueue threads, the only other threads a sort leaves, survive a fork as
-they do in a copied warm worker (the service asks for warm-ups only on
-that threading layer).  Otherwise it starts again without a warm-up
-(:func:`fit_to_fork`).
+never started: ``tqdm.monitor_interval`` is 0 during the warm-up; joblib runs
+sequentially); numba's workqueue threads, the only other threads a sort
+leaves, are not copied by a fork and numba starts them again in the child,
+as in a copied warm worker (the service asks for warm-ups only on that
+threading layer).  Otherwise it starts again without a warm-up
+(:func:`fit_to_fork`).  No sorter's warm-up starts after :data:`BUDGET_S`
+(a cold compile of spykingcircus2 or tridesclous2 takes 20-45 s here): a
+warm-up never keeps the slots' workers waiting much longer than one compile.
 
 The outcome is written to :data:`REPORT_FILE` (JSON) in the given folder:
 per sorter, seconds, numba functions loaded from the cache and compiled,
@@ -59,6 +62,11 @@ SKIPPED = "not warmed: the JIT cache holds its code"
 """A report entry's ``error`` when the sorter's code was in the JIT cache already (a new worker loads it)."""
 RECORDING_S = 10.0
 CHANNELS = 8
+BUDGET_S = 60.0
+"""No sorter's warm-up starts this long after the first one did (waiting for another template's included):
+the service waits for its first worker (``worker_template.SPAWN_WAIT_S`` plus this), and the sorts with it."""
+LOCK_POLL_S = 0.2
+OUT_OF_TIME = f"not warmed: the warm-up's {BUDGET_S:g} s were over"
 
 
 def worth_warming(entry) -> bool:
@@ -161,6 +169,7 @@ def run(text: str) -> list[dict]:
     scratch = folder / "warm-up"
     entries: list[dict] = []
     monitor_interval, tqdm.tqdm.monitor_interval = tqdm.tqdm.monitor_interval, 0
+    begun = time.monotonic()
     try:
         cache = jit_cache.enable(Path(spec["jit_cache_dir"])) if spec.get("jit_cache_dir") else None
         recording = None
@@ -180,15 +189,21 @@ def run(text: str) -> list[dict]:
             started = time.monotonic()
             try:
                 # One warm-up of a sorter at a time per cache: the others find it in the cache.
-                with _one_at_a_time(cache, job.si_sorter_name):
-                    if cache is not None and jit_cache.holds_sorter(cache, job.si_sorter_name):
+                with _one_at_a_time(cache, job.si_sorter_name, deadline=begun + BUDGET_S) as turn:
+                    if not turn:
+                        entry["error"] = f"{OUT_OF_TIME} (another template was warming it)"
+                    elif time.monotonic() > begun + BUDGET_S:
+                        entry["error"] = OUT_OF_TIME
+                    elif cache is not None and jit_cache.holds_sorter(cache, job.si_sorter_name):
                         # Each new worker loads it in a few tenths of a second (dispatch's rule 3):
                         # the sorts need not wait for this template to load it first.
                         entry["error"] = SKIPPED
                     else:
                         if recording is None:
                             recording = _recording(scratch / "recording")
-                        with applied_threads(thread_count(job, os.environ)):
+                        # Sequential joblib whatever the threads: a process pool left behind would
+                        # make the template unfit to fork (hdbscan asks for four processes).
+                        with applied_threads(thread_count(job, os.environ)), _sequential_joblib():
                             run_job_sorter(job, recording, scratch / job.si_sorter_name)
                         if cache is not None:  # marked before the next template may look
                             jit_cache.mark_sorter(cache, job.si_sorter_name, *_since(before))
@@ -257,16 +272,36 @@ def _recording(folder: Path):
 
 
 @contextlib.contextmanager
-def _one_at_a_time(cache: Path | None, sorter: str):
-    """Hold ``<cache>/sorters/<sorter>.warm-up.lock`` (``flock``; nothing without a cache)."""
+def _one_at_a_time(cache: Path | None, sorter: str, deadline: float):
+    """Hold ``<cache>/sorters/<sorter>.warm-up.lock`` (``flock``; nothing to hold without a cache).
+
+    Yields True once held, False if another process still held it at ``deadline`` (monotonic seconds).
+    """
     if cache is None:
-        yield
+        yield True
         return
     path = cache / jit_cache.SORTER_MARKS / f"{sorter}.warm-up.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    yield False
+                    return
+                time.sleep(LOCK_POLL_S)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _sequential_joblib():
+    """joblib's sequential backend for the block (joblib comes with scikit-learn)."""
+    from joblib import parallel_config
+
+    with parallel_config(backend="sequential"):
+        yield

@@ -14,9 +14,10 @@ The template stays single-threaded (forking a process with other threads
 running can copy a lock some thread held), but for numba's workqueue threads
 after a warm-up (:mod:`sf_assets.engines.warm_up`: it sorts a synthetic
 recording with the sorters to come first, so the workers it forks have their
-code; those threads survive a fork, as in a copied warm worker), reaps its
-workers and reports each exit, with the status and CPU time ``os.wait4``
-read, to the service.
+code; a fork does not copy those threads and numba starts them again in the
+child, as in a copied warm worker), reaps its workers and reports each exit,
+with the status and CPU time ``os.wait4`` read, to the service.  A template
+whose warm-up kept a fork waiting too long is replaced by one without it.
 What a worker started as its own interpreter guarantees still holds:
 
 * it leads its own process group (set before the service hears of it), so
@@ -68,6 +69,7 @@ class _Template:
     """One template process and what it has reported: the service's side of its socket."""
 
     def __init__(self, env: Mapping[str, str]):
+        self.env = dict(env)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sf_assets.engines.worker_template", str(theirs.fileno())],
@@ -122,7 +124,8 @@ class _Template:
         finally:
             os.close(read_end)
         try:
-            pid = self.spawned.get(timeout=SPAWN_WAIT_S)
+            # A template that warms up first (engines/warm_up.py) answers its first request after it.
+            pid = self.spawned.get(timeout=SPAWN_WAIT_S + (warm_up.BUDGET_S if warm_up.ENV in self.env else 0.0))
         except queue.Empty:
             pid = None
         if pid is None:
@@ -183,9 +186,10 @@ class WorkerTemplate:
         with self._lock:
             try:
                 return self._spawn_once(env)
-            except OSError:  # the template died: a new one, once
+            except OSError:  # the template died (or its warm-up held it up): a new one, once, without a warm-up
                 self._current.close(wait_s=0.0)
                 self._current = None
+                self.env.pop(warm_up.ENV, None)
                 return self._spawn_once(env)
 
     def _spawn_once(self, env: Mapping[str, str]) -> "ForkedWorker":

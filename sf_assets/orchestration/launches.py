@@ -110,3 +110,22 @@ def some_launch_settled(landed_launches: Iterable[str], in_flight: Iterable[RunI
     """
     busy = {run.launch for run in in_flight if run.may_land_more()}
     return bool(set(landed_launches) - busy)
+
+
+def queue_capacity(instance) -> int:
+    """The run queue's ``max_concurrent_runs`` as its daemon applies it (0 without a queue).
+
+    That is ``concurrency: runs`` in ``dagster.yaml`` where set there, else the coordinator's own config.
+
+    Parameters
+    ----------
+    instance : DagsterInstance
+        The instance.
+
+    Returns
+    -------
+    int
+        The runs it lets run at once; 0 when it has no run queue.
+    """
+    queue = instance.get_concurrency_config().run_queue_config
+    return max(0, queue.max_concurrent_runs) if queue is not None else 0

@@ -51,7 +51,14 @@ from sf_assets.core.manifest import Recording, parse_manifest
 from sf_assets.core.spec import SorterSpec, parse_spec, validate_spec
 from sf_assets.core.studyset_cursor import StudysetCursor, params_digest, sources_digest, uris_digest
 from sf_assets.stores.inputs import manifest_source_of, read_source
-from sf_assets.orchestration.launches import CAMPAIGN_TAG, LEASE_TAG, SOURCES_TAG, TRIGGER_TAG, campaign_tag_value
+from sf_assets.orchestration.launches import (
+    CAMPAIGN_TAG,
+    LEASE_TAG,
+    SOURCES_TAG,
+    TRIGGER_TAG,
+    campaign_tag_value,
+    queue_capacity,
+)
 from sf_assets.orchestration.jobs import comparison_job, recordings_job, sorting_job, studysets_job
 from sf_assets.orchestration.partitions import pair_key, recording_key, sorter_key
 from sf_assets.orchestration.assets.history import UNFINISHED_RUN_STATUSES
@@ -280,8 +287,17 @@ def studyset_sensor(
     # On Slurm, the allocations the sorts to come need are requested now, and kept at each tick while
     # some wait for their recording: they start while the recordings are materialized and the runs
     # reach their sorts (nothing without Slurm).
+    # Not the pairs of a recording whose run ended without it (stalled: they may wait for good), and
+    # no more than the run queue runs at once.
+    coming = len(order.sorts) + sum(
+        1 for _s, r in plan.to_sort if recording_key(r) in order.waiting and recording_key(r) not in stalled
+    )
+    capacity = queue_capacity(context.instance)
     requested = anticipate_sorts(
-        sorting_engine.settings(), len(order.sorts) + len(still_waiting), {s.name: s for s, _ in plan.to_sort}.values()
+        sorting_engine.settings(),
+        min(coming, capacity) if capacity else coming,
+        {s.name: s for s, _ in plan.to_sort}.values(),
+        on_error=context.log.warning,
     )
     if requested:
         context.log.info(f"Slurm: requested {len(requested)} allocation(s) for the sorts to come: {', '.join(requested)}")
