@@ -535,17 +535,18 @@ def test_an_allocation_without_walltime_left_for_the_sorts_to_come_is_neither_co
 ):
     """A planned launch whose sorts need more walltime than a live allocation has left requests another.
 
-    As a sort would pass it over (``-T`` must fit in the time left), the
-    first allocation (2 min of walltime) is not room for a sort of an hour.
+    As a sort would pass it over (``-T`` and a minute's margin must fit in the
+    time left), the first allocation (3 min of walltime) is room for a sort of
+    a minute, not for one of an hour.
     """
     slurm = SlurmSettings(
         accept_shared_nodes=True, jobs_per_allocation=2, max_simultaneous_allocations=2, idle_release_s=IDLE_S,
-        allocation_time_min=2,
+        allocation_time_min=3,
     )  # fmt: skip
     pool = Pool.for_settings(tmp_path, slurm, 60.0, srun_environment(os.environ))
     (first,) = anticipate(pool, 1)
     _wait_for(lambda: pool.allocations().get(first, ("",))[0] == "RUNNING", 60.0, "the allocation to run")
-    assert anticipate(pool, 1, needed_s=60.0) == []  # a minute fits in two
+    assert anticipate(pool, 1, needed_s=60.0) == []  # a minute and the margin fit in what is left of three
     (second,) = anticipate(pool, 1, needed_s=3600.0)
     assert second != first
     release_idle(pool)
