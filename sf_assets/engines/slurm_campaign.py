@@ -145,7 +145,7 @@ def run_slurm_sort(
             prepare_work_dir(job)
         requested_at = time.time()
         slot = acquire_slot(
-            pool, job.label, settings.timeout_s, sorter=job.si_sorter_name, warm_up=_warm_up_for([job])
+            pool, job.label, settings.timeout_s, sorter=job.si_sorter_name, warm_up=_warm_up_for(job)
         )
         report = None
         try:
@@ -314,18 +314,22 @@ def _supervised(job: SortJob, launch: SlurmLaunch, timeout_s: float | None) -> I
     )
 
 
-def _warm_up_for(jobs: Sequence[SortJob]) -> dict | None:
-    """What a new allocation's service warms its template with for ``jobs``: their sorters that gain by it.
+def _warm_up_request(sorters: Iterable[tuple[str, dict]], jit_cache_dir: str | None) -> dict | None:
+    """What a new allocation's service warms its template with: the ``(name, params)`` sorters that gain by it.
 
-    Those :func:`~sf_assets.engines.warm_up.worth_warming` says so of, not run in a container.
+    Those :func:`~sf_assets.engines.warm_up.worth_warming` says so of; None when there is none.
     """
-    sorters = {}
-    for job in jobs:
-        if job.container_image is None and worth_warming(resolve_sorter(job.sorter_name)):
-            sorters.setdefault(job.sorter_name, {
-                "sorter_name": job.sorter_name, "si_sorter_name": job.si_sorter_name, "params": dict(job.params),
-            })  # fmt: skip
-    return {"sorters": list(sorters.values()), "jit_cache_dir": jobs[0].jit_cache_dir} if sorters else None
+    chosen: dict[str, dict] = {}
+    for name, params in sorters:
+        entry = resolve_sorter(name)
+        if worth_warming(entry):
+            chosen.setdefault(name, {"sorter_name": name, "si_sorter_name": entry.si_name, "params": dict(params or {})})
+    return {"sorters": list(chosen.values()), "jit_cache_dir": jit_cache_dir} if chosen else None
+
+
+def _warm_up_for(job: SortJob) -> dict | None:
+    """The warm-up of an allocation ``job`` requests itself: its own sorter, unless it runs in a container."""
+    return None if job.container_image else _warm_up_request([(job.sorter_name, job.params)], job.jit_cache_dir)
 
 
 def planned_warm_up(settings, sorter_specs: Iterable) -> dict | None:
@@ -345,14 +349,7 @@ def planned_warm_up(settings, sorter_specs: Iterable) -> dict | None:
     """
     if settings.use_container:  # every sort runs in its image, not in the warm workers' process
         return None
-    jobs = [
-        SortJob(
-            sorter_name=spec.name, si_sorter_name=resolve_sorter(spec.name).si_name, params=dict(spec.params or {}),
-            recording_uri="", label="", kachery_dir="", work_dir="", jit_cache_dir=settings.jit_cache_dir,
-        )
-        for spec in sorter_specs
-    ]  # fmt: skip
-    return _warm_up_for(jobs) if jobs else None
+    return _warm_up_request([(spec.name, spec.params) for spec in sorter_specs], settings.jit_cache_dir)
 
 
 def anticipate_sorts(
